@@ -1,0 +1,5 @@
+"""Allow ``python -m llmproxy``."""
+
+from llmproxy.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""The ``llmproxy`` command: the daemon and the operator's toolkit."""

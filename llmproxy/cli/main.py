@@ -1,0 +1,146 @@
+"""``llmproxy``: one command for the daemon and the operator's tools (typer + rich)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llmproxy import __version__
+
+app = typer.Typer(
+    name="llmproxy",
+    help="A fast, operator-friendly gateway for self-hosted LLM inference servers.",
+    no_args_is_help=True,
+    add_completion=True,
+)
+config_app = typer.Typer(help="Work with configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (default: $LLMPROXY_CONFIG, then ./config.yaml).",
+        envvar="LLMPROXY_CONFIG",
+    ),
+]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _resolve_config(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    default = Path("config.yaml")
+    if default.exists():
+        return default
+    err_console.print(
+        "[red]error:[/] no config file: pass --config FILE, set LLMPROXY_CONFIG, "
+        "or run [bold]llmproxy serve --demo[/] for the embedded default"
+    )
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    demo: Annotated[
+        bool, typer.Option(help="Run on the embedded default with a built-in mock backend.")
+    ] = False,
+    listen: Annotated[
+        str | None, typer.Option(help="Listen address, overriding the config (e.g. :8000).")
+    ] = None,
+    mock_port: Annotated[int, typer.Option(help="Port of the demo's mock backend.")] = 9001,
+) -> None:
+    """Run the gateway."""
+    from llmproxy.config.errors import ConfigError
+    from llmproxy.config.loader import load_config
+    from llmproxy.daemon import server
+
+    if demo:
+        _setup_logging("info")
+        address = listen or "127.0.0.1:8000"
+        host, _, port = address.rpartition(":")
+        base = f"http://{host or '127.0.0.1'}:{port}"
+        console.print(
+            f"[bold green]llmproxy {__version__}[/] demo: gateway on {base}, "
+            f"mock backend on http://127.0.0.1:{mock_port}\n"
+            f"Try:\n  curl {base}/v1/models\n"
+            f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"-d '{{\"model\": \"{server.DEMO_MODEL}\", \"messages\": "
+            f'[{{"role": "user", "content": "Hello"}}], "stream": true}}\''
+        )
+        server.run(server.serve_demo(address, mock_port))
+        return
+    path = _resolve_config(config)
+    try:
+        loaded = load_config(path, os.environ)
+    except ConfigError as exc:
+        err_console.print(f"[red]error:[/] {path}: the config is invalid\n{exc}")
+        raise typer.Exit(2) from None
+    if listen:
+        loaded = loaded.model_copy(update={"listen": listen, "server": loaded.server.model_copy(update={"listen": None})})
+    _setup_logging(loaded.logging.level)
+    server.run(server.serve(loaded))
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path, typer.Argument(help="The config file to validate.")],
+) -> None:
+    """Validate a config file; exit non-zero with file:line messages when it is wrong."""
+    from llmproxy.config.check import check_config
+
+    messages, ok = check_config(file)
+    for line in messages:
+        (console if ok else err_console).print(line, markup=False, highlight=False)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("mock-backend")
+def mock_backend(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 9001,
+    models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "mock-model",
+    tokens: Annotated[int, typer.Option(help="Completion tokens when max_tokens is absent.")] = 16,
+    ttft: Annotated[float, typer.Option(help="Seconds before the first token.")] = 0.0,
+    itl: Annotated[float, typer.Option(help="Seconds between tokens.")] = 0.0,
+    name: Annotated[str, typer.Option(help="Name echoed in the x-mock-backend header.")] = "mock",
+) -> None:
+    """Run the OpenAI-compatible mock backend (a fake vLLM) for demos, tests and benchmarks."""
+    from llmproxy.mock import MockSettings, serve_forever
+
+    settings = MockSettings(
+        models=tuple(m.strip() for m in models.split(",") if m.strip()),
+        tokens=tokens,
+        ttft=ttft,
+        itl=itl,
+        name=name,
+    )
+    serve_forever(settings, host, port)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Configuration: the typed model, units, and loading with file:line errors."""

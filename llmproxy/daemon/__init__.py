@@ -1,0 +1,1 @@
+"""The process: runtime snapshots, the listener, signals and lifecycle."""

@@ -1,0 +1,138 @@
+"""The runtime snapshot: everything one request needs, built from one config, never mutated.
+
+A request takes the current snapshot once (:meth:`RuntimeState.acquire`) and keeps it to the end.
+A reload builds a whole new :class:`Runtime` off the hot path and swaps one reference; the old one
+is closed when the last request that holds it finishes. Backend counters (in-flight, latency,
+health) live in the snapshot's :class:`~llmproxy.routing.Backend` objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import aiohttp
+
+from llmproxy.config.model import Config
+from llmproxy.gateway.upstream import UpstreamClient
+from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
+
+log = logging.getLogger("llmproxy.daemon")
+
+# Always treated as carrying the client's key, whatever ``auth.header_names`` says.
+_ALWAYS_SECRET = frozenset({b"authorization", b"x-api-key", b"proxy-authorization"})
+
+
+class Runtime:
+    """One immutable configuration turned into live objects: router, clients, health checks."""
+
+    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.backends = tuple(
+            Backend.create(b.display_name, b.url, weight=b.weight, models=b.models)
+            for b in config.backends
+        )
+        routing = config.routing
+        self.router = Router(
+            self.backends,
+            make_balancer(routing.load_balance_strategy, self.rng),
+            [(chain.primary, list(chain.fallback)) for chain in routing.fallback],
+        )
+        retry = routing.retry
+        self.retry_policy = RetryPolicy(
+            enabled=retry.enabled,
+            max_retries=retry.max_retries,
+            initial_wait=retry.initial_wait,
+            max_wait=retry.max_wait,
+            multiplier=retry.multiplier,
+            jitter=retry.jitter,
+            retry_on_status=frozenset(retry.retry_on_status),
+        )
+        self.clients = {b.display_name: UpstreamClient(b) for b in config.backends}
+        self.secret_headers = _ALWAYS_SECRET | frozenset(
+            name.lower().encode("latin-1") for name in config.auth.header_names
+        )
+        self.max_header_bytes = config.server.max_header_size
+        self.model_list_cache: tuple[float, bytes] | None = None
+        self.in_flight = 0
+        self._health: HealthChecker | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Open connection pools and start active health checks (inside the running loop)."""
+        for client in self.clients.values():
+            client.open()
+        health = self.config.health_check
+        if health.enabled:
+            self._probe_session = aiohttp.ClientSession()
+            self._health = HealthChecker(
+                self.backends,
+                self._probe_session,
+                interval=health.interval,
+                path=health.path,
+                timeout=health.timeout,
+                unhealthy_threshold=health.unhealthy_threshold,
+                healthy_threshold=health.healthy_threshold,
+            )
+            await self._health.start()
+
+    async def close(self) -> None:
+        """Stop health checks and close every pool (connections still open are closed too)."""
+        if self._health is not None:
+            await self._health.stop()
+            self._health = None
+        if self._probe_session is not None:
+            await self._probe_session.close()
+            self._probe_session = None
+        await asyncio.gather(*(client.close() for client in self.clients.values()))
+
+
+class RuntimeState:
+    """The one mutable reference to the current :class:`Runtime`, and the retired ones."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+        self._retired: set[Runtime] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def acquire(self) -> Runtime:
+        """The snapshot a new request will use to its end; pair with :meth:`release`."""
+        runtime = self.current
+        runtime.in_flight += 1
+        return runtime
+
+    def release(self, runtime: Runtime) -> None:
+        """A request that held ``runtime`` finished; a retired snapshot closes with its last."""
+        runtime.in_flight -= 1
+        if runtime.in_flight == 0 and runtime in self._retired:
+            self._retired.discard(runtime)
+            self._close_later(runtime)
+
+    def swap(self, runtime: Runtime) -> Runtime:
+        """Make ``runtime`` (already opened) current; the old one retires when idle."""
+        old, self.current = self.current, runtime
+        if old.in_flight == 0:
+            self._close_later(old)
+        else:
+            self._retired.add(old)
+        return old
+
+    def _close_later(self, runtime: Runtime) -> None:
+        task = asyncio.get_running_loop().create_task(runtime.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def open(self) -> None:
+        """Open the current snapshot."""
+        await self.current.open()
+
+    async def close(self) -> None:
+        """Close every snapshot: current, retired and those already closing."""
+        await self.current.close()
+        for runtime in list(self._retired):
+            await runtime.close()
+        self._retired.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,85 @@
+"""Run the gateway: uvicorn (uvloop + httptools) serving :class:`GatewayApp` on one runtime.
+
+``serve --demo`` also starts the project's mock backend in the same process, so a fresh checkout
+answers ``curl`` at once without any inference server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import uvicorn
+
+from llmproxy.config.model import BackendConfig, Config, HealthCheckConfig
+from llmproxy.daemon.listen import parse_listen
+from llmproxy.daemon.runtime import Runtime, RuntimeState
+from llmproxy.gateway.app import GatewayApp
+
+log = logging.getLogger("llmproxy.daemon")
+
+DEMO_MODEL = "mock-model"
+
+
+def demo_config(listen: str, mock_url: str) -> Config:
+    """The embedded default: one mock backend, no auth, in-memory limits."""
+    return Config(
+        listen=listen,
+        backends=(BackendConfig(url=mock_url, name="mock", models=(DEMO_MODEL,)),),
+        health_check=HealthCheckConfig(interval=5.0),
+    )
+
+
+def uvicorn_config(app: GatewayApp, config: Config) -> uvicorn.Config:
+    """uvicorn settings from ``server.*``: timeouts, TLS, no access log on the hot path."""
+    host, port = parse_listen(config.listen_address)
+    server = config.server
+    tls = server.tls
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=True,
+        timeout_keep_alive=int(server.idle_timeout) or 5,
+        timeout_graceful_shutdown=int(server.shutdown_timeout) or None,
+        h11_max_incomplete_event_size=server.max_header_size,
+        ssl_certfile=tls.cert_file if tls.enabled else None,
+        ssl_keyfile=tls.key_file if tls.enabled else None,
+        log_config=None,
+    )
+
+
+async def serve(config: Config) -> None:
+    """Serve ``config`` until SIGINT/SIGTERM."""
+    state = RuntimeState(Runtime(config))
+    server = uvicorn.Server(uvicorn_config(GatewayApp(state), config))
+    await server.serve()
+
+
+async def serve_demo(listen: str, mock_port: int) -> None:
+    """Start the built-in mock backend, then the gateway in front of it."""
+    from llmproxy.mock import MockBackend, MockSettings
+
+    mock = MockBackend(MockSettings(models=(DEMO_MODEL,), name="mock"))
+    await mock.start("127.0.0.1", mock_port)
+    try:
+        await serve(demo_config(listen, mock.url))
+    finally:
+        await mock.stop()
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)

@@ -1,0 +1,1 @@
+"""The request path: ASGI app, body peek, header filtering, upstream forwarding, error bodies."""

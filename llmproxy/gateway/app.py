@@ -1,0 +1,244 @@
+"""The ASGI application: one entry for every client request.
+
+It is a bare ASGI callable rather than a framework app because every microsecond on this path is
+added to each request: dispatch is a dict lookup on the path, the body is read once, and the only
+per-request task is the watcher that notices a client leaving (so the upstream request is closed
+at once instead of generating tokens for nobody).
+
+Each request takes the current :class:`~llmproxy.daemon.runtime.Runtime` snapshot once and uses it
+to the end, so a reload never changes the rules under a request that is already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from llmproxy.gateway import cors
+from llmproxy.gateway.asgi import Receive, Scope, Send
+from llmproxy.gateway.errors import GatewayError
+from llmproxy.gateway.headers import find_header
+from llmproxy.gateway.models import list_models
+from llmproxy.gateway.proxy import ProxyRequest, forward
+from llmproxy.gateway.request_peek import EMPTY_PEEK, peek_body
+from llmproxy.gateway.responses import send_bytes, send_error
+
+if TYPE_CHECKING:
+    from llmproxy.daemon.runtime import Runtime, RuntimeState
+
+log = logging.getLogger("llmproxy.gateway")
+
+# Endpoints whose body must name a model (404 model_not_found routing needs it).
+_MODEL_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+_MAX_REQUEST_ID = 128
+_OK = b'{"status":"ok"}'
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class GatewayApp:
+    """The gateway's ASGI app over a swappable runtime snapshot."""
+
+    def __init__(self, state: RuntimeState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            runtime = self.state.acquire()
+            try:
+                await self._http(runtime, scope, receive, send)
+            finally:
+                self.state.release(runtime)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.state.open()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.state.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope["headers"]
+        given_id = find_header(headers, b"x-request-id")
+        if given_id and len(given_id) <= _MAX_REQUEST_ID and given_id.isascii():
+            request_id = given_id.decode("ascii")
+        else:
+            request_id = os.urandom(16).hex()
+        rid = request_id.encode("ascii")
+        server = runtime.config.server
+        if server.cors.enabled:
+            origin = find_header(headers, b"origin")
+            if origin is not None:
+                if scope["method"] == "OPTIONS":
+                    await cors.preflight(send, server.cors, origin, rid)
+                    return
+                send = cors.wrap_send(send, server.cors, origin)
+        try:
+            if runtime.max_header_bytes and _header_bytes(headers) > runtime.max_header_bytes:
+                raise GatewayError(431, "request headers are too large", "headers_too_large")
+            await self._dispatch(runtime, scope, receive, send, request_id)
+        except GatewayError as error:
+            await send_error(send, error, rid)
+        except ClientGone:
+            log.debug("client left before sending its whole body (request %s)", request_id)
+
+    async def _dispatch(
+        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith("/v1/"):
+            if path == "/v1/models" and method == "GET":
+                await send_bytes(send, 200, await list_models(runtime))
+                return
+            await self._proxy(runtime, scope, receive, send, request_id)
+        elif path == "/health":
+            await send_bytes(send, 200, _OK)
+        elif path == "/ready":
+            now = asyncio.get_running_loop().time()
+            if any(backend.is_available(now) for backend in runtime.router.backends):
+                await send_bytes(send, 200, _OK)
+            else:
+                raise GatewayError(503, "no backend is healthy", "not_ready")
+        elif path == runtime.config.metrics.path and runtime.config.metrics.enabled:
+            await send_bytes(send, 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode())
+        else:
+            raise GatewayError(
+                404, f"unknown path {path}: the OpenAI API is served under /v1/", "unknown_path"
+            )
+
+    async def _proxy(
+        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        headers = scope["headers"]
+        model_required = path in _MODEL_ENDPOINTS
+        if model_required and method != "POST":
+            raise GatewayError(405, f"{path} accepts POST only", "method_not_allowed")
+        content_type = find_header(headers, b"content-type")
+        is_json = content_type is None or _is_json(content_type)
+        if model_required and not is_json:
+            raise GatewayError(
+                415,
+                f"content-type must be application/json, got {content_type.decode('latin-1')}"
+                if content_type
+                else "content-type must be application/json",
+                "unsupported_media_type",
+            )
+        body = await _read_body(receive, headers, runtime)
+        peek = peek_body(body, model_required=model_required) if is_json else EMPTY_PEEK
+        query: bytes = scope["query_string"]
+        client = scope.get("client")
+        request = ProxyRequest(
+            method=method,
+            path_qs=f"{path}?{query.decode('latin-1')}" if query else path,
+            headers=headers,
+            body=body,
+            peek=peek,
+            request_id=request_id,
+            client_ip=client[0] if client else None,
+        )
+        watch = _DisconnectWatch(receive, request)
+        try:
+            await forward(runtime, request, send)
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise
+            log.debug("client left; upstream request %s closed", request_id)
+        finally:
+            watch.stop()
+
+
+class _DisconnectWatch:
+    """Cancel the request's task when its client disconnects, unless the response is complete.
+
+    uvicorn's ``receive()`` returns ``http.disconnect`` both when the client goes away and after
+    the response is complete; ``request.complete`` tells the two apart.
+    """
+
+    __slots__ = ("fired", "_request", "_task", "_watcher")
+
+    def __init__(self, receive: Receive, request: ProxyRequest) -> None:
+        self.fired = False
+        self._request = request
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self._request.complete and self._task is not None:
+                    self.fired = True
+                    self._task.cancel()
+                return
+
+    def stop(self) -> None:
+        self._watcher.cancel()
+
+
+async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], runtime: Runtime) -> bytes:
+    """The whole request body, bounded by ``server.max_body_size`` (413) and ``read_timeout``."""
+    limit = runtime.config.server.max_body_size
+    declared = find_header(headers, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    chunks = [body]
+    size = len(body)
+    try:
+        async with asyncio.timeout(runtime.config.server.read_timeout or None):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise GatewayError(408, "the request body did not arrive in time", "timeout") from None
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, f"the request body is larger than the limit of {limit} bytes", "request_too_large"
+    )
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in headers)

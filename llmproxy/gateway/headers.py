@@ -1,0 +1,92 @@
+"""Which headers cross the gateway, in each direction. Pure functions over ASGI header lists.
+
+A proxy must not forward hop-by-hop headers (RFC 9110 §7.6.1), nor any header the ``Connection``
+header names; the client's API key belongs to the gateway and is never sent to a backend (the
+backend's own ``api_key`` from the config is sent instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Set by the gateway or the HTTP client for the upstream leg; a client's copy would be wrong there.
+_REQUEST_MANAGED = frozenset({b"host", b"content-length", b"x-request-id", b"expect"})
+# The ASGI server writes its own; copying the backend's would duplicate them.
+_RESPONSE_MANAGED = frozenset({b"server", b"date", b"x-request-id"})
+
+
+def _connection_named(headers: RawHeaders) -> frozenset[bytes]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return frozenset(named)
+
+
+def upstream_request_headers(
+    client_headers: RawHeaders,
+    secret_headers: frozenset[bytes],
+    extra: Iterable[tuple[str, str]],
+    request_id: str,
+    client_ip: str | None,
+) -> dict[str, str]:
+    """Headers for the request to the backend.
+
+    ``secret_headers`` are the lowercase names that carry the client's API key (``authorization``,
+    ``x-api-key`` and any configured ``auth.header_names``); ``extra`` is the backend's configured
+    headers, including its own ``Authorization``.
+    """
+    drop = HOP_BY_HOP | _REQUEST_MANAGED | secret_headers | _connection_named(client_headers)
+    out: dict[str, str] = {}
+    forwarded_for = ""
+    for raw_name, raw_value in client_headers:
+        name = raw_name.lower()
+        if name in drop:
+            continue
+        if name == b"x-forwarded-for":
+            forwarded_for = raw_value.decode("latin-1")
+            continue
+        key = name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    if client_ip:
+        out["x-forwarded-for"] = f"{forwarded_for}, {client_ip}" if forwarded_for else client_ip
+    for key, value in extra:
+        out[key.lower()] = value
+    out["x-request-id"] = request_id
+    return out
+
+
+def client_response_headers(
+    upstream_headers: Iterable[tuple[bytes, bytes]], request_id: bytes
+) -> list[tuple[bytes, bytes]]:
+    """Headers for the response to the client, from the backend's raw headers."""
+    upstream = list(upstream_headers)
+    drop = HOP_BY_HOP | _RESPONSE_MANAGED | _connection_named(upstream)
+    out = [(name.lower(), value) for name, value in upstream if name.lower() not in drop]
+    out.append((b"x-request-id", request_id))
+    return out
+
+
+def find_header(headers: RawHeaders, name: bytes) -> bytes | None:
+    """The first value of a lowercase header ``name``, or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None

@@ -1,0 +1,264 @@
+"""Forward one request to a backend and relay the answer as it arrives.
+
+The rules that make this a gateway rather than a buffer:
+
+* a streamed answer (``text/event-stream``) is relayed chunk by chunk, as bytes, the moment each
+  arrives — never decoded, never re-encoded, never held;
+* a failure is retried on another backend only while nothing was sent to the client; after the
+  first byte a failure ends the stream with an SSE ``error`` event, never a fake ``finish_reason``;
+* whatever ends the request — completion, error, or cancellation because the client left — the
+  upstream response is closed at once (so the inference server stops generating) and the backend's
+  in-flight count is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from llmproxy.config.model import PassiveHealthConfig
+from llmproxy.gateway.asgi import Send
+from llmproxy.gateway.errors import GatewayError, sse_error_event
+from llmproxy.gateway.headers import RawHeaders, client_response_headers, upstream_request_headers
+from llmproxy.gateway.request_peek import RequestPeek
+
+if TYPE_CHECKING:
+    from llmproxy.daemon.runtime import Runtime
+    from llmproxy.routing import Backend
+
+log = logging.getLogger("llmproxy.gateway")
+
+_SSE = "text/event-stream"
+_END = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+@dataclass(slots=True)
+class ProxyRequest:
+    """What the forwarder needs of one client request."""
+
+    method: str
+    path_qs: str
+    headers: RawHeaders
+    body: bytes
+    peek: RequestPeek
+    request_id: str
+    client_ip: str | None
+    complete: bool = False
+    """Set just before the last byte is sent, so a later ``http.disconnect`` is not a cancel."""
+
+
+class _Retryable(Exception):
+    """A failure before anything reached the client: another attempt may succeed."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
+    """Serve ``request`` from the best backend, retrying and failing over as configured.
+
+    Raises :class:`GatewayError` when no backend can answer; the caller turns it into the error
+    body. Returns once the whole response was sent.
+    """
+    model = request.peek.model
+    router = runtime.router
+    if model is not None and not router.serves_any(model):
+        raise GatewayError(
+            404, f"The model `{model}` does not exist.", "model_not_found", param="model"
+        )
+    policy = runtime.retry_policy
+    loop = asyncio.get_running_loop()
+    tried: list[Backend] = []
+    last_error = GatewayError(503, _no_backend_message(model), "no_backend_available")
+    for attempt in range(policy.attempts):
+        if attempt:
+            await asyncio.sleep(policy.delay(attempt, runtime.rng))
+        now = loop.time()
+        backend = router.route(model, now, exclude=tried)
+        if backend is None and tried:
+            # Every candidate was tried once: a transient fault may have passed on one of them.
+            backend = router.route(model, now)
+        if backend is None:
+            break
+        tried.append(backend)
+        final = attempt == policy.attempts - 1
+        try:
+            await _attempt(runtime, backend, request, send, final_attempt=final)
+            return
+        except _Retryable as retryable:
+            last_error = retryable.error
+    raise last_error
+
+
+def _no_backend_message(model: str | None) -> str:
+    if model is None:
+        return "no backend is available"
+    return f"no backend is available for model `{model}`"
+
+
+async def _attempt(
+    runtime: Runtime,
+    backend: Backend,
+    request: ProxyRequest,
+    send: Send,
+    *,
+    final_attempt: bool,
+) -> None:
+    client = runtime.clients[backend.name]
+    passive = runtime.config.health_check.passive
+    loop = asyncio.get_running_loop()
+    headers = upstream_request_headers(
+        request.headers,
+        runtime.secret_headers,
+        client.extra_headers,
+        request.request_id,
+        request.client_ip,
+    )
+    backend.begin()
+    started = loop.time()
+    response: aiohttp.ClientResponse | None = None
+    consumed = False
+    try:
+        try:
+            response = await client.session.request(
+                request.method,
+                client.base_url + request.path_qs,
+                data=request.body or None,
+                headers=headers,
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            _failed(backend, loop.time(), passive)
+            raise _Retryable(
+                GatewayError(
+                    504, f"backend {backend.name} did not answer in time", "upstream_timeout"
+                )
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            _failed(backend, loop.time(), passive)
+            raise _Retryable(
+                GatewayError(
+                    502,
+                    f"backend {backend.name} is unreachable: {type(exc).__name__}",
+                    "upstream_unreachable",
+                )
+            ) from None
+        backend.record_first_byte(loop.time() - started)
+        status = response.status
+        if status >= 500:
+            _failed(backend, loop.time(), passive)
+        if not final_attempt and runtime.retry_policy.retryable_status(status):
+            raise _Retryable(
+                GatewayError(status, f"backend {backend.name} answered {status}", "upstream_error")
+            )
+        if response.content_type == _SSE:
+            consumed = await _relay_stream(backend, client.idle_timeout, response, request, send)
+            if not consumed:
+                _failed(backend, loop.time(), passive)
+                return
+        else:
+            try:
+                payload = await response.read()
+            except TimeoutError:
+                _failed(backend, loop.time(), passive)
+                raise _Retryable(
+                    GatewayError(504, f"backend {backend.name} timed out", "upstream_timeout")
+                ) from None
+            except (aiohttp.ClientError, OSError):
+                _failed(backend, loop.time(), passive)
+                raise _Retryable(
+                    GatewayError(
+                        502, f"backend {backend.name} closed the connection", "upstream_reset"
+                    )
+                ) from None
+            consumed = True
+            request.complete = True
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": client_response_headers(
+                        response.raw_headers, request.request_id.encode("latin-1")
+                    ),
+                }
+            )
+            await send({"type": "http.response.body", "body": payload, "more_body": False})
+        if status < 500:
+            backend.record_success()
+    finally:
+        if response is not None:
+            if consumed:
+                response.release()
+            else:
+                # Not read to the end (error or cancellation): drop the connection so the backend
+                # sees the client leave and stops generating.
+                response.close()
+        backend.end()
+
+
+async def _relay_stream(
+    backend: Backend,
+    idle_timeout: float | None,
+    response: aiohttp.ClientResponse,
+    request: ProxyRequest,
+    send: Send,
+) -> bool:
+    """Relay an SSE body chunk by chunk; False when a mid-stream failure ended it with an
+    ``error`` event instead of the backend's own end."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        # The first byte may take a long prefill; between chunks a shorter silence means trouble.
+        connection.protocol.read_timeout = idle_timeout
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": client_response_headers(
+                response.raw_headers, request.request_id.encode("latin-1")
+            ),
+        }
+    )
+    try:
+        async for chunk in response.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except TimeoutError:
+        log.warning("backend %s went silent mid-stream; ending the stream", backend.name)
+        request.complete = True
+        await send(
+            {
+                "type": "http.response.body",
+                "body": sse_error_event(
+                    f"backend {backend.name} stopped sending", "upstream_timeout", 504
+                ),
+                "more_body": False,
+            }
+        )
+        return False
+    except (aiohttp.ClientError, OSError) as exc:
+        log.warning("backend %s broke the stream: %s", backend.name, type(exc).__name__)
+        request.complete = True
+        await send(
+            {
+                "type": "http.response.body",
+                "body": sse_error_event(
+                    f"backend {backend.name} closed the stream before it finished",
+                    "upstream_reset",
+                ),
+                "more_body": False,
+            }
+        )
+        return False
+    request.complete = True
+    await send(_END)
+    return True
+
+
+def _failed(backend: Backend, now: float, passive: PassiveHealthConfig) -> None:
+    """Count a failed request; passive ejection takes the backend out after a run of them."""
+    threshold = passive.failure_threshold if passive.enabled else 0  # 0: never eject
+    backend.record_failure(now, threshold, passive.ejection_time)

@@ -1,0 +1,39 @@
+"""Small complete responses the gateway answers itself (errors, health, JSON documents)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmproxy.gateway.asgi import Send
+from llmproxy.gateway.errors import GatewayError
+
+JSON = b"application/json"
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = JSON,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send a whole response with a ``content-length``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode("latin-1")),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, error: GatewayError, request_id: bytes) -> None:
+    """Send ``error`` as an OpenAI-style JSON error body."""
+    await send_bytes(
+        send, error.status, error.body(), headers=((b"x-request-id", request_id), *error.headers)
+    )

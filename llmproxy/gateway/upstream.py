@@ -1,0 +1,70 @@
+"""One pooled HTTP client per backend, with that backend's timeouts and headers prebuilt.
+
+aiohttp is the upstream client because its pool costs a flat ~0.5 ms of CPU per relayed request
+where httpx's grows with concurrency (see the project's dependency measurements). Bodies pass
+through untouched: no automatic decompression, no default ``Accept-Encoding``/``User-Agent``/
+``Content-Type`` added behind the client's back.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from llmproxy.config.model import BackendConfig
+
+_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+class UpstreamClient:
+    """The connection pool, timeouts and fixed headers for one backend.
+
+    Create it inside the running event loop (:meth:`open`), share it by every request of one
+    runtime snapshot, and :meth:`close` it when that snapshot retires.
+    """
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.base_url = config.url
+        self.timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=None,
+            sock_connect=config.connect_timeout or None,
+            sock_read=config.first_byte_timeout or None,
+        )
+        self.idle_timeout: float | None = config.idle_timeout or None
+        extra = {name.lower(): value for name, value in config.headers.items()}
+        if config.api_key:
+            extra["authorization"] = f"Bearer {config.api_key}"
+        self.extra_headers: tuple[tuple[str, str], ...] = tuple(extra.items())
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session; :meth:`open` must have run."""
+        if self._session is None:
+            raise RuntimeError(f"upstream client for {self.config.display_name} is not open")
+        return self._session
+
+    def open(self) -> None:
+        """Create the connection pool (needs the running loop)."""
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=60,
+            keepalive_timeout=30,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            timeout=self.timeout,
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        """Close the pool; connections still in use are closed too."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()

@@ -1,0 +1,151 @@
+"""One upstream inference server: its configured identity plus the live state routing reads.
+
+A `Backend` is shared by the balancer, the router, the health checker and the request path. All
+of them run on one event loop, so the counters are plain attributes with no locks; every method
+here is O(1) and allocates nothing, because it runs for every proxied request.
+
+Time is always passed in (`now`, `seconds`) rather than read here, so the ejection and latency
+bookkeeping is pure and tests drive it with plain numbers. Use `time.monotonic()` for `now`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+DEFAULT_EWMA_ALPHA = 0.3
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    """An inference server and the request path's view of how it is doing.
+
+    Build one per configured backend with `Backend.create`, then drive it from the request path:
+
+        backend.begin()
+        try:
+            ...send the request; when the status line arrives:
+            backend.record_first_byte(time.monotonic() - started)
+            ...
+            backend.record_success()
+        except UpstreamFailure:
+            backend.record_failure(time.monotonic(), failure_threshold=5, ejection_time=30.0)
+        finally:
+            backend.end()
+
+    Equality and hashing are by identity (`eq=False`): two backends with the same URL built from
+    two config generations are different objects with different live state, and the balancers
+    key their per-backend state on the object.
+
+    The identity fields (`name`, `url`, `weight`, `models`) are set once from config and must not
+    be reassigned; a reload builds new `Backend` objects instead.
+    """
+
+    name: str
+    url: str
+    weight: int = 1
+    # None means "serves any model": the backend was configured without a model list.
+    models: frozenset[str] | None = None
+    ewma_alpha: float = DEFAULT_EWMA_ALPHA
+
+    in_flight: int = field(default=0, init=False)
+    # Seconds; None until the first response starts, which the latency balancer treats as
+    # "explore me" rather than as fast or slow.
+    ttfb_ewma: float | None = field(default=None, init=False)
+    # Written only by the active health checker; backends start healthy so that a gateway
+    # with health checks disabled (or not yet run) still routes.
+    probe_healthy: bool = field(default=True, init=False)
+    # Monotonic time before which passive ejection keeps this backend out of rotation.
+    ejected_until: float = field(default=0.0, init=False)
+    consecutive_failures: int = field(default=0, init=False)
+    requests_total: int = field(default=0, init=False)
+    failures_total: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"backend {self.name!r}: weight must be >= 0, got {self.weight}")
+        if not 0.0 < self.ewma_alpha <= 1.0:
+            raise ValueError(
+                f"backend {self.name!r}: ewma_alpha must be in (0, 1], got {self.ewma_alpha}"
+            )
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        url: str,
+        *,
+        weight: int = 1,
+        models: Iterable[str] = (),
+        ewma_alpha: float = DEFAULT_EWMA_ALPHA,
+    ) -> Backend:
+        """Build a backend from config-shaped values: an empty `models` means "any model"."""
+        model_set = frozenset(models)
+        return cls(
+            name=name,
+            url=url.rstrip("/"),
+            weight=weight,
+            models=model_set or None,
+            ewma_alpha=ewma_alpha,
+        )
+
+    def serves(self, model: str | None) -> bool:
+        """Whether a request for `model` may be sent here; `None` (no model named) fits anywhere."""
+        return self.models is None or model is None or model in self.models
+
+    def is_available(self, now: float) -> bool:
+        """Whether the backend passes its health probes and is not passively ejected at `now`."""
+        return self.probe_healthy and now >= self.ejected_until
+
+    def begin(self) -> None:
+        """Count a request as sent; pair every call with `end()` in a `finally`."""
+        self.in_flight += 1
+        self.requests_total += 1
+
+    def end(self) -> None:
+        """Count a request as finished (never below zero, so a double `end()` cannot wedge it)."""
+        if self.in_flight > 0:
+            self.in_flight -= 1
+
+    def record_first_byte(self, seconds: float) -> None:
+        """Fold one time-to-first-byte sample into the latency EWMA the latency balancer reads."""
+        sample = max(seconds, 0.0)
+        previous = self.ttfb_ewma
+        if previous is None:
+            self.ttfb_ewma = sample
+        else:
+            self.ttfb_ewma = previous + self.ewma_alpha * (sample - previous)
+
+    def record_success(self) -> None:
+        """Note a successful response: one success breaks a streak of failures."""
+        self.consecutive_failures = 0
+
+    def record_failure(self, now: float, failure_threshold: int, ejection_time: float) -> None:
+        """Note a failed request and eject the backend for `ejection_time` seconds at the threshold.
+
+        The streak restarts after an ejection, so a backend that is still broken when it comes
+        back needs another `failure_threshold` failures before it is ejected again. A
+        `failure_threshold` of 0 or less disables passive ejection.
+        """
+        self.failures_total += 1
+        self.consecutive_failures += 1
+        if 0 < failure_threshold <= self.consecutive_failures:
+            self.ejected_until = now + ejection_time
+            self.consecutive_failures = 0
+
+    def snapshot(self, now: float) -> dict[str, object]:
+        """A JSON-ready view of identity and live state for status endpoints and the CLI."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "weight": self.weight,
+            "models": sorted(self.models) if self.models is not None else None,
+            "available": self.is_available(now),
+            "probe_healthy": self.probe_healthy,
+            "ejected_for_seconds": round(max(self.ejected_until - now, 0.0), 3),
+            "in_flight": self.in_flight,
+            "ttfb_ewma_ms": None if self.ttfb_ewma is None else round(self.ttfb_ewma * 1000, 1),
+            "consecutive_failures": self.consecutive_failures,
+            "requests_total": self.requests_total,
+            "failures_total": self.failures_total,
+        }
