@@ -81,7 +81,7 @@ def serve(
             f"mock backend on http://127.0.0.1:{mock_port}\n"
             f"Try:\n  curl {base}/v1/models\n"
             f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
-            f"-d '{{\"model\": \"{server.DEMO_MODEL}\", \"messages\": "
+            f'-d \'{{"model": "{server.DEMO_MODEL}", "messages": '
             f'[{{"role": "user", "content": "Hello"}}], "stream": true}}\''
         )
         server.run(server.serve_demo(address, mock_port))
@@ -93,7 +93,9 @@ def serve(
         err_console.print(f"[red]error:[/] {path}: the config is invalid\n{exc}")
         raise typer.Exit(2) from None
     if listen:
-        loaded = loaded.model_copy(update={"listen": listen, "server": loaded.server.model_copy(update={"listen": None})})
+        loaded = loaded.model_copy(
+            update={"listen": listen, "server": loaded.server.model_copy(update={"listen": None})}
+        )
     _setup_logging(loaded.logging.level)
     server.run(server.serve(loaded))
 

@@ -1,4 +1,4 @@
-"""Parse listen addresses the way operators write them: ``:8000``, ``0.0.0.0:8000``, ``[::1]:80``."""
+"""Parse listen addresses as operators write them: `:8000`, `0.0.0.0:8000`, `[::1]:80`."""
 
 from __future__ import annotations
 

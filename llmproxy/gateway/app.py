@@ -175,7 +175,7 @@ class _DisconnectWatch:
     the response is complete; ``request.complete`` tells the two apart.
     """
 
-    __slots__ = ("fired", "_request", "_task", "_watcher")
+    __slots__ = ("_request", "_task", "_watcher", "fired")
 
     def __init__(self, receive: Receive, request: ProxyRequest) -> None:
         self.fired = False
@@ -196,7 +196,9 @@ class _DisconnectWatch:
         self._watcher.cancel()
 
 
-async def _read_body(receive: Receive, headers: list[tuple[bytes, bytes]], runtime: Runtime) -> bytes:
+async def _read_body(
+    receive: Receive, headers: list[tuple[bytes, bytes]], runtime: Runtime
+) -> bytes:
     """The whole request body, bounded by ``server.max_body_size`` (413) and ``read_timeout``."""
     limit = runtime.config.server.max_body_size
     declared = find_header(headers, b"content-length")

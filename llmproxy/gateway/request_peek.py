@@ -45,9 +45,13 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
                 400, "the request body must be a JSON object", "invalid_body"
             ) from None
         field = text.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in text else None
-        raise GatewayError(400, f"invalid request body: {text}", "invalid_body", param=field) from None
+        raise GatewayError(
+            400, f"invalid request body: {text}", "invalid_body", param=field
+        ) from None
     except msgspec.DecodeError as exc:
-        raise GatewayError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from None
+        raise GatewayError(
+            400, f"the request body is not valid JSON: {exc}", "invalid_json"
+        ) from None
     if model_required and not peek.model:
         raise GatewayError(
             400, "you must provide a model parameter", "missing_model", param="model"

@@ -1,0 +1,118 @@
+"""Backend choice end to end: model routing, weights, failover, fallback and health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import aiohttp
+
+from tests.harness import gateway, make_config, mock_backend
+
+CHAT = "/v1/chat/completions"
+
+
+async def _who(session: aiohttp.ClientSession, url: str, model: str, **headers: str) -> str:
+    async with session.post(
+        url + CHAT, json={"model": model, "messages": []}, headers=headers
+    ) as response:
+        assert response.status == 200, await response.text()
+        return response.headers["x-mock-backend"]
+
+
+async def test_requests_go_to_the_backend_that_serves_the_model() -> None:
+    """Each model is served only by the backends that list it; unlisted backends serve any."""
+    async with (
+        mock_backend(name="a", models=("llama", "qwen")) as a,
+        mock_backend(name="b", models=("qwen",)) as b,
+    ):
+        config = make_config(
+            [{"url": a.url, "models": ["llama"]}, {"url": b.url, "models": ["qwen"]}]
+        )
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            assert {await _who(session, gw.url, "llama") for _ in range(6)} == {"a"}
+            assert {await _who(session, gw.url, "qwen") for _ in range(6)} == {"b"}
+
+
+async def test_weighted_round_robin_over_real_backends() -> None:
+    """Weights 3:1 split 40 requests 30:10."""
+    async with mock_backend(name="a") as a, mock_backend(name="b") as b:
+        config = make_config([{"url": a.url, "weight": 3}, {"url": b.url, "weight": 1}])
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            counts = Counter([await _who(session, gw.url, "mock-model") for _ in range(40)])
+    assert counts == {"a": 30, "b": 10}
+
+
+async def test_reset_before_response_fails_over_to_another_backend() -> None:
+    """A backend that drops the connection before answering is retried elsewhere."""
+    async with (
+        mock_backend(name="bad", fault="reset_before") as bad,
+        mock_backend(name="good") as good,
+    ):
+        config = make_config([{"url": bad.url}, {"url": good.url}])
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            served = [await _who(session, gw.url, "mock-model") for _ in range(6)]
+    assert set(served) == {"good"}
+    assert bad.stats.requests >= 1
+
+
+async def test_passive_ejection_stops_sending_to_a_failing_backend() -> None:
+    """After failure_threshold consecutive failures a backend gets no traffic for a while."""
+    async with mock_backend(name="bad", fault="500") as bad, mock_backend(name="good") as good:
+        config = make_config(
+            [{"url": bad.url}, {"url": good.url}],
+            health_check={"enabled": False, "passive": {"failure_threshold": 2}},
+            routing={"retry": {"retry_on_status": [500, 502, 503]}},
+        )
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            for _ in range(20):
+                assert await _who(session, gw.url, "mock-model") == "good"
+    assert bad.stats.requests == 2
+
+
+async def test_fallback_chain_serves_when_primary_is_down() -> None:
+    """A weight-0 fallback backend takes the traffic only when the primary cannot."""
+    async with mock_backend(name="spare") as spare:
+        config = make_config(
+            [
+                {"url": "http://127.0.0.1:1", "name": "primary"},
+                {"url": spare.url, "name": "spare", "weight": 0},
+            ],
+            routing={"fallback": [{"primary": "primary", "fallback": ["spare"]}]},
+        )
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            assert await _who(session, gw.url, "mock-model") == "spare"
+
+
+async def test_ready_follows_active_health_checks() -> None:
+    """/ready is 503 once active probes mark every backend down, and 200 again after recovery."""
+    async with mock_backend() as mock:
+        config = make_config(
+            [{"url": mock.url}],
+            health_check={
+                "enabled": True,
+                "interval": "50ms",
+                "timeout": "200ms",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+            },
+        )
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            async with session.get(gw.url + "/ready") as response:
+                assert response.status == 200
+            async with session.get(gw.url + "/health") as response:
+                assert response.status == 200
+            await mock.stop()
+            status = 200
+            for _ in range(50):
+                async with session.get(gw.url + "/ready") as response:
+                    status = response.status
+                if status == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 503
+            async with session.post(
+                gw.url + CHAT, json={"model": "mock-model", "messages": []}
+            ) as response:
+                assert response.status == 503
+                assert (await response.json())["error"]["code"] == "no_backend_available"
