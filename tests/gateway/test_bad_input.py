@@ -129,12 +129,14 @@ async def test_stalled_backend_is_504() -> None:
 
 
 async def test_backend_error_status_is_passed_on_not_disguised() -> None:
-    """A backend 500 reaches the client as a 500 with the backend's error body."""
-    async with mock_backend(fault="500") as mock, gateway(make_config([{"url": mock.url}])) as gw:
-        status, body = await _post(gw, CHAT, b'{"model": "mock-model", "messages": []}')
+    """A backend 500 is retried, then reaches the client as a 500 with the backend's error body."""
+    config = {"routing": {"retry": {"max_retries": 1}}}
+    async with mock_backend(fault="500") as mock:
+        async with gateway(make_config([{"url": mock.url}], **config)) as gw:
+            status, body = await _post(gw, CHAT, b'{"model": "mock-model", "messages": []}')
     assert status == 500
-    _error(body)
-    assert mock.stats.requests == 1  # 500 is not in retry_on_status by default
+    assert _error(body)["message"] == "mock fault: internal server error"
+    assert mock.stats.requests == 2
 
 
 async def test_backend_503_is_retried_then_reported() -> None:
