@@ -97,6 +97,10 @@ def serve(
             update={"listen": listen, "server": loaded.server.model_copy(update={"listen": None})}
         )
     _setup_logging(loaded.logging.level)
+    if loaded.server.workers > 1:
+        from llmproxy.daemon.workers import supervise
+
+        raise typer.Exit(supervise(loaded))
     server.run(server.serve(loaded))
 
 
@@ -109,7 +113,7 @@ def config_check(
 
     messages, ok = check_config(file)
     for line in messages:
-        (console if ok else err_console).print(line, markup=False, highlight=False)
+        (console if ok else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
 

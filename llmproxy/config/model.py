@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from llmproxy.config.errors import PathValueError
 from llmproxy.config.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -24,17 +25,26 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 
 
 class Section(BaseModel):
-    """Base of every config section: frozen, and unknown keys are errors."""
+    """Base of every config section: frozen, and unknown keys are errors.
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    The docstring under each field is its description: ``docs/configuration.md`` is generated from
+    them (``python -m llmproxy.config.reference``).
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, use_attribute_docstrings=True
+    )
 
 
 class TLSConfig(Section):
     """``server.tls``: serve HTTPS with a certificate and key in PEM files."""
 
     enabled: bool = False
+    """Serve HTTPS instead of plain HTTP."""
     cert_file: str = ""
+    """PEM file with the certificate chain."""
     key_file: str = ""
+    """PEM file with the private key."""
 
     @model_validator(mode="after")
     def _files_when_enabled(self) -> TLSConfig:
@@ -47,42 +57,71 @@ class CORSConfig(Section):
     """``server.cors``: browser access (preflight answered by the gateway itself)."""
 
     enabled: bool = False
+    """Answer preflight requests and add CORS headers, so browser apps can call the API."""
     allow_origins: tuple[str, ...] = ("*",)
+    """Origins allowed to call the gateway from a browser; `*` allows any."""
     allow_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+    """Methods a browser may use (`Access-Control-Allow-Methods`)."""
     allow_headers: tuple[str, ...] = ("Authorization", "Content-Type", "X-API-Key", "X-Request-Id")
+    """Request headers a browser may send (`Access-Control-Allow-Headers`)."""
     expose_headers: tuple[str, ...] = ("X-Request-Id",)
+    """Response headers a browser script may read."""
     allow_credentials: bool = False
+    """Let browsers send cookies and credentials (`Access-Control-Allow-Credentials`)."""
     max_age: Duration = 600.0
+    """How long a browser may reuse a preflight answer."""
 
 
 class ServerConfig(Section):
     """``server``: the client-facing listener."""
 
     listen: str | None = None
+    """Address to listen on (`host:port`, or `:port` for every interface); overrides the top-level
+    `listen` when set.
+    """
     read_timeout: Duration = 60.0
+    """Longest wait for a client to send its request; 0 waits forever."""
     write_timeout: Duration = 0.0
+    """Longest time to send one response; 0 means no limit, which long streams need."""
     idle_timeout: Duration = 75.0
+    """How long an idle keep-alive client connection stays open."""
     max_header_size: Size = 64 * 1024
+    """Largest request header block accepted from a client."""
     max_body_size: Size = 10 * 1024 * 1024
+    """Largest request body accepted; larger requests are refused with 413."""
     shutdown_timeout: Duration = 30.0
+    """On SIGTERM, how long in-flight requests may finish before they are cancelled."""
     workers: int = Field(default=1, ge=1, le=256)
+    """Gateway processes sharing the port; one process uses one CPU core."""
     tls: TLSConfig = TLSConfig()
+    """HTTPS for the listener."""
     cors: CORSConfig = CORSConfig()
+    """Browser (CORS) access."""
 
 
 class BackendConfig(Section):
     """``backends[]``: one inference server."""
 
     url: str
+    """Base URL of the inference server (http or https); the client's request path is appended."""
     name: str = ""
+    """Short name for logs, metrics, status and fallback chains; empty means the url."""
     weight: int = Field(default=1, ge=0, le=1000)
+    """Share of traffic relative to the other backends; 0 takes it out of rotation."""
     models: tuple[str, ...] = ()
+    """Model names this backend serves; empty means any model."""
     api_key: str = ""
+    """Bearer token the gateway sends to this backend; empty sends none."""
     headers: dict[str, str] = Field(default_factory=dict)
+    """Extra headers added to every request sent to this backend."""
     connect_timeout: Duration = 5.0
+    """Longest wait to open a connection to the backend."""
     first_byte_timeout: Duration = 300.0
+    """Longest wait for the first byte of the answer (prompt processing included)."""
     idle_timeout: Duration = 120.0
+    """Longest silence between two chunks of a streamed answer before it is abandoned."""
     max_connections: int = Field(default=0, ge=0)
+    """Most simultaneous connections to this backend; 0 means no limit."""
 
     @field_validator("url")
     @classmethod
@@ -92,6 +131,10 @@ class BackendConfig(Section):
             raise ValueError(f"scheme must be http or https, got {url!r}")
         if not parts.hostname:
             raise ValueError(f"url has no host: {url!r}")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+        except ValueError:
+            raise ValueError(f"url has an invalid port: {url!r}") from None
         if parts.query or parts.fragment:
             raise ValueError(f"url must not carry a query or fragment: {url!r}")
         return url.rstrip("/")
@@ -106,19 +149,28 @@ class RetryConfig(Section):
     """``routing.retry``: retries before anything was sent to the client."""
 
     enabled: bool = True
+    """Retry a failed request on another backend, as long as nothing reached the client yet."""
     max_retries: int = Field(default=2, ge=0, le=20)
+    """Retries after the first attempt."""
     initial_wait: Duration = 0.05
+    """Wait before the first retry."""
     max_wait: Duration = 2.0
+    """Upper bound of the wait between two retries."""
     multiplier: float = Field(default=2.0, ge=1.0)
+    """Factor the wait grows by after each retry."""
     jitter: float = Field(default=0.2, ge=0.0, le=1.0)
-    retry_on_status: tuple[int, ...] = (429, 502, 503, 504)
+    """Random spread of each wait, as a fraction of it (0.2 is ±20 %)."""
+    retry_on_status: tuple[int, ...] = (429, 500, 502, 503, 504)
+    """Backend status codes that count as a failure worth retrying."""
 
 
 class FallbackConfig(Section):
     """``routing.fallback[]``: where to go when ``primary`` (url or name) is down."""
 
     primary: str
+    """Backend (name or url) this chain applies to."""
     fallback: tuple[str, ...]
+    """Backends (names or urls) to use, in order, while the primary is down."""
 
 
 class RoutingConfig(Section):
@@ -127,97 +179,158 @@ class RoutingConfig(Section):
     load_balance_strategy: Literal["round_robin", "least_connections", "latency_based"] = (
         "round_robin"
     )
+    """How a backend is picked: weighted round robin, fewest open connections, or lowest recent
+    latency.
+    """
     retry: RetryConfig = RetryConfig()
+    """Retries of failed requests."""
     fallback: tuple[FallbackConfig, ...] = ()
+    """Fallback chains for backends that are down."""
 
 
 class PassiveHealthConfig(Section):
     """``health_check.passive``: eject a backend after consecutive request failures."""
 
     enabled: bool = True
+    """Take a backend out after consecutive failed requests, without waiting for a probe."""
     failure_threshold: int = Field(default=5, ge=1)
+    """Consecutive failed requests that take a backend out."""
     ejection_time: Duration = 30.0
+    """How long a backend taken out this way stays out."""
 
 
 class HealthCheckConfig(Section):
     """``health_check``: active probes of every backend."""
 
     enabled: bool = True
+    """Probe every backend periodically and route only to healthy ones."""
     interval: Duration = 10.0
+    """Time between two probes of one backend."""
     path: str = "/health"
+    """Path requested (GET) on each backend by a probe."""
     timeout: Duration = 2.0
+    """Longest wait for a probe's answer."""
     unhealthy_threshold: int = Field(default=3, ge=1)
+    """Consecutive failed probes that mark a backend down."""
     healthy_threshold: int = Field(default=2, ge=1)
+    """Consecutive good probes that bring a backend back."""
     passive: PassiveHealthConfig = PassiveHealthConfig()
+    """Ejection on failed requests."""
 
 
 class RedisConnection(Section):
     """Connection to a Redis server (providers and limit storage)."""
 
     addr: str = "localhost:6379"
+    """Redis server as `host:port`."""
     password: str = ""
+    """Redis password; empty for none."""
     username: str = ""
+    """Redis ACL user; empty for the default user."""
     db: int = Field(default=0, ge=0)
+    """Redis database number."""
     key_pattern: str = "llmproxy:key:{api_key}"
+    """Redis key holding one API key's data; `{api_key}` is replaced by the key."""
     timeout: Duration = 0.5
+    """Longest wait for one Redis command."""
     tls: bool = False
+    """Connect to Redis over TLS."""
 
 
 class DatabaseConnection(Section):
     """``database`` provider: a SQL table or a parameterised query."""
 
     driver: Literal["postgres", "postgresql", "mysql", "mariadb", "sqlite", "sqlite3"]
+    """SQL database kind."""
     dsn: str
+    """Connection string, e.g. `postgres://user:pass@host/db`, or the SQLite file path."""
     table: str = "api_keys"
+    """Table holding the keys."""
     key_column: str = "key"
+    """Column compared with the key a client presents."""
     fields: tuple[str, ...] = ()
+    """Columns handed to the decision as `data`; empty means every column."""
     query: str = ""
+    """SQL to run instead of reading `table`, with one parameter: the key."""
     pool_size: int = Field(default=10, ge=1)
+    """Most open database connections."""
     timeout: Duration = 2.0
+    """Longest wait for one query."""
 
 
 class WebhookConnection(Section):
     """``webhook`` provider: POST the key (or its hash) and take the JSON reply as data."""
 
     url: str
+    """Endpoint asked about each key; its JSON reply becomes `data`."""
     method: Literal["POST", "GET"] = "POST"
+    """HTTP method of the call."""
     timeout: Duration = 3.0
+    """Longest wait for the reply."""
     headers: dict[str, str] = Field(default_factory=dict)
+    """Extra headers sent with each call."""
     send_key: Literal["hash", "plain"] = "hash"
+    """Send a hash of the key (`hash`) or the key itself (`plain`)."""
 
 
 class StaticKey(Section):
     """One key inline in a ``static`` provider, or in top-level ``api_keys``."""
 
     key: str
+    """The API key clients present."""
     name: str = ""
+    """Label shown in usage records and the CLI."""
     user_id: str = ""
+    """Owner the key's usage is billed to."""
     status: str | int = "active"
+    """Key state; only `active` keys are let in."""
     total_quota: int | None = None
+    """Tokens the key may use in total; unset means no quota."""
     used_quota: int = 0
+    """Tokens already used, counted against `total_quota`."""
     expires_at: str | int | None = None
+    """Expiry as an ISO 8601 date or time, or a Unix timestamp; unset never expires."""
     models: tuple[str, ...] = ()
+    """Models the key may use; empty means any."""
     allowed_ips: tuple[str, ...] = ()
+    """Client addresses or CIDR ranges the key may be used from; empty means any."""
     rpm: int | None = None
+    """Requests per minute for this key, instead of `rate_limit.per_key`."""
     tpm: int | None = None
+    """Tokens per minute for this key."""
     max_concurrent: int | None = None
+    """Requests this key may have in flight at once."""
     priority: int | None = None
+    """Priority of this key's requests relative to other keys."""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    """Free-form data handed to the decision script and the usage records."""
 
 
 class ProviderConfig(Section):
     """``auth.pipeline[]``: one key source, optionally followed by a Lua decision."""
 
     name: str
+    """Name of this provider in logs and metrics."""
     type: Literal["file", "static", "builtin", "redis", "database", "webhook"]
+    """Where keys come from: top-level `api_keys` (`file`), `keys` below (`static`), the CLI-managed
+    SQLite store (`builtin`), Redis, a SQL database or a webhook.
+    """
     enabled: bool = True
+    """Skip this provider when false."""
     lua_script: str = ""
+    """Lua code that decides from the looked-up `data` whether the request may pass."""
     lua_file: str = ""
+    """File holding that Lua code, instead of `lua_script`."""
     redis: RedisConnection | None = None
+    """Connection of a `redis` provider."""
     database: DatabaseConnection | None = None
+    """Connection of a `database` provider."""
     webhook: WebhookConnection | None = None
+    """Endpoint of a `webhook` provider."""
     keys: tuple[StaticKey, ...] = ()
+    """Keys of a `static` provider."""
     path: str = ""
+    """Key file of a `file` provider; empty means the top-level `api_keys`."""
 
     @model_validator(mode="after")
     def _connection_for_type(self) -> ProviderConfig:
@@ -233,31 +346,51 @@ class AuthCacheConfig(Section):
     """``auth.cache``: bounded TTL cache of auth decisions."""
 
     enabled: bool = True
+    """Reuse decisions, so a key is not looked up on every request."""
     ttl: Duration = 10.0
+    """How long a decision to let a key in is reused."""
     negative_ttl: Duration = 2.0
+    """How long a refusal is reused; short, so a newly added key works quickly."""
     max_entries: int = Field(default=100_000, ge=1)
+    """Most cached decisions; the oldest are dropped first."""
 
 
 class AuthConfig(Section):
     """``auth``: key extraction and the provider pipeline."""
 
     enabled: bool = False
+    """Require an API key on every request outside `skip_paths`."""
     header_names: tuple[str, ...] = ("Authorization", "X-API-Key")
+    """Headers searched for the key, in order (`Authorization: Bearer sk-...` is understood)."""
     mode: Literal["first_match", "all"] = "first_match"
+    """`first_match`: the first provider that knows the key decides; `all`: every enabled provider
+    must let it in.
+    """
     storage: Literal["file", "builtin", ""] = ""
+    """Seed shortcut for a one-provider pipeline (`file` or `builtin`); empty when `pipeline` is
+    given.
+    """
     skip_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
+    """Paths served without a key."""
     pipeline: tuple[ProviderConfig, ...] = ()
+    """Key providers, asked in order."""
     cache: AuthCacheConfig = AuthCacheConfig()
+    """Cache of auth decisions."""
     builtin_db: str = "llmproxy-keys.db"
+    """SQLite file of the `builtin` key store."""
 
 
 class RateSpec(Section):
     """A token bucket: ``requests_per_second`` or ``requests_per_minute`` with ``burst_size``."""
 
     enabled: bool = False
+    """Apply this limit."""
     requests_per_second: float | None = Field(default=None, gt=0)
+    """Sustained request rate per second."""
     requests_per_minute: float | None = Field(default=None, gt=0)
+    """Sustained request rate per minute, instead of per second."""
     burst_size: int | None = Field(default=None, ge=1)
+    """Requests allowed at once above the sustained rate (the bucket size)."""
 
     @model_validator(mode="after")
     def _one_rate(self) -> RateSpec:
@@ -270,19 +403,30 @@ class PerKeyRateSpec(RateSpec):
     """``rate_limit.per_key``: the bucket plus concurrency and token budgets per key."""
 
     max_concurrent: int | None = Field(default=None, ge=1)
+    """Requests one key may have in flight at once."""
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Tokens one key may use per minute."""
 
 
 class RateLimitConfig(Section):
     """``rate_limit``: global and per-key limits, in memory or shared through Redis."""
 
     enabled: bool = False
+    """Apply rate limits."""
     storage: Literal["memory", "redis"] = "memory"
+    """`memory` counts in each process; `redis` shares the counts between every gateway process."""
     redis: RedisConnection | None = None
+    """Redis connection, needed when `storage` is `redis`."""
     redis_failure: Literal["open", "closed", "local"] = "local"
+    """When Redis is unreachable: `open` lets requests through, `closed` refuses them, `local`
+    limits in memory.
+    """
     global_: RateSpec = Field(default=RateSpec(), alias="global")
+    """One bucket for all traffic."""
     per_key: PerKeyRateSpec = PerKeyRateSpec()
+    """Limits for each API key."""
     default_max_tokens: int = Field(default=1024, ge=1)
+    """Tokens counted for a request that sets no `max_tokens`, when checking token budgets."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -291,14 +435,25 @@ class UsageHookConfig(Section):
     """``usage_hook``: webhook delivery of usage records."""
 
     enabled: bool = False
+    """Send usage records to a webhook."""
     url: str = ""
+    """Receiver of the usage records."""
     timeout: Duration = 3.0
+    """Longest wait for one delivery."""
     retry: int = Field(default=3, ge=0)
+    """Delivery attempts after a failed one; undelivered records wait in the local outbox."""
     secret: str = ""
+    """Key of the HMAC signature sent with each delivery; empty sends none."""
     batch_size: int = Field(default=100, ge=1)
+    """Most records in one delivery."""
     batch_interval: Duration = 1.0
+    """Longest time a record waits for its batch to fill."""
     format: Literal["batch", "seed"] = "batch"
+    """`batch` posts a JSON array of records; `seed` posts one record at a time, as the Go version
+    did.
+    """
     headers: dict[str, str] = Field(default_factory=dict)
+    """Extra headers sent with each delivery."""
 
     @model_validator(mode="after")
     def _url_when_enabled(self) -> UsageHookConfig:
@@ -311,39 +466,60 @@ class MetricsConfig(Section):
     """``metrics``: the Prometheus endpoint."""
 
     enabled: bool = True
+    """Serve Prometheus metrics."""
     path: str = "/metrics"
+    """Path of the metrics endpoint."""
 
 
 class LoggingConfig(Section):
     """``logging``: level, format and the access log."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level that is logged."""
     format: Literal["text", "json"] = "text"
+    """`text` for people, `json` for log collectors."""
     access_log: bool = False
+    """Log one line per request."""
 
 
 class AdminConfig(Section):
     """``admin``: the local admin socket the CLI talks to."""
 
     enabled: bool = True
+    """Open the local admin socket the CLI talks to."""
     socket: str = ""
+    """Unix socket path; empty means `$XDG_RUNTIME_DIR/llmproxy/admin.sock`, else
+    `./run/admin.sock`.
+    """
 
 
 class Config(Section):
     """The whole file. ``listen`` is the seed's top-level listen address."""
 
     listen: str = ":8000"
+    """Address to listen on, as in the seed config; `server.listen` wins when set."""
     server: ServerConfig = ServerConfig()
+    """The client-facing listener."""
     backends: tuple[BackendConfig, ...] = Field(min_length=1)
+    """Inference servers; at least one."""
     routing: RoutingConfig = RoutingConfig()
+    """How a backend is chosen."""
     health_check: HealthCheckConfig = HealthCheckConfig()
+    """Health of the backends."""
     auth: AuthConfig = AuthConfig()
+    """API keys and who may use the gateway."""
     rate_limit: RateLimitConfig = RateLimitConfig()
+    """Request and token rate limits."""
     usage_hook: UsageHookConfig = UsageHookConfig()
+    """Delivery of usage records to a webhook."""
     api_keys: tuple[StaticKey, ...] = ()
+    """Keys served by a `file` provider."""
     metrics: MetricsConfig = MetricsConfig()
+    """Prometheus metrics."""
     logging: LoggingConfig = LoggingConfig()
+    """Logging."""
     admin: AdminConfig = AdminConfig()
+    """The local admin socket."""
 
     @property
     def listen_address(self) -> str:
@@ -352,14 +528,23 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _unique_backend_names(self) -> Config:
+        # PathValueError (a ValueError) carries the offending key, so the error names its line.
         seen: set[str] = set()
-        for backend in self.backends:
+        for index, backend in enumerate(self.backends):
             if backend.display_name in seen:
-                raise ValueError(f"two backends are named {backend.display_name!r}")
+                key = "name" if backend.name else "url"
+                raise PathValueError(
+                    f"two backends are named {backend.display_name!r}", ("backends", index, key)
+                )
             seen.add(backend.display_name)
         known = seen | {b.url for b in self.backends}
-        for chain in self.routing.fallback:
-            for ref in (chain.primary, *chain.fallback):
+        for index, chain in enumerate(self.routing.fallback):
+            refs: list[tuple[tuple[str | int, ...], str]] = [(("primary",), chain.primary)]
+            refs += [(("fallback", n), ref) for n, ref in enumerate(chain.fallback)]
+            for where, ref in refs:
                 if ref.rstrip("/") not in known:
-                    raise ValueError(f"routing.fallback names {ref!r}, which is not a backend")
+                    raise PathValueError(
+                        f"{ref!r} is not the name or url of a backend",
+                        ("routing", "fallback", index, *where),
+                    )
         return self

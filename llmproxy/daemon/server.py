@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -56,11 +57,11 @@ def uvicorn_config(app: GatewayApp, config: Config) -> uvicorn.Config:
     )
 
 
-async def serve(config: Config) -> None:
-    """Serve ``config`` until SIGINT/SIGTERM."""
+async def serve(config: Config, sockets: list[socket.socket] | None = None) -> None:
+    """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them)."""
     state = RuntimeState(Runtime(config))
     server = uvicorn.Server(uvicorn_config(GatewayApp(state), config))
-    await server.serve()
+    await server.serve(sockets=sockets)
 
 
 async def serve_demo(listen: str, mock_port: int) -> None:

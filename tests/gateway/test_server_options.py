@@ -24,7 +24,9 @@ async def test_tls_listener_serves_https(tmp_path: Path) -> None:
     async with mock_backend() as mock:
         config = make_config(
             [{"url": mock.url}],
-            server={"tls": {"enabled": True, "cert_file": str(cert_file), "key_file": str(key_file)}},
+            server={
+                "tls": {"enabled": True, "cert_file": str(cert_file), "key_file": str(key_file)}
+            },
         )
         async with gateway(config) as gw, aiohttp.ClientSession() as session:
             url = gw.url.replace("http://", "https://")
@@ -56,7 +58,7 @@ async def test_slow_body_times_out_with_408() -> None:
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(
                 b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\""
+                b'content-type: application/json\r\ncontent-length: 100\r\n\r\n{"model"'
             )
             await writer.drain()
             await asyncio.sleep(0.05)

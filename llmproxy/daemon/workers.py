@@ -1,0 +1,81 @@
+"""``server.workers: N``: N gateway processes sharing one port through ``SO_REUSEPORT``.
+
+One Python process uses one core; the kernel spreads new connections over the workers' sockets.
+The supervisor only starts the workers, restarts one that dies unexpectedly, and passes SIGTERM /
+SIGINT on; it handles no traffic itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from llmproxy.config.model import Config
+from llmproxy.daemon.listen import parse_listen
+
+log = logging.getLogger("llmproxy.daemon")
+
+_RESTART_PAUSE = 1.0
+
+
+def reuse_port_socket(address: str) -> socket.socket:
+    """A listening socket on ``address`` that other processes may bind too (``SO_REUSEPORT``)."""
+    host, port = parse_listen(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker_main(config: Config) -> None:
+    from llmproxy.daemon import server
+
+    logging.basicConfig(level=getattr(logging, config.logging.level.upper()))
+    sock = reuse_port_socket(config.listen_address)
+    server.run(server.serve(config, sockets=[sock]))
+
+
+def supervise(config: Config) -> int:
+    """Run ``config.server.workers`` worker processes until told to stop; returns an exit code."""
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_worker_main, args=(config,), daemon=False)
+        process.start()
+        return process
+
+    workers = [start() for _ in range(config.server.workers)]
+    log.info("started %d workers on %s", len(workers), config.listen_address)
+
+    def forward(_signum: int, _frame: FrameType | None) -> None:
+        # uvicorn drains gracefully on SIGTERM; a second signal here is passed on the same way.
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.is_alive():
+                process.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        for index, process in enumerate(workers):
+            process.join(timeout=0.2)
+            if process.is_alive():
+                continue
+            if stopping:
+                continue
+            log.error("worker %d exited with %s; restarting it", process.pid, process.exitcode)
+            time.sleep(_RESTART_PAUSE)
+            workers[index] = start()
+        if stopping and not any(process.is_alive() for process in workers):
+            return 0
