@@ -90,7 +90,8 @@ def serve(
     try:
         loaded = load_config(path, os.environ)
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/] {path}: the config is invalid\n{exc}")
+        err_console.print(f"[red]error:[/] {path}: the config is invalid", soft_wrap=True)
+        err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if listen:
         loaded = loaded.model_copy(

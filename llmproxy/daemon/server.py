@@ -7,9 +7,11 @@ answers ``curl`` at once without any inference server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 import uvicorn
@@ -57,10 +59,39 @@ def uvicorn_config(app: GatewayApp, config: Config) -> uvicorn.Config:
     )
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server with the gateway's signal rules.
+
+    SIGTERM or SIGINT starts a graceful drain (stop accepting, let in-flight requests finish up to
+    ``server.shutdown_timeout``) and the process then exits 0; a second signal exits at once.
+    uvicorn's own handling re-raises the signal after draining, which makes a clean stop look like
+    a crash to systemd and Kubernetes.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            yield
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.should_exit:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            self.force_exit = True
+        else:
+            log.info("%s: draining in-flight requests", signal.Signals(signum).name)
+            self.should_exit = True
+
+
 async def serve(config: Config, sockets: list[socket.socket] | None = None) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them)."""
     state = RuntimeState(Runtime(config))
-    server = uvicorn.Server(uvicorn_config(GatewayApp(state), config))
+    server = GatewayServer(uvicorn_config(GatewayApp(state), config))
     await server.serve(sockets=sockets)
 
 

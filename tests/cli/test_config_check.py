@@ -1,0 +1,50 @@
+"""`llmproxy config check` validates a file and says exactly what is wrong, where."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from llmproxy.cli.main import app
+
+EXAMPLE = Path(__file__).parents[2] / "config.yaml.example"
+
+
+def test_check_accepts_the_example() -> None:
+    """The shipped example passes and the summary names its backends."""
+    result = CliRunner().invoke(app, ["config", "check", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output
+    assert "127.0.0.1:9001" in result.output
+
+
+def test_check_reports_every_problem_with_file_and_line(tmp_path: Path) -> None:
+    """Typos, bad values and bad durations are each reported as file:line: path: message."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "backends:\n"
+        "  - url: ftp://x\n"
+        "routing:\n"
+        "  load_balance_strategy: round_robbin\n"
+        "health_check:\n"
+        "  interval: 10x\n"
+    )
+    result = CliRunner().invoke(app, ["config", "check", str(config)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert any(line.startswith(f"{config}:2: backends[0].url: scheme must be") for line in lines)
+    assert any(
+        line.startswith(f"{config}:4: routing.load_balance_strategy: expected one of")
+        and "round_robbin" in line
+        for line in lines
+    )
+    assert any(line.startswith(f"{config}:6: health_check.interval: expected a duration") for line in lines)
+
+
+def test_check_missing_file(tmp_path: Path) -> None:
+    """A file that does not exist is a clear error, not a traceback."""
+    result = CliRunner().invoke(app, ["config", "check", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1
+    assert "nope.yaml" in result.output
+    assert "Traceback" not in result.output
