@@ -39,7 +39,8 @@ def test_check_reports_every_problem_with_file_and_line(tmp_path: Path) -> None:
         and "round_robbin" in line
         for line in lines
     )
-    assert any(line.startswith(f"{config}:6: health_check.interval: expected a duration") for line in lines)
+    interval = f"{config}:6: health_check.interval: expected a duration"
+    assert any(line.startswith(interval) for line in lines)
 
 
 def test_check_missing_file(tmp_path: Path) -> None:

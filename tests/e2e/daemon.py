@@ -40,7 +40,9 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], within: float = 20
 
 
 @contextlib.contextmanager
-def running(args: list[str], health_url: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    args: list[str], health_url: str, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``llmproxy ARGS``, wait for ``health_url``, and stop it with SIGTERM at the end."""
     process = subprocess.Popen(
         [*LLMPROXY, *args],

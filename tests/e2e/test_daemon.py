@@ -75,7 +75,9 @@ def test_two_workers_share_one_port(tmp_path: Path) -> None:
     backend_port, gateway_port = free_port(), free_port()
     config = _write_config(tmp_path, gateway_port, backend_port, workers="server: {workers: 2}")
     with (
-        running(["mock-backend", "--port", str(backend_port)], f"http://127.0.0.1:{backend_port}/health"),
+        running(
+            ["mock-backend", "--port", str(backend_port)], f"http://127.0.0.1:{backend_port}/health"
+        ),
         running(
             ["serve", "--config", str(config)], f"http://127.0.0.1:{gateway_port}/health"
         ) as supervisor,
@@ -111,7 +113,11 @@ def test_serve_refuses_a_broken_config(tmp_path: Path) -> None:
 def test_serve_without_config_says_what_to_do(tmp_path: Path) -> None:
     """Without a config file the error names --config and --demo."""
     result = subprocess.run(
-        [*LLMPROXY, "serve"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        [*LLMPROXY, "serve"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2
