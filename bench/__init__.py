@@ -1,0 +1,1 @@
+"""The overhead benchmark: ``python -m bench`` (see :mod:`bench.__main__`)."""
