@@ -12,6 +12,8 @@ to the end, so a reload never changes the rules under a request that is already 
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -47,6 +49,10 @@ class GatewayApp:
 
     def __init__(self, state: RuntimeState) -> None:
         self.state = state
+        # Request ids: a random prefix per app (so per worker process) and a counter — unique,
+        # 32 hex digits, and without the system call os.urandom would cost per request.
+        self._id_prefix = os.urandom(10).hex()
+        self._id_counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -69,6 +75,10 @@ class GatewayApp:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # Everything built at startup lives as long as the process: keep it out of the
+                # collector's scans so per-request garbage collections stay short.
+                gc.collect()
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.state.close()
@@ -81,7 +91,7 @@ class GatewayApp:
         if given_id and len(given_id) <= _MAX_REQUEST_ID and given_id.isascii():
             request_id = given_id.decode("ascii")
         else:
-            request_id = os.urandom(16).hex()
+            request_id = f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFFFFFF:012x}"
         rid = request_id.encode("ascii")
         server = runtime.config.server
         if server.cors.enabled:
@@ -171,8 +181,10 @@ class GatewayApp:
 class _DisconnectWatch:
     """Cancel the request's task when its client disconnects, unless the response is complete.
 
-    uvicorn's ``receive()`` returns ``http.disconnect`` both when the client goes away and after
-    the response is complete; ``request.complete`` tells the two apart.
+    uvicorn's ``receive()`` returns ``http.disconnect`` both when the client goes away and once
+    the response is complete, so the watcher always ends by itself; ``request.complete`` tells the
+    two apart. It is never cancelled: a cancelled task leaves a reference cycle per request for
+    the garbage collector, which showed up as 45–60 ms GC pauses under load.
     """
 
     __slots__ = ("_request", "_task", "_watcher", "fired")
@@ -184,16 +196,16 @@ class _DisconnectWatch:
         self._watcher = asyncio.ensure_future(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if not self._request.complete and self._task is not None:
-                    self.fired = True
-                    self._task.cancel()
-                return
+        message = await receive()
+        if message["type"] == "http.disconnect" and not self._request.complete:
+            self.fired = True
+            if self._task is not None:
+                self._task.cancel()
 
     def stop(self) -> None:
-        self._watcher.cancel()
+        """The forward is over (answered, failed or cancelled): a later disconnect is no cancel."""
+        self._request.complete = True
+        self._task = None
 
 
 async def _read_body(

@@ -155,3 +155,22 @@ async def test_backend_503_is_retried_then_reported() -> None:
             assert response.status == 429
             _error(await response.json())
     assert mock.stats.requests == 3
+
+
+async def test_backend_silent_mid_stream_ends_with_error_event() -> None:
+    """A stream whose backend goes quiet past idle_timeout ends with an SSE error event."""
+    async with mock_backend() as mock:
+        config = make_config([{"url": mock.url, "idle_timeout": "200ms"}])
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            async with session.post(
+                gw.url + CHAT,
+                json={"model": "mock-model", "messages": [], "stream": True, "max_tokens": 5},
+                headers={"x-mock-itl": "2"},
+            ) as response:
+                assert response.status == 200
+                body = await response.read()
+    assert body.endswith(b"\n\n")
+    assert b"event: error\n" in body
+    assert b'"code":"upstream_timeout"' in body
+    assert b"[DONE]" not in body
+    assert b'"finish_reason":"length"' not in body

@@ -1,0 +1,1 @@
+"""Authentication: API keys, the provider pipeline, sandboxed Lua decisions."""
