@@ -82,7 +82,8 @@ def serve(
             f"Try:\n  curl {base}/v1/models\n"
             f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
             f'-d \'{{"model": "{server.DEMO_MODEL}", "messages": '
-            f'[{{"role": "user", "content": "Hello"}}], "stream": true}}\''
+            f'[{{"role": "user", "content": "Hello"}}], "stream": true}}\'',
+            soft_wrap=True,
         )
         server.run(server.serve_demo(address, mock_port))
         return
