@@ -319,8 +319,12 @@ class ProviderConfig(Section):
     """Skip this provider when false."""
     lua_script: str = ""
     """Lua code that decides from the looked-up `data` whether the request may pass."""
-    lua_file: str = ""
-    """File holding that Lua code, instead of `lua_script`."""
+    lua_script_file: str = ""
+    """File holding that Lua code, instead of `lua_script` (watched and reloaded with the config)."""
+    on_error: Literal["skip", "deny"] = "deny"
+    """When this provider cannot answer (server down, timeout, bad reply): `deny` refuses the
+    request with 503, `skip` goes on to the next provider. Never an allow.
+    """
     redis: RedisConnection | None = None
     """Connection of a `redis` provider."""
     database: DatabaseConnection | None = None
@@ -337,8 +341,8 @@ class ProviderConfig(Section):
         needed = {"redis": self.redis, "database": self.database, "webhook": self.webhook}
         if self.type in needed and needed[self.type] is None:
             raise ValueError(f"provider type {self.type!r} needs a {self.type!r} section")
-        if self.lua_script and self.lua_file:
-            raise ValueError("give lua_script or lua_file, not both")
+        if self.lua_script and self.lua_script_file:
+            raise ValueError("give lua_script or lua_script_file, not both")
         return self
 
 
@@ -353,6 +357,47 @@ class AuthCacheConfig(Section):
     """How long a refusal is reused; short, so a newly added key works quickly."""
     max_entries: int = Field(default=100_000, ge=1)
     """Most cached decisions; the oldest are dropped first."""
+
+
+class StatusCodeConfig(Section):
+    """How the gateway answers a key in one state: let it pass, or refuse with a status."""
+
+    allow: bool = False
+    """Let a key in this state pass."""
+    http_code: int = Field(default=401, ge=200, le=599)
+    """HTTP status of the refusal."""
+    message: str = ""
+    """Error message of the refusal (the OpenAI error body's `message`)."""
+
+
+class StatusCodesConfig(Section):
+    """``auth.status_codes``: the answer for each key state, as in the seed."""
+
+    active: StatusCodeConfig = StatusCodeConfig(allow=True, http_code=200, message="")
+    """A key in good standing."""
+    disabled: StatusCodeConfig = StatusCodeConfig(
+        http_code=403, message="this API key is disabled"
+    )
+    """A key switched off by its owner or an operator (status `disabled` or 1)."""
+    expired: StatusCodeConfig = StatusCodeConfig(http_code=401, message="this API key has expired")
+    """A key past its `expires_at` (or status `expired` or 3)."""
+    quota_exceeded: StatusCodeConfig = StatusCodeConfig(
+        http_code=429, message="this API key has used all of its quota"
+    )
+    """A key whose `used_quota` reached `total_quota`, or whose `balance` is spent (status 2)."""
+    not_found: StatusCodeConfig = StatusCodeConfig(http_code=401, message="invalid API key")
+    """A key no provider knows."""
+
+
+class LuaLimitsConfig(Section):
+    """``auth.lua``: the budget every decision script runs under."""
+
+    instruction_limit: int = Field(default=1_000_000, ge=1000)
+    """Lua VM instructions one decision may execute before it is stopped (a 500)."""
+    memory_limit: Size = 16 * 1024 * 1024
+    """Memory the Lua runtime may allocate, in total."""
+    timeout: Duration = 0.05
+    """Wall-clock time one decision may take before it is stopped."""
 
 
 class AuthConfig(Section):
@@ -378,6 +423,14 @@ class AuthConfig(Section):
     """Cache of auth decisions."""
     builtin_db: str = "llmproxy-keys.db"
     """SQLite file of the `builtin` key store."""
+    status_codes: StatusCodesConfig = StatusCodesConfig()
+    """The answer for each key state."""
+    forward_metadata: dict[str, str] = Field(default_factory=dict)
+    """Decision metadata sent to the backend as headers: metadata name → header name (e.g.
+    `user_id: X-User-Id`). Copies of those headers sent by the client are removed.
+    """
+    lua: LuaLimitsConfig = LuaLimitsConfig()
+    """Budget of the decision scripts."""
 
 
 class RateSpec(Section):

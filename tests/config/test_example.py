@@ -77,16 +77,23 @@ def test_example_values_are_the_defaults() -> None:
     config = load_config(EXAMPLE, environ={})
     differences: list[str] = []
 
-    def compare(model: BaseModel, path: str) -> None:
+    def compare(model: BaseModel, default: BaseModel | None, path: str) -> None:
+        # A section's default is the parent field's default instance when it has one (e.g.
+        # auth.status_codes.disabled), else the section class's own field defaults.
         for name, field in type(model).model_fields.items():
             key = f"{path}.{field.alias or name}" if path else field.alias or name
             value = getattr(model, name)
             if key in SHOWN_WITH_EXAMPLES:
                 continue
+            expected = (
+                getattr(default, name)
+                if default is not None
+                else field.get_default(call_default_factory=True)
+            )
             if isinstance(value, BaseModel):
-                compare(value, key)
-            elif value != field.get_default(call_default_factory=True):
+                compare(value, expected if isinstance(expected, BaseModel) else None, key)
+            elif value != expected:
                 differences.append(f"{key}: {value!r}")
 
-    compare(config, "")
+    compare(config, None, "")
     assert not differences, f"config.yaml.example differs from the defaults: {differences}"

@@ -1,0 +1,1 @@
+"""Key providers: where the data of a presented key comes from."""
