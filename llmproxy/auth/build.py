@@ -1,0 +1,102 @@
+"""Build the auth pipeline of one runtime snapshot from the config.
+
+Everything that can fail on a bad config fails here, before the snapshot serves a request: unknown
+provider settings, Lua syntax errors (with the script's file and line), unreadable script files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmproxy.auth.lua import LuaSandbox, LuaScript
+from llmproxy.auth.pipeline import AuthPipeline, Stage
+from llmproxy.auth.providers.base import KeyProvider
+from llmproxy.auth.providers.builtin import BuiltinProvider
+from llmproxy.auth.providers.database import DatabaseProvider
+from llmproxy.auth.providers.redis import RedisProvider
+from llmproxy.auth.providers.static import StaticProvider
+from llmproxy.auth.providers.webhook import WebhookProvider
+from llmproxy.config.model import Config, ProviderConfig
+from llmproxy.connections import ConnectionPools
+
+
+_IN_MEMORY = frozenset({"file", "static", "builtin"})
+
+
+class AuthSetupError(Exception):
+    """The auth section cannot be turned into a working pipeline; the message says why."""
+
+
+def effective_pipeline(config: Config) -> tuple[ProviderConfig, ...]:
+    """The providers to run: ``auth.pipeline``, or the seed's ``auth.storage`` shortcut.
+
+    Without a pipeline, ``storage: file`` means the top-level ``api_keys``, ``storage: builtin``
+    the builtin store; with neither, ``api_keys`` when there are any, else the builtin store.
+    """
+    auth = config.auth
+    if auth.pipeline:
+        return tuple(entry for entry in auth.pipeline if entry.enabled)
+    storage = auth.storage or ("file" if config.api_keys else "builtin")
+    return (ProviderConfig(name=storage, type=storage),)
+
+
+def _provider(
+    entry: ProviderConfig, config: Config, pools: ConnectionPools, base_dir: Path
+) -> KeyProvider:
+    if entry.type == "file":
+        return StaticProvider(entry.name, config.api_keys)
+    if entry.type == "static":
+        return StaticProvider(entry.name, entry.keys)
+    if entry.type == "builtin":
+        return BuiltinProvider(entry.name, base_dir / config.auth.builtin_db)
+    if entry.type == "redis":
+        assert entry.redis is not None  # the model requires it
+        return RedisProvider(entry.name, entry.redis, pools)
+    if entry.type == "database":
+        assert entry.database is not None
+        return DatabaseProvider(entry.name, entry.database, pools)
+    assert entry.webhook is not None
+    return WebhookProvider(entry.name, entry.webhook, pools)
+
+
+def _script(entry: ProviderConfig, sandbox: LuaSandbox, base_dir: Path) -> LuaScript | None:
+    if entry.lua_script_file:
+        path = base_dir / entry.lua_script_file
+        try:
+            source = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise AuthSetupError(
+                f"auth provider {entry.name}: cannot read lua_script_file {path}: {exc.strerror}"
+            ) from None
+        return sandbox.compile(source, str(path))
+    if entry.lua_script:
+        return sandbox.compile(entry.lua_script, f"provider {entry.name}")
+    return None
+
+
+def build_pipeline(
+    config: Config, pools: ConnectionPools, sandbox: LuaSandbox, base_dir: Path
+) -> AuthPipeline:
+    """The pipeline for ``config.auth`` (not yet opened). Raises on a broken script or setting."""
+    try:
+        stages = _stages(config, pools, sandbox, base_dir)
+    except ValueError as exc:  # a provider refusing its settings names itself in the message
+        raise AuthSetupError(str(exc)) from None
+    if not stages:
+        raise AuthSetupError("auth is enabled but no provider in auth.pipeline is enabled")
+    return AuthPipeline(config.auth, stages)
+
+
+def _stages(
+    config: Config, pools: ConnectionPools, sandbox: LuaSandbox, base_dir: Path
+) -> list[Stage]:
+    return [
+        Stage.create(
+            _provider(entry, config, pools, base_dir),
+            _script(entry, sandbox, base_dir),
+            skip_on_error=entry.on_error == "skip",
+            # Keys already held in memory: a cache would only delay a reload or a revoke.
+            cache=None if entry.type in _IN_MEMORY else config.auth.cache,
+        )
+        for entry in effective_pipeline(config)
+    ]

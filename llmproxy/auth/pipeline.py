@@ -1,0 +1,283 @@
+"""The auth pipeline: providers asked in order, each optionally followed by a Lua decision.
+
+``mode: first_match`` — the first provider that knows the key decides (allow or refuse);
+``mode: all`` — every enabled provider must know the key and let it in. A provider that cannot
+answer follows its ``on_error``: ``deny`` refuses with 503, ``skip`` asks the next one; a failure is
+never an allow. Lookups are cached per provider (:class:`LookupCache`); the decision itself —
+status, expiry, quota, IP and model allowlists, then Lua — is made on every request, because it
+depends on the request (client address, model, headers) and on the clock.
+
+Every refusal is a :class:`GatewayError` carrying the OpenAI-style status and code, so the official
+clients raise ``AuthenticationError`` (401), ``PermissionDeniedError`` (403) or ``RateLimitError``
+(429, quota). Nothing here logs or returns the secret key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from llmproxy.auth.cache import LookupCache
+from llmproxy.auth.keydata import (
+    KeyInfo,
+    KeyLimits,
+    KeyState,
+    effective_state,
+    ip_allowed,
+    key_info,
+    model_allowed,
+)
+from llmproxy.auth.keys import PresentedKey, has_valid_checksum, is_llmproxy_key
+from llmproxy.auth.lua import LuaError, LuaScript
+from llmproxy.auth.providers.base import KeyData, KeyProvider, ProviderError
+from llmproxy.config.model import AuthCacheConfig, AuthConfig, StatusCodeConfig
+from llmproxy.gateway.errors import GatewayError
+
+log = logging.getLogger("llmproxy.auth")
+
+_CODES: dict[KeyState | str, str] = {
+    "disabled": "key_disabled",
+    "expired": "key_expired",
+    "quota_exceeded": "insufficient_quota",
+    "not_found": "invalid_api_key",
+}
+
+
+class _Skipped(Exception):
+    """The provider failed and its ``on_error`` is ``skip``: go on to the next one."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """What a decision may look at besides the key: the request, without any secret."""
+
+    method: str
+    path: str
+    ip: str | None
+    model: str | None
+    stream: bool
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a let-in request belongs to: flows into limits, usage records and upstream headers."""
+
+    key_id: str
+    key_prefix: str
+    name: str
+    user_id: str
+    provider: str
+    limits: KeyLimits
+    metadata: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A cached lookup: the raw data (for Lua) and its typed reading."""
+
+    data: KeyData
+    info: KeyInfo
+
+
+@dataclass(slots=True)
+class Stage:
+    """One pipeline entry: provider, its decision script, its error policy and its cache."""
+
+    provider: KeyProvider
+    script: LuaScript | None
+    skip_on_error: bool
+    cache: LookupCache[_Known] | None
+
+    @classmethod
+    def create(
+        cls,
+        provider: KeyProvider,
+        script: LuaScript | None,
+        *,
+        skip_on_error: bool,
+        cache: AuthCacheConfig | None,
+    ) -> Stage:
+        """A stage whose lookups are cached as ``cache`` says (None: every lookup asks)."""
+        return cls(
+            provider=provider,
+            script=script,
+            skip_on_error=skip_on_error,
+            cache=LookupCache(cache.ttl, cache.negative_ttl, cache.max_entries)
+            if cache is not None and cache.enabled
+            else None,
+        )
+
+
+class AuthPipeline:
+    """Authenticate one presented key for one request; see the module docstring."""
+
+    def __init__(self, config: AuthConfig, stages: Sequence[Stage]) -> None:
+        self.config = config
+        self.stages = tuple(stages)
+        self._all = config.mode == "all"
+        self._status_codes = config.status_codes
+        self.uses_lua = any(stage.script is not None for stage in self.stages)
+        """Whether any decision script runs (only then are request headers collected for it)."""
+
+    async def open(self) -> None:
+        """Connect every provider."""
+        for stage in self.stages:
+            await stage.provider.open()
+
+    async def close(self) -> None:
+        """Disconnect every provider; one failing to close does not keep the others open."""
+        for stage in self.stages:
+            try:
+                await stage.provider.close()
+            except Exception:
+                log.exception("closing auth provider %s failed", stage.provider.name)
+
+    def invalidate(self, sha256: str | None = None) -> None:
+        """Forget cached lookups of one key (after a revoke or an update), or of all keys."""
+        for stage in self.stages:
+            if stage.cache is not None:
+                stage.cache.invalidate(sha256)
+
+    async def authenticate(self, key: PresentedKey, request: AuthRequest) -> Identity:
+        """The identity of an allowed request; raises :class:`GatewayError` when refused."""
+        if is_llmproxy_key(key.secret) and not has_valid_checksum(key.secret):
+            raise GatewayError(
+                401, "invalid API key: its checksum does not match", "invalid_api_key"
+            )
+        now = time.time()
+        metadata: dict[str, object] = {}
+        decided: Identity | None = None
+        for stage in self.stages:
+            try:
+                known = await self._lookup(stage, key)
+            except _Skipped:
+                continue
+            if known is None:
+                if self._all:
+                    break
+                continue
+            identity = self._decide(stage, known, key, request, metadata, now)
+            if not self._all:
+                return identity
+            decided = identity
+        else:
+            if self._all and decided is not None:
+                return _with_metadata(decided, metadata)
+        raise self._refusal("not_found")
+
+    async def _lookup(self, stage: Stage, key: PresentedKey) -> _Known | None:
+        cache = stage.cache
+        if cache is not None:
+            hit, cached = cache.get(key.sha256)
+            if hit:
+                return cached
+        provider = stage.provider
+        try:
+            data = await provider.lookup(key)
+            fallback_id = "sha256:" + key.sha256[:12]
+            known = None if data is None else _Known(data, key_info(data, fallback_id))
+        except (ProviderError, ValueError) as exc:
+            # A provider that cannot answer, or answers nonsense, is never an allow.
+            log.warning("auth provider %s failed for key %s: %s", provider.name, key.prefix, exc)
+            if stage.skip_on_error:
+                raise _Skipped from None
+            raise GatewayError(
+                503,
+                f"authentication is unavailable: provider {provider.name} did not answer",
+                "auth_unavailable",
+            ) from None
+        if cache is not None:
+            cache.put(key.sha256, known)
+        return known
+
+    def _decide(
+        self,
+        stage: Stage,
+        known: _Known,
+        key: PresentedKey,
+        request: AuthRequest,
+        metadata: dict[str, object],
+        now: float,
+    ) -> Identity:
+        info = known.info
+        state = effective_state(info, now)
+        if state != "active":
+            rule: StatusCodeConfig = getattr(self._status_codes, state)
+            if not rule.allow:
+                raise self._refusal(state)
+        if not ip_allowed(info, request.ip):
+            raise GatewayError(
+                403, "this API key may not be used from this address", "ip_not_allowed"
+            )
+        if not model_allowed(info, request.model):
+            raise GatewayError(
+                403,
+                f"this API key may not use the model `{request.model}`",
+                "model_not_allowed",
+                param="model",
+            )
+        metadata.update(info.metadata)
+        if stage.script is not None:
+            try:
+                decision = stage.script.decide(
+                    api_key=key.prefix,
+                    data=known.data,
+                    request=_lua_request(request),
+                    metadata=metadata,
+                    now=now,
+                )
+            except LuaError as exc:
+                log.error("auth script %s failed: %s", stage.script.name, exc)
+                raise GatewayError(
+                    500, "the authentication script failed", "auth_script_error"
+                ) from None
+            metadata.update(decision.metadata)
+            if not decision.allow:
+                status = decision.status or 403
+                raise GatewayError(
+                    status,
+                    decision.message or "access denied",
+                    "insufficient_quota" if status == 429 else "access_denied",
+                )
+        return Identity(
+            key_id=info.key_id,
+            key_prefix=key.prefix,
+            name=info.name,
+            user_id=str(metadata.get("user_id") or info.user_id),
+            provider=stage.provider.name,
+            limits=info.limits,
+            metadata=dict(metadata),
+        )
+
+    def _refusal(self, state: KeyState | str) -> GatewayError:
+        rule: StatusCodeConfig = getattr(self._status_codes, state)
+        return GatewayError(
+            rule.http_code, rule.message or "access denied", _CODES.get(state, "access_denied")
+        )
+
+
+def _with_metadata(identity: Identity, metadata: Mapping[str, object]) -> Identity:
+    user_id = str(metadata.get("user_id") or identity.user_id)
+    return Identity(
+        key_id=identity.key_id,
+        key_prefix=identity.key_prefix,
+        name=identity.name,
+        user_id=user_id,
+        provider=identity.provider,
+        limits=identity.limits,
+        metadata=dict(metadata),
+    )
+
+
+def _lua_request(request: AuthRequest) -> dict[str, object]:
+    return {
+        "method": request.method,
+        "path": request.path,
+        "ip": request.ip or "",
+        "model": request.model or "",
+        "stream": request.stream,
+        "headers": dict(request.headers),
+    }

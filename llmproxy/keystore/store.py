@@ -1,0 +1,406 @@
+"""The SQLite file behind ``llmproxy keys``: add, list, revoke and update the keys llmproxy issues.
+
+Usage (sync: the admin API calls it through ``asyncio.to_thread``, the gateway never calls it on
+the request path — :class:`~llmproxy.auth.providers.builtin.BuiltinProvider` serves lookups from
+memory)::
+
+    with KeyStore("/var/lib/llmproxy/keys.db") as store:
+        secret, record = store.add(name="ci", user_id="team-a", models=["llama-3-8b"], rpm=60)
+        print(secret)  # shown once: only its SHA-256 and display prefix are stored
+        store.revoke(record.id)
+
+The file is created with mode 0600 (its directory 0700 when missing) and runs in WAL mode, so
+several processes — gateway workers, the CLI — can read and write it at once; a writer waits up to
+``busy_timeout`` for another. One store object may be shared by threads: a lock serialises its one
+connection.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import secrets
+import sqlite3
+import string
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Final, Self
+
+from llmproxy.auth.keys import (
+    display_prefix,
+    generate_key,
+    has_valid_checksum,
+    is_llmproxy_key,
+    key_sha256,
+)
+from llmproxy.keystore.errors import KeyNotFound, KeyStoreError
+from llmproxy.keystore.record import KeyRecord, check_fields
+from llmproxy.keystore.schema import migrate
+
+_ID_ALPHABET: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_ID_LENGTH: Final = 12
+_COLUMNS: Final = (
+    "id, sha256, prefix, name, user_id, status, created_at, updated_at, expires_at, revoked_at, "
+    "models, allowed_ips, total_quota, used_quota, rpm, tpm, max_concurrent, priority, metadata"
+)
+
+
+def new_key_id() -> str:
+    """A short random id such as ``key_3kTq9ZxY2bWm``: safe to show, log and type."""
+    return "key_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+
+
+def _record(row: sqlite3.Row) -> KeyRecord:
+    return KeyRecord(
+        id=row["id"],
+        sha256=row["sha256"],
+        prefix=row["prefix"],
+        name=row["name"],
+        user_id=row["user_id"],
+        status=row["status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        models=tuple(json.loads(row["models"])),
+        allowed_ips=tuple(json.loads(row["allowed_ips"])),
+        total_quota=row["total_quota"],
+        used_quota=row["used_quota"],
+        rpm=row["rpm"],
+        tpm=row["tpm"],
+        max_concurrent=row["max_concurrent"],
+        priority=row["priority"],
+        metadata=MappingProxyType(json.loads(row["metadata"])),
+    )
+
+
+def _column_value(field: str, value: object) -> object:
+    """A checked field value as SQLite stores it: lists and metadata become JSON text."""
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    if field == "metadata":
+        return json.dumps(value)
+    return value
+
+
+def _check_secret(secret: str) -> None:
+    if not secret or not secret.isprintable() or any(char.isspace() for char in secret):
+        raise ValueError("key: expected non-empty text without spaces or control characters")
+    if is_llmproxy_key(secret) and not has_valid_checksum(secret):
+        raise ValueError("key: starts with 'sk-llmp-' but its checksum does not match (a typo?)")
+
+
+def _create_private_file(path: Path) -> None:
+    """Create ``path`` readable by its owner only, before SQLite opens it with the umask's mode.
+
+    SQLite gives the ``-wal`` and ``-shm`` files the database file's mode, so they stay private too.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(descriptor)
+
+
+class KeyStore:
+    """The builtin key store; see the module docstring. ``open()`` before use, or ``with``."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        # PRAGMA data_version ignores this connection's own commits; counting them lets
+        # data_version() report every change.
+        self._own_commits = 0
+
+    # Lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the file if missing, switch to WAL and bring the schema up to date."""
+        with self._lock:
+            if self._connection is not None:
+                return
+            _create_private_file(self.path)
+            connection = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                self._configure(connection)
+                migrate(connection, self.path)
+                connection.row_factory = sqlite3.Row
+            except sqlite3.DatabaseError as exc:
+                connection.close()
+                raise KeyStoreError(f"{self.path}: not a usable key store database: {exc}") from exc
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+
+    def _configure(self, connection: sqlite3.Connection) -> None:
+        connection.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000):d}")
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal":
+            raise KeyStoreError(
+                f"{self.path}: SQLite refused WAL mode (got {mode!r}); keep the key store on a "
+                "local file system"
+            )
+        # NORMAL is durable in WAL mode except for the last commits on power loss.
+        connection.execute("PRAGMA synchronous = NORMAL")
+
+    def close(self) -> None:
+        """Close the connection; harmless when already closed."""
+        with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                connection.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _connected(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise KeyStoreError(f"{self.path}: key store is not open (call open() first)")
+        return self._connection
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._connected()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE takes the write lock up front, so a read-then-write
+        never fails half way with SQLITE_BUSY when another process wrote in between."""
+        with self._lock:
+            connection = self._connected()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            self._own_commits += 1
+
+    # Writes --------------------------------------------------------------------------------
+
+    def add(
+        self,
+        *,
+        name: str,
+        user_id: str = "",
+        models: Iterable[str] = (),
+        allowed_ips: Iterable[str] = (),
+        expires_at: float | None = None,
+        total_quota: int | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_concurrent: int | None = None,
+        priority: int | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """Issue a new key: returns its secret — the only time it exists — and its record."""
+        secret = generate_key()
+        record = self._insert(
+            secret,
+            {
+                "name": name,
+                "user_id": user_id,
+                "models": models,
+                "allowed_ips": allowed_ips,
+                "expires_at": expires_at,
+                "total_quota": total_quota,
+                "rpm": rpm,
+                "tpm": tpm,
+                "max_concurrent": max_concurrent,
+                "priority": priority,
+                "metadata": metadata,
+            },
+        )
+        return secret, record
+
+    def import_key(
+        self,
+        secret: str,
+        *,
+        name: str,
+        user_id: str = "",
+        models: Iterable[str] = (),
+        allowed_ips: Iterable[str] = (),
+        expires_at: float | None = None,
+        total_quota: int | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_concurrent: int | None = None,
+        priority: int | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> KeyRecord:
+        """Store a key that already exists elsewhere (migrating from another store), by its hash.
+
+        Any shape is accepted; a key claiming llmproxy's format must carry a valid checksum.
+        """
+        _check_secret(secret)
+        return self._insert(
+            secret,
+            {
+                "name": name,
+                "user_id": user_id,
+                "models": models,
+                "allowed_ips": allowed_ips,
+                "expires_at": expires_at,
+                "total_quota": total_quota,
+                "rpm": rpm,
+                "tpm": tpm,
+                "max_concurrent": max_concurrent,
+                "priority": priority,
+                "metadata": metadata,
+            },
+        )
+
+    def _insert(self, secret: str, fields: Mapping[str, object]) -> KeyRecord:
+        checked = check_fields(fields)
+        sha256 = key_sha256(secret)
+        now = time.time()
+        with self._writing() as connection:
+            row = connection.execute("SELECT id FROM keys WHERE sha256 = ?", (sha256,)).fetchone()
+            if row is not None:
+                raise ValueError(f"key: already in the store as {row[0]}")
+            key_id = new_key_id()
+            while connection.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone():
+                key_id = new_key_id()
+            values = {
+                "id": key_id,
+                "sha256": sha256,
+                "prefix": display_prefix(secret),
+                "created_at": now,
+                "updated_at": now,
+                **{field: _column_value(field, value) for field, value in checked.items()},
+            }
+            connection.execute(
+                f"INSERT INTO keys ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
+            )
+            return self._fetch(connection, key_id)
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        """Disable a key for good (``status`` disabled, ``revoked_at`` set); idempotent."""
+        now = time.time()
+        with self._writing() as connection:
+            record = self._fetch(connection, key_id)
+            if record.revoked:
+                return record
+            connection.execute(
+                "UPDATE keys SET status = 'disabled', revoked_at = ?, updated_at = ? WHERE id = ?",
+                (now, now, key_id),
+            )
+            return self._fetch(connection, key_id)
+
+    def update(self, key_id: str, **changes: object) -> KeyRecord:
+        """Change fields of a key (``None`` clears an optional one); see ``SETTABLE_FIELDS``.
+
+        Raises ``ValueError`` for a bad value, an unknown field or a revoked key, and
+        :class:`KeyNotFound`.
+        """
+        checked = check_fields(changes)
+        with self._writing() as connection:
+            record = self._fetch(connection, key_id)
+            if record.revoked:
+                raise ValueError(f"{key_id}: revoked keys cannot be changed; add a new key")
+            if not checked:
+                return record
+            values = {field: _column_value(field, value) for field, value in checked.items()}
+            values["updated_at"] = time.time()
+            assignments = ", ".join(f"{column} = ?" for column in values)
+            connection.execute(
+                f"UPDATE keys SET {assignments} WHERE id = ?", (*values.values(), key_id)
+            )
+            return self._fetch(connection, key_id)
+
+    def add_usage(self, key_id: str, tokens: int) -> None:
+        """Count ``tokens`` against the key's quota, atomically across processes."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"tokens: expected a whole number >= 0, got {tokens!r}")
+        with self._writing() as connection:
+            cursor = connection.execute(
+                "UPDATE keys SET used_quota = used_quota + ? WHERE id = ?", (tokens, key_id)
+            )
+            if cursor.rowcount == 0:
+                raise KeyNotFound(key_id)
+
+    # Reads ---------------------------------------------------------------------------------
+
+    def _fetch(self, connection: sqlite3.Connection, key_id: str) -> KeyRecord:
+        row = connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise KeyNotFound(key_id)
+        return _record(row)
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        """The key with this id, revoked or not."""
+        with self._reading() as connection:
+            try:
+                return self._fetch(connection, key_id)
+            except KeyNotFound:
+                return None
+
+    def find_by_hash(self, sha256: str) -> KeyRecord | None:
+        """The key whose secret has this SHA-256 hex digest, revoked or not."""
+        with self._reading() as connection:
+            row = connection.execute(
+                f"SELECT {_COLUMNS} FROM keys WHERE sha256 = ?", (sha256.lower(),)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def list(
+        self, include_revoked: bool = False, *, user_id: str | None = None
+    ) -> builtins.list[KeyRecord]:
+        """Keys oldest first, for listings; only ``user_id``'s when given."""
+        where = [] if include_revoked else ["revoked_at IS NULL"]
+        parameters: tuple[object, ...] = ()
+        if user_id is not None:
+            where.append("user_id = ?")
+            parameters = (user_id,)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._reading() as connection:
+            rows = connection.execute(
+                f"SELECT {_COLUMNS} FROM keys{clause} ORDER BY created_at, id", parameters
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def all_records(self) -> builtins.list[KeyRecord]:
+        """Every key a lookup may find (not revoked), for the gateway's in-memory index."""
+        with self._reading() as connection:
+            rows = connection.execute(
+                f"SELECT {_COLUMNS} FROM keys WHERE revoked_at IS NULL"
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def data_version(self) -> int:
+        """A number that changes whenever a write was committed, by this store or anyone else.
+
+        Cheap (no table read): the gateway polls it to know when to reload its index. Compare
+        values for equality only.
+        """
+        with self._reading() as connection:
+            (version,) = connection.execute("PRAGMA data_version").fetchone()
+            return int(version) + self._own_commits
