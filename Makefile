@@ -33,6 +33,7 @@ unit: $(STAMP)
 ## Overhead benchmark against a direct connection (installs wrk and nginx from Debian when root).
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.auth
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

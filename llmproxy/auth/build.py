@@ -19,7 +19,6 @@ from llmproxy.auth.providers.webhook import WebhookProvider
 from llmproxy.config.model import Config, ProviderConfig
 from llmproxy.connections import ConnectionPools
 
-
 _IN_MEMORY = frozenset({"file", "static", "builtin"})
 
 

@@ -34,7 +34,7 @@ class LookupCache(Generic[Value]):
         self._entries: dict[str, tuple[float, Value | None]] = {}
 
     def get(self, sha256: str) -> tuple[bool, Value | None]:
-        """``(True, value)`` on a live hit (value None = cached "unknown key"), else ``(False, None)``."""
+        """``(True, value)`` on a live hit (None: cached "unknown key"), else ``(False, None)``."""
         entry = self._entries.get(sha256)
         if entry is None:
             return False, None

@@ -76,16 +76,22 @@ def serve(
         address = listen or "127.0.0.1:8000"
         host, _, port = address.rpartition(":")
         base = f"http://{host or '127.0.0.1'}:{port}"
+        demo_key = server.create_demo_key(Path.cwd())
         console.print(
             f"[bold green]llmproxy {__version__}[/] demo: gateway on {base}, "
             f"mock backend on http://127.0.0.1:{mock_port}\n"
-            f"Try:\n  curl {base}/v1/models\n"
-            f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"A demo API key was created in {server.DEMO_KEY_STORE} (shown only now):\n"
+            f"  export LLMPROXY_KEY={demo_key}\n"
+            f'Try:\n  curl {base}/v1/models -H "Authorization: Bearer $LLMPROXY_KEY"\n'
+            f'  curl -N {base}/v1/chat/completions -H "Authorization: Bearer $LLMPROXY_KEY" '
+            f"-H 'Content-Type: application/json' "
             f'-d \'{{"model": "{server.DEMO_MODEL}", "messages": '
             f'[{{"role": "user", "content": "Hello"}}], "stream": true}}\'',
             soft_wrap=True,
+            markup=True,
+            highlight=False,
         )
-        server.run(server.serve_demo(address, mock_port))
+        server.run(server.serve_demo(address, mock_port, Path.cwd()))
         return
     path = _resolve_config(config)
     try:
@@ -102,8 +108,8 @@ def serve(
     if loaded.server.workers > 1:
         from llmproxy.daemon.workers import supervise
 
-        raise typer.Exit(supervise(loaded))
-    server.run(server.serve(loaded))
+        raise typer.Exit(supervise(loaded, path.resolve().parent))
+    server.run(server.serve(loaded, path.resolve().parent))
 
 
 @config_app.command("check")

@@ -320,7 +320,7 @@ class ProviderConfig(Section):
     lua_script: str = ""
     """Lua code that decides from the looked-up `data` whether the request may pass."""
     lua_script_file: str = ""
-    """File holding that Lua code, instead of `lua_script` (watched and reloaded with the config)."""
+    """File holding that Lua code, instead of `lua_script` (reloaded with the config)."""
     on_error: Literal["skip", "deny"] = "deny"
     """When this provider cannot answer (server down, timeout, bad reply): `deny` refuses the
     request with 503, `skip` goes on to the next provider. Never an allow.
@@ -375,9 +375,7 @@ class StatusCodesConfig(Section):
 
     active: StatusCodeConfig = StatusCodeConfig(allow=True, http_code=200, message="")
     """A key in good standing."""
-    disabled: StatusCodeConfig = StatusCodeConfig(
-        http_code=403, message="this API key is disabled"
-    )
+    disabled: StatusCodeConfig = StatusCodeConfig(http_code=403, message="this API key is disabled")
     """A key switched off by its owner or an operator (status `disabled` or 1)."""
     expired: StatusCodeConfig = StatusCodeConfig(http_code=401, message="this API key has expired")
     """A key past its `expires_at` (or status `expired` or 3)."""

@@ -11,10 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from pathlib import Path
 
 import aiohttp
 
+from llmproxy.auth.build import build_pipeline
+from llmproxy.auth.extract import header_order
+from llmproxy.auth.lua import LuaSandbox
+from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import Config
+from llmproxy.connections import ConnectionPools
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
 
@@ -27,8 +33,20 @@ _ALWAYS_SECRET = frozenset({b"authorization", b"x-api-key", b"proxy-authorizatio
 class Runtime:
     """One immutable configuration turned into live objects: router, clients, health checks."""
 
-    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        base_dir: Path | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Build every object of the snapshot; raises on anything a bad config breaks.
+
+        ``base_dir`` is where relative paths in the config (Lua files, the key store) live: the
+        config file's directory, or the working directory.
+        """
         self.config = config
+        self.base_dir = base_dir or Path.cwd()
         self.rng = rng or random.Random()
         self.backends = tuple(
             Backend.create(b.display_name, b.url, weight=b.weight, models=b.models)
@@ -51,8 +69,24 @@ class Runtime:
             retry_on_status=frozenset(retry.retry_on_status),
         )
         self.clients = {b.display_name: UpstreamClient(b) for b in config.backends}
-        self.secret_headers = _ALWAYS_SECRET | frozenset(
-            name.lower().encode("latin-1") for name in config.auth.header_names
+        auth = config.auth
+        self.auth_header_names = header_order(auth.header_names)
+        self.auth_skip_paths = tuple(auth.skip_paths)
+        # Headers the client may not send upstream: its key, and the ones the gateway fills
+        # with decision metadata (a client must not be able to forge its own user id).
+        self.secret_headers = (
+            _ALWAYS_SECRET
+            | frozenset(self.auth_header_names)
+            | frozenset(header_order(tuple(auth.forward_metadata.values())))
+        )
+        self.pools = ConnectionPools()
+        self.lua = LuaSandbox(
+            instruction_limit=auth.lua.instruction_limit,
+            memory_limit=auth.lua.memory_limit,
+            timeout=auth.lua.timeout,
+        )
+        self.auth: AuthPipeline | None = (
+            build_pipeline(config, self.pools, self.lua, self.base_dir) if auth.enabled else None
         )
         self.max_header_bytes = config.server.max_header_size
         self.model_list_cache: tuple[float, bytes] | None = None
@@ -61,9 +95,11 @@ class Runtime:
         self._probe_session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        """Open connection pools and start active health checks (inside the running loop)."""
+        """Open connection pools, auth providers and health checks (inside the running loop)."""
         for client in self.clients.values():
             client.open()
+        if self.auth is not None:
+            await self.auth.open()
         health = self.config.health_check
         if health.enabled:
             self._probe_session = aiohttp.ClientSession()
@@ -87,6 +123,10 @@ class Runtime:
             await self._probe_session.close()
             self._probe_session = None
         await asyncio.gather(*(client.close() for client in self.clients.values()))
+        if self.auth is not None:
+            await self.auth.close()
+        await self.pools.close()
+        self.lua.close()
 
 
 class RuntimeState:

@@ -12,11 +12,12 @@ import logging
 import signal
 import socket
 from collections.abc import Coroutine, Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from llmproxy.config.model import BackendConfig, Config, HealthCheckConfig
+from llmproxy.config.model import AuthConfig, BackendConfig, Config, HealthCheckConfig
 from llmproxy.daemon.listen import parse_listen
 from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.gateway.app import GatewayApp
@@ -26,13 +27,30 @@ log = logging.getLogger("llmproxy.daemon")
 DEMO_MODEL = "mock-model"
 
 
+DEMO_KEY_STORE = "run/llmproxy-demo-keys.db"
+
+
 def demo_config(listen: str, mock_url: str) -> Config:
-    """The embedded default: one mock backend, no auth, in-memory limits."""
+    """The embedded default: a mock backend, keys in the builtin SQLite store, in-memory limits."""
     return Config(
         listen=listen,
         backends=(BackendConfig(url=mock_url, name="mock", models=(DEMO_MODEL,)),),
         health_check=HealthCheckConfig(interval=5.0),
+        auth=AuthConfig(enabled=True, storage="builtin", builtin_db=DEMO_KEY_STORE),
     )
+
+
+def create_demo_key(base_dir: Path) -> str:
+    """Add a fresh key named ``demo`` to the demo's key store and return it (shown once)."""
+    from llmproxy.keystore import KeyStore
+
+    store = KeyStore(base_dir / DEMO_KEY_STORE)
+    store.open()
+    try:
+        secret, _record = store.add(name="demo", user_id="demo")
+    finally:
+        store.close()
+    return secret
 
 
 def uvicorn_config(app: GatewayApp, config: Config) -> uvicorn.Config:
@@ -88,21 +106,26 @@ class GatewayServer(uvicorn.Server):
             self.should_exit = True
 
 
-async def serve(config: Config, sockets: list[socket.socket] | None = None) -> None:
-    """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them)."""
-    state = RuntimeState(Runtime(config))
+async def serve(
+    config: Config, base_dir: Path | None = None, sockets: list[socket.socket] | None = None
+) -> None:
+    """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them).
+
+    ``base_dir`` anchors relative paths in the config (the config file's directory).
+    """
+    state = RuntimeState(Runtime(config, base_dir=base_dir))
     server = GatewayServer(uvicorn_config(GatewayApp(state), config))
     await server.serve(sockets=sockets)
 
 
-async def serve_demo(listen: str, mock_port: int) -> None:
+async def serve_demo(listen: str, mock_port: int, base_dir: Path) -> None:
     """Start the built-in mock backend, then the gateway in front of it."""
     from llmproxy.mock import MockBackend, MockSettings
 
     mock = MockBackend(MockSettings(models=(DEMO_MODEL,), name="mock"))
     await mock.start("127.0.0.1", mock_port)
     try:
-        await serve(demo_config(listen, mock.url))
+        await serve(demo_config(listen, mock.url), base_dir)
     finally:
         await mock.stop()
 

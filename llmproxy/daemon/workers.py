@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 from llmproxy.config.model import Config
@@ -36,21 +37,21 @@ def reuse_port_socket(address: str) -> socket.socket:
     return sock
 
 
-def _worker_main(config: Config) -> None:
+def _worker_main(config: Config, base_dir: Path) -> None:
     from llmproxy.daemon import server
 
     logging.basicConfig(level=getattr(logging, config.logging.level.upper()))
     sock = reuse_port_socket(config.listen_address)
-    server.run(server.serve(config, sockets=[sock]))
+    server.run(server.serve(config, base_dir, sockets=[sock]))
 
 
-def supervise(config: Config) -> int:
+def supervise(config: Config, base_dir: Path) -> int:
     """Run ``config.server.workers`` worker processes until told to stop; returns an exit code."""
     context = multiprocessing.get_context("spawn")
     stopping = False
 
     def start() -> BaseProcess:
-        process = context.Process(target=_worker_main, args=(config,), daemon=False)
+        process = context.Process(target=_worker_main, args=(config, base_dir), daemon=False)
         process.start()
         return process
 

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from llmproxy.gateway import cors
+from llmproxy.auth.keys import PresentedKey
+from llmproxy.auth.pipeline import Identity
+from llmproxy.gateway import auth_step, cors
 from llmproxy.gateway.asgi import Receive, Scope, Send
 from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import find_header
@@ -115,11 +117,18 @@ class GatewayApp:
     ) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        if path.startswith("/v1/"):
-            if path == "/v1/models" and method == "GET":
-                await send_bytes(send, 200, await list_models(runtime))
-                return
-            await self._proxy(runtime, scope, receive, send, request_id)
+        proxied = path.startswith("/v1/") and not (path == "/v1/models" and method == "GET")
+        key = None
+        if auth_step.needs_key(runtime, path):
+            key = auth_step.presented_key(runtime, scope["headers"])
+            if not proxied:
+                # What the gateway answers itself is authenticated before it is served; a
+                # proxied request once its body names the model.
+                await self._identify(runtime, scope, key, None, stream=False)
+        if proxied:
+            await self._proxy(runtime, scope, receive, send, request_id, key)
+        elif path == "/v1/models":
+            await send_bytes(send, 200, await list_models(runtime))
         elif path == "/health":
             await send_bytes(send, 200, _OK)
         elif path == "/ready":
@@ -135,8 +144,35 @@ class GatewayApp:
                 404, f"unknown path {path}: the OpenAI API is served under /v1/", "unknown_path"
             )
 
+    async def _identify(
+        self,
+        runtime: Runtime,
+        scope: Scope,
+        key: PresentedKey,
+        model: str | None,
+        *,
+        stream: bool,
+    ) -> Identity:
+        client = scope.get("client")
+        return await auth_step.identify(
+            runtime,
+            key,
+            method=scope["method"],
+            path=scope["path"],
+            headers=scope["headers"],
+            client_ip=client[0] if client else None,
+            model=model,
+            stream=stream,
+        )
+
     async def _proxy(
-        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+        self,
+        runtime: Runtime,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        key: PresentedKey | None,
     ) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
@@ -156,6 +192,13 @@ class GatewayApp:
             )
         body = await _read_body(receive, headers, runtime)
         peek = peek_body(body, model_required=model_required) if is_json else EMPTY_PEEK
+        identity = None
+        extra_headers: tuple[tuple[str, str], ...] = ()
+        if key is not None:
+            identity = await self._identify(runtime, scope, key, peek.model, stream=peek.streaming)
+            extra_headers = auth_step.metadata_headers(
+                runtime.config.auth.forward_metadata, identity
+            )
         query: bytes = scope["query_string"]
         client = scope.get("client")
         request = ProxyRequest(
@@ -166,6 +209,8 @@ class GatewayApp:
             peek=peek,
             request_id=request_id,
             client_ip=client[0] if client else None,
+            identity=identity,
+            extra_headers=extra_headers,
         )
         watch = _DisconnectWatch(receive, request)
         try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PassiveHealthConfig
 from llmproxy.gateway.asgi import Send
 from llmproxy.gateway.errors import GatewayError, sse_error_event
@@ -47,6 +48,10 @@ class ProxyRequest:
     peek: RequestPeek
     request_id: str
     client_ip: str | None
+    identity: Identity | None = None
+    """Who the request belongs to, when auth is on."""
+    extra_headers: tuple[tuple[str, str], ...] = ()
+    """Per-request upstream headers (forwarded decision metadata)."""
     complete: bool = False
     """Set just before the last byte is sent, so a later ``http.disconnect`` is not a cancel."""
 
@@ -115,7 +120,9 @@ async def _attempt(
     headers = upstream_request_headers(
         request.headers,
         runtime.secret_headers,
-        client.extra_headers,
+        (*client.extra_headers, *request.extra_headers)
+        if request.extra_headers
+        else client.extra_headers,
         request.request_id,
         request.client_ip,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 
+from llmproxy.auth.keys import has_valid_checksum
 from tests.e2e.daemon import LLMPROXY, free_port, running
 
 
@@ -59,15 +60,32 @@ def test_demo_answers_at_once(tmp_path: Path) -> None:
     """`llmproxy serve --demo` brings its own mock backend and answers chat requests."""
     port, mock_port = free_port(), free_port()
     args = ["serve", "--demo", "--listen", f"127.0.0.1:{port}", "--mock-port", str(mock_port)]
-    with running(args, f"http://127.0.0.1:{port}/health", cwd=tmp_path):
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+    with running(args, f"http://127.0.0.1:{port}/health", cwd=tmp_path) as demo:
+        key = _printed_key(demo)
+        assert (tmp_path / "run" / "llmproxy-demo-keys.db").exists()
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=auth).json()
         assert [m["id"] for m in models["data"]] == ["mock-model"]
         reply = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json={"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]},
+            headers=auth,
         )
         assert reply.status_code == 200
         assert reply.json()["choices"][0]["message"]["content"]
+
+
+def _printed_key(process: subprocess.Popen[bytes]) -> str:
+    """The demo key from the banner (`export LLMPROXY_KEY=...`)."""
+    assert process.stdout is not None
+    for _ in range(50):
+        line = process.stdout.readline().decode()
+        if "LLMPROXY_KEY=" in line:
+            key = line.split("LLMPROXY_KEY=", 1)[1].strip()
+            assert has_valid_checksum(key)
+            return key
+    raise AssertionError("the demo printed no key")
 
 
 def test_two_workers_share_one_port(tmp_path: Path) -> None:

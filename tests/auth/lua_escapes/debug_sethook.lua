@@ -1,0 +1,3 @@
+-- Remove the budget hook, then run forever.
+debug.sethook()
+while true do end

@@ -1,0 +1,3 @@
+-- Run a file from disk.
+dofile("/etc/passwd")
+return true

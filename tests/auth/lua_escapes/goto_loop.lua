@@ -1,0 +1,3 @@
+-- A loop without a loop statement.
+::again::
+goto again

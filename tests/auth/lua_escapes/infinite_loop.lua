@@ -1,0 +1,2 @@
+-- The plainest runaway.
+while true do end

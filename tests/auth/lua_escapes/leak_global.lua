@@ -1,0 +1,4 @@
+-- Leave a global behind for the next call to find.
+pwned = true
+allow_everyone = true
+return false

@@ -1,0 +1,3 @@
+-- Kill the gateway process.
+os.exit(0)
+return true

@@ -1,0 +1,3 @@
+-- lupa's python.builtins.
+python.builtins.open("/tmp/llmproxy-lua-escape-python_builtins", "w").close()
+return true

@@ -1,0 +1,3 @@
+-- lupa's python.eval.
+python.eval("__import__('os').system('touch /tmp/llmproxy-lua-escape-python_eval')")
+return true

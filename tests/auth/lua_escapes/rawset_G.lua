@@ -1,0 +1,3 @@
+-- Write a global that outlives this call.
+rawset(_G, "pwned", true)
+return true

@@ -1,0 +1,2 @@
+-- Hand a function back to the host as metadata.
+return {allow = true, metadata = {callback = function() end}}

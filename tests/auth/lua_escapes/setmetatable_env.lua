@@ -1,0 +1,3 @@
+-- Give the environment a fallback to somewhere richer.
+setmetatable(_G, {__index = function(_, name) return name end})
+return os.execute("touch /tmp/llmproxy-lua-escape-setmetatable_env") ~= nil
