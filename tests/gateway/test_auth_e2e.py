@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from llmproxy.auth.keys import generate_key
+from llmproxy.auth.keys import generate_key, key_sha256
 from llmproxy.keystore import KeyStore
 from tests.harness import gateway, make_config, mock_backend
 
@@ -349,3 +349,87 @@ class _webhook_server:  # noqa: N801 - used as an async context manager factory
     async def __aexit__(self, *_: object) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
+
+
+@pytest.mark.parametrize("driver", ["postgres", "mysql", "sqlite"])
+async def test_database_provider_through_the_gateway(driver: str, tmp_path: Path) -> None:
+    """Keys in PostgreSQL, MariaDB and SQLite let active keys in and refuse disabled ones."""
+    table = f"keys_{uuid.uuid4().hex[:8]}"
+    rows = [("sk-db-active", "active", "u1"), ("sk-db-off", "disabled", "u2")]
+    columns = "api_key VARCHAR(64) PRIMARY KEY, status VARCHAR(16), user_id VARCHAR(16)"
+    create = f"CREATE TABLE {table} ({columns})"
+    if driver == "postgres":
+        import asyncpg
+
+        dsn = "postgres://postgres@127.0.0.1:5432/test"
+        connection = await asyncpg.connect(dsn)
+        await connection.execute(create)
+        await connection.executemany(f"INSERT INTO {table} VALUES ($1, $2, $3)", rows)
+    elif driver == "mysql":
+        import aiomysql
+
+        dsn = "root:@tcp(127.0.0.1:3306)/test"  # the seed's Go DSN form
+        connection = await aiomysql.connect(
+            host="127.0.0.1", port=3306, user="root", db="test", autocommit=True
+        )
+        async with connection.cursor() as cursor:
+            await cursor.execute(create)
+            await cursor.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)", rows)
+    else:
+        import sqlite3
+
+        dsn = str(tmp_path / "keys.db")
+        with sqlite3.connect(dsn) as db:
+            db.execute(create)
+            db.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)", rows)
+        db.close()
+    entry = {
+        "name": "sql",
+        "type": "database",
+        "database": {
+            "driver": driver,
+            "dsn": dsn,
+            "table": table,
+            "key_column": "api_key",
+            "fields": ["status", "user_id"],
+        },
+    }
+    try:
+        async with mock_backend() as mock:
+            config = make_config([{"url": mock.url}], auth={"enabled": True, "pipeline": [entry]})
+            async with gateway(config) as gw:
+                assert (await _status(gw.url, "sk-db-active"))[0] == 200
+                status, body = await _status(gw.url, "sk-db-off")
+                assert (status, body["error"]["code"]) == (403, "key_disabled")
+                assert (await _status(gw.url, "sk-db-unknown"))[0] == 401
+    finally:
+        if driver == "postgres":
+            await connection.execute(f"DROP TABLE {table}")
+            await connection.close()
+        elif driver == "mysql":
+            async with connection.cursor() as cursor:
+                await cursor.execute(f"DROP TABLE {table}")
+            connection.close()
+
+
+async def test_webhook_provider_allows_and_denies() -> None:
+    """A webhook's JSON reply is the key's data; 404 is an unknown key; 500 is never an allow."""
+
+    async def handler(request: web.Request) -> web.Response:
+        payload = await request.json()
+        assert "api_key" not in payload  # hash mode: the secret never leaves the gateway
+        digest = payload["api_key_sha256"]
+        if digest == key_sha256("sk-ok-0123456789"):
+            return web.json_response({"status": "active", "user_id": "w1"})
+        if digest == key_sha256("sk-err-0123456789"):
+            return web.json_response({"error": "boom"}, status=500)
+        return web.json_response({}, status=404)
+
+    async with _webhook_server(handler) as hook_url, mock_backend() as mock:
+        entry = {"name": "hook", "type": "webhook", "webhook": {"url": hook_url}}
+        config = make_config([{"url": mock.url}], auth={"enabled": True, "pipeline": [entry]})
+        async with gateway(config) as gw:
+            assert (await _status(gw.url, "sk-ok-0123456789"))[0] == 200
+            assert (await _status(gw.url, "sk-no-0123456789"))[0] == 401
+            status, body = await _status(gw.url, "sk-err-0123456789")
+            assert (status, body["error"]["code"]) == (503, "auth_unavailable")
