@@ -70,6 +70,7 @@ def serve(
     from llmproxy.config.errors import ConfigError
     from llmproxy.config.loader import load_config
     from llmproxy.daemon import server
+    from llmproxy.daemon.runtime import runtime_problem
 
     if demo:
         _setup_logging("info")
@@ -104,12 +105,18 @@ def serve(
         loaded = loaded.model_copy(
             update={"listen": listen, "server": loaded.server.model_copy(update={"listen": None})}
         )
+    base_dir = path.resolve().parent
+    problem = runtime_problem(loaded, base_dir)
+    if problem is not None:
+        err_console.print(f"[red]error:[/] {path}: the config cannot be served", soft_wrap=True)
+        err_console.print(problem, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     _setup_logging(loaded.logging.level)
     if loaded.server.workers > 1:
         from llmproxy.daemon.workers import supervise
 
-        raise typer.Exit(supervise(loaded, path.resolve().parent))
-    server.run(server.serve(loaded, path.resolve().parent))
+        raise typer.Exit(supervise(loaded, base_dir))
+    server.run(server.serve(loaded, base_dir))
 
 
 @config_app.command("check")
@@ -118,8 +125,11 @@ def config_check(
 ) -> None:
     """Validate a config file; exit non-zero with file:line messages when it is wrong."""
     from llmproxy.config.check import check_config
+    from llmproxy.daemon.runtime import runtime_problem
 
-    messages, ok = check_config(file)
+    base_dir = file.resolve().parent
+    # Beyond the model: what only a built runtime finds (Lua syntax, unreadable script files).
+    messages, ok = check_config(file, deeper=lambda config: runtime_problem(config, base_dir))
     for line in messages:
         (console if ok else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
     if not ok:

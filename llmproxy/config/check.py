@@ -9,7 +9,7 @@ file means what they think before a reload.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from llmproxy.config.errors import ConfigError
 from llmproxy.config.loader import load_config
@@ -18,17 +18,24 @@ from llmproxy.config.reference import format_duration
 
 
 def check_config(
-    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    deeper: Callable[[Config], str | None] | None = None,
 ) -> tuple[list[str], bool]:
     """Load ``path``; return ``(lines to print, ok)``.
 
     On success the lines are ``"FILE: OK"`` followed by :func:`summarize`; on failure they are the
-    ``file:line: key.path: message`` issues, one per line.
+    ``file:line: key.path: message`` issues, one per line. ``deeper`` runs on a valid config for
+    what only the layers above the model can find (the daemon compiles Lua scripts there) and
+    returns a problem or None.
     """
     try:
         config = load_config(path, environ)
     except ConfigError as error:
         return [str(issue) for issue in error.issues], False
+    problem = deeper(config) if deeper is not None else None
+    if problem is not None:
+        return [f"{os.fspath(path)}: {problem}"], False
     return [f"{os.fspath(path)}: OK", *summarize(config)], True
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import aiohttp
 
-from llmproxy.auth.build import build_pipeline
+from llmproxy.auth.build import AuthSetupError, build_pipeline
 from llmproxy.auth.extract import header_order
-from llmproxy.auth.lua import LuaSandbox
+from llmproxy.auth.lua import LuaError, LuaSandbox
 from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import Config
 from llmproxy.connections import ConnectionPools
@@ -127,6 +127,18 @@ class Runtime:
             await self.auth.close()
         await self.pools.close()
         self.lua.close()
+
+
+def runtime_problem(config: Config, base_dir: Path) -> str | None:
+    """Why ``config`` cannot become a runtime (a Lua syntax error, an unreadable script, a provider
+    refusing its settings), or None. Builds a snapshot without connecting anything.
+    """
+    try:
+        runtime = Runtime(config, base_dir=base_dir)
+    except (LuaError, AuthSetupError, ValueError) as exc:
+        return str(exc)
+    runtime.lua.close()
+    return None
 
 
 class RuntimeState:

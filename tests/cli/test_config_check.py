@@ -49,3 +49,24 @@ def test_check_missing_file(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "nope.yaml" in result.output
     assert "Traceback" not in result.output
+
+
+def test_check_compiles_lua_scripts(tmp_path: Path) -> None:
+    """A Lua syntax error is reported by config check with the script and line, not at startup."""
+    config = tmp_path / "lua.yaml"
+    config.write_text(
+        "backends: [{url: 'http://127.0.0.1:9001'}]\n"
+        "auth:\n"
+        "  enabled: true\n"
+        "  pipeline:\n"
+        "    - name: inline\n"
+        "      type: static\n"
+        "      keys: [{key: sk-a}]\n"
+        "      lua_script: |\n"
+        "        local x = 1\n"
+        "        return {allow = \n"
+    )
+    result = CliRunner().invoke(app, ["config", "check", str(config)])
+    assert result.exit_code == 1
+    assert "provider inline:" in result.output
+    assert "Traceback" not in result.output

@@ -141,3 +141,20 @@ def test_serve_without_config_says_what_to_do(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--config" in result.stderr
     assert "--demo" in result.stderr
+
+
+def test_serve_refuses_a_broken_lua_script(tmp_path: Path) -> None:
+    """A Lua syntax error in a script file is refused at start with the file and line."""
+    (tmp_path / "decide.lua").write_text("if data.balance > 0 then\n  return true\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        'listen: ":0"\nbackends: [{url: "http://127.0.0.1:1"}]\n'
+        "auth:\n  enabled: true\n  pipeline:\n"
+        "    - {name: inline, type: static, keys: [{key: sk-a}], lua_script_file: decide.lua}\n"
+    )
+    result = subprocess.run(
+        [*LLMPROXY, "serve", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert f"{tmp_path / 'decide.lua'}:" in result.stderr
+    assert "Traceback" not in result.stderr
