@@ -478,8 +478,22 @@ class RateLimitConfig(Section):
     """Limits for each API key."""
     default_max_tokens: int = Field(default=1024, ge=1)
     """Tokens counted for a request that sets no `max_tokens`, when checking token budgets."""
+    chars_per_token: float = Field(default=4.0, gt=0)
+    """Prompt characters per token when estimating a prompt's tokens for a reservation."""
+    instances: int = Field(default=1, ge=1)
+    """Gateway processes sharing the Redis limits; with `redis_failure: local` each one limits
+    to its share (1/instances) of every limit while Redis is down.
+    """
+    key_prefix: str = "llmproxy:limits:"
+    """Prefix of the Redis keys holding limit state."""
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _redis_when_shared(self) -> RateLimitConfig:
+        if self.enabled and self.storage == "redis" and self.redis is None:
+            raise ValueError("rate_limit.storage redis needs a rate_limit.redis section")
+        return self
 
 
 class UsageHookConfig(Section):
