@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -22,6 +24,7 @@ from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import Config
 from llmproxy.connections import ConnectionPools
 from llmproxy.gateway.upstream import UpstreamClient
+from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
 
 log = logging.getLogger("llmproxy.daemon")
@@ -89,7 +92,11 @@ class Runtime:
             build_pipeline(config, self.pools, self.lua, self.base_dir) if auth.enabled else None
         )
         self.max_header_bytes = config.server.max_header_size
+        limits = config.rate_limit
+        self.limits: LimitStore | None = None  # built in open(): a Redis store needs the loop
+        self.global_rate: Rate | None = rate_of(limits.global_) if limits.enabled else None
         self.model_list_cache: tuple[float, bytes] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self._health: HealthChecker | None = None
         self._probe_session: aiohttp.ClientSession | None = None
@@ -100,6 +107,8 @@ class Runtime:
             client.open()
         if self.auth is not None:
             await self.auth.open()
+        if self.config.rate_limit.enabled:
+            self.limits = await build_store(self.config.rate_limit, self.pools)
         health = self.config.health_check
         if health.enabled:
             self._probe_session = aiohttp.ClientSession()
@@ -114,8 +123,16 @@ class Runtime:
             )
             await self._health.start()
 
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the request path (settlements); :meth:`close` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
         """Stop health checks and close every pool (connections still open are closed too)."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=5.0)
         if self._health is not None:
             await self._health.stop()
             self._health = None
@@ -125,6 +142,8 @@ class Runtime:
         await asyncio.gather(*(client.close() for client in self.clients.values()))
         if self.auth is not None:
             await self.auth.close()
+        if self.limits is not None:
+            await self.limits.close()
         await self.pools.close()
         self.lua.close()
 

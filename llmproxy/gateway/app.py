@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from llmproxy.auth.keys import PresentedKey
 from llmproxy.auth.pipeline import Identity
-from llmproxy.gateway import auth_step, cors
+from llmproxy.gateway import auth_step, cors, limits_step
 from llmproxy.gateway.asgi import Receive, Scope, Send
 from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import find_header
@@ -30,6 +30,7 @@ from llmproxy.gateway.models import list_models
 from llmproxy.gateway.proxy import ProxyRequest, forward
 from llmproxy.gateway.request_peek import EMPTY_PEEK, peek_body
 from llmproxy.gateway.responses import send_bytes, send_error
+from llmproxy.usage import estimate_prompt_tokens, request_with_usage
 
 if TYPE_CHECKING:
     from llmproxy.daemon.runtime import Runtime, RuntimeState
@@ -118,6 +119,9 @@ class GatewayApp:
         path: str = scope["path"]
         method: str = scope["method"]
         proxied = path.startswith("/v1/") and not (path == "/v1/models" and method == "GET")
+        if proxied and runtime.global_rate is not None and runtime.limits is not None:
+            # Before auth: the global bucket also shields the key providers from a flood.
+            await limits_step.check_global(runtime.limits, runtime.global_rate)
         key = None
         if auth_step.needs_key(runtime, path):
             key = auth_step.presented_key(runtime, scope["headers"])
@@ -199,6 +203,23 @@ class GatewayApp:
             extra_headers = auth_step.metadata_headers(
                 runtime.config.auth.forward_metadata, identity
             )
+        strip_usage = False
+        if peek.streaming and model_required:
+            # Usage is needed to settle budgets and to bill: ask the backend for it, and hide
+            # the usage event from a client that did not ask for it.
+            body, client_asked = request_with_usage(body)
+            strip_usage = not client_asked
+        limits = runtime.config.rate_limit
+        prompt_estimate = (
+            estimate_prompt_tokens(body, limits.chars_per_token) if model_required else 0
+        )
+        settlement = None
+        if identity is not None and runtime.limits is not None:
+            policy = limits_step.key_policy(limits.per_key, identity.limits, identity.metadata)
+            if policy.requests is not None or policy.needs_lease:
+                completion = peek.max_tokens or peek.max_completion_tokens
+                reserve = (completion or limits.default_max_tokens) + prompt_estimate
+                settlement = await limits_step.admit(runtime, identity.key_id, policy, reserve)
         query: bytes = scope["query_string"]
         client = scope.get("client")
         request = ProxyRequest(
@@ -211,6 +232,8 @@ class GatewayApp:
             client_ip=client[0] if client else None,
             identity=identity,
             extra_headers=extra_headers,
+            response_headers=settlement.headers if settlement is not None else (),
+            strip_usage=strip_usage,
         )
         watch = _DisconnectWatch(receive, request)
         try:
@@ -221,6 +244,8 @@ class GatewayApp:
             log.debug("client left; upstream request %s closed", request_id)
         finally:
             watch.stop()
+            if settlement is not None:
+                settlement.settle(runtime, request.used_tokens(prompt_estimate))
 
 
 class _DisconnectWatch:

@@ -74,13 +74,21 @@ def upstream_request_headers(
 
 
 def client_response_headers(
-    upstream_headers: Iterable[tuple[bytes, bytes]], request_id: bytes
+    upstream_headers: Iterable[tuple[bytes, bytes]],
+    request_id: bytes,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> list[tuple[bytes, bytes]]:
-    """Headers for the response to the client, from the backend's raw headers."""
+    """Headers for the response to the client, from the backend's raw headers.
+
+    ``extra`` (the gateway's rate-limit headers) replaces any copy the backend sent.
+    """
     upstream = list(upstream_headers)
     drop = HOP_BY_HOP | _RESPONSE_MANAGED | _connection_named(upstream)
+    if extra:
+        drop = drop | {name for name, _ in extra}
     out = [(name.lower(), value) for name, value in upstream if name.lower() not in drop]
     out.append((b"x-request-id", request_id))
+    out.extend(extra)
     return out
 
 

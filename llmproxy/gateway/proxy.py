@@ -26,6 +26,7 @@ from llmproxy.gateway.asgi import Send
 from llmproxy.gateway.errors import GatewayError, sse_error_event
 from llmproxy.gateway.headers import RawHeaders, client_response_headers, upstream_request_headers
 from llmproxy.gateway.request_peek import RequestPeek
+from llmproxy.usage import StreamUsage, Usage, usage_from_body
 
 if TYPE_CHECKING:
     from llmproxy.daemon.runtime import Runtime
@@ -52,8 +53,24 @@ class ProxyRequest:
     """Who the request belongs to, when auth is on."""
     extra_headers: tuple[tuple[str, str], ...] = ()
     """Per-request upstream headers (forwarded decision metadata)."""
+    response_headers: tuple[tuple[bytes, bytes], ...] = ()
+    """Extra headers for the client's response (the rate-limit headers)."""
+    strip_usage: bool = False
+    """The gateway asked for the usage event; the client did not, so it is removed."""
+    usage: Usage | None = None
+    """A non-streamed response's usage, when the backend reported it."""
+    stream_usage: StreamUsage | None = None
+    """The scanner of the streamed response relayed to the client."""
     complete: bool = False
     """Set just before the last byte is sent, so a later ``http.disconnect`` is not a cancel."""
+
+    def used_tokens(self, prompt_estimate: int) -> int:
+        """Tokens this request consumed: the backend's count, or what was streamed."""
+        if self.usage is not None:
+            return self.usage.total_tokens
+        if self.stream_usage is not None:
+            return self.stream_usage.usage(prompt_estimate).total_tokens
+        return 0
 
 
 class _Retryable(Exception):
@@ -184,13 +201,17 @@ async def _attempt(
                     )
                 ) from None
             consumed = True
+            if status < 300:
+                request.usage = usage_from_body(payload)
             request.complete = True
             await send(
                 {
                     "type": "http.response.start",
                     "status": status,
                     "headers": client_response_headers(
-                        response.raw_headers, request.request_id.encode("latin-1")
+                        response.raw_headers,
+                        request.request_id.encode("latin-1"),
+                        request.response_headers,
                     ),
                 }
             )
@@ -226,13 +247,16 @@ async def _relay_stream(
             "type": "http.response.start",
             "status": response.status,
             "headers": client_response_headers(
-                response.raw_headers, request.request_id.encode("latin-1")
+                response.raw_headers, request.request_id.encode("latin-1"), request.response_headers
             ),
         }
     )
+    scanner = request.stream_usage = StreamUsage(strip_usage_event=request.strip_usage)
     try:
         async for chunk in response.content.iter_any():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            relayed = scanner.feed(chunk)
+            if relayed:
+                await send({"type": "http.response.body", "body": relayed, "more_body": True})
     except TimeoutError:
         log.warning("backend %s went silent mid-stream; ending the stream", backend.name)
         request.complete = True
@@ -261,6 +285,9 @@ async def _relay_stream(
         )
         return False
     request.complete = True
+    tail = scanner.finish()
+    if tail:
+        await send({"type": "http.response.body", "body": tail, "more_body": True})
     await send(_END)
     return True
 

@@ -130,6 +130,7 @@ class MockBackend:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         response: web.StreamResponse | None = None
         try:
             response = await self._answer(request, path, settings)

@@ -22,13 +22,24 @@ class MockStats:
     non-streamed wait), each exactly once; connections the mock drops on purpose are not counted.
     """
 
-    __slots__ = ("by_path", "cancellations", "completed", "in_flight", "requests", "running")
+    __slots__ = (
+        "by_path",
+        "cancellations",
+        "completed",
+        "in_flight",
+        "peak_in_flight",
+        "requests",
+        "running",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
         self.cancellations = 0
         self.completed = 0
         self.in_flight = 0
+        # The most ``/v1/*`` calls in progress at once since the last reset: what a concurrency
+        # limit in front of the mock must keep at or below its bound.
+        self.peak_in_flight = 0
         self.by_path: dict[str, int] = {}
         # Generation requests in progress by model: vLLM's ``num_requests_running``.
         self.running: dict[str, int] = {}
@@ -36,6 +47,7 @@ class MockStats:
     def reset(self) -> None:
         """Zero the totals; live gauges (``in_flight``, ``running``) keep tracking real requests."""
         self.requests = self.cancellations = self.completed = 0
+        self.peak_in_flight = self.in_flight
         self.by_path.clear()
 
     def snapshot(self) -> dict[str, Any]:
@@ -44,6 +56,7 @@ class MockStats:
             "requests": self.requests,
             "cancellations": self.cancellations,
             "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
             "completed": self.completed,
             "by_path": dict(self.by_path),
         }

@@ -25,6 +25,7 @@ async def test_stats_and_reset(mock: MockBackend, http: aiohttp.ClientSession) -
         "requests": 1,
         "cancellations": 0,
         "in_flight": 0,
+        "peak_in_flight": 1,
         "completed": 1,
         "by_path": {"/v1/chat/completions": 1, "/health": 1},
     }

@@ -1,0 +1,180 @@
+"""The limits step of the request path: admission before forwarding, settlement after.
+
+Admission is all-or-nothing (request bucket, concurrency slot, token reservation, quota); the
+reservation is the request's ``max_tokens`` (or ``rate_limit.default_max_tokens``) plus an estimate
+of its prompt. Whatever ends the request — completion, backend error, client disconnect, timeout —
+:meth:`Settlement.settle` gives the slot back and settles the reservation to the real usage, once.
+
+Refusals are 429s with an OpenAI-style body (``rate_limit_exceeded`` or ``insufficient_quota``)
+and a ``Retry-After``; a limits store that cannot answer under ``redis_failure: closed`` is a 503,
+never a 429. Admitted responses carry the ``x-ratelimit-*`` headers OpenAI clients understand.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llmproxy.auth.keydata import KeyLimits
+from llmproxy.config.model import PerKeyRateSpec
+from llmproxy.gateway.errors import GatewayError
+from llmproxy.limits import Admission, KeyPolicy, LimitStore, LimitsUnavailable, Rate, rate_of
+
+if TYPE_CHECKING:
+    from llmproxy.daemon.runtime import Runtime
+
+log = logging.getLogger("llmproxy.limits")
+
+_REFUSALS = {
+    "requests": ("rate_limit_exceeded", "rate limit reached for requests"),
+    "concurrency": ("rate_limit_exceeded", "too many concurrent requests for this API key"),
+    "tokens": ("rate_limit_exceeded", "rate limit reached for tokens per minute"),
+    "quota": ("insufficient_quota", "this API key's remaining quota cannot cover the request"),
+}
+
+
+def key_policy(
+    spec: PerKeyRateSpec, limits: KeyLimits, overrides: Mapping[str, object]
+) -> KeyPolicy:
+    """The limits of one key: config defaults, then the key's own data, then its Lua decision."""
+
+    def pick(name: str, own: int | None, default: int | float | None) -> float | None:
+        value = overrides.get(name, own)
+        if value is None or value == "":
+            return default
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            log.warning("ignoring a non-numeric %s override: %r", name, value)
+            return default
+
+    requests: Rate | None = rate_of(spec) if spec.enabled else None
+    rpm = pick("rpm", limits.rpm, None)
+    if rpm is not None and rpm > 0:
+        per_second = rpm / 60.0
+        requests = Rate(per_second=per_second, burst=max(1, math.ceil(spec.burst_size or rpm / 60)))
+    concurrent = pick("max_concurrent", limits.max_concurrent, spec.max_concurrent)
+    tpm = pick("tpm", limits.tpm, spec.tokens_per_minute)
+    return KeyPolicy(
+        requests=requests,
+        max_concurrent=int(concurrent) if concurrent else None,
+        tokens_per_minute=int(tpm) if tpm else None,
+        total_quota=limits.total_quota,
+        used_quota=limits.used_quota,
+    )
+
+
+def refusal(admission: Admission) -> GatewayError:
+    """The 429 for a refused admission, with ``Retry-After`` and the limit headers."""
+    code, message = _REFUSALS[admission.reason or "requests"]
+    headers = list(limit_headers(admission))
+    if admission.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(admission.retry_after))).encode()))
+    return GatewayError(429, message, code, headers=tuple(headers))
+
+
+def unavailable() -> GatewayError:
+    """The 503 for a limits store that cannot answer while ``redis_failure`` is ``closed``."""
+    return GatewayError(
+        503, "rate limiting is unavailable (its Redis cannot be reached)", "limits_unavailable"
+    )
+
+
+def limit_headers(admission: Admission) -> tuple[tuple[bytes, bytes], ...]:
+    """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for one admission."""
+    headers: list[tuple[bytes, bytes]] = []
+    for kind, limit, remaining, reset in (
+        (
+            "requests",
+            admission.requests_limit,
+            admission.requests_remaining,
+            admission.requests_reset,
+        ),
+        ("tokens", admission.tokens_limit, admission.tokens_remaining, admission.tokens_reset),
+    ):
+        if limit is None:
+            continue
+        headers.append((f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()))
+        if remaining is not None:
+            headers.append(
+                (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, remaining)).encode())
+            )
+        if reset is not None:
+            headers.append((f"x-ratelimit-reset-{kind}".encode(), _duration(reset)))
+    return tuple(headers)
+
+
+def _duration(seconds: float) -> bytes:
+    """OpenAI writes resets as durations: ``1s``, ``6m0s``, ``120ms``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms".encode()
+    minutes, rest = divmod(seconds, 60)
+    return (f"{int(minutes)}m{rest:.0f}s" if minutes else f"{rest:.3g}s").encode()
+
+
+async def check_global(store: LimitStore, rate: Rate) -> None:
+    """The global bucket: raises the 429 (or the 503) when it is empty."""
+    try:
+        admission = await store.check_global(rate)
+    except LimitsUnavailable:
+        raise unavailable() from None
+    if not admission.allowed:
+        raise refusal(admission)
+
+
+@dataclass(slots=True)
+class Settlement:
+    """An admitted request's slot and reservation, to be settled exactly once."""
+
+    store: LimitStore
+    key_id: str
+    policy: KeyPolicy
+    lease: str | None
+    reserved: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    settled: bool = False
+
+    def settle(self, runtime: Runtime, used_tokens: int) -> None:
+        """Give back the slot and settle to ``used_tokens``, off the request's path.
+
+        Runs as its own task so that a request cancelled by its client still settles, and the
+        response is not held up by a Redis round trip.
+        """
+        if self.settled or self.lease is None:
+            return
+        self.settled = True
+        runtime.background(self._settle(used_tokens))
+
+    async def _settle(self, used_tokens: int) -> None:
+        assert self.lease is not None
+        try:
+            await self.store.settle(
+                self.key_id, self.policy, self.lease, self.reserved, used_tokens
+            )
+        except Exception:  # a lost settle leaks a slot until its lease expires: say so loudly
+            log.exception("settling the limits of key %s failed", self.key_id)
+
+
+async def admit(
+    runtime: Runtime, key_id: str, policy: KeyPolicy, reserve_tokens: int
+) -> Settlement:
+    """Admit one request of ``key_id`` or raise the 429 / 503."""
+    store = runtime.limits
+    assert store is not None
+    try:
+        admission = await store.admit(key_id, policy, reserve_tokens)
+    except LimitsUnavailable:
+        raise unavailable() from None
+    if not admission.allowed:
+        raise refusal(admission)
+    return Settlement(
+        store=store,
+        key_id=key_id,
+        policy=policy,
+        lease=admission.lease,
+        reserved=reserve_tokens,
+        headers=limit_headers(admission),
+    )

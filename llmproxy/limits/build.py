@@ -1,0 +1,37 @@
+"""The limit store a configuration asks for.
+
+``storage: memory`` counts in this process; ``storage: redis`` shares counts through Redis, behind
+the ``redis_failure`` policy::
+
+    store = await build_store(config.rate_limit, pools)   # in Runtime.open(), inside the loop
+    ...
+    await store.close()                                   # before pools.close()
+
+It is a coroutine because the shared Redis client comes from
+:meth:`~llmproxy.connections.ConnectionPools.redis`; no connection is opened here, so a Redis that
+is down shows up on the first request (and is handled by the failure policy), not at start.
+"""
+
+from __future__ import annotations
+
+from llmproxy.config.model import RateLimitConfig
+from llmproxy.connections import ConnectionPools
+from llmproxy.limits.admission import LimitStore
+from llmproxy.limits.failover import FailoverLimitStore
+from llmproxy.limits.memory import MemoryLimitStore
+from llmproxy.limits.redis import RedisLimitStore
+
+
+async def build_store(config: RateLimitConfig, pools: ConnectionPools) -> LimitStore:
+    """A :class:`MemoryLimitStore`, or a :class:`FailoverLimitStore` over Redis.
+
+    Raises :class:`~llmproxy.connections.PoolError` for a Redis address that cannot be used and
+    ``ValueError`` for ``storage: redis`` without a ``redis`` section.
+    """
+    if config.storage == "memory":
+        return MemoryLimitStore()
+    if config.redis is None:
+        raise ValueError("rate_limit.storage redis needs a rate_limit.redis section")
+    client = await pools.redis(config.redis)
+    primary = RedisLimitStore(client, prefix=config.key_prefix, timeout=config.redis.timeout)
+    return FailoverLimitStore(primary, policy=config.redis_failure, instances=config.instances)

@@ -1,0 +1,201 @@
+"""The Redis store's own duties: TTLs, reloaded scripts, expiring leases, bounded calls and the
+repair of admissions and settles that Redis never confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from llmproxy.limits import KeyPolicy, LimitsUnavailable, Rate, RedisLimitStore
+from llmproxy.limits._wire import global_key, key_names
+from tests.limits.conftest import new_client
+
+EVERYTHING = KeyPolicy(
+    requests=Rate(per_second=1.0, burst=5),
+    max_concurrent=5,
+    tokens_per_minute=6000,
+    total_quota=100_000,
+)
+
+
+async def test_every_key_has_a_ttl(shared_redis, prefix):
+    """Buckets, lease sets, reservations and quota counters all expire; quota ones last long."""
+    store = RedisLimitStore(shared_redis, prefix=prefix, timeout=2.0, lease_ttl=60)
+    await store.check_global(Rate(per_second=1.0, burst=10))
+    kept = await store.admit("k", EVERYTHING, 100)
+    settled = await store.admit("k", EVERYTHING, 100)
+    await store.settle("k", EVERYTHING, settled.lease, 100, 50)
+    names = [name async for name in shared_redis.scan_iter(match=f"{prefix}*")]
+    names_of_k = key_names(prefix, "k")
+    assert set(names) == {
+        global_key(prefix),
+        names_of_k.requests,
+        names_of_k.tokens,
+        names_of_k.leases,
+        names_of_k.held,
+        names_of_k.quota,
+    }
+    ttls = {name: await shared_redis.pttl(name) for name in names}
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
+    assert ttls[global_key(prefix)] <= 2_000  # one token short of full at 1/s, plus a second
+    assert ttls[names_of_k.leases] <= 61_000
+    assert ttls[names_of_k.quota] > 30 * 86_400_000
+    await store.settle("k", EVERYTHING, kept.lease, 100, 0)
+    await store.close()
+
+
+async def test_full_buckets_expire(shared_redis, prefix):
+    """A bucket's key lives only until it would be full again (missing means full)."""
+    store = RedisLimitStore(shared_redis, prefix=prefix, timeout=2.0)
+    await store.admit("k", KeyPolicy(requests=Rate(per_second=20.0, burst=2)), 0)
+    assert 0 < await shared_redis.pttl(key_names(prefix, "k").requests) <= 1_050
+    await asyncio.sleep(1.2)
+    assert not await shared_redis.exists(key_names(prefix, "k").requests)
+    await store.close()
+
+
+async def test_scripts_survive_script_flush(private_redis):
+    """After SCRIPT FLUSH (a restart, a failover) the scripts are loaded again transparently."""
+    client = new_client(private_redis.port)
+    store = RedisLimitStore(client, prefix="t:", timeout=2.0)
+    try:
+        assert (await store.admit("k", EVERYTHING, 10)).allowed
+        await client.script_flush()
+        assert (await store.check_global(Rate(1.0, 1))).allowed
+        admitted = await store.admit("k", EVERYTHING, 10)
+        assert admitted.allowed
+        await client.script_flush()
+        await store.settle("k", EVERYTHING, admitted.lease, 10, 10)
+        await client.script_flush()
+        assert await store.in_flight("k") == 1
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_expired_leases_free_the_slots_of_a_dead_process(redis_stores, shared_redis, prefix):
+    """Slots and quota reservations of a gateway that died free themselves after lease_ttl,
+    and its settle, if it ever comes, counts the usage once."""
+    client = new_client()
+    dead = RedisLimitStore(client, prefix=prefix, timeout=2.0, lease_ttl=0.3)
+    alive = redis_stores[0]
+    policy = KeyPolicy(max_concurrent=2, total_quota=1000)
+    try:
+        lost = [await dead.admit("k", policy, 400) for _ in range(2)]
+        assert all(a.allowed for a in lost)
+        assert (await alive.admit("k", policy, 100)).reason == "concurrency"
+        await asyncio.sleep(0.4)
+        assert await alive.in_flight("k") == 0
+        admitted = await alive.admit("k", policy, 900)  # both reservations were released
+        assert admitted.allowed
+        reserved = await shared_redis.hget(key_names(prefix, "k").quota, "reserved")
+        assert reserved == "900"
+        for _ in range(2):
+            await dead.settle("k", policy, lost[0].lease, 400, 123)
+        assert await alive.quota_used("k") == 123
+        await alive.settle("k", policy, admitted.lease, 900, 0)
+        assert await shared_redis.hget(key_names(prefix, "k").quota, "reserved") == "0"
+    finally:
+        await dead.close()
+        await client.aclose()
+
+
+async def test_refused_connection_is_unavailable_at_once():
+    """A Redis that refuses connections is LimitsUnavailable, fast."""
+    client = new_client(port=1, timeout=0.5)
+    store = RedisLimitStore(client, prefix="t:", timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LimitsUnavailable):
+            await store.admit("k", KeyPolicy(requests=Rate(1.0, 1)), 0)
+        with pytest.raises(LimitsUnavailable):
+            await store.check_global(Rate(1.0, 1))
+        with pytest.raises(LimitsUnavailable):
+            await store.in_flight("k")
+        assert time.monotonic() - started < 0.5
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_hung_redis_is_bounded_and_abandoned_admissions_are_voided(private_redis):
+    """A paused Redis costs one timeout per call; an admission that timed out but ran once Redis
+    resumed holds no slot for long: it is voided after the next call that reaches Redis."""
+    client = new_client(private_redis.port, timeout=5.0)  # the store's own timeout must bound
+    store = RedisLimitStore(client, prefix="t:", timeout=0.3)
+    policy = KeyPolicy(max_concurrent=1, total_quota=1000)
+    try:
+        assert await store.in_flight("k") == 0  # connection established before the pause
+        private_redis.pause()
+        for call in (
+            store.admit("k", policy, 100),
+            store.check_global(Rate(1.0, 1)),
+            store.quota_used("k"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(LimitsUnavailable, match="no answer within 0.3s"):
+                await call
+            assert 0.25 < time.monotonic() - started < 0.5
+        assert store.deferred == 1
+        private_redis.resume()
+        deadline = time.monotonic() + 3.0
+        while (await store.in_flight("k") or store.deferred) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert store.deferred == 0
+        assert await store.in_flight("k") == 0
+        admitted = await store.admit("k", policy, 1000)  # nor any quota reservation
+        assert admitted.allowed
+        await store.settle("k", policy, admitted.lease, 1000, 0)
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_settle_while_redis_is_down_is_delivered_later(private_redis):
+    """A settle that cannot reach Redis raises, is kept, and is delivered once Redis answers."""
+    client = new_client(private_redis.port, timeout=5.0)
+    store = RedisLimitStore(client, prefix="t:", timeout=0.3)
+    policy = KeyPolicy(max_concurrent=1, total_quota=1000)
+    try:
+        admitted = await store.admit("k", policy, 100)
+        private_redis.pause()
+        with pytest.raises(LimitsUnavailable, match="deferred"):
+            await store.settle("k", policy, admitted.lease, 100, 60)
+        assert store.deferred == 1
+        private_redis.resume()
+        await store.in_flight("k")  # any call that reaches Redis starts the delivery
+        deadline = time.monotonic() + 3.0
+        while store.deferred and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await store.in_flight("k") == 0
+        assert await store.quota_used("k") == 60
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_cancelled_settle_still_completes(shared_redis, prefix):
+    """A settle whose caller is cancelled mid-call still frees the slot."""
+    store = RedisLimitStore(shared_redis, prefix=prefix, timeout=2.0)
+    policy = KeyPolicy(max_concurrent=1)
+    admitted = await store.admit("k", policy, 0)
+    task = asyncio.create_task(store.settle("k", policy, admitted.lease, 0, 0))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 2.0
+    while await store.in_flight("k") and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert await store.in_flight("k") == 0
+    await store.close()
+
+
+def test_store_rejects_nonsense_settings(shared_redis):
+    """A zero timeout or lease TTL is refused at construction."""
+    with pytest.raises(ValueError, match="positive"):
+        RedisLimitStore(shared_redis, prefix="t:", timeout=0)
+    with pytest.raises(ValueError, match="positive"):
+        RedisLimitStore(shared_redis, prefix="t:", timeout=1, lease_ttl=0)
