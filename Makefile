@@ -34,6 +34,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.auth
+	$(BIN)/python -m bench.limits
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -12,6 +12,7 @@ never a 429. Admitted responses carry the ``x-ratelimit-*`` headers OpenAI clien
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -36,32 +37,68 @@ _REFUSALS = {
 }
 
 
+_OVERRIDES = frozenset({"rpm", "tpm", "max_concurrent"})
+
+
+@functools.lru_cache(maxsize=16)
+def _configured(spec: PerKeyRateSpec) -> KeyPolicy:
+    """The per-key limits of the config alone (cached: specs are frozen and few)."""
+    if not spec.enabled:
+        return KeyPolicy()
+    return KeyPolicy(
+        requests=rate_of(spec),
+        max_concurrent=spec.max_concurrent,
+        tokens_per_minute=spec.tokens_per_minute,
+    )
+
+
 def key_policy(
     spec: PerKeyRateSpec, limits: KeyLimits, overrides: Mapping[str, object]
 ) -> KeyPolicy:
-    """The limits of one key: config defaults, then the key's own data, then its Lua decision."""
+    """The limits of one key: config defaults, then the key's own data, then its Lua decision.
 
-    def pick(name: str, own: int | None, default: int | float | None) -> float | None:
+    The common case — no per-key override — costs a cached lookup and one small object.
+    """
+    base = _configured(spec)
+    if (
+        limits.rpm is not None
+        or limits.tpm is not None
+        or limits.max_concurrent is not None
+        or (overrides and not _OVERRIDES.isdisjoint(overrides))
+    ):
+        return _overridden(base, spec, limits, overrides)
+    if limits.total_quota is None:
+        return base
+    return KeyPolicy(
+        requests=base.requests,
+        max_concurrent=base.max_concurrent,
+        tokens_per_minute=base.tokens_per_minute,
+        total_quota=limits.total_quota,
+        used_quota=limits.used_quota,
+    )
+
+
+def _overridden(
+    base: KeyPolicy, spec: PerKeyRateSpec, limits: KeyLimits, overrides: Mapping[str, object]
+) -> KeyPolicy:
+    def pick(name: str, own: int | None, default: int | None) -> int | None:
         value = overrides.get(name, own)
         if value is None or value == "":
             return default
         try:
-            return float(value)  # type: ignore[arg-type]
+            return int(float(value))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             log.warning("ignoring a non-numeric %s override: %r", name, value)
             return default
 
-    requests: Rate | None = rate_of(spec) if spec.enabled else None
+    requests = base.requests
     rpm = pick("rpm", limits.rpm, None)
     if rpm is not None and rpm > 0:
-        per_second = rpm / 60.0
-        requests = Rate(per_second=per_second, burst=max(1, math.ceil(spec.burst_size or rpm / 60)))
-    concurrent = pick("max_concurrent", limits.max_concurrent, spec.max_concurrent)
-    tpm = pick("tpm", limits.tpm, spec.tokens_per_minute)
+        requests = Rate(per_second=rpm / 60.0, burst=spec.burst_size or max(1, math.ceil(rpm / 60)))
     return KeyPolicy(
         requests=requests,
-        max_concurrent=int(concurrent) if concurrent else None,
-        tokens_per_minute=int(tpm) if tpm else None,
+        max_concurrent=pick("max_concurrent", limits.max_concurrent, base.max_concurrent) or None,
+        tokens_per_minute=pick("tpm", limits.tpm, base.tokens_per_minute) or None,
         total_quota=limits.total_quota,
         used_quota=limits.used_quota,
     )
@@ -85,34 +122,32 @@ def unavailable() -> GatewayError:
 
 def limit_headers(admission: Admission) -> tuple[tuple[bytes, bytes], ...]:
     """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for one admission."""
+    a = admission
     headers: list[tuple[bytes, bytes]] = []
-    for kind, limit, remaining, reset in (
-        (
-            "requests",
-            admission.requests_limit,
-            admission.requests_remaining,
-            admission.requests_reset,
-        ),
-        ("tokens", admission.tokens_limit, admission.tokens_remaining, admission.tokens_reset),
-    ):
-        if limit is None:
-            continue
-        headers.append((f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()))
-        if remaining is not None:
+    if a.requests_limit is not None:
+        headers.append((b"x-ratelimit-limit-requests", b"%d" % a.requests_limit))
+        if a.requests_remaining is not None:
             headers.append(
-                (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, remaining)).encode())
+                (b"x-ratelimit-remaining-requests", b"%d" % max(0, a.requests_remaining))
             )
-        if reset is not None:
-            headers.append((f"x-ratelimit-reset-{kind}".encode(), _duration(reset)))
+        if a.requests_reset is not None:
+            headers.append((b"x-ratelimit-reset-requests", _duration(a.requests_reset)))
+    if a.tokens_limit is not None:
+        headers.append((b"x-ratelimit-limit-tokens", b"%d" % a.tokens_limit))
+        if a.tokens_remaining is not None:
+            headers.append((b"x-ratelimit-remaining-tokens", b"%d" % max(0, a.tokens_remaining)))
+        if a.tokens_reset is not None:
+            headers.append((b"x-ratelimit-reset-tokens", _duration(a.tokens_reset)))
     return tuple(headers)
 
 
 def _duration(seconds: float) -> bytes:
     """OpenAI writes resets as durations: ``1s``, ``6m0s``, ``120ms``."""
     if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms".encode()
-    minutes, rest = divmod(seconds, 60)
-    return (f"{int(minutes)}m{rest:.0f}s" if minutes else f"{rest:.3g}s").encode()
+        return b"%dms" % max(0, round(seconds * 1000))
+    if seconds < 60:
+        return b"%.3gs" % seconds
+    return b"%dm%ds" % divmod(round(seconds), 60)
 
 
 async def check_global(store: LimitStore, rate: Rate) -> None:

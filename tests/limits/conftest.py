@@ -14,27 +14,38 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
-import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from llmproxy.config.model import RedisConnection
+from llmproxy.connections import ConnectionPools
 from llmproxy.limits import MemoryLimitStore, RedisLimitStore
 
-SHARED_REDIS = ("127.0.0.1", 6379)
+SHARED_REDIS = "127.0.0.1:6379"
 
 
-def new_client(port: int = SHARED_REDIS[1], timeout: float = 2.0) -> redis.asyncio.Redis:
-    """A client of its own, as one gateway process would have, configured like the gateway's
-    (``ConnectionPools.redis``): one immediate retry on a broken connection, none after a
-    timeout."""
-    return redis.asyncio.Redis(
-        host="127.0.0.1",
-        port=port,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-    )
+class Clients:
+    """Redis clients made the gateway's way (:class:`ConnectionPools`), one registry each — one
+    gateway process each — all closed when the test ends."""
+
+    def __init__(self) -> None:
+        self._registries: list[ConnectionPools] = []
+
+    async def new(self, addr: str = SHARED_REDIS, timeout: float = 2.0) -> redis.asyncio.Redis:
+        pools = ConnectionPools()
+        self._registries.append(pools)
+        return await pools.redis(RedisConnection(addr=addr, timeout=timeout))
+
+    async def close(self) -> None:
+        for pools in self._registries:
+            await pools.close()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    registry = Clients()
+    try:
+        yield registry
+    finally:
+        await registry.close()
 
 
 @pytest.fixture
@@ -46,7 +57,7 @@ def prefix() -> str:
 @pytest.fixture
 async def shared_redis(prefix: str) -> AsyncIterator[redis.asyncio.Redis]:
     """A client of the machine's Redis; every key under ``prefix`` is deleted afterwards."""
-    client = new_client()
+    client = redis.asyncio.Redis(host="127.0.0.1", port=6379, decode_responses=True)
     try:
         yield client
     finally:
@@ -58,18 +69,15 @@ async def shared_redis(prefix: str) -> AsyncIterator[redis.asyncio.Redis]:
 
 @pytest.fixture
 async def redis_stores(
-    shared_redis: redis.asyncio.Redis, prefix: str
+    shared_redis: redis.asyncio.Redis, prefix: str, clients: Clients
 ) -> AsyncIterator[list[RedisLimitStore]]:
     """Four independent stores on one key space, each with its own client (four processes)."""
-    clients = [new_client() for _ in range(4)]
-    stores = [RedisLimitStore(client, prefix=prefix, timeout=2.0) for client in clients]
+    stores = [RedisLimitStore(await clients.new(), prefix=prefix, timeout=2.0) for _ in range(4)]
     try:
         yield stores
     finally:
         for store in stores:
             await store.close()
-        for client in clients:
-            await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -10,7 +10,6 @@ import pytest
 
 from llmproxy.limits import KeyPolicy, LimitsUnavailable, Rate, RedisLimitStore
 from llmproxy.limits._wire import global_key, key_names
-from tests.limits.conftest import new_client
 
 EVERYTHING = KeyPolicy(
     requests=Rate(per_second=1.0, burst=5),
@@ -56,9 +55,9 @@ async def test_full_buckets_expire(shared_redis, prefix):
     await store.close()
 
 
-async def test_scripts_survive_script_flush(private_redis):
+async def test_scripts_survive_script_flush(private_redis, clients):
     """After SCRIPT FLUSH (a restart, a failover) the scripts are loaded again transparently."""
-    client = new_client(private_redis.port)
+    client = await clients.new(private_redis.addr)
     store = RedisLimitStore(client, prefix="t:", timeout=2.0)
     try:
         assert (await store.admit("k", EVERYTHING, 10)).allowed
@@ -72,13 +71,14 @@ async def test_scripts_survive_script_flush(private_redis):
         assert await store.in_flight("k") == 1
     finally:
         await store.close()
-        await client.aclose()
 
 
-async def test_expired_leases_free_the_slots_of_a_dead_process(redis_stores, shared_redis, prefix):
+async def test_expired_leases_free_the_slots_of_a_dead_process(
+    redis_stores, shared_redis, prefix, clients
+):
     """Slots and quota reservations of a gateway that died free themselves after lease_ttl,
     and its settle, if it ever comes, counts the usage once."""
-    client = new_client()
+    client = await clients.new()
     dead = RedisLimitStore(client, prefix=prefix, timeout=2.0, lease_ttl=0.3)
     alive = redis_stores[0]
     policy = KeyPolicy(max_concurrent=2, total_quota=1000)
@@ -102,9 +102,9 @@ async def test_expired_leases_free_the_slots_of_a_dead_process(redis_stores, sha
         await client.aclose()
 
 
-async def test_refused_connection_is_unavailable_at_once():
+async def test_refused_connection_is_unavailable_at_once(clients):
     """A Redis that refuses connections is LimitsUnavailable, fast."""
-    client = new_client(port=1, timeout=0.5)
+    client = await clients.new("127.0.0.1:1", timeout=0.5)
     store = RedisLimitStore(client, prefix="t:", timeout=0.5)
     try:
         started = time.monotonic()
@@ -117,13 +117,12 @@ async def test_refused_connection_is_unavailable_at_once():
         assert time.monotonic() - started < 0.5
     finally:
         await store.close()
-        await client.aclose()
 
 
-async def test_hung_redis_is_bounded_and_abandoned_admissions_are_voided(private_redis):
+async def test_hung_redis_is_bounded_and_abandoned_admissions_are_voided(private_redis, clients):
     """A paused Redis costs one timeout per call; an admission that timed out but ran once Redis
     resumed holds no slot for long: it is voided after the next call that reaches Redis."""
-    client = new_client(private_redis.port, timeout=5.0)  # the store's own timeout must bound
+    client = await clients.new(private_redis.addr, timeout=5.0)  # the store's timeout bounds
     store = RedisLimitStore(client, prefix="t:", timeout=0.3)
     policy = KeyPolicy(max_concurrent=1, total_quota=1000)
     try:
@@ -150,12 +149,11 @@ async def test_hung_redis_is_bounded_and_abandoned_admissions_are_voided(private
         await store.settle("k", policy, admitted.lease, 1000, 0)
     finally:
         await store.close()
-        await client.aclose()
 
 
-async def test_settle_while_redis_is_down_is_delivered_later(private_redis):
+async def test_settle_while_redis_is_down_is_delivered_later(private_redis, clients):
     """A settle that cannot reach Redis raises, is kept, and is delivered once Redis answers."""
-    client = new_client(private_redis.port, timeout=5.0)
+    client = await clients.new(private_redis.addr, timeout=5.0)
     store = RedisLimitStore(client, prefix="t:", timeout=0.3)
     policy = KeyPolicy(max_concurrent=1, total_quota=1000)
     try:
@@ -173,7 +171,6 @@ async def test_settle_while_redis_is_down_is_delivered_later(private_redis):
         assert await store.quota_used("k") == 60
     finally:
         await store.close()
-        await client.aclose()
 
 
 async def test_cancelled_settle_still_completes(shared_redis, prefix):
