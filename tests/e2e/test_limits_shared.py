@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import textwrap
 import time
 import uuid
@@ -11,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis
 
 from tests.e2e.daemon import free_port, running
@@ -97,3 +99,97 @@ def test_four_processes_share_one_key_limit(tmp_path: Path) -> None:
     assert statuses[429] > 0, "the load did not exceed the limit; the test proves nothing"
     expected = BURST + RATE * elapsed
     assert abs(statuses[200] - expected) <= 0.05 * expected, (statuses, expected)
+
+
+def _own_redis(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """A redis-server of this test's own (never the machine's shared instance)."""
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                return process
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    process.kill()
+    raise AssertionError("redis-server did not start")
+
+
+@pytest.mark.parametrize(
+    ("policy", "during_outage"), [("closed", 503), ("open", 200), ("local", 200)]
+)
+async def test_redis_outage_follows_the_failure_policy(
+    tmp_path: Path, policy: str, during_outage: int
+) -> None:
+    """Redis down: closed → 503 (never 429), open/local → served; back to Redis when it returns."""
+    from tests.harness import gateway, make_config, mock_backend
+
+    port = free_port()
+    server = _own_redis(tmp_path, port)
+    try:
+        async with mock_backend() as mock:
+            config = make_config(
+                [{"url": mock.url}],
+                auth={
+                    "enabled": True,
+                    "pipeline": [{"name": "k", "type": "static", "keys": [{"key": "sk-r"}]}],
+                },
+                rate_limit={
+                    "enabled": True,
+                    "storage": "redis",
+                    "redis_failure": policy,
+                    "redis": {"addr": f"127.0.0.1:{port}", "timeout": "200ms"},
+                    "per_key": {"enabled": True, "requests_per_second": 1000, "burst_size": 1000},
+                },
+            )
+            headers = {"Authorization": "Bearer sk-r"}
+            body = {"model": "mock-model", "messages": []}
+            async with gateway(config) as gw, aiohttp.ClientSession() as session:
+                url = gw.url + "/v1/chat/completions"
+                async with session.post(url, json=body, headers=headers) as response:
+                    assert response.status == 200
+                    assert "x-ratelimit-limit-requests" in response.headers
+                server.terminate()
+                server.wait(5)
+                started = time.monotonic()
+                async with session.post(url, json=body, headers=headers) as response:
+                    assert response.status == during_outage
+                    if during_outage == 503:
+                        assert (await response.json())["error"]["code"] == "limits_unavailable"
+                assert time.monotonic() - started < 2.0
+                server = _own_redis(tmp_path, port)
+                # Back on Redis: the limiter's state shows up in the fresh server.
+                fresh = redis.Redis(host="127.0.0.1", port=port)
+                try:
+                    for _ in range(50):
+                        async with session.post(url, json=body, headers=headers) as response:
+                            # Until the store retries Redis it keeps its outage behaviour.
+                            assert response.status in (200, during_outage)
+                        if fresh.dbsize() > 0:
+                            break
+                        await asyncio.sleep(0.1)
+                    assert fresh.dbsize() > 0, "the gateway did not go back to Redis within 5 s"
+                finally:
+                    fresh.close()
+    finally:
+        server.terminate()
+        server.wait(5)
