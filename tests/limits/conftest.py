@@ -3,13 +3,14 @@ afterwards) and a private redis-server this test may pause, kill and restart."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import redis.asyncio
 
 from llmproxy.config.model import RedisConnection
 from llmproxy.connections import ConnectionPools
-from llmproxy.limits import MemoryLimitStore, RedisLimitStore
+from llmproxy.limits import Admission, MemoryLimitStore, RedisLimitStore
 
 SHARED_REDIS = "127.0.0.1:6379"
 
@@ -29,10 +30,11 @@ class Clients:
     def __init__(self) -> None:
         self._registries: list[ConnectionPools] = []
 
-    async def new(self, addr: str = SHARED_REDIS, timeout: float = 2.0) -> redis.asyncio.Redis:
+    async def new(self, addr: str = SHARED_REDIS, wait: float = 2.0) -> redis.asyncio.Redis:
+        """A client of ``addr`` whose commands and connects give up after ``wait`` seconds."""
         pools = ConnectionPools()
         self._registries.append(pools)
-        return await pools.redis(RedisConnection(addr=addr, timeout=timeout))
+        return await pools.redis(RedisConnection(addr=addr, timeout=wait))
 
     async def close(self) -> None:
         for pools in self._registries:
@@ -88,6 +90,25 @@ def store(
     if request.param == "memory":
         return MemoryLimitStore()
     return redis_stores[0]
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], within: float = 3.0) -> None:
+    """Wait until ``condition()`` holds (a background repair has run), failing after ``within``."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def lease_of(admission: Admission) -> str:
+    """The lease of an admission that must have one."""
+    assert admission.lease is not None, admission
+    return admission.lease
 
 
 def free_port() -> int:

@@ -90,7 +90,7 @@ async def test_sweep_forgets_idle_keys_but_keeps_what_counts(store, clock):
     for n in range(5000):
         await store.admit(f"one-off-{n}", limited, 0)
     clock.now += 2
-    for n in range(5000):
+    for _ in range(5000):
         await store.admit("hot", limited, 0)
     assert len(store._keys) < 100
     assert await store.quota_used("counted") == 7
