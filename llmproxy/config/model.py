@@ -519,12 +519,41 @@ class UsageHookConfig(Section):
     """
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra headers sent with each delivery."""
+    max_attempts: int = Field(default=50, ge=1)
+    """Deliveries tried for one record before it moves to the dead-letter table; `retry + 1` applies
+    when larger.
+    """
+    backoff_initial: Duration = 1.0
+    """Wait after the first failed delivery; it doubles (with jitter) after each further failure."""
+    backoff_max: Duration = 60.0
+    """Longest wait between two deliveries while the receiver keeps failing."""
+    max_outbox_records: int = Field(default=1_000_000, ge=1)
+    """Undelivered records above which an alarm is raised; new records are still kept."""
 
     @model_validator(mode="after")
     def _url_when_enabled(self) -> UsageHookConfig:
         if self.enabled and not self.url:
             raise ValueError("usage_hook.enabled needs a url")
         return self
+
+
+class UsageConfig(Section):
+    """``usage``: the local SQLite file that keeps usage records and the webhook outbox."""
+
+    database: str = "llmproxy-usage.db"
+    """SQLite file of recent usage records and undelivered webhook records (relative to the
+    config file's directory).
+    """
+    synchronous: Literal["normal", "full"] = "normal"
+    """`normal` survives a killed gateway process; `full` also survives a power loss, at the cost
+    of an fsync per write batch.
+    """
+    queue_size: int = Field(default=10_000, ge=1)
+    """Records waiting in memory to be written; beyond it records are counted as overflow."""
+    keep_records: int = Field(default=100_000, ge=0)
+    """Recent usage records kept for `llmproxy usage`; 0 keeps none."""
+    subscriber_queue: int = Field(default=1000, ge=1)
+    """Records buffered for each live subscriber; a slower subscriber misses records."""
 
 
 class MetricsConfig(Section):
@@ -577,6 +606,8 @@ class Config(Section):
     """Request and token rate limits."""
     usage_hook: UsageHookConfig = UsageHookConfig()
     """Delivery of usage records to a webhook."""
+    usage: UsageConfig = UsageConfig()
+    """Local storage of usage records."""
     api_keys: tuple[StaticKey, ...] = ()
     """Keys served by a `file` provider."""
     metrics: MetricsConfig = MetricsConfig()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 
 from llmproxy.auth.build import AuthSetupError, build_pipeline
 from llmproxy.auth.extract import header_order
@@ -25,12 +26,18 @@ from llmproxy.config.model import Config
 from llmproxy.connections import ConnectionPools
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
+from llmproxy.metrics import GatewayMetrics
 from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
+from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
 
 # Always treated as carrying the client's key, whatever ``auth.header_names`` says.
 _ALWAYS_SECRET = frozenset({b"authorization", b"x-api-key", b"proxy-authorization"})
+
+
+# A placeholder until RuntimeState adopts the snapshot; its own registry keeps it out of /metrics.
+_NO_METRICS = GatewayMetrics(CollectorRegistry())
 
 
 class Runtime:
@@ -96,6 +103,10 @@ class Runtime:
         self.limits: LimitStore | None = None  # built in open(): a Redis store needs the loop
         self.global_rate: Rate | None = rate_of(limits.global_) if limits.enabled else None
         self.model_list_cache: tuple[float, bytes] | None = None
+        self.metrics: GatewayMetrics = _NO_METRICS
+        """The process's metrics; :class:`RuntimeState` hands every snapshot the same one."""
+        self.usage: UsageSink | None = None
+        """The process's usage sink (records, outbox, webhook delivery), when there is one."""
         self._background: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self._health: HealthChecker | None = None
@@ -161,9 +172,22 @@ def runtime_problem(config: Config, base_dir: Path) -> str | None:
 
 
 class RuntimeState:
-    """The one mutable reference to the current :class:`Runtime`, and the retired ones."""
+    """The one mutable reference to the current :class:`Runtime`, and the retired ones.
 
-    def __init__(self, runtime: Runtime) -> None:
+    It also owns what lives as long as the process rather than a config: the metrics.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        metrics: GatewayMetrics | None = None,
+        usage: UsageSink | None = None,
+    ) -> None:
+        self.metrics = metrics or GatewayMetrics(CollectorRegistry())
+        self.usage = usage
+        if usage is not None:
+            self.metrics.watch_usage(usage)
+        self._adopt(runtime)
         self.current = runtime
         self._retired: set[Runtime] = set()
         self._closing: set[asyncio.Task[None]] = set()
@@ -181,8 +205,14 @@ class RuntimeState:
             self._retired.discard(runtime)
             self._close_later(runtime)
 
+    def _adopt(self, runtime: Runtime) -> None:
+        runtime.metrics = self.metrics
+        runtime.usage = self.usage
+        self.metrics.allow_models(runtime.router.models())
+
     def swap(self, runtime: Runtime) -> Runtime:
         """Make ``runtime`` (already opened) current; the old one retires when idle."""
+        self._adopt(runtime)
         old, self.current = self.current, runtime
         if old.in_flight == 0:
             self._close_later(old)
@@ -196,7 +226,9 @@ class RuntimeState:
         task.add_done_callback(self._closing.discard)
 
     async def open(self) -> None:
-        """Open the current snapshot."""
+        """Open the current snapshot, and start the usage sink."""
+        if self.usage is not None:
+            await self.usage.start()
         await self.current.open()
 
     async def close(self) -> None:
@@ -207,3 +239,6 @@ class RuntimeState:
         self._retired.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        if self.usage is not None:
+            # Last, so records of requests that just finished are written to the outbox.
+            await self.usage.close(timeout=self.current.config.server.shutdown_timeout or 5.0)

@@ -17,10 +17,18 @@ from typing import Any
 
 import uvicorn
 
-from llmproxy.config.model import AuthConfig, BackendConfig, Config, HealthCheckConfig
+from llmproxy.config.model import (
+    AuthConfig,
+    BackendConfig,
+    Config,
+    HealthCheckConfig,
+    UsageConfig,
+)
 from llmproxy.daemon.listen import parse_listen
 from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.gateway.app import GatewayApp
+from llmproxy.metrics import GatewayMetrics
+from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
 
@@ -37,6 +45,7 @@ def demo_config(listen: str, mock_url: str) -> Config:
         backends=(BackendConfig(url=mock_url, name="mock", models=(DEMO_MODEL,)),),
         health_check=HealthCheckConfig(interval=5.0),
         auth=AuthConfig(enabled=True, storage="builtin", builtin_db=DEMO_KEY_STORE),
+        usage=UsageConfig(database="run/llmproxy-demo-usage.db"),
     )
 
 
@@ -113,7 +122,12 @@ async def serve(
 
     ``base_dir`` anchors relative paths in the config (the config file's directory).
     """
-    state = RuntimeState(Runtime(config, base_dir=base_dir))
+    base_dir = base_dir or Path.cwd()
+    state = RuntimeState(
+        Runtime(config, base_dir=base_dir),
+        metrics=GatewayMetrics(),  # the process-wide registry that /metrics serves
+        usage=UsageSink(config, base_dir),
+    )
     server = GatewayServer(uvicorn_config(GatewayApp(state), config))
     await server.serve(sockets=sockets)
 

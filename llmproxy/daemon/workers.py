@@ -18,6 +18,7 @@ from types import FrameType
 
 from llmproxy.config.model import Config
 from llmproxy.daemon.listen import parse_listen
+from llmproxy.metrics import mark_dead, prepare_multiprocess
 
 log = logging.getLogger("llmproxy.daemon")
 
@@ -49,6 +50,8 @@ def supervise(config: Config, base_dir: Path) -> int:
     """Run ``config.server.workers`` worker processes until told to stop; returns an exit code."""
     context = multiprocessing.get_context("spawn")
     stopping = False
+    # Every worker writes its metrics to files in one directory; any of them renders the sum.
+    prepare_multiprocess(base_dir / "run" / "prometheus")
 
     def start() -> BaseProcess:
         process = context.Process(target=_worker_main, args=(config, base_dir), daemon=False)
@@ -76,6 +79,8 @@ def supervise(config: Config, base_dir: Path) -> int:
             if stopping:
                 continue
             log.error("worker %d exited with %s; restarting it", process.pid, process.exitcode)
+            if process.pid is not None:
+                mark_dead(process.pid)
             time.sleep(_RESTART_PAUSE)
             workers[index] = start()
         if stopping and not any(process.is_alive() for process in workers):

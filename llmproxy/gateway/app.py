@@ -16,9 +16,8 @@ import gc
 import itertools
 import logging
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
-
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from llmproxy.auth.keys import PresentedKey
 from llmproxy.auth.pipeline import Identity
@@ -30,7 +29,9 @@ from llmproxy.gateway.models import list_models
 from llmproxy.gateway.proxy import ProxyRequest, forward
 from llmproxy.gateway.request_peek import EMPTY_PEEK, peek_body
 from llmproxy.gateway.responses import send_bytes, send_error
-from llmproxy.usage import estimate_prompt_tokens, request_with_usage
+from llmproxy.metrics import mean_inter_token
+from llmproxy.usage import Usage, estimate_prompt_tokens, request_with_usage
+from llmproxy.usage.record import UsageRecord
 
 if TYPE_CHECKING:
     from llmproxy.daemon.runtime import Runtime, RuntimeState
@@ -121,7 +122,7 @@ class GatewayApp:
         proxied = path.startswith("/v1/") and not (path == "/v1/models" and method == "GET")
         if proxied and runtime.global_rate is not None and runtime.limits is not None:
             # Before auth: the global bucket also shields the key providers from a flood.
-            await limits_step.check_global(runtime.limits, runtime.global_rate)
+            await limits_step.check_global(runtime, runtime.limits, runtime.global_rate)
         key = None
         if auth_step.needs_key(runtime, path):
             key = auth_step.presented_key(runtime, scope["headers"])
@@ -142,7 +143,12 @@ class GatewayApp:
             else:
                 raise GatewayError(503, "no backend is healthy", "not_ready")
         elif path == runtime.config.metrics.path and runtime.config.metrics.enabled:
-            await send_bytes(send, 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode())
+            metrics = runtime.metrics
+            now = asyncio.get_running_loop().time()
+            for backend in runtime.router.backends:
+                metrics.backend_health(backend.name, backend.is_available(now))
+            body, content_type = metrics.render()
+            await send_bytes(send, 200, body, content_type.encode())
         else:
             raise GatewayError(
                 404, f"unknown path {path}: the OpenAI API is served under /v1/", "unknown_path"
@@ -236,16 +242,88 @@ class GatewayApp:
             strip_usage=strip_usage,
         )
         watch = _DisconnectWatch(receive, request)
+        started = asyncio.get_running_loop().time()
         try:
             await forward(runtime, request, send)
         except asyncio.CancelledError:
             if not watch.fired:
                 raise
+            request.cancelled = True
             log.debug("client left; upstream request %s closed", request_id)
+        except GatewayError as error:
+            request.status = error.status
+            raise
         finally:
             watch.stop()
+            used = request.used_usage(prompt_estimate)
             if settlement is not None:
-                settlement.settle(runtime, request.used_tokens(prompt_estimate))
+                settlement.settle(runtime, used.total_tokens if used is not None else 0)
+            _account(runtime, request, path, started, used)
+
+
+def _account(
+    runtime: Runtime, request: ProxyRequest, path: str, started: float, used: Usage | None
+) -> None:
+    """Metrics for one proxied request, whatever its outcome."""
+    now = asyncio.get_running_loop().time()
+    ttft = request.first_token_at - started if request.first_token_at is not None else None
+    completion = used.completion_tokens if used is not None else 0
+    metrics = runtime.metrics
+    model = request.peek.model or ""
+    metrics.request_finished(
+        request.backend,
+        model,
+        path,
+        request.status or 499,  # nothing sent: the client left first (nginx's convention)
+        now - started,
+        ttft,
+        used.prompt_tokens if used is not None else 0,
+        completion,
+    )
+    if ttft is not None:
+        gap = mean_inter_token(now - started, ttft, completion)
+        if gap is not None:
+            metrics.inter_token(request.backend, model, gap)
+    if runtime.usage is not None:
+        identity = request.identity
+        fields = {
+            "request_id": request.request_id,
+            "model": model,
+            "backend": request.backend,
+            "endpoint": path,
+            "stream": request.peek.streaming,
+            "status": request.status or 499,
+            "latency_ms": (now - started) * 1000,
+            "ttft_ms": ttft * 1000 if ttft is not None else None,
+            "cancelled": request.cancelled,
+        }
+        if identity is not None:
+            fields.update(
+                key_id=identity.key_id,
+                key_name=identity.name,
+                key_prefix=identity.key_prefix,
+                user_id=identity.user_id,
+                metadata=_flat(identity.metadata),
+            )
+        if used is not None:
+            record = UsageRecord.from_usage(used, **fields)
+        else:
+            record = UsageRecord(
+                prompt_tokens=0,
+                completion_tokens=0,
+                total_tokens=0,
+                usage_source="counted",
+                **fields,  # type: ignore[arg-type]
+            )
+        runtime.usage.submit(record)
+
+
+def _flat(metadata: Mapping[str, object]) -> dict[str, str | int | float | bool | None]:
+    """Usage records carry flat metadata; anything nested is written as text."""
+    return {
+        name: value if value is None or isinstance(value, str | int | float | bool) else str(value)
+        for name, value in metadata.items()
+    }
 
 
 class _DisconnectWatch:

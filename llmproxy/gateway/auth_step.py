@@ -58,7 +58,13 @@ async def identify(
         stream=stream,
         headers=_plain_headers(headers, runtime.secret_headers) if pipeline.uses_lua else {},
     )
-    return await pipeline.authenticate(key, request)
+    try:
+        identity = await pipeline.authenticate(key, request)
+    except GatewayError as error:
+        runtime.metrics.auth_decision("none", "error" if error.status >= 500 else "denied")
+        raise
+    runtime.metrics.auth_decision(identity.provider, "allowed")
+    return identity
 
 
 def metadata_headers(forward: Mapping[str, str], identity: Identity) -> tuple[tuple[str, str], ...]:

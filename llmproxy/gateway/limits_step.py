@@ -150,13 +150,15 @@ def _duration(seconds: float) -> bytes:
     return b"%dm%ds" % divmod(round(seconds), 60)
 
 
-async def check_global(store: LimitStore, rate: Rate) -> None:
+async def check_global(runtime: Runtime, store: LimitStore, rate: Rate) -> None:
     """The global bucket: raises the 429 (or the 503) when it is empty."""
     try:
         admission = await store.check_global(rate)
     except LimitsUnavailable:
+        runtime.metrics.limit_rejection("unavailable")
         raise unavailable() from None
     if not admission.allowed:
+        runtime.metrics.limit_rejection(admission.reason or "requests")
         raise refusal(admission)
 
 
@@ -202,8 +204,10 @@ async def admit(
     try:
         admission = await store.admit(key_id, policy, reserve_tokens)
     except LimitsUnavailable:
+        runtime.metrics.limit_rejection("unavailable")
         raise unavailable() from None
     if not admission.allowed:
+        runtime.metrics.limit_rejection(admission.reason or "requests")
         raise refusal(admission)
     return Settlement(
         store=store,

@@ -61,16 +61,25 @@ class ProxyRequest:
     """A non-streamed response's usage, when the backend reported it."""
     stream_usage: StreamUsage | None = None
     """The scanner of the streamed response relayed to the client."""
+    backend: str = ""
+    """Name of the backend that answered (the last one tried)."""
+    status: int = 0
+    """Status sent to the client by the forwarder (0: nothing was sent)."""
+    first_token_at: float | None = None
+    """Loop time of the first streamed body chunk (time to first token)."""
     complete: bool = False
     """Set just before the last byte is sent, so a later ``http.disconnect`` is not a cancel."""
+    cancelled: bool = False
+    """The client left before the response was complete."""
 
-    def used_tokens(self, prompt_estimate: int) -> int:
-        """Tokens this request consumed: the backend's count, or what was streamed."""
+    def used_usage(self, prompt_estimate: int) -> Usage | None:
+        """What this request consumed: the backend's count, or what was streamed; None when
+        nothing reached the client (the backend was never reached, or it refused)."""
         if self.usage is not None:
-            return self.usage.total_tokens
-        if self.stream_usage is not None:
-            return self.stream_usage.usage(prompt_estimate).total_tokens
-        return 0
+            return self.usage
+        if self.stream_usage is not None and self.status < 300:
+            return self.stream_usage.usage(prompt_estimate)
+        return None
 
 
 class _Retryable(Exception):
@@ -108,6 +117,8 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
         if backend is None:
             break
         tried.append(backend)
+        if attempt:
+            runtime.metrics.retry(tried[-2].name)
         final = attempt == policy.attempts - 1
         try:
             await _attempt(runtime, backend, request, send, final_attempt=final)
@@ -144,6 +155,9 @@ async def _attempt(
         request.client_ip,
     )
     backend.begin()
+    metrics = runtime.metrics
+    metrics.in_flight(backend.name, 1)
+    request.backend = backend.name
     started = loop.time()
     response: aiohttp.ClientResponse | None = None
     consumed = False
@@ -157,14 +171,14 @@ async def _attempt(
                 allow_redirects=False,
             )
         except TimeoutError:
-            _failed(backend, loop.time(), passive)
+            _failed(runtime, backend, loop.time(), passive)
             raise _Retryable(
                 GatewayError(
                     504, f"backend {backend.name} did not answer in time", "upstream_timeout"
                 )
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            _failed(backend, loop.time(), passive)
+            _failed(runtime, backend, loop.time(), passive)
             raise _Retryable(
                 GatewayError(
                     502,
@@ -175,7 +189,7 @@ async def _attempt(
         backend.record_first_byte(loop.time() - started)
         status = response.status
         if status >= 500:
-            _failed(backend, loop.time(), passive)
+            _failed(runtime, backend, loop.time(), passive)
         if not final_attempt and runtime.retry_policy.retryable_status(status):
             raise _Retryable(
                 GatewayError(status, f"backend {backend.name} answered {status}", "upstream_error")
@@ -183,18 +197,18 @@ async def _attempt(
         if response.content_type == _SSE:
             consumed = await _relay_stream(backend, client.idle_timeout, response, request, send)
             if not consumed:
-                _failed(backend, loop.time(), passive)
+                _failed(runtime, backend, loop.time(), passive)
                 return
         else:
             try:
                 payload = await response.read()
             except TimeoutError:
-                _failed(backend, loop.time(), passive)
+                _failed(runtime, backend, loop.time(), passive)
                 raise _Retryable(
                     GatewayError(504, f"backend {backend.name} timed out", "upstream_timeout")
                 ) from None
             except (aiohttp.ClientError, OSError):
-                _failed(backend, loop.time(), passive)
+                _failed(runtime, backend, loop.time(), passive)
                 raise _Retryable(
                     GatewayError(
                         502, f"backend {backend.name} closed the connection", "upstream_reset"
@@ -203,6 +217,7 @@ async def _attempt(
             consumed = True
             if status < 300:
                 request.usage = usage_from_body(payload)
+            request.status = status
             request.complete = True
             await send(
                 {
@@ -227,6 +242,7 @@ async def _attempt(
                 # sees the client leave and stops generating.
                 response.close()
         backend.end()
+        metrics.in_flight(backend.name, -1)
 
 
 async def _relay_stream(
@@ -251,9 +267,17 @@ async def _relay_stream(
             ),
         }
     )
+    request.status = response.status
     scanner = request.stream_usage = StreamUsage(strip_usage_event=request.strip_usage)
+    chunks = response.content.iter_any()
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in chunks:
+            relayed = scanner.feed(chunk)
+            if relayed:
+                request.first_token_at = asyncio.get_running_loop().time()
+                await send({"type": "http.response.body", "body": relayed, "more_body": True})
+                break
+        async for chunk in chunks:
             relayed = scanner.feed(chunk)
             if relayed:
                 await send({"type": "http.response.body", "body": relayed, "more_body": True})
@@ -292,7 +316,10 @@ async def _relay_stream(
     return True
 
 
-def _failed(backend: Backend, now: float, passive: PassiveHealthConfig) -> None:
+def _failed(runtime: Runtime, backend: Backend, now: float, passive: PassiveHealthConfig) -> None:
     """Count a failed request; passive ejection takes the backend out after a run of them."""
     threshold = passive.failure_threshold if passive.enabled else 0  # 0: never eject
+    ejected_until = backend.ejected_until
     backend.record_failure(now, threshold, passive.ejection_time)
+    if backend.ejected_until != ejected_until:
+        runtime.metrics.ejection(backend.name)

@@ -1,0 +1,214 @@
+"""The SQLite file behind usage accounting: recent records, the webhook outbox, the dead letters.
+
+Three tables in one file, so that one transaction per batch stores a record everywhere it goes:
+
+- ``usage``: the most recent ``keep_records`` records, for ``llmproxy usage`` (:meth:`recent`).
+- ``outbox``: records not yet acknowledged by the ``usage_hook`` receiver. A row is deleted only
+  after a 2xx answer covering it (at least once; receivers deduplicate on ``id``).
+- ``dead_letter``: records the receiver failed ``max_attempts`` times, kept for an operator.
+
+Durability: WAL journal. ``synchronous="normal"`` (the default) makes every committed batch survive
+a killed process (``kill -9``, OOM) but a power loss may take the last batches; ``"full"`` fsyncs
+every commit and survives that too.
+
+Every method is blocking and thread-safe (one connection behind a lock): async callers run them
+with ``asyncio.to_thread``. :meth:`depth` and :meth:`dead_letter_count` are O(1) cached counts,
+safe to call from the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from llmproxy.usage.record import UsageRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    key_id TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_key ON usage (key_id, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL,
+    queued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    moved_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord:
+    """One outbox row waiting for delivery: ``body`` is the record's stored JSON."""
+
+    seq: int
+    id: str
+    body: bytes
+    queued_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the receiver never accepted, and the last error."""
+
+    id: str
+    body: bytes
+    attempts: int
+    error: str
+    moved_at: float
+
+
+class UsageOutbox:
+    """Usage records in SQLite: ``UsageOutbox(path)``, then :meth:`write` batches into it."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        keep_records: int = 100_000,
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.keep_records = keep_records
+        self._lock = threading.Lock()
+        # isolation_level=None: transactions are explicit BEGIN/COMMIT, one per batch.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self._dead: int = self._db.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
+
+    def close(self) -> None:
+        """Close the file; committed batches are already durable."""
+        with self._lock:
+            self._db.close()
+
+    def depth(self) -> int:
+        """Records waiting in the outbox (cached, O(1))."""
+        return self._depth
+
+    def write(self, records: Sequence[UsageRecord], *, outbox: bool) -> None:
+        """Store ``records`` (and queue them for delivery when ``outbox``) in one transaction."""
+        if not records:
+            return
+        now = time.time()
+        rows = [(r.id, r.key_id, r.to_json()) for r in records]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                if self.keep_records > 0:
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO usage (id, key_id, body) VALUES (?, ?, ?)", rows
+                    )
+                    self._db.execute(
+                        "DELETE FROM usage WHERE seq <= (SELECT max(seq) FROM usage) - ?",
+                        (self.keep_records,),
+                    )
+                added = 0
+                if outbox:
+                    before = self._db.total_changes
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO outbox (id, body, queued_at) VALUES (?, ?, ?)",
+                        [(id_, body, now) for id_, _, body in rows],
+                    )
+                    added = self._db.total_changes - before
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth += added
+
+    def pending(self, limit: int) -> list[PendingRecord]:
+        """The oldest ``limit`` records waiting for delivery."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, id, body, queued_at, attempts FROM outbox ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [PendingRecord(*row) for row in rows]
+
+    def delivered(self, ids: Sequence[str]) -> None:
+        """Forget records the receiver acknowledged."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            before = self._db.total_changes
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            self._depth -= self._db.total_changes - before
+            self._db.execute("COMMIT")
+
+    def failed(self, ids: Sequence[str], error: str, max_attempts: int) -> int:
+        """Count a failed attempt on ``ids``; move those at ``max_attempts`` to the dead letters.
+
+        Answers how many records were moved.
+        """
+        now = time.time()
+        keys = [(i,) for i in ids]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", keys)
+            marks = ",".join("?" * len(ids))
+            self._db.execute(
+                "INSERT OR REPLACE INTO dead_letter (id, body, attempts, error, moved_at) "
+                f"SELECT id, body, attempts, ?, ? FROM outbox "
+                f"WHERE attempts >= ? AND id IN ({marks})",
+                (error, now, max_attempts, *ids),
+            )
+            before = self._db.total_changes
+            self._db.execute(
+                f"DELETE FROM outbox WHERE attempts >= ? AND id IN ({marks})",
+                (max_attempts, *ids),
+            )
+            moved = self._db.total_changes - before
+            self._depth -= moved
+            self._dead += moved
+            self._db.execute("COMMIT")
+        return moved
+
+    def dead_letter_records(self, limit: int = 1000) -> list[DeadLetter]:
+        """The most recent records moved to the dead letters, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, body, attempts, error, moved_at FROM dead_letter "
+                "ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def dead_letter_count(self) -> int:
+        """How many records wait in the dead letters (cached, O(1))."""
+        return self._dead
+
+    def recent(self, limit: int = 100, key_id: str | None = None) -> list[UsageRecord]:
+        """The newest stored records, newest first, optionally of one key only."""
+        with self._lock:
+            if key_id is None:
+                rows = self._db.execute(
+                    "SELECT body FROM usage ORDER BY seq DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT body FROM usage WHERE key_id = ? ORDER BY seq DESC LIMIT ?",
+                    (key_id, limit),
+                ).fetchall()
+        return [UsageRecord.from_json(body) for (body,) in rows]

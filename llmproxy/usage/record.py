@@ -1,0 +1,88 @@
+"""One usage record: what a request cost, who pays for it, and its idempotency key.
+
+The gateway builds one record per finished request, from the settled :class:`Usage`::
+
+    record = UsageRecord.from_usage(
+        usage,
+        request_id=request_id,
+        key_id=key.id, key_name=key.name, key_prefix=key.prefix, user_id=key.user_id,
+        metadata=decision.metadata,
+        model=model, backend=backend.display_name, endpoint="/v1/chat/completions",
+        stream=True, status=200, latency_ms=812.5, ttft_ms=95.0,
+    )
+    sink.submit(record)
+
+``id`` is unique and time-ordered (a millisecond timestamp, then 80 random bits, as 32 hex digits):
+receivers deduplicate on it, since delivery is at least once. The record never holds the API key
+itself, only ``key_prefix``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import msgspec
+
+from llmproxy.usage.extract import Usage, UsageSource
+
+MetadataValue = str | int | float | bool | None
+
+
+def new_record_id() -> str:
+    """A unique id whose lexical order follows creation time (to the millisecond)."""
+    millis = time.time_ns() // 1_000_000
+    return f"{millis:012x}{os.urandom(10).hex()}"
+
+
+class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The tokens one request cost, as stored, delivered and shown by ``llmproxy usage``."""
+
+    request_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    usage_source: UsageSource
+    id: str = msgspec.field(default_factory=new_record_id)
+    time: float = msgspec.field(default_factory=time.time)
+    key_id: str = ""
+    key_name: str = ""
+    key_prefix: str = ""
+    user_id: str = ""
+    metadata: dict[str, MetadataValue] = msgspec.field(default_factory=dict)
+    backend: str = ""
+    endpoint: str = ""
+    stream: bool = False
+    status: int = 200
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    finish_reason: str | None = None
+    cancelled: bool = False
+
+    @classmethod
+    def from_usage(cls, usage: Usage, **fields: Any) -> UsageRecord:
+        """A record carrying ``usage``'s counts, source and finish reason, plus ``fields``."""
+        if usage.finish_reason is not None:
+            fields.setdefault("finish_reason", usage.finish_reason)
+        return cls(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            usage_source=usage.source,
+            **fields,
+        )
+
+    def to_json(self) -> bytes:
+        """The record as a JSON object (the shape stored and delivered)."""
+        return _encoder.encode(self)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> UsageRecord:
+        """Read back what :meth:`to_json` wrote."""
+        return _decoder.decode(data)
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(UsageRecord)

@@ -1,0 +1,237 @@
+"""Where the request path hands over usage records: :class:`UsageSink`.
+
+::
+
+    sink = UsageSink(config, base_dir=config_dir)
+    await sink.start()
+    ...
+    sink.submit(record)          # request path: synchronous, O(1), never waits on I/O
+    ...
+    await sink.close(timeout=5)  # shutdown: what is still in memory goes to SQLite
+
+A record goes (1) to the live :attr:`bus` at once, (2) into a bounded in-memory queue, (3) into
+the SQLite file (``usage.database``) in a background task, a batch per transaction, off the event
+loop: into the recent-records table (:attr:`store`) and, when ``usage_hook.enabled``, into the
+outbox, (4) from the outbox to the webhook (:mod:`llmproxy.usage.delivery`). Without a webhook
+nothing goes to the outbox: records are only kept for ``llmproxy usage``.
+
+What is lost where: a record acknowledged by ``on_commit`` survives a killed process (and a power
+loss with ``usage.synchronous: full``) and is delivered at least once, on this run or the next. A
+record still in memory when the process is killed is lost; one that finds the queue full is not
+queued but counted in :attr:`UsageSink.overflow` (with a warning at most every 10 s).
+
+Counters for metrics (plain ints): ``submitted``, ``written``, ``overflow``, ``rejected_closed``,
+``write_errors``, ``lost_on_close``, ``outbox_alarms``, ``delivery_attempts``,
+``delivery_failures``, ``delivered``; gauges: :meth:`outbox_depth`, :meth:`dead_letters`,
+:attr:`outbox_over_limit`, ``bus.dropped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from llmproxy.config.model import Config
+from llmproxy.usage.bus import UsageBus
+from llmproxy.usage.delivery import UsageDelivery
+from llmproxy.usage.outbox import UsageOutbox
+from llmproxy.usage.record import UsageRecord
+
+log = logging.getLogger("llmproxy.usage")
+
+CommitHook = Callable[[Sequence[UsageRecord]], None]
+"""Called on the event loop with each batch once it is committed to SQLite."""
+
+WRITE_BATCH = 1000
+"""Most records written in one transaction."""
+
+WARN_EVERY = 10.0
+"""Seconds between two warnings about the same overflow."""
+
+
+class UsageSink:
+    """Accepts usage records on the request path and makes them durable and delivered."""
+
+    def __init__(
+        self, config: Config, base_dir: Path, *, on_commit: CommitHook | None = None
+    ) -> None:
+        self.config = config
+        self.path = base_dir / config.usage.database
+        self.hook_enabled = config.usage_hook.enabled
+        self.on_commit = on_commit
+        self.bus = UsageBus(config.usage.subscriber_queue)
+        self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue(maxsize=config.usage.queue_size)
+        self._store: UsageOutbox | None = None
+        self._delivery: UsageDelivery | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._last_overflow_warning = -WARN_EVERY
+        self._last_alarm_warning = -WARN_EVERY
+        self.submitted = 0
+        self.written = 0
+        self.overflow = 0
+        self.rejected_closed = 0
+        self.write_errors = 0
+        self.lost_on_close = 0
+        self.outbox_alarms = 0
+
+    @property
+    def store(self) -> UsageOutbox:
+        """The SQLite file: :meth:`UsageOutbox.recent` for the CLI, dead letters for operators."""
+        if self._store is None:
+            raise RuntimeError("UsageSink.start() has not been awaited")
+        return self._store
+
+    async def start(self) -> None:
+        """Open the SQLite file and start writing and (with a webhook) delivering."""
+        usage = self.config.usage
+        self._store = await asyncio.to_thread(
+            UsageOutbox, self.path, synchronous=usage.synchronous, keep_records=usage.keep_records
+        )
+        self._tasks.append(asyncio.create_task(self._write_loop(), name="usage-writer"))
+        if self.hook_enabled:
+            self._delivery = UsageDelivery(self.config.usage_hook, self._store)
+            self._tasks.append(asyncio.create_task(self._delivery.run(), name="usage-delivery"))
+
+    def submit(self, record: UsageRecord) -> None:
+        """Hand over one record; never blocks, never raises on a full queue (counts overflow)."""
+        if self._closed:
+            self.rejected_closed += 1
+            log.error("usage record %s submitted after the usage sink closed", record.id)
+            return
+        self.bus.publish(record)
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.overflow += 1
+            now = time.monotonic()
+            if now - self._last_overflow_warning >= WARN_EVERY:
+                self._last_overflow_warning = now
+                log.warning(
+                    "usage queue full (usage.queue_size=%d): %d records not stored so far; "
+                    "the disk is too slow or usage.queue_size too small",
+                    self._queue.maxsize,
+                    self.overflow,
+                )
+            return
+        self.submitted += 1
+
+    def outbox_depth(self) -> int:
+        """Records waiting for the webhook (0 without one)."""
+        return self._store.depth() if self._store is not None else 0
+
+    def dead_letters(self) -> int:
+        """Records the webhook refused ``max_attempts`` times, kept in the dead-letter table."""
+        return self._store.dead_letter_count() if self._store is not None else 0
+
+    @property
+    def queued(self) -> int:
+        """Records in memory, not yet written."""
+        return self._queue.qsize()
+
+    @property
+    def outbox_over_limit(self) -> bool:
+        """Whether the outbox holds more than ``usage_hook.max_outbox_records``."""
+        return self.outbox_depth() > self.config.usage_hook.max_outbox_records
+
+    @property
+    def delivery_attempts(self) -> int:
+        """POSTs made to the webhook."""
+        return self._delivery.delivery_attempts if self._delivery else 0
+
+    @property
+    def delivery_failures(self) -> int:
+        """POSTs that failed (network error or a non-2xx answer)."""
+        return self._delivery.delivery_failures if self._delivery else 0
+
+    @property
+    def delivered(self) -> int:
+        """Records the webhook acknowledged."""
+        return self._delivery.delivered if self._delivery else 0
+
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a bound, not a cancel
+        """Write what is still queued, within ``timeout``, then stop; the outbox waits for the next
+        start. Records still in memory when the bound is reached are counted in ``lost_on_close``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # 1. Refuse new records.
+        self._closed = True
+        # 2. Let the writer drain the queue, within the bound.
+        if self._tasks:
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout=max(0.0, timeout))
+            except TimeoutError:
+                self.lost_on_close = self._queue.qsize()
+                log.error(
+                    "usage sink closed with %d records not written (timeout %.1fs)",
+                    self.lost_on_close,
+                    timeout,
+                )
+        # 3. Stop writing and delivering; undelivered records stay in the outbox.
+        for task in self._tasks:
+            task.cancel()
+        remaining = max(0.1, deadline - loop.time())
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=remaining)
+        self._tasks.clear()
+        # 4. Close the file (committed batches are already durable).
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._store.close)
+
+    async def _write_loop(self) -> None:
+        """Move queued records to SQLite: whatever is queued, in one transaction per batch."""
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < WRITE_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(self, batch: list[UsageRecord]) -> None:
+        """Write one batch, retrying while SQLite fails (a full disk, a locked file)."""
+        store = self.store
+        failures = 0
+        while True:
+            try:
+                await asyncio.to_thread(store.write, batch, outbox=self.hook_enabled)
+                break
+            except Exception as exc:
+                self.write_errors += 1
+                failures += 1
+                if failures == 1:
+                    log.error("usage: cannot write to %s (%s); retrying", self.path, exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+        self.written += len(batch)
+        if self._delivery is not None:
+            self._delivery.wake()
+            self._check_outbox_limit(len(batch))
+        if self.on_commit is not None:
+            try:
+                self.on_commit(batch)
+            except Exception:
+                log.exception("usage: on_commit hook failed")
+
+    def _check_outbox_limit(self, added: int) -> None:
+        """Raise the alarm when undelivered records pile up beyond the configured bound."""
+        if not self.outbox_over_limit:
+            return
+        self.outbox_alarms += added
+        now = time.monotonic()
+        if now - self._last_alarm_warning >= WARN_EVERY:
+            self._last_alarm_warning = now
+            log.warning(
+                "usage outbox holds %d undelivered records (usage_hook.max_outbox_records=%d); "
+                "is %s up?",
+                self.outbox_depth(),
+                self.config.usage_hook.max_outbox_records,
+                self.config.usage_hook.url,
+            )
