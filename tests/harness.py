@@ -49,7 +49,14 @@ def make_config(backends: list[dict[str, Any]], **sections: Any) -> Config:
 @contextlib.asynccontextmanager
 async def gateway(config: Config) -> AsyncIterator[RunningGateway]:
     """Serve ``config`` with the real ASGI server until the block ends."""
-    state = RuntimeState(Runtime(config))
+    async with serve_state(RuntimeState(Runtime(config))) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serve_state(state: RuntimeState) -> AsyncIterator[RunningGateway]:
+    """Serve an already built runtime state (own metrics registry, usage sink...)."""
+    config = state.current.config
     server = uvicorn.Server(uvicorn_config(GatewayApp(state), config))
     server.config.timeout_graceful_shutdown = 2
     task = asyncio.create_task(server.serve())

@@ -270,6 +270,10 @@ def _account(
     completion = used.completion_tokens if used is not None else 0
     metrics = runtime.metrics
     model = request.peek.model or ""
+    if model and request.status < 300 and request.status:
+        # A model a backend actually served is a bounded label value; one a client merely
+        # named is not (it stays "other").
+        metrics.allow_models((model,))
     metrics.request_finished(
         request.backend,
         model,

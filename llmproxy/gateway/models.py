@@ -69,6 +69,8 @@ async def list_models(runtime: Runtime) -> bytes:
     for name, models in zip(unlisted, found, strict=True):
         for model in models:
             owners.setdefault(model, name)
+    # Discovered names become allowed metric label values (anything else is labelled "other").
+    runtime.metrics.allow_models(owners)
     created = int(time.time())
     body = _ENCODER.encode(
         {
