@@ -146,8 +146,10 @@ if lease ~= '' then
     end
     redis.call('ZREM', K_LEASES, unpack(stale))
     redis.call('HDEL', K_HELD, unpack(stale))
-    if freed > 0 and redis.call('HINCRBY', K_QUOTA, 'reserved', -freed) < 0 then
-      redis.call('HSET', K_QUOTA, 'reserved', 0)
+    if freed > 0 then
+      if redis.call('HINCRBY', K_QUOTA, 'reserved', string.format('%d', -freed)) < 0 then
+        redis.call('HSET', K_QUOTA, 'reserved', 0)
+      end
     end
     if marked then
       redis.call('ZREMRANGEBYSCORE', K_LATE, '-inf', num(now))
@@ -240,10 +242,11 @@ if redis.call('ZREM', K_LEASES, lease) == 1 then
     save(K_TOK, tokens, ts, rate, tpm)
   end
   if q >= 0 then
-    if redis.call('HINCRBY', K_QUOTA, 'reserved', -q) < 0 then
+    -- Integers go to HINCRBY through '%d': Lua would write -0 for zero, which Redis refuses.
+    if redis.call('HINCRBY', K_QUOTA, 'reserved', string.format('%d', -q)) < 0 then
       redis.call('HSET', K_QUOTA, 'reserved', 0)
     end
-    redis.call('HINCRBY', K_QUOTA, 'used', used)
+    redis.call('HINCRBY', K_QUOTA, 'used', string.format('%d', used))
     redis.call('PEXPIRE', K_QUOTA, ms(quota_ttl))
   end
   return 1
@@ -256,7 +259,7 @@ if void then
 end
 -- Settled after its lease expired: the slot and reservation were freed; count the usage once.
 if redis.call('ZREM', K_LATE, lease) == 1 then
-  redis.call('HINCRBY', K_QUOTA, 'used', used)
+  redis.call('HINCRBY', K_QUOTA, 'used', string.format('%d', used))
   redis.call('PEXPIRE', K_QUOTA, ms(quota_ttl))
   return 2
 end

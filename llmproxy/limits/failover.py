@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
 
 from llmproxy.limits.admission import UNLIMITED, Admission, KeyPolicy, LimitsUnavailable, Rate
 from llmproxy.limits.memory import LOCAL_LEASE_PREFIX, MemoryLimitStore
@@ -31,6 +31,7 @@ from llmproxy.limits.redis import RedisLimitStore
 logger = logging.getLogger(__name__)
 
 FailurePolicy = Literal["open", "closed", "local"]
+T = TypeVar("T")
 
 _MAX_SHARES = 4096
 
@@ -69,17 +70,9 @@ class FailoverLimitStore:
 
     async def check_global(self, rate: Rate) -> Admission:
         """The shared bucket in Redis, or the fallback's answer."""
-        if self._ask_redis():
-            try:
-                admission = await self.primary.check_global(rate)
-            except LimitsUnavailable as exc:
-                self._failed(exc)
-            except asyncio.CancelledError:
-                self._probing = False
-                raise
-            else:
-                self._answered()
-                return admission
+        admission = await self._via_redis(lambda: self.primary.check_global(rate))
+        if admission is not None:
+            return admission
         if self.policy == "open":
             return UNLIMITED
         if self.policy == "closed":
@@ -88,17 +81,11 @@ class FailoverLimitStore:
 
     async def admit(self, key_id: str, policy: KeyPolicy, reserve_tokens: int) -> Admission:
         """Admission by Redis, or by the fallback."""
-        if self._ask_redis():
-            try:
-                admission = await self.primary.admit(key_id, policy, reserve_tokens)
-            except LimitsUnavailable as exc:
-                self._failed(exc)
-            except asyncio.CancelledError:
-                self._probing = False
-                raise
-            else:
-                self._answered()
-                return admission
+        admission = await self._via_redis(
+            lambda: self.primary.admit(key_id, policy, reserve_tokens)
+        )
+        if admission is not None:
+            return admission
         if self.policy == "open":
             return UNLIMITED
         if self.policy == "closed":
@@ -114,55 +101,45 @@ class FailoverLimitStore:
             await self.local.settle(
                 key_id, self._share(policy), lease, reserved_tokens, used_tokens
             )
-            return
-        if not self._ask_redis():
-            self.primary.settle_later(key_id, lease, used_tokens)
-            return
-        try:
-            await self.primary.settle(key_id, policy, lease, reserved_tokens, used_tokens)
-        except LimitsUnavailable as exc:
-            self._failed(exc)
-        except asyncio.CancelledError:
-            self._probing = False
-            raise
+        elif self._ask_redis():
+            await self._guarded(
+                lambda: self.primary.settle(key_id, policy, lease, reserved_tokens, used_tokens)
+            )
         else:
-            self._answered()
+            self.primary.settle_later(key_id, lease, used_tokens)
 
     async def quota_used(self, key_id: str) -> int:
         """The Redis counter, or this process's while Redis is down."""
-        if self._ask_redis():
-            try:
-                used = await self.primary.quota_used(key_id)
-            except LimitsUnavailable as exc:
-                self._failed(exc)
-            except asyncio.CancelledError:
-                self._probing = False
-                raise
-            else:
-                self._answered()
-                return used
-        return await self.local.quota_used(key_id)
+        used = await self._via_redis(lambda: self.primary.quota_used(key_id))
+        return used if used is not None else await self.local.quota_used(key_id)
 
     async def in_flight(self, key_id: str) -> int:
         """Open Redis leases (all processes, when Redis answers) plus this process's local ones."""
-        local = await self.local.in_flight(key_id)
-        if self._ask_redis():
-            try:
-                shared = await self.primary.in_flight(key_id)
-            except LimitsUnavailable as exc:
-                self._failed(exc)
-            except asyncio.CancelledError:
-                self._probing = False
-                raise
-            else:
-                self._answered()
-                return shared + local
-        return local
+        shared = await self._via_redis(lambda: self.primary.in_flight(key_id))
+        return (shared or 0) + await self.local.in_flight(key_id)
 
     async def close(self) -> None:
         """Close the primary (one last try at its deferred settles) and the local store."""
         await self.primary.close()
         await self.local.close()
+
+    async def _via_redis(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """``call()``'s answer, or ``None`` when Redis is skipped (down) or fails now."""
+        if not self._ask_redis():
+            return None
+        return await self._guarded(call)
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        try:
+            answer = await call()
+        except LimitsUnavailable as exc:
+            self._failed(exc)
+            return None
+        except asyncio.CancelledError:
+            self._probing = False  # a cancelled probe must not keep others from probing
+            raise
+        self._answered()
+        return answer
 
     def _ask_redis(self) -> bool:
         """Whether this call should go to Redis: always while it is up; while it is down, one

@@ -107,6 +107,8 @@ class MemoryLimitStore:
     async def admit(self, key_id: str, policy: KeyPolicy, reserve_tokens: int) -> Admission:
         """Check every dimension first, then take from all of them — or from none."""
         now = self._clock()
+        if reserve_tokens < 0:
+            reserve_tokens = 0
         self._until_sweep -= 1
         if self._until_sweep <= 0:
             self._sweep(now)

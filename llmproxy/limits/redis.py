@@ -103,6 +103,7 @@ class RedisLimitStore:
     async def admit(self, key_id: str, policy: KeyPolicy, reserve_tokens: int) -> Admission:
         """Every dimension checked, then taken, in one script; a refusal takes nothing."""
         lease = REDIS_LEASE_PREFIX + uuid.uuid4().hex if policy.needs_lease else ""
+        reserve_tokens = max(0, reserve_tokens)
         names = _wire.key_names(self.prefix, key_id)
         args = _wire.admit_args(
             lease,
@@ -177,10 +178,20 @@ class RedisLimitStore:
         return reply
 
     async def _bounded(self, call: Any) -> Any:
-        """``await call`` within ``timeout``, with every Redis fault as LimitsUnavailable."""
+        """``await call`` within ``timeout``, with every Redis fault as LimitsUnavailable.
+
+        On Python 3.11 redis-py can swallow a cancellation that arrives just as a command
+        completes (its ``asyncio.wait_for`` returns the result instead): the cancellation is
+        raised again here, so a cancelled request does not carry on as if nothing happened.
+        """
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             async with asyncio.timeout(self.timeout):
-                return await call
+                reply = await call
+            if task is not None and task.cancelling() > cancelling:
+                raise asyncio.CancelledError
+            return reply
         except TimeoutError:
             raise LimitsUnavailable(f"redis limits: no answer within {self.timeout:g}s") from None
         except redis.exceptions.RedisError as exc:

@@ -193,3 +193,40 @@ async def test_redis_lease_settled_during_an_outage_is_delivered(make_store, pri
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
     assert (await store.admit("k", policy, 900)).allowed
+
+
+async def test_status_reads_fall_back_to_this_process(make_store, private_redis):
+    """quota_used and in_flight answer from this process while Redis is down."""
+    store = await make_store("local")
+    policy = KeyPolicy(max_concurrent=3, total_quota=100)
+    shared = await store.admit("k", policy, 10)
+    await store.settle("k", policy, shared.lease, 10, 4)
+    private_redis.kill()
+    local = await store.admit("k", policy, 10)
+    await store.settle("k", policy, local.lease, 10, 6)
+    held = await store.admit("k", policy, 10)
+    assert await store.quota_used("k") == 6  # Redis's 4 cannot be read now
+    assert await store.in_flight("k") == 1
+    await store.settle("k", policy, held.lease, 10, 0)
+
+
+async def test_a_cancelled_probe_lets_the_next_call_probe(make_store, private_redis):
+    """A probe cancelled by its caller does not keep later calls from probing Redis."""
+    store = await make_store("open")
+    await store.in_flight("k")
+    async with outage(private_redis, "hang"):
+        await store.admit("k", POLICY, 0)
+        await asyncio.sleep(0.6)
+        probe = asyncio.create_task(store.admit("k", POLICY, 0))
+        await asyncio.sleep(0.05)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        _, took = await timed(store.admit("k", POLICY, 0))
+        assert took > TIMEOUT - 0.05  # this call probed (and waited) in its turn
+
+
+def test_instances_must_be_positive():
+    """A failover store for zero processes is refused."""
+    with pytest.raises(ValueError, match="instances"):
+        FailoverLimitStore(None, policy="open", instances=0)  # type: ignore[arg-type]

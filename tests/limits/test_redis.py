@@ -8,8 +8,15 @@ import time
 
 import pytest
 
-from llmproxy.limits import KeyPolicy, LimitsUnavailable, Rate, RedisLimitStore
-from llmproxy.limits._wire import global_key, key_names
+from llmproxy.limits import KeyPolicy, LimitsUnavailable, Rate, RedisLimitStore, _lua
+from llmproxy.limits._wire import (
+    admit_args,
+    admit_keys,
+    global_key,
+    key_names,
+    settle_args,
+    settle_keys,
+)
 from tests.limits.conftest import eventually, lease_of
 
 EVERYTHING = KeyPolicy(
@@ -193,3 +200,76 @@ def test_store_rejects_nonsense_settings(shared_redis):
         RedisLimitStore(shared_redis, prefix="t:", timeout=0)
     with pytest.raises(ValueError, match="positive"):
         RedisLimitStore(shared_redis, prefix="t:", timeout=1, lease_ttl=0)
+
+
+async def test_a_cancelled_call_is_never_swallowed(shared_redis, prefix):
+    """Cancelling a task inside a store call always cancels it (redis-py on Python 3.11 can
+    return a command's result instead when the cancellation lands as the reply arrives)."""
+    store = RedisLimitStore(shared_redis, prefix=prefix, timeout=2.0)
+    policy = KeyPolicy(max_concurrent=1000)
+
+    async def busy() -> None:
+        while True:
+            admission = await store.admit("k", policy, 0)
+            await store.settle("k", policy, lease_of(admission), 0, 0)
+
+    for n in range(100):
+        task = asyncio.create_task(busy())
+        await asyncio.sleep(0.0002 * (n % 10))
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=1.0)
+        assert done, "a cancellation was swallowed"
+
+    async def slots_free() -> bool:
+        return await store.in_flight("k") == 0
+
+    await eventually(slots_free)  # admissions cut short were voided, settles completed
+    await store.close()
+
+
+async def run_admit(client, prefix: str, lease: str, policy: KeyPolicy) -> list[str]:
+    script = client.register_script(_lua.ADMIT)
+    args = admit_args(lease, policy, 10, lease_ttl=60, quota_ttl=60, marker_ttl=60)
+    reply: list[str] = await script(keys=admit_keys(key_names(prefix, "k")), args=args)
+    return reply
+
+
+async def test_a_voided_lease_can_never_be_admitted(shared_redis, prefix):
+    """An admission that reaches Redis after the gateway voided its lease takes nothing."""
+    policy = KeyPolicy(requests=Rate(0.001, 5), max_concurrent=1, total_quota=100)
+    settle = shared_redis.register_script(_lua.SETTLE)
+    args = settle_args("r:late", 0, void=True, quota_ttl=60, marker_ttl=60)
+    assert await settle(keys=settle_keys(key_names(prefix, "k")), args=args) == 0
+    assert (await run_admit(shared_redis, prefix, "r:late", policy))[:2] == ["0", "void"]
+    store = RedisLimitStore(shared_redis, prefix=prefix, timeout=2.0)
+    admitted = await store.admit("k", policy, 100)
+    assert admitted.requests_remaining == 4  # the voided admission took no token, slot or quota
+    await store.settle("k", policy, lease_of(admitted), 100, 0)
+
+
+async def test_a_repeated_admission_takes_once(shared_redis, prefix):
+    """The same lease admitted twice (a resend after a broken connection) takes once."""
+    policy = KeyPolicy(requests=Rate(0.001, 5), max_concurrent=2, total_quota=100)
+    first = await run_admit(shared_redis, prefix, "r:twice", policy)
+    again = await run_admit(shared_redis, prefix, "r:twice", policy)
+    assert first[0] == again[0] == "1"
+    store = RedisLimitStore(shared_redis, prefix=prefix, timeout=2.0)
+    assert await store.in_flight("k") == 1
+    probe = await store.admit("k", policy, 90)
+    assert probe.requests_remaining == 3
+    assert probe.reason is None  # 100 - 10 reserved once leaves 90
+
+
+async def test_close_reports_undelivered_settles(private_redis, clients, caplog):
+    """Settles that never reached Redis are reported when the store closes (their leases will
+    expire); closing does not hang on a dead Redis."""
+    client = await clients.new(private_redis.addr, wait=0.3)
+    store = RedisLimitStore(client, prefix="t:", timeout=0.3)
+    policy = KeyPolicy(max_concurrent=1)
+    admitted = await store.admit("k", policy, 0)
+    private_redis.kill()
+    store.settle_later("k", lease_of(admitted), 0)
+    started = time.monotonic()
+    await store.close()
+    assert time.monotonic() - started < 1.0
+    assert "1 settles could not be delivered" in caplog.text

@@ -227,3 +227,12 @@ async def test_slots_return_to_zero_after_many_cycles(store):
     assert await store.in_flight("k") == 0
     probe = [await store.admit("k", policy, 0) for _ in range(8)]
     assert all(a.allowed for a in probe)
+
+
+async def test_negative_reservation_counts_as_none(store):
+    """A negative reservation (a caller's bad estimate) reserves nothing and refunds nothing."""
+    policy = KeyPolicy(tokens_per_minute=1000, total_quota=1000)
+    admitted = await store.admit("k", policy, -500)
+    assert admitted.tokens_remaining == 1000
+    await store.settle("k", policy, admitted.lease, -500, 0)
+    assert (await store.admit("k", policy, 1000)).allowed
