@@ -49,6 +49,14 @@ CommitHook = Callable[[Sequence[UsageRecord]], None]
 WRITE_BATCH = 1000
 """Most records written in one transaction."""
 
+WRITE_LINGER = 0.02
+"""How long the writer lets records gather after the first one before it writes them.
+
+A transaction and a thread hand-off per record cost ~200 µs of the gateway's CPU; gathering for
+20 ms turns that into one per batch. It is also the bound on how long a record can sit in memory
+before it is durable (plus the write itself).
+"""
+
 WARN_EVERY = 10.0
 """Seconds between two warnings about the same overflow."""
 
@@ -188,6 +196,8 @@ class UsageSink:
         """Move queued records to SQLite: whatever is queued, in one transaction per batch."""
         while True:
             batch = [await self._queue.get()]
+            if not self._closed:
+                await asyncio.sleep(WRITE_LINGER)
             while len(batch) < WRITE_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

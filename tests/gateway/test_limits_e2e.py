@@ -159,3 +159,28 @@ def _digest(key: str) -> str:
     from llmproxy.auth.keys import key_sha256
 
     return key_sha256(key)[:12]
+
+
+async def test_a_thousand_aborted_streams_leave_no_slot_taken() -> None:
+    """After 1,000 streams aborted by their clients the key's in-use slot count is exactly 0."""
+    from tests.gateway.test_cancellation import _leave_after
+
+    async with mock_backend() as mock:
+        config = _limited(mock.url, [{"key": "sk-abort", "max_concurrent": 1000}])
+        key_id = "sha256:" + _digest("sk-abort")
+        async with gateway(config) as gw:
+            store = gw.runtime.limits
+            assert store is not None
+            body = {"model": "mock-model", "messages": [], "stream": True, "max_tokens": 100}
+            headers = {"Authorization": "Bearer sk-abort", "x-mock-ttft": "5"}
+            for _ in range(10):
+                await asyncio.gather(
+                    *(_leave_after(gw.url, body, headers, 0.05) for _ in range(100))
+                )
+            await mock.stats.wait_until("cancellations", 1000, within=20.0)
+            for _ in range(50):
+                if await store.in_flight(key_id) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await store.in_flight(key_id) == 0
+            assert gw.runtime.backends[0].in_flight == 0
