@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -150,16 +150,22 @@ def _duration(seconds: float) -> bytes:
     return b"%dm%ds" % divmod(round(seconds), 60)
 
 
-async def check_global(runtime: Runtime, store: LimitStore, rate: Rate) -> None:
-    """The global bucket: raises the 429 (or the 503) when it is empty."""
+async def _ask(runtime: Runtime, question: Awaitable[Admission]) -> Admission:
+    """The store's admission, or the 429 / 503 (counted) when it refuses or cannot answer."""
     try:
-        admission = await store.check_global(rate)
+        admission = await question
     except LimitsUnavailable:
         runtime.metrics.limit_rejection("unavailable")
         raise unavailable() from None
     if not admission.allowed:
         runtime.metrics.limit_rejection(admission.reason or "requests")
         raise refusal(admission)
+    return admission
+
+
+async def check_global(runtime: Runtime, store: LimitStore, rate: Rate) -> None:
+    """The global bucket: raises the 429 (or the 503) when it is empty."""
+    await _ask(runtime, store.check_global(rate))
 
 
 @dataclass(slots=True)
@@ -201,14 +207,7 @@ async def admit(
     """Admit one request of ``key_id`` or raise the 429 / 503."""
     store = runtime.limits
     assert store is not None
-    try:
-        admission = await store.admit(key_id, policy, reserve_tokens)
-    except LimitsUnavailable:
-        runtime.metrics.limit_rejection("unavailable")
-        raise unavailable() from None
-    if not admission.allowed:
-        runtime.metrics.limit_rejection(admission.reason or "requests")
-        raise refusal(admission)
+    admission = await _ask(runtime, store.admit(key_id, policy, reserve_tokens))
     return Settlement(
         store=store,
         key_id=key_id,
