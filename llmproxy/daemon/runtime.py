@@ -24,6 +24,7 @@ from llmproxy.auth.lua import LuaError, LuaSandbox
 from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import Config
 from llmproxy.connections import ConnectionPools
+from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.metrics import GatewayMetrics
@@ -107,6 +108,8 @@ class Runtime:
         """The process's metrics; :class:`RuntimeState` hands every snapshot the same one."""
         self.usage: UsageSink | None = None
         """The process's usage sink (records, outbox, webhook delivery), when there is one."""
+        self.access_log: AccessLog | None = None
+        """The process's access log, when ``logging.access_log`` is on."""
         self._background: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self._health: HealthChecker | None = None
@@ -182,9 +185,11 @@ class RuntimeState:
         runtime: Runtime,
         metrics: GatewayMetrics | None = None,
         usage: UsageSink | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.metrics = metrics or GatewayMetrics(CollectorRegistry())
         self.usage = usage
+        self.access_log = access_log
         if usage is not None:
             self.metrics.watch_usage(usage)
         self._adopt(runtime)
@@ -208,6 +213,7 @@ class RuntimeState:
     def _adopt(self, runtime: Runtime) -> None:
         runtime.metrics = self.metrics
         runtime.usage = self.usage
+        runtime.access_log = self.access_log
         self.metrics.allow_models(runtime.router.models())
 
     def swap(self, runtime: Runtime) -> Runtime:
@@ -229,6 +235,8 @@ class RuntimeState:
         """Open the current snapshot, and start the usage sink."""
         if self.usage is not None:
             await self.usage.start()
+        if self.access_log is not None:
+            self.access_log.start()
         await self.current.open()
 
     async def close(self) -> None:
@@ -242,3 +250,5 @@ class RuntimeState:
         if self.usage is not None:
             # Last, so records of requests that just finished are written to the outbox.
             await self.usage.close(timeout=self.current.config.server.shutdown_timeout or 5.0)
+        if self.access_log is not None:
+            self.access_log.stop()

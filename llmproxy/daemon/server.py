@@ -26,6 +26,7 @@ from llmproxy.config.model import (
 )
 from llmproxy.daemon.listen import parse_listen
 from llmproxy.daemon.runtime import Runtime, RuntimeState
+from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.app import GatewayApp
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.usage.sink import UsageSink
@@ -127,6 +128,7 @@ async def serve(
         Runtime(config, base_dir=base_dir),
         metrics=GatewayMetrics(),  # the process-wide registry that /metrics serves
         usage=UsageSink(config, base_dir),
+        access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
     )
     server = GatewayServer(uvicorn_config(GatewayApp(state), config))
     await server.serve(sockets=sockets)

@@ -16,6 +16,7 @@ import gc
 import itertools
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -288,6 +289,28 @@ def _account(
         gap = mean_inter_token(now - started, ttft, completion)
         if gap is not None:
             metrics.inter_token(request.backend, model, gap)
+    if runtime.access_log is not None:
+        identity = request.identity
+        runtime.access_log.write(
+            {
+                "time": time.time(),
+                "request_id": request.request_id,
+                "client_ip": request.client_ip,
+                "method": request.method,
+                "path": path,
+                "key_name": identity.name if identity is not None else "",
+                "key_prefix": identity.key_prefix if identity is not None else "",
+                "model": model,
+                "backend": request.backend,
+                "status": request.status or 499,
+                "prompt_tokens": used.prompt_tokens if used is not None else 0,
+                "completion_tokens": completion,
+                "ttft_ms": ttft * 1000 if ttft is not None else None,
+                "duration_ms": (now - started) * 1000,
+                "bytes": request.bytes_sent,
+                "cancelled": request.cancelled,
+            }
+        )
     if runtime.usage is not None:
         identity = request.identity
         fields = {

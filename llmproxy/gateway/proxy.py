@@ -71,6 +71,8 @@ class ProxyRequest:
     """Set just before the last byte is sent, so a later ``http.disconnect`` is not a cancel."""
     cancelled: bool = False
     """The client left before the response was complete."""
+    bytes_sent: int = 0
+    """Body bytes relayed to the client (for the access log)."""
 
     def used_usage(self, prompt_estimate: int) -> Usage | None:
         """What this request consumed: the backend's count, or what was streamed; None when
@@ -218,6 +220,7 @@ async def _attempt(
             if status < 300:
                 request.usage = usage_from_body(payload)
             request.status = status
+            request.bytes_sent = len(payload)
             request.complete = True
             await send(
                 {
@@ -275,11 +278,13 @@ async def _relay_stream(
             relayed = scanner.feed(chunk)
             if relayed:
                 request.first_token_at = asyncio.get_running_loop().time()
+                request.bytes_sent += len(relayed)
                 await send({"type": "http.response.body", "body": relayed, "more_body": True})
                 break
         async for chunk in chunks:
             relayed = scanner.feed(chunk)
             if relayed:
+                request.bytes_sent += len(relayed)
                 await send({"type": "http.response.body", "body": relayed, "more_body": True})
     except TimeoutError:
         log.warning("backend %s went silent mid-stream; ending the stream", backend.name)

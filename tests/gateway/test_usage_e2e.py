@@ -173,3 +173,42 @@ async def test_metrics_are_scraped_and_parse(tmp_path: Path) -> None:
     assert decisions["allowed"] == 3
     assert decisions["denied"] == 1
     assert "sk-" not in text
+
+
+@pytest.mark.parametrize("style", ["json", "text"])
+async def test_access_log_line_per_request(tmp_path: Path, style: str) -> None:
+    """Each request writes one access-log line with key name and prefix, never the key."""
+    import io
+    import json
+
+    from llmproxy.gateway.access_log import AccessLog
+
+    stream = io.StringIO()
+    access = AccessLog(style, stream)  # type: ignore[arg-type]
+    async with mock_backend() as mock:
+        config = _config(mock.url)
+        state = RuntimeState(
+            Runtime(config, base_dir=tmp_path), GatewayMetrics(CollectorRegistry()), None, access
+        )
+        async with serve_state(state) as gw, aiohttp.ClientSession() as session:
+            async with session.post(
+                gw.url + CHAT,
+                json={"model": "mock-model", "messages": [], "max_tokens": 3, "stream": True},
+                headers={"Authorization": f"Bearer {KEY}"},
+            ) as response:
+                assert response.status == 200
+                await response.read()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert KEY not in lines[0]
+    if style == "json":
+        entry = json.loads(lines[0])
+        assert entry["key_name"] == "team"
+        assert entry["completion_tokens"] == 3
+        assert entry["status"] == 200
+        assert entry["bytes"] > 0
+        assert entry["ttft_ms"] is not None
+    else:
+        assert '"POST /v1/chat/completions HTTP/1.1" 200 ' in lines[0]
+        assert "key=team" in lines[0]
+        assert "tokens=" in lines[0]
