@@ -1,0 +1,125 @@
+"""A receiver outage plus a kill -9 of the gateway lose no usage record."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from tests.e2e.daemon import LLMPROXY, free_port, wait_until_up
+
+REQUESTS = 200
+
+
+class Receiver:
+    """A billing receiver that fails while ``down`` and dedups records by id."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.ids: set[str] = set()
+        self.posts = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.posts += 1
+        if self.down:
+            return web.json_response({"error": "down for maintenance"}, status=503)
+        for record in (await request.json())["records"]:
+            self.ids.add(record["id"])
+        return web.json_response({"ok": True})
+
+
+def _start(args: list[str], port: int) -> subprocess.Popen[bytes]:
+    """Start ``llmproxy ARGS`` and wait until it answers on ``port``."""
+    process = subprocess.Popen(
+        [*LLMPROXY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_until_up(f"http://127.0.0.1:{port}/health", process)
+    return process
+
+
+async def _until(check: Callable[[], bool], within: float) -> bool:
+    """Poll ``check`` until it holds or ``within`` seconds pass; its last answer."""
+    for _ in range(int(within / 0.05)):
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return check()
+
+
+def _outbox_depth(database: Path) -> int:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        depth: int = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    db.close()
+    return depth
+
+
+async def test_outage_and_kill_9_lose_no_record(tmp_path: Path) -> None:
+    """Records of answered requests survive a down receiver and a SIGKILL, and all arrive once."""
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/usage", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    hook_port = runner.addresses[0][1]
+    backend_port, gateway_port = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{gateway_port}"
+            backends: [{{url: "http://127.0.0.1:{backend_port}"}}]
+            health_check: {{enabled: false}}
+            usage: {{database: usage.db}}
+            usage_hook:
+              enabled: true
+              url: "http://127.0.0.1:{hook_port}/usage"
+              secret: "s3cret"
+              batch_size: 50
+              batch_interval: 100ms
+              backoff_initial: 100ms
+              backoff_max: 300ms
+            """
+        )
+    )
+    mock = _start(["mock-backend", "--port", str(backend_port)], backend_port)
+    gateway = None
+    try:
+        gateway = _start(["serve", "--config", str(config)], gateway_port)
+        url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        async with aiohttp.ClientSession() as session:
+
+            async def one(stream: bool) -> None:
+                body = {"model": "mock-model", "messages": [], "max_tokens": 3, "stream": stream}
+                async with session.post(url, json=body) as response:
+                    assert response.status == 200
+                    await response.read()
+
+            for start in range(0, REQUESTS, 20):
+                await asyncio.gather(*(one(index % 2 == 0) for index in range(start, start + 20)))
+        # Every answered request's record reaches the outbox (durable) within moments...
+        database = tmp_path / "usage.db"
+        assert await _until(lambda: _outbox_depth(database) == REQUESTS, 5.0)
+        assert receiver.posts > 0  # delivery was tried and failed: the receiver is down
+        # ...and survives the gateway being killed outright.
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(10)
+        receiver.down = False
+        gateway = _start(["serve", "--config", str(config)], gateway_port)
+        assert await _until(lambda: len(receiver.ids) >= REQUESTS, 20.0)
+        assert len(receiver.ids) == REQUESTS
+        assert await _until(lambda: _outbox_depth(database) == 0, 5.0)
+    finally:
+        for process in (gateway, mock):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(10)
+        await runner.cleanup()
