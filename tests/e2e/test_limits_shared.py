@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import textwrap
 import time
 import uuid
@@ -16,6 +15,7 @@ import pytest
 import redis
 
 from tests.e2e.daemon import free_port, running
+from tests.private_redis import PrivateRedis
 
 RATE = 50.0  # requests per second for the one key, shared by every process
 BURST = 10
@@ -101,39 +101,6 @@ def test_four_processes_share_one_key_limit(tmp_path: Path) -> None:
     assert abs(statuses[200] - expected) <= 0.05 * expected, (statuses, expected)
 
 
-def _own_redis(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    """A redis-server of this test's own (never the machine's shared instance)."""
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        for _ in range(100):
-            try:
-                client.ping()
-                return process
-            except redis.ConnectionError:
-                time.sleep(0.05)
-    finally:
-        client.close()
-    process.kill()
-    raise AssertionError("redis-server did not start")
-
-
 @pytest.mark.parametrize(
     ("policy", "during_outage"), [("closed", 503), ("open", 200), ("local", 200)]
 )
@@ -143,8 +110,9 @@ async def test_redis_outage_follows_the_failure_policy(
     """Redis down: closed → 503 (never 429), open/local → served; back to Redis when it returns."""
     from tests.harness import gateway, make_config, mock_backend
 
-    port = free_port()
-    server = _own_redis(tmp_path, port)
+    server = PrivateRedis(tmp_path)
+    server.start()
+    port = server.port
     try:
         async with mock_backend() as mock:
             config = make_config(
@@ -168,15 +136,14 @@ async def test_redis_outage_follows_the_failure_policy(
                 async with session.post(url, json=body, headers=headers) as response:
                     assert response.status == 200
                     assert "x-ratelimit-limit-requests" in response.headers
-                server.terminate()
-                server.wait(5)
+                server.kill()
                 started = time.monotonic()
                 async with session.post(url, json=body, headers=headers) as response:
                     assert response.status == during_outage
                     if during_outage == 503:
                         assert (await response.json())["error"]["code"] == "limits_unavailable"
                 assert time.monotonic() - started < 2.0
-                server = _own_redis(tmp_path, port)
+                server.start()
                 # Back on Redis: the limiter's state shows up in the fresh server.
                 fresh = redis.Redis(host="127.0.0.1", port=port)
                 try:
@@ -191,5 +158,4 @@ async def test_redis_outage_follows_the_failure_policy(
                 finally:
                     fresh.close()
     finally:
-        server.terminate()
-        server.wait(5)
+        server.kill()
