@@ -221,21 +221,19 @@ class KeyStore:
     ) -> tuple[str, KeyRecord]:
         """Issue a new key: returns its secret — the only time it exists — and its record."""
         secret = generate_key()
-        record = self._insert(
+        record = self.import_key(
             secret,
-            {
-                "name": name,
-                "user_id": user_id,
-                "models": models,
-                "allowed_ips": allowed_ips,
-                "expires_at": expires_at,
-                "total_quota": total_quota,
-                "rpm": rpm,
-                "tpm": tpm,
-                "max_concurrent": max_concurrent,
-                "priority": priority,
-                "metadata": metadata,
-            },
+            name=name,
+            user_id=user_id,
+            models=models,
+            allowed_ips=allowed_ips,
+            expires_at=expires_at,
+            total_quota=total_quota,
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrent=max_concurrent,
+            priority=priority,
+            metadata=metadata,
         )
         return secret, record
 

@@ -44,6 +44,16 @@ class _Bucket:
         self.updated_at = updated_at
 
 
+def _set_level(bucket: _Bucket | None, level: float, now: float) -> _Bucket:
+    """Store a bucket's new level; its clock never moves backwards."""
+    if bucket is None:
+        return _Bucket(level, now)
+    bucket.tokens = level
+    if now > bucket.updated_at:
+        bucket.updated_at = now
+    return bucket
+
+
 class _KeyState:
     __slots__ = ("idle_at", "in_flight", "requests", "reserved", "tokens", "used")
 
@@ -160,13 +170,7 @@ class MemoryLimitStore:
         idle_at = now
         if rate is not None:
             req_level -= 1.0
-            bucket = state.requests
-            if bucket is None:
-                state.requests = _Bucket(req_level, now)
-            else:
-                bucket.tokens = req_level
-                if now > bucket.updated_at:
-                    bucket.updated_at = now
+            state.requests = _set_level(state.requests, req_level, now)
             idle_at = now + seconds_to_full(req_level, rate.per_second, rate.burst)
         lease: str | None = None
         if policy.needs_lease:
@@ -175,13 +179,7 @@ class MemoryLimitStore:
             if tpm is not None:
                 reserved_tpm = reserve_tokens
                 tok_level -= reserve_tokens
-                tokens = state.tokens
-                if tokens is None:
-                    state.tokens = _Bucket(tok_level, now)
-                else:
-                    tokens.tokens = tok_level
-                    if now > tokens.updated_at:
-                        tokens.updated_at = now
+                state.tokens = _set_level(state.tokens, tok_level, now)
                 idle_at = max(idle_at, now + seconds_to_full(tok_level, tpm / 60.0, tpm))
             quota = -1
             if total is not None:
