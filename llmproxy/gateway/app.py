@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmproxy.auth.keys import PresentedKey
 from llmproxy.auth.pipeline import Identity
@@ -265,32 +265,28 @@ class GatewayApp:
 def _account(
     runtime: Runtime, request: ProxyRequest, path: str, started: float, used: Usage | None
 ) -> None:
-    """Metrics for one proxied request, whatever its outcome."""
-    now = asyncio.get_running_loop().time()
+    """Metrics, access log and usage record for one proxied request, whatever its outcome."""
+    duration = asyncio.get_running_loop().time() - started
     ttft = request.first_token_at - started if request.first_token_at is not None else None
+    status = request.status or 499  # nothing sent: the client left first (nginx's convention)
+    prompt = used.prompt_tokens if used is not None else 0
     completion = used.completion_tokens if used is not None else 0
     metrics = runtime.metrics
     model = request.peek.model or ""
-    if model and request.status < 300 and request.status:
+    if model and 0 < request.status < 300:
         # A model a backend actually served is a bounded label value; one a client merely
         # named is not (it stays "other").
         metrics.allow_models((model,))
     metrics.request_finished(
-        request.backend,
-        model,
-        path,
-        request.status or 499,  # nothing sent: the client left first (nginx's convention)
-        now - started,
-        ttft,
-        used.prompt_tokens if used is not None else 0,
-        completion,
+        request.backend, model, path, status, duration, ttft, prompt, completion
     )
     if ttft is not None:
-        gap = mean_inter_token(now - started, ttft, completion)
+        gap = mean_inter_token(duration, ttft, completion)
         if gap is not None:
             metrics.inter_token(request.backend, model, gap)
+    ttft_ms = ttft * 1000 if ttft is not None else None
+    identity = request.identity
     if runtime.access_log is not None:
-        identity = request.identity
         runtime.access_log.write(
             {
                 "time": time.time(),
@@ -302,26 +298,25 @@ def _account(
                 "key_prefix": identity.key_prefix if identity is not None else "",
                 "model": model,
                 "backend": request.backend,
-                "status": request.status or 499,
-                "prompt_tokens": used.prompt_tokens if used is not None else 0,
+                "status": status,
+                "prompt_tokens": prompt,
                 "completion_tokens": completion,
-                "ttft_ms": ttft * 1000 if ttft is not None else None,
-                "duration_ms": (now - started) * 1000,
+                "ttft_ms": ttft_ms,
+                "duration_ms": duration * 1000,
                 "bytes": request.bytes_sent,
                 "cancelled": request.cancelled,
             }
         )
     if runtime.usage is not None:
-        identity = request.identity
-        fields = {
+        fields: dict[str, Any] = {
             "request_id": request.request_id,
             "model": model,
             "backend": request.backend,
             "endpoint": path,
             "stream": request.peek.streaming,
-            "status": request.status or 499,
-            "latency_ms": (now - started) * 1000,
-            "ttft_ms": ttft * 1000 if ttft is not None else None,
+            "status": status,
+            "latency_ms": duration * 1000,
+            "ttft_ms": ttft_ms,
             "cancelled": request.cancelled,
         }
         if identity is not None:
@@ -340,7 +335,7 @@ def _account(
                 completion_tokens=0,
                 total_tokens=0,
                 usage_source="counted",
-                **fields,  # type: ignore[arg-type]
+                **fields,
             )
         runtime.usage.submit(record)
 
