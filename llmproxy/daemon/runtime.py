@@ -110,6 +110,7 @@ class Runtime:
         """The process's usage sink (records, outbox, webhook delivery), when there is one."""
         self.access_log: AccessLog | None = None
         """The process's access log, when ``logging.access_log`` is on."""
+        self._owns_limits = True
         self._background: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self._health: HealthChecker | None = None
@@ -121,7 +122,7 @@ class Runtime:
             client.open()
         if self.auth is not None:
             await self.auth.open()
-        if self.config.rate_limit.enabled:
+        if self.config.rate_limit.enabled and self.limits is None:
             self.limits = await build_store(self.config.rate_limit, self.pools)
         health = self.config.health_check
         if health.enabled:
@@ -136,6 +137,19 @@ class Runtime:
                 healthy_threshold=health.healthy_threshold,
             )
             await self._health.start()
+
+    def inherit_limits(self, old: Runtime) -> None:
+        """Keep ``old``'s in-memory buckets, slots and budgets (call before :meth:`open`).
+
+        A reload that leaves ``rate_limit`` as it was must not hand every key a full bucket
+        again. Only the memory store moves: a Redis store's state is in Redis, and its client
+        belongs to the old snapshot's pools. Both snapshots share the store until the old one
+        closes, so slots taken under the old one are released into the same store.
+        """
+        if old.limits is None or self.config.rate_limit.storage != "memory":
+            return
+        self.limits = old.limits
+        old._owns_limits = False
 
     def background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` beside the request path (settlements); :meth:`close` waits for it."""
@@ -156,7 +170,7 @@ class Runtime:
         await asyncio.gather(*(client.close() for client in self.clients.values()))
         if self.auth is not None:
             await self.auth.close()
-        if self.limits is not None:
+        if self.limits is not None and self._owns_limits:
             await self.limits.close()
         await self.pools.close()
         self.lua.close()

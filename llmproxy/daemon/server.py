@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from llmproxy.config.model import (
     HealthCheckConfig,
     UsageConfig,
 )
+from llmproxy.daemon.control import ReloadOutcome
 from llmproxy.daemon.listen import parse_listen
+from llmproxy.daemon.reload import Reloader
 from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.app import GatewayApp
@@ -63,6 +65,13 @@ def create_demo_key(base_dir: Path) -> str:
     return secret
 
 
+def with_listen(config: Config, listen: str) -> Config:
+    """``config`` listening on ``listen`` instead of its own address."""
+    return config.model_copy(
+        update={"listen": listen, "server": config.server.model_copy(update={"listen": None})}
+    )
+
+
 def uvicorn_config(app: GatewayApp, config: Config) -> uvicorn.Config:
     """uvicorn settings from ``server.*``: timeouts, TLS, no access log on the hot path."""
     host, port = parse_listen(config.listen_address)
@@ -93,19 +102,33 @@ class GatewayServer(uvicorn.Server):
     SIGTERM or SIGINT starts a graceful drain (stop accepting, let in-flight requests finish up to
     ``server.shutdown_timeout``) and the process then exits 0; a second signal exits at once.
     uvicorn's own handling re-raises the signal after draining, which makes a clean stop look like
-    a crash to systemd and Kubernetes.
+    a crash to systemd and Kubernetes. SIGHUP reloads the config (when there is a reloader).
     """
+
+    def __init__(self, config: uvicorn.Config, reloader: Reloader | None = None) -> None:
+        super().__init__(config)
+        self.reloader = reloader
+        self._reloads: set[asyncio.Task[ReloadOutcome]] = set()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
             yield
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+
+    def _on_hangup(self) -> None:
+        if self.reloader is None or self.should_exit:
+            return
+        log.info("SIGHUP: reloading the config")
+        task = asyncio.get_running_loop().create_task(self.reloader.reload(trigger="SIGHUP"))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     def _on_signal(self, signum: int) -> None:
         if self.should_exit:
@@ -117,21 +140,54 @@ class GatewayServer(uvicorn.Server):
 
 
 async def serve(
-    config: Config, base_dir: Path | None = None, sockets: list[socket.socket] | None = None
+    config: Config,
+    base_dir: Path | None = None,
+    sockets: list[socket.socket] | None = None,
+    *,
+    config_path: Path | None = None,
+    admin: bool = True,
+    reload_all: Callable[[], None] | None = None,
+    listen: str | None = None,
 ) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them).
 
-    ``base_dir`` anchors relative paths in the config (the config file's directory).
+    ``base_dir`` anchors relative paths in the config (the config file's directory);
+    ``config_path`` is the file reloads re-read (None: nothing to reload). ``admin`` opens the
+    admin socket when the config enables it (one worker of several opens it); ``reload_all``
+    tells the other workers when a reload asked of this one succeeded. ``listen`` overrides the
+    config's listen address (``serve --listen``), in reloads too.
     """
     base_dir = base_dir or Path.cwd()
+    if listen:
+        config = with_listen(config, listen)
     state = RuntimeState(
         Runtime(config, base_dir=base_dir),
         metrics=GatewayMetrics(),  # the process-wide registry that /metrics serves
         usage=UsageSink(config, base_dir),
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
     )
-    server = GatewayServer(uvicorn_config(GatewayApp(state), config))
-    await server.serve(sockets=sockets)
+    reloader = Reloader(
+        state,
+        config_path,
+        after_reload=reload_all,
+        adjust=(lambda loaded: with_listen(loaded, listen)) if listen else None,
+    )
+    server = GatewayServer(uvicorn_config(GatewayApp(state), config), reloader)
+    admin_server = None
+    if admin and config.admin.enabled:
+        from llmproxy.daemon.admin_api import AdminServer
+
+        # Bound before the listener: a second daemon on the same socket stops here, cleanly.
+        admin_server = AdminServer(state, reloader)
+        await admin_server.start(config, base_dir)
+    if config_path is not None and config.server.watch_config:
+        reloader.watch()
+    try:
+        await server.serve(sockets=sockets)
+    finally:
+        await reloader.stop()
+        if admin_server is not None:
+            await admin_server.close()
 
 
 async def serve_demo(listen: str, mock_port: int, base_dir: Path) -> None:

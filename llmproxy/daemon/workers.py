@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import time
@@ -38,27 +39,52 @@ def reuse_port_socket(address: str) -> socket.socket:
     return sock
 
 
-def _worker_main(config: Config, base_dir: Path) -> None:
+def _worker_main(
+    config: Config, base_dir: Path, config_path: Path | None, listen: str | None, index: int
+) -> None:
     from llmproxy.daemon import server
 
     logging.basicConfig(level=getattr(logging, config.logging.level.upper()))
     sock = reuse_port_socket(config.listen_address)
-    server.run(server.serve(config, base_dir, sockets=[sock]))
+    # One admin socket per daemon: the first worker serves it. A reload it performs is passed to
+    # the supervisor as SIGHUP, which hands it to every worker.
+    server.run(
+        server.serve(
+            config,
+            base_dir,
+            sockets=[sock],
+            config_path=config_path,
+            admin=index == 0,
+            reload_all=_signal_supervisor if index == 0 else None,
+            listen=listen,
+        )
+    )
 
 
-def supervise(config: Config, base_dir: Path) -> int:
-    """Run ``config.server.workers`` worker processes until told to stop; returns an exit code."""
+def _signal_supervisor() -> None:
+    os.kill(os.getppid(), signal.SIGHUP)
+
+
+def supervise(
+    config: Config, base_dir: Path, config_path: Path | None = None, listen: str | None = None
+) -> int:
+    """Run ``config.server.workers`` worker processes until told to stop; returns an exit code.
+
+    SIGHUP is passed to every worker: each re-reads the config file itself.
+    """
     context = multiprocessing.get_context("spawn")
     stopping = False
     # Every worker writes its metrics to files in one directory; any of them renders the sum.
     prepare_multiprocess(base_dir / "run" / "prometheus")
 
-    def start() -> BaseProcess:
-        process = context.Process(target=_worker_main, args=(config, base_dir), daemon=False)
+    def start(index: int) -> BaseProcess:
+        process = context.Process(
+            target=_worker_main, args=(config, base_dir, config_path, listen, index), daemon=False
+        )
         process.start()
         return process
 
-    workers = [start() for _ in range(config.server.workers)]
+    workers = [start(index) for index in range(config.server.workers)]
     log.info("started %d workers on %s", len(workers), config.listen_address)
 
     def forward(_signum: int, _frame: FrameType | None) -> None:
@@ -69,8 +95,14 @@ def supervise(config: Config, base_dir: Path) -> int:
             if process.is_alive():
                 process.terminate()
 
+    def hang_up(_signum: int, _frame: FrameType | None) -> None:
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, hang_up)
     while True:
         for index, process in enumerate(workers):
             process.join(timeout=0.2)
@@ -82,6 +114,6 @@ def supervise(config: Config, base_dir: Path) -> int:
             if process.pid is not None:
                 mark_dead(process.pid)
             time.sleep(_RESTART_PAUSE)
-            workers[index] = start()
+            workers[index] = start(index)
         if stopping and not any(process.is_alive() for process in workers):
             return 0
