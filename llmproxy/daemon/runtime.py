@@ -253,6 +253,17 @@ class RuntimeState:
             self.access_log.start()
         await self.current.open()
 
+    async def flush(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a cancel
+        """Write the usage records still queued and stop the access log, within ``timeout``.
+
+        The forced exit's shortcut to :meth:`close`: no pool is closed gracefully, but no
+        record of a settled request is lost.
+        """
+        if self.usage is not None:
+            await self.usage.close(timeout=timeout)
+        if self.access_log is not None:
+            self.access_log.stop()
+
     async def close(self) -> None:
         """Close every snapshot: current, retired and those already closing."""
         await self.current.close()

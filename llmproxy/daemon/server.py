@@ -37,6 +37,9 @@ log = logging.getLogger("llmproxy.daemon")
 
 DEMO_MODEL = "mock-model"
 
+# After a second SIGTERM: how long cut requests may take to settle, and the outbox to be written.
+_FORCED_EXIT_GRACE = 1.0
+
 
 DEMO_KEY_STORE = "run/llmproxy-demo-keys.db"
 
@@ -105,9 +108,15 @@ class GatewayServer(uvicorn.Server):
     a crash to systemd and Kubernetes. SIGHUP reloads the config (when there is a reloader).
     """
 
-    def __init__(self, config: uvicorn.Config, reloader: Reloader | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        reloader: Reloader | None = None,
+        state: RuntimeState | None = None,
+    ) -> None:
         super().__init__(config)
         self.reloader = reloader
+        self.state = state
         self._reloads: set[asyncio.Task[ReloadOutcome]] = set()
 
     @contextlib.contextmanager
@@ -121,6 +130,25 @@ class GatewayServer(uvicorn.Server):
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's drain; after a second signal, cut the requests but still bill them.
+
+        uvicorn skips the application's shutdown when forced, which would drop the usage
+        records of the very requests being cut. They are cancelled here instead (each settles
+        as ``cancelled`` with what it streamed) and the records written to the outbox, within
+        about a second.
+        """
+        await super().shutdown(sockets=sockets)
+        if not self.force_exit:
+            return
+        tasks = list(self.server_state.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_FORCED_EXIT_GRACE)
+        if self.state is not None:
+            await self.state.flush(timeout=_FORCED_EXIT_GRACE)
 
     def _on_hangup(self) -> None:
         if self.reloader is None or self.should_exit:
@@ -172,7 +200,7 @@ async def serve(
         after_reload=reload_all,
         adjust=(lambda loaded: with_listen(loaded, listen)) if listen else None,
     )
-    server = GatewayServer(uvicorn_config(GatewayApp(state), config), reloader)
+    server = GatewayServer(uvicorn_config(GatewayApp(state), config), reloader, state)
     admin_server = None
     if admin and config.admin.enabled:
         from llmproxy.daemon.admin_api import AdminServer

@@ -28,7 +28,7 @@ from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import find_header
 from llmproxy.gateway.models import list_models
 from llmproxy.gateway.proxy import ProxyRequest, forward
-from llmproxy.gateway.request_peek import EMPTY_PEEK, peek_body
+from llmproxy.gateway.request_peek import EMPTY_PEEK, RequestPeek, peek_body
 from llmproxy.gateway.responses import send_bytes, send_error
 from llmproxy.metrics import mean_inter_token
 from llmproxy.usage import Usage, estimate_prompt_tokens, request_with_usage
@@ -189,18 +189,7 @@ class GatewayApp:
         method: str = scope["method"]
         headers = scope["headers"]
         model_required = path in _MODEL_ENDPOINTS
-        if model_required and method != "POST":
-            raise GatewayError(405, f"{path} accepts POST only", "method_not_allowed")
-        content_type = find_header(headers, b"content-type")
-        is_json = content_type is None or _is_json(content_type)
-        if model_required and not is_json:
-            raise GatewayError(
-                415,
-                f"content-type must be application/json, got {content_type.decode('latin-1')}"
-                if content_type
-                else "content-type must be application/json",
-                "unsupported_media_type",
-            )
+        is_json = _check_shape(path, method, headers, model_required)
         body = await _read_body(receive, headers, runtime)
         peek = peek_body(body, model_required=model_required) if is_json else EMPTY_PEEK
         identity = None
@@ -216,17 +205,14 @@ class GatewayApp:
             # the usage event from a client that did not ask for it.
             body, client_asked = request_with_usage(body)
             strip_usage = not client_asked
-        limits = runtime.config.rate_limit
         prompt_estimate = (
-            estimate_prompt_tokens(body, limits.chars_per_token) if model_required else 0
+            estimate_prompt_tokens(body, runtime.config.rate_limit.chars_per_token)
+            if model_required
+            else 0
         )
-        settlement = None
-        if identity is not None and runtime.limits is not None:
-            policy = limits_step.key_policy(limits.per_key, identity.limits, identity.metadata)
-            if policy.requests is not None or policy.needs_lease:
-                completion = peek.max_tokens or peek.max_completion_tokens
-                reserve = (completion or limits.default_max_tokens) + prompt_estimate
-                settlement = await limits_step.admit(runtime, identity.key_id, policy, reserve)
+        settlement = (
+            await _admit(runtime, identity, peek, prompt_estimate) if identity is not None else None
+        )
         query: bytes = scope["query_string"]
         client = scope.get("client")
         request = ProxyRequest(
@@ -247,9 +233,10 @@ class GatewayApp:
         try:
             await forward(runtime, request, send)
         except asyncio.CancelledError:
+            # Cut before its end: by the client leaving, or by a forced shutdown (re-raised).
+            request.cancelled = True
             if not watch.fired:
                 raise
-            request.cancelled = True
             log.debug("client left; upstream request %s closed", request_id)
         except GatewayError as error:
             request.status = error.status
@@ -260,6 +247,40 @@ class GatewayApp:
             if settlement is not None:
                 settlement.settle(runtime, used.total_tokens if used is not None else 0)
             _account(runtime, request, path, started, used)
+
+
+def _check_shape(
+    path: str, method: str, headers: list[tuple[bytes, bytes]], model_required: bool
+) -> bool:
+    """Refuse a wrong method or content type before reading the body; whether it is JSON."""
+    if model_required and method != "POST":
+        raise GatewayError(405, f"{path} accepts POST only", "method_not_allowed")
+    content_type = find_header(headers, b"content-type")
+    is_json = content_type is None or _is_json(content_type)
+    if model_required and not is_json:
+        raise GatewayError(
+            415,
+            f"content-type must be application/json, got {content_type.decode('latin-1')}"
+            if content_type
+            else "content-type must be application/json",
+            "unsupported_media_type",
+        )
+    return is_json
+
+
+async def _admit(
+    runtime: Runtime, identity: Identity, peek: RequestPeek, prompt_estimate: int
+) -> limits_step.Settlement | None:
+    """The key's limits: a 429 now, or what to settle when the request ends (None: no limits)."""
+    if runtime.limits is None:
+        return None
+    limits = runtime.config.rate_limit
+    policy = limits_step.key_policy(limits.per_key, identity.limits, identity.metadata)
+    if policy.requests is None and not policy.needs_lease:
+        return None
+    completion = peek.max_tokens or peek.max_completion_tokens
+    reserve = (completion or limits.default_max_tokens) + prompt_estimate
+    return await limits_step.admit(runtime, identity.key_id, policy, reserve)
 
 
 def _account(
