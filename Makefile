@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.auth
 	$(BIN)/python -m bench.limits
+
+## Regenerate shell completions (completions/) and man pages (man/) from the CLI.
+docs: $(STAMP)
+	$(BIN)/python -m llmproxy.cli.docgen
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -25,15 +25,16 @@ _METRICS = (
     "rps", "p50_ms", "p99_ms", "total_p50_ms", "cpu_ms_per_req", "serving_cpu",
     "mock_cpu", "generator_cpu", "generator_lag_p99_ms", "background_cpu",
 )  # fmt: skip
-_TARGETS = ("direct", "gateway", "nginx")
+_TARGETS = ("direct", "gateway", "nginx", "core")
 _LEGEND = """\
   ± half the range of req/s over the rounds. p50/p99: time to first token when streaming, latency
   of the whole answer otherwise; total p50: to the end of the stream. CPU ms/req: CPU time of the
   serving process (the mock itself for direct) per completed request. serving, mock, loadgen,
   others: CPU used during the run in cores (1.00 = one core); others = processes not ours.
   gen lag p99: event-loop lag of the Python load generator (ms, with ~1 ms timer granularity).
-  "mock saturated": direct is limited by the mock there, so the ratios compare the proxies under
-  a fixed backend capacity."""
+  core: the same gateway with usage records and metrics off; "accounting CPU" is how much more CPU
+  per request the full gateway uses than core. "mock saturated": direct is limited by the mock
+  there, so the ratios compare the proxies under a fixed backend capacity."""
 UNSTABLE = 0.20
 """Rounds whose req/s differ by more than this share of the median are flagged."""
 
@@ -97,8 +98,9 @@ def overhead(summary: Summary) -> Overhead:
     result: Overhead = {}
     missing = {key: math.nan for key in _METRICS}
     for scenario, rows in summary.items():
-        direct, gateway, nginx = (rows.get(target, missing) for target in _TARGETS)
+        direct, gateway, nginx, core = (rows.get(target, missing) for target in _TARGETS)
         result[scenario] = {
+            "accounting_cpu_share": gateway["cpu_ms_per_req"] / core["cpu_ms_per_req"] - 1,
             "gateway_vs_direct_rps": gateway["rps"] / direct["rps"],
             "gateway_vs_nginx_rps": gateway["rps"] / nginx["rps"],
             "gateway_added_p50_ms": gateway["p50_ms"] - direct["p50_ms"],
@@ -120,6 +122,8 @@ def verdicts(summary: Summary, added: Overhead) -> list[Verdict]:
          summary.get("stream16", {}).get("gateway", {}).get("cpu_ms_per_req", nan)),
         ("gateway non-streaming throughput, c=64", "req/s", ">=", 1500.0,
          summary.get("nonstream", {}).get("gateway", {}).get("rps", nan)),
+        ("CPU added by usage records + metrics, streamed (16 chunks)", "%", "<=", 15.0,
+         added.get("stream16", {}).get("accounting_cpu_share", nan) * 100),
     ]  # fmt: skip
     return [
         {
@@ -177,7 +181,7 @@ def print_report(
         title_justify="left",
     )
     columns = ["scenario", "gw/direct req/s", "gw/nginx req/s", "gw +p50", "gw +p99"]
-    columns += ["nginx +p50", "nginx +p99", "gw − nginx p50"]
+    columns += ["nginx +p50", "nginx +p99", "gw − nginx p50", "accounting CPU"]
     for column in columns:
         ratios.add_column(column, justify="left" if column == "scenario" else "right")
     for scenario, row in added.items():
@@ -185,7 +189,7 @@ def print_report(
             scenario, _num(row["gateway_vs_direct_rps"]), _num(row["gateway_vs_nginx_rps"]),
             _num(row["gateway_added_p50_ms"], 3), _num(row["gateway_added_p99_ms"], 3),
             _num(row["nginx_added_p50_ms"], 3), _num(row["nginx_added_p99_ms"], 3),
-            _num(row["gateway_minus_nginx_p50_ms"], 3),
+            _num(row["gateway_minus_nginx_p50_ms"], 3), _share(row["accounting_cpu_share"]),
         )  # fmt: skip
     console.print(ratios)
 

@@ -28,7 +28,9 @@ _STOP_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class Target:
-    """One thing to measure: ``direct`` (the mock itself), ``gateway`` or ``nginx``."""
+    """One thing to measure: ``direct`` (the mock itself), ``gateway``, ``core`` (the gateway
+    without usage records and metrics) or ``nginx``.
+    """
 
     name: str
     port: int
@@ -75,18 +77,24 @@ def free_port() -> int:
         return port
 
 
-def render_gateway_config(listen_port: int, backend_port: int) -> str:
+def render_gateway_config(listen_port: int, backend_port: int, *, core: bool = False) -> str:
     """The gateway config (JSON is YAML): one backend, no health checks, auth and limits off.
 
     One worker process, like nginx's ``worker_processes 1``: the bench compares one core's worth.
+    ``core`` also turns usage records and metrics off: the same gateway without its accounting,
+    so one run shows what accounting costs.
     """
-    config = {
+    config: dict[str, object] = {
         "listen": f"127.0.0.1:{listen_port}",
-        "server": {"workers": 1},
+        "server": {"workers": 1, "watch_config": False},
         "backends": [{"url": f"http://127.0.0.1:{backend_port}"}],
         "health_check": {"enabled": False},
         "logging": {"level": "warning"},
+        "admin": {"enabled": False},
     }
+    if core:
+        config["usage"] = {"enabled": False}
+        config["metrics"] = {"enabled": False}
     return json.dumps(config, indent=2) + "\n"
 
 
@@ -188,6 +196,13 @@ def start_targets(workdir: Path, nginx: str | None) -> Iterator[list[Target]]:
         gateway_cmd = [python, "-m", "llmproxy", "serve", "--config", str(config)]
         gateway = stack.enter_context(_child(gateway_cmd, gateway_port, workdir / "gateway.log"))
         targets.append(Target("gateway", gateway_port, gateway.pid))
+
+        core_port = free_port()
+        core_config = workdir / "gateway-core.yaml"
+        core_config.write_text(render_gateway_config(core_port, mock_port, core=True))
+        core_cmd = [python, "-m", "llmproxy", "serve", "--config", str(core_config)]
+        core = stack.enter_context(_child(core_cmd, core_port, workdir / "gateway-core.log"))
+        targets.append(Target("core", core_port, core.pid))
 
         if nginx is not None:
             nginx_port = free_port()

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 
 from llmproxy import __version__
+from llmproxy.cli import backends, keys, ops, usage
+from llmproxy.cli.output import EXIT_CODES_EPILOG
 
 app = typer.Typer(
     name="llmproxy",
@@ -20,6 +22,12 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Work with configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+# Operator commands: they talk to a running daemon over its admin socket (docs/admin-api.md).
+app.command("status", epilog=EXIT_CODES_EPILOG)(ops.status)
+app.command("reload", epilog=EXIT_CODES_EPILOG)(ops.reload)
+app.add_typer(keys.app, name="keys")
+app.add_typer(backends.app, name="backends")
+app.add_typer(usage.app, name="usage")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -102,9 +110,7 @@ def serve(
         err_console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if listen:
-        loaded = loaded.model_copy(
-            update={"listen": listen, "server": loaded.server.model_copy(update={"listen": None})}
-        )
+        loaded = server.with_listen(loaded, listen)
     base_dir = path.resolve().parent
     problem = runtime_problem(loaded, base_dir)
     if problem is not None:
@@ -115,8 +121,8 @@ def serve(
     if loaded.server.workers > 1:
         from llmproxy.daemon.workers import supervise
 
-        raise typer.Exit(supervise(loaded, base_dir))
-    server.run(server.serve(loaded, base_dir))
+        raise typer.Exit(supervise(loaded, base_dir, path.resolve(), listen))
+    server.run(server.serve(loaded, base_dir, config_path=path.resolve(), listen=listen))
 
 
 @config_app.command("check")

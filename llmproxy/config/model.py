@@ -91,6 +91,10 @@ class ServerConfig(Section):
     """Largest request body accepted; larger requests are refused with 413."""
     shutdown_timeout: Duration = 30.0
     """On SIGTERM, how long in-flight requests may finish before they are cancelled."""
+    watch_config: bool = True
+    """Reload when the config file or a Lua file it references changes (SIGHUP and
+    `llmproxy reload` work either way).
+    """
     workers: int = Field(default=1, ge=1, le=256)
     """Gateway processes sharing the port; one process uses one CPU core."""
     tls: TLSConfig = TLSConfig()
@@ -540,6 +544,10 @@ class UsageHookConfig(Section):
 class UsageConfig(Section):
     """``usage``: the local SQLite file that keeps usage records and the webhook outbox."""
 
+    enabled: bool = True
+    """Keep a usage record of every request (local store, live tail, webhook); when false only
+    metrics and limits count tokens.
+    """
     database: str = "llmproxy-usage.db"
     """SQLite file of recent usage records and undelivered webhook records (relative to the
     config file's directory).
@@ -585,6 +593,23 @@ class AdminConfig(Section):
     """Unix socket path; empty means `$XDG_RUNTIME_DIR/llmproxy/admin.sock`, else
     `./run/admin.sock`.
     """
+    listen: str = ""
+    """Also serve the admin API over TCP on this address (e.g. `127.0.0.1:9090`), for tools on
+    other machines; empty keeps it on the local socket only. Needs `token`.
+    """
+    token: str = ""
+    """Bearer token the TCP admin listener requires (`Authorization: Bearer <token>`), at least
+    16 characters; keep it out of the file with `${ENV}`.
+    """
+
+    @model_validator(mode="after")
+    def _token_for_listen(self) -> AdminConfig:
+        # The TCP listener is reachable by anyone who can route to it: never without a secret.
+        if self.listen and len(self.token) < 16:
+            raise PathValueError(
+                "a TCP admin listener needs an admin.token of at least 16 characters", ("listen",)
+            )
+        return self
 
 
 class Config(Section):
@@ -621,6 +646,14 @@ class Config(Section):
     def listen_address(self) -> str:
         """``server.listen`` wins over the seed's top-level ``listen``."""
         return self.server.listen or self.listen
+
+    @model_validator(mode="after")
+    def _usage_for_hook(self) -> Config:
+        if self.usage_hook.enabled and not self.usage.enabled:
+            raise PathValueError(
+                "usage_hook needs usage records: set usage.enabled true", ("usage", "enabled")
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_backend_names(self) -> Config:

@@ -106,6 +106,11 @@ class Runtime:
         self.model_list_cache: tuple[float, bytes] | None = None
         self.metrics: GatewayMetrics = _NO_METRICS
         """The process's metrics; :class:`RuntimeState` hands every snapshot the same one."""
+        self.limits_enabled = limits.enabled
+        self.counts_tokens = True
+        """Something needs a stream's token counts (usage records, metrics or limits): the
+        backend is asked to report usage. Set by :class:`RuntimeState` with the usage sink.
+        """
         self.usage: UsageSink | None = None
         """The process's usage sink (records, outbox, webhook delivery), when there is one."""
         self.access_log: AccessLog | None = None
@@ -228,6 +233,9 @@ class RuntimeState:
         runtime.metrics = self.metrics
         runtime.usage = self.usage
         runtime.access_log = self.access_log
+        runtime.counts_tokens = (
+            self.usage is not None or runtime.config.metrics.enabled or runtime.limits_enabled
+        )
         self.metrics.allow_models(runtime.router.models())
 
     def swap(self, runtime: Runtime) -> Runtime:

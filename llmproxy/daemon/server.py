@@ -191,7 +191,7 @@ async def serve(
     state = RuntimeState(
         Runtime(config, base_dir=base_dir),
         metrics=GatewayMetrics(),  # the process-wide registry that /metrics serves
-        usage=UsageSink(config, base_dir),
+        usage=UsageSink(config, base_dir) if config.usage.enabled else None,
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
     )
     reloader = Reloader(

@@ -200,7 +200,7 @@ class GatewayApp:
                 runtime.config.auth.forward_metadata, identity
             )
         strip_usage = False
-        if peek.streaming and model_required:
+        if peek.streaming and model_required and runtime.counts_tokens:
             # Usage is needed to settle budgets and to bill: ask the backend for it, and hide
             # the usage event from a client that did not ask for it.
             body, client_asked = request_with_usage(body)
@@ -292,19 +292,20 @@ def _account(
     status = request.status or 499  # nothing sent: the client left first (nginx's convention)
     prompt = used.prompt_tokens if used is not None else 0
     completion = used.completion_tokens if used is not None else 0
-    metrics = runtime.metrics
     model = request.peek.model or ""
-    if model and 0 < request.status < 300:
-        # A model a backend actually served is a bounded label value; one a client merely
-        # named is not (it stays "other").
-        metrics.allow_models((model,))
-    metrics.request_finished(
-        request.backend, model, path, status, duration, ttft, prompt, completion
-    )
-    if ttft is not None:
-        gap = mean_inter_token(duration, ttft, completion)
-        if gap is not None:
-            metrics.inter_token(request.backend, model, gap)
+    if runtime.config.metrics.enabled:
+        metrics = runtime.metrics
+        if model and 0 < request.status < 300:
+            # A model a backend actually served is a bounded label value; one a client merely
+            # named is not (it stays "other").
+            metrics.allow_models((model,))
+        metrics.request_finished(
+            request.backend, model, path, status, duration, ttft, prompt, completion
+        )
+        if ttft is not None:
+            gap = mean_inter_token(duration, ttft, completion)
+            if gap is not None:
+                metrics.inter_token(request.backend, model, gap)
     ttft_ms = ttft * 1000 if ttft is not None else None
     identity = request.identity
     if runtime.access_log is not None:

@@ -60,6 +60,10 @@ class Backend:
     consecutive_failures: int = field(default=0, init=False)
     requests_total: int = field(default=0, init=False)
     failures_total: int = field(default=0, init=False)
+    # Set by an operator (``POST /backends/{name}/drain``) before maintenance: no new request is
+    # routed here, while the ones in flight finish. A reload carries it over to the new backend
+    # of the same name and url (daemon.reload.carry_backend_state).
+    draining: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -94,8 +98,17 @@ class Backend:
         return self.models is None or model is None or model in self.models
 
     def is_available(self, now: float) -> bool:
-        """Whether the backend passes its health probes and is not passively ejected at `now`."""
-        return self.probe_healthy and now >= self.ejected_until
+        """Whether a new request may go here: not draining, passing its health probes and not
+        passively ejected at `now`.
+        """
+        return not self.draining and self.probe_healthy and now >= self.ejected_until
+
+    @property
+    def error_rate(self) -> float:
+        """Failed attempts over sent attempts since start (0.0 before the first request)."""
+        if self.requests_total == 0:
+            return 0.0
+        return self.failures_total / self.requests_total
 
     def begin(self) -> None:
         """Count a request as sent; pair every call with `end()` in a `finally`."""
@@ -142,9 +155,11 @@ class Backend:
             "models": sorted(self.models) if self.models is not None else None,
             "available": self.is_available(now),
             "probe_healthy": self.probe_healthy,
+            "draining": self.draining,
             "ejected_for_seconds": round(max(self.ejected_until - now, 0.0), 3),
             "in_flight": self.in_flight,
             "ttfb_ewma_ms": None if self.ttfb_ewma is None else round(self.ttfb_ewma * 1000, 1),
+            "error_rate": round(self.error_rate, 4),
             "consecutive_failures": self.consecutive_failures,
             "requests_total": self.requests_total,
             "failures_total": self.failures_total,

@@ -2,7 +2,9 @@
 
 Three tables in one file, so that one transaction per batch stores a record everywhere it goes:
 
-- ``usage``: the most recent ``keep_records`` records, for ``llmproxy usage`` (:meth:`recent`).
+- ``usage``: the most recent ``keep_records`` records, for ``llmproxy usage`` (:meth:`recent`,
+  :meth:`summary`). The fields those filter and sum on are virtual columns computed from the JSON
+  body when read (only ``time`` is indexed), so storing a record costs no more than its body.
 - ``outbox``: records not yet acknowledged by the ``usage_hook`` receiver. A row is deleted only
   after a 2xx answer covering it (at least once; receivers deduplicate on ``id``).
 - ``dead_letter``: records the receiver failed ``max_attempts`` times, kept for an operator.
@@ -24,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from llmproxy.usage.record import UsageRecord
 
@@ -52,6 +54,65 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     moved_at REAL NOT NULL
 );
 """
+"""Version 0 of the file; :data:`_MIGRATIONS` bring it up to date."""
+
+_SUMMED_COLUMNS: Final = (
+    ("time", "REAL"),
+    ("key_name", "TEXT"),
+    ("model", "TEXT"),
+    ("prompt_tokens", "INTEGER"),
+    ("completion_tokens", "INTEGER"),
+    ("total_tokens", "INTEGER"),
+)
+
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 1: the fields usage summaries and filters read, as columns computed from the JSON body
+    #    (VIRTUAL: nothing more is written per record), and an index to find records since a
+    #    time, the one column computed on insert.
+    (
+        *(
+            f"ALTER TABLE usage ADD COLUMN {column} {kind} "
+            f"GENERATED ALWAYS AS (json_extract(CAST(body AS TEXT), '$.{column}')) VIRTUAL"
+            for column, kind in _SUMMED_COLUMNS
+        ),
+        "CREATE INDEX usage_time ON usage (time)",
+    ),
+)
+"""Append an entry to change the schema; never edit one that has shipped."""
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Apply the missing migrations in one write transaction (``PRAGMA user_version``).
+
+    IMMEDIATE takes the write lock before the version is read, so two processes opening an old
+    file at once cannot both migrate it. A newer file (written by a later llmproxy) is left alone:
+    the columns this version writes are still there.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (found,) = db.execute("PRAGMA user_version").fetchone()
+        for version in range(found + 1, len(_MIGRATIONS) + 1):
+            for statement in _MIGRATIONS[version - 1]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version:d}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+_BATCH_START: Final = b"["
+_BATCH_END: Final = b"]"
+_INSERT_USAGE: Final = """
+INSERT OR IGNORE INTO usage (id, key_id, body)
+SELECT json_extract(value, '$.id'), json_extract(value, '$.key_id'), CAST(value AS BLOB)
+FROM json_each(?)
+"""
+_INSERT_OUTBOX: Final = """
+INSERT OR IGNORE INTO outbox (id, body, queued_at)
+SELECT json_extract(value, '$.id'), CAST(value AS BLOB), ? FROM json_each(?)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +124,31 @@ class PendingRecord:
     body: bytes
     queued_at: float
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummaryRow:
+    """What one key spent on one model: requests and tokens (``GET /usage/summary``)."""
+
+    key_id: str
+    key_name: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    def as_json(self) -> dict[str, object]:
+        """The row as the admin API returns it."""
+        return {
+            "key_id": self.key_id,
+            "key_name": self.key_name,
+            "model": self.model,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +182,7 @@ class UsageOutbox:
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        _migrate(self._db)
         self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._dead: int = self._db.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
 
@@ -113,14 +200,15 @@ class UsageOutbox:
         if not records:
             return
         now = time.time()
-        rows = [(r.id, r.key_id, r.to_json()) for r in records]
+        # One JSON array for the whole batch, unpacked by SQLite itself (json_each): one
+        # statement per table instead of one step per row, so the writer thread takes the GIL
+        # back once per batch rather than once per record while the event loop is busy.
+        batch = _BATCH_START + b",".join([r.to_json() for r in records]) + _BATCH_END
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 if self.keep_records > 0:
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO usage (id, key_id, body) VALUES (?, ?, ?)", rows
-                    )
+                    self._db.execute(_INSERT_USAGE, (batch,))
                     self._db.execute(
                         "DELETE FROM usage WHERE seq <= (SELECT max(seq) FROM usage) - ?",
                         (self.keep_records,),
@@ -128,10 +216,7 @@ class UsageOutbox:
                 added = 0
                 if outbox:
                     before = self._db.total_changes
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO outbox (id, body, queued_at) VALUES (?, ?, ?)",
-                        [(id_, body, now) for id_, _, body in rows],
-                    )
+                    self._db.execute(_INSERT_OUTBOX, (now, batch))
                     added = self._db.total_changes - before
                 self._db.execute("COMMIT")
             except BaseException:
@@ -199,16 +284,46 @@ class UsageOutbox:
         """How many records wait in the dead letters (cached, O(1))."""
         return self._dead
 
-    def recent(self, limit: int = 100, key_id: str | None = None) -> list[UsageRecord]:
-        """The newest stored records, newest first, optionally of one key only."""
+    def recent(
+        self,
+        limit: int = 100,
+        key_id: str | None = None,
+        *,
+        key: str | None = None,
+        model: str | None = None,
+    ) -> list[UsageRecord]:
+        """The newest stored records, newest first: of one key only (``key_id``, or ``key``: an id
+        or a name), of one model only (``model``).
+        """
+        where: list[str] = []
+        parameters: list[object] = []
+        if key_id is not None:
+            where.append("key_id = ?")
+            parameters.append(key_id)
+        if key is not None:
+            where.append("(key_id = ? OR key_name = ?)")
+            parameters += [key, key]
+        if model is not None:
+            where.append("model = ?")
+            parameters.append(model)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
         with self._lock:
-            if key_id is None:
-                rows = self._db.execute(
-                    "SELECT body FROM usage ORDER BY seq DESC LIMIT ?", (limit,)
-                ).fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT body FROM usage WHERE key_id = ? ORDER BY seq DESC LIMIT ?",
-                    (key_id, limit),
-                ).fetchall()
+            rows = self._db.execute(
+                f"SELECT body FROM usage {clause}ORDER BY seq DESC LIMIT ?", (*parameters, limit)
+            ).fetchall()
         return [UsageRecord.from_json(body) for (body,) in rows]
+
+    def summary(self, since: float) -> list[UsageSummaryRow]:
+        """Requests and tokens per key and model of the stored records since ``since`` (Unix
+        time), the biggest spender first. A key renamed meanwhile shows its latest name.
+        """
+        with self._lock:
+            # SQLite takes the bare column key_name from the row that max(seq) picked.
+            rows = self._db.execute(
+                "SELECT key_id, key_name, model, count(*), sum(prompt_tokens), "
+                "sum(completion_tokens), sum(total_tokens), max(seq) "
+                "FROM usage WHERE time >= ? GROUP BY key_id, model "
+                "ORDER BY sum(total_tokens) DESC, key_id, model",
+                (since,),
+            ).fetchall()
+        return [UsageSummaryRow(*row[:7]) for row in rows]

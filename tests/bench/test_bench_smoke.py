@@ -140,18 +140,20 @@ def test_nginx_accepts_the_generated_config(tmp_path: Path) -> None:
 
 
 def test_overhead_and_verdicts_from_medians() -> None:
-    """Ratios and added latency come from the medians, and the three targets are judged."""
+    """Ratios and added latency come from the medians, and the four targets are judged."""
     row = {"rps": 1000.0, "p50_ms": 1.0, "p99_ms": 2.0, "cpu_ms_per_req": 0.5}
     summary = {
         "single": {"direct": row, "gateway": {**row, "rps": 500.0, "p50_ms": 1.8}},
-        "stream16": {"gateway": row},
+        "stream16": {"gateway": row, "core": {**row, "cpu_ms_per_req": 0.4}},
     }
     added = overhead(summary)
     assert added["single"]["gateway_vs_direct_rps"] == 0.5
     assert added["single"]["gateway_added_p50_ms"] == pytest.approx(0.8)
     assert math.isnan(added["single"]["nginx_added_p50_ms"])
-    met = [check["met"] for check in verdicts(summary, added)]
-    assert met == [True, True, None]
+    assert added["stream16"]["accounting_cpu_share"] == pytest.approx(0.25)
+    checks = verdicts(summary, added)
+    assert [check["met"] for check in checks] == [True, True, None, False]
+    assert checks[3]["value"] == pytest.approx(25.0)
 
 
 def test_bench_cli_rejects_unknown_scenarios() -> None:

@@ -31,6 +31,7 @@ def _config(tmp_path: Path, port: int, backend_port: int, prefix: str) -> Path:
             listen: "127.0.0.1:{port}"
             backends: [{{url: "http://127.0.0.1:{backend_port}"}}]
             health_check: {{enabled: false}}
+            admin: {{socket: "run/admin-{port}.sock"}}
             auth:
               enabled: true
               pipeline: [{{name: keys, type: static, keys: [{{key: sk-shared}}]}}]

@@ -111,6 +111,32 @@ def test_probe_health_gates_availability() -> None:
     assert not backend.is_available(0.0)
 
 
+def test_draining_takes_a_backend_out_of_rotation_until_undrained() -> None:
+    """A draining backend takes no new request but keeps counting the ones in flight."""
+    backend = Backend.create("a", "http://a")
+    backend.begin()
+    backend.draining = True
+    assert not backend.is_available(0.0)
+    assert backend.snapshot(0.0)["available"] is False
+    assert backend.snapshot(0.0)["draining"] is True
+    backend.end()
+    assert backend.in_flight == 0
+    backend.draining = False
+    assert backend.is_available(0.0)
+
+
+def test_error_rate_is_failures_over_requests() -> None:
+    """The error rate is 0 before any request, then failed attempts over sent ones."""
+    backend = Backend.create("a", "http://a")
+    assert backend.error_rate == 0.0
+    for _ in range(4):
+        backend.begin()
+        backend.end()
+    backend.record_failure(0.0, failure_threshold=0, ejection_time=1.0)
+    assert backend.error_rate == 0.25
+    assert backend.snapshot(0.0)["error_rate"] == 0.25
+
+
 def test_snapshot_reports_state() -> None:
     """The snapshot is plain data: identity, availability, ejection countdown and counters."""
     backend = Backend.create("a", "http://a", weight=3, models=("m2", "m1"))
@@ -124,9 +150,11 @@ def test_snapshot_reports_state() -> None:
         "models": ["m1", "m2"],
         "available": False,
         "probe_healthy": True,
+        "draining": False,
         "ejected_for_seconds": 20.0,
         "in_flight": 1,
         "ttfb_ewma_ms": 250.0,
+        "error_rate": 1.0,
         "consecutive_failures": 0,
         "requests_total": 1,
         "failures_total": 1,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
+from llmproxy.usage import outbox as outbox_module
 from llmproxy.usage.outbox import UsageOutbox
 from tests.usage.test_delivery import make_record
 
@@ -61,3 +64,91 @@ def test_recent_is_newest_first_filtered_and_bounded(tmp_path: Path) -> None:
     assert [r.id for r in recent] == [r.id for r in reversed(records[15:])]
     assert [r.id for r in outbox.recent(2, key_id="k1")] == [records[23].id, records[21].id]
     outbox.close()
+
+
+def test_recent_filters_by_key_id_or_name_and_by_model(tmp_path: Path) -> None:
+    """recent(key=...) matches a key's id or its name; model= keeps one model's records."""
+    outbox = UsageOutbox(tmp_path / "u.db")
+    a = make_record(1, key_id="k1", key_name="alice", model="m1")
+    b = make_record(2, key_id="k2", key_name="bob", model="m1")
+    c = make_record(3, key_id="k1", key_name="alice", model="m2")
+    outbox.write([a, b, c], outbox=False)
+    assert [r.id for r in outbox.recent(10, key="alice")] == [c.id, a.id]
+    assert [r.id for r in outbox.recent(10, key="k2")] == [b.id]
+    assert [r.id for r in outbox.recent(10, model="m1")] == [b.id, a.id]
+    assert [r.id for r in outbox.recent(10, key="alice", model="m1")] == [a.id]
+    assert outbox.recent(10, key="nobody") == []
+    outbox.close()
+
+
+def test_summary_sums_per_key_and_model_since_a_time(tmp_path: Path) -> None:
+    """summary() groups the records since a time by key and model, biggest spender first."""
+    outbox = UsageOutbox(tmp_path / "u.db")
+    old = make_record(100, key_id="k1", key_name="alice", time=1000.0)
+    records = [
+        make_record(1, key_id="k1", key_name="alice", time=2000.0),
+        make_record(2, key_id="k1", key_name="alice-renamed", time=2001.0),
+        make_record(5, key_id="k2", key_name="bob", time=2002.0),
+        make_record(1, key_id="k1", key_name="alice", model="m2", time=2003.0),
+    ]
+    outbox.write([old, *records], outbox=False)
+    rows = [row.as_json() for row in outbox.summary(since=1500.0)]
+    assert rows == [
+        {
+            "key_id": "k2",
+            "key_name": "bob",
+            "model": "m",
+            "requests": 1,
+            "prompt_tokens": 5,
+            "completion_tokens": 10,
+            "total_tokens": 15,
+        },
+        {
+            "key_id": "k1",
+            "key_name": "alice-renamed",
+            "model": "m",
+            "requests": 2,
+            "prompt_tokens": 3,
+            "completion_tokens": 6,
+            "total_tokens": 9,
+        },
+        {
+            "key_id": "k1",
+            "key_name": "alice",
+            "model": "m2",
+            "requests": 1,
+            "prompt_tokens": 1,
+            "completion_tokens": 2,
+            "total_tokens": 3,
+        },
+    ]
+    assert outbox.summary(since=3000.0) == []
+    outbox.close()
+
+
+def test_a_file_from_before_the_summary_columns_is_migrated(tmp_path: Path) -> None:
+    """Rows written by the first schema get their columns filled from the stored JSON."""
+    path = tmp_path / "u.db"
+    record = make_record(4, key_id="k9", key_name="old", model="m3", time=1234.5)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(outbox_module._SCHEMA)
+        db.execute(
+            "INSERT INTO usage (id, key_id, body) VALUES (?, ?, ?)",
+            (record.id, record.key_id, record.to_json()),
+        )
+        db.commit()
+    outbox = UsageOutbox(path)
+    [row] = outbox.summary(since=0.0)
+    assert (row.key_id, row.key_name, row.model, row.requests, row.total_tokens) == (
+        "k9",
+        "old",
+        "m3",
+        1,
+        12,
+    )
+    assert [r.id for r in outbox.recent(5, key="old", model="m3")] == [record.id]
+    outbox.close()
+    # Opening it again finds it up to date and changes nothing.
+    reopened = UsageOutbox(path)
+    assert len(reopened.summary(since=0.0)) == 1
+    reopened.close()

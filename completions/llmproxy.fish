@@ -1,0 +1,1 @@
+complete --command llmproxy --no-files --arguments "(env _LLMPROXY_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) llmproxy)" --condition "env _LLMPROXY_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) llmproxy"

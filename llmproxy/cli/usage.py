@@ -1,0 +1,293 @@
+"""``llmproxy usage``: who used which model, as it happens (``tail``) and after the fact.
+
+``tail`` follows the daemon's live NDJSON stream, so it shows records as they settle without
+polling; ``recent`` and ``summary`` read what the daemon kept in its usage database. With
+``--json``, ``tail`` prints one record per line (NDJSON) for ``jq`` and friends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import tzinfo
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from llmproxy.cli.connection import (
+    AdminUrlOption,
+    ConfigOption,
+    JsonOption,
+    SocketOption,
+    Target,
+    TokenOption,
+    daemon_session,
+)
+from llmproxy.cli.output import (
+    EXIT_CODES_EPILOG,
+    NONE,
+    ExitCode,
+    format_count,
+    format_datetime,
+    format_duration,
+    format_ms,
+    format_time,
+    print_error,
+    print_json,
+    print_json_line,
+    stdout_console,
+)
+from llmproxy.cli.parsing import parse_since
+
+app = typer.Typer(
+    help="Token usage: live, recent records and totals.",
+    epilog=EXIT_CODES_EPILOG,
+    no_args_is_help=True,
+)
+
+Record = Mapping[str, Any]
+"""A usage record as the admin API returns it (the usage webhook's record)."""
+
+COLUMNS = (
+    "TIME",
+    "KEY",
+    "MODEL",
+    "BACKEND",
+    "STATUS",
+    "PROMPT",
+    "COMPLETION",
+    "TTFT MS",
+    "LATENCY MS",
+)
+WIDTHS = (8, 16, 24, 16, 9, 8, 10, 8, 10)
+"""Column widths of ``tail``, whose rows are printed one by one and so cannot be measured."""
+_RIGHT = frozenset(range(5, 9))
+
+
+# Pure pieces -----------------------------------------------------------------------------------
+
+
+def key_label(record: Record) -> str:
+    """The key as an operator knows it: its name, else its prefix or id; ``-`` without a key."""
+    for field in ("key_name", "key_prefix", "key_id"):
+        if record.get(field):
+            return str(record[field])
+    return NONE
+
+
+def status_text(record: Record) -> str:
+    """The HTTP status, or ``cancelled`` when the client went away before the end."""
+    return "cancelled" if record.get("cancelled") else str(record.get("status", NONE))
+
+
+def status_style(record: Record) -> str:
+    status = int(record.get("status") or 0)
+    if record.get("cancelled") or 400 <= status < 500:
+        return "yellow"
+    return "green" if 200 <= status < 400 else "red"
+
+
+def usage_row(
+    record: Record, now: float, tz: tzinfo | None = None, *, clock: bool = False
+) -> tuple[str, ...]:
+    """time, key, model, backend, status, prompt and completion tokens, TTFT and latency ms.
+
+    The time is a clock time for today's records (always, with ``clock``: ``tail``'s records are
+    live, and its column has room for no date), else with the date.
+    """
+    when = record.get("time")
+    return (
+        format_time(when, when if clock and when is not None else now, tz),
+        key_label(record),
+        str(record.get("model") or NONE),
+        str(record.get("backend") or NONE),
+        status_text(record),
+        format_count(record.get("prompt_tokens")),
+        format_count(record.get("completion_tokens")),
+        format_ms(record.get("ttft_ms")),
+        format_ms(record.get("latency_ms")),
+    )
+
+
+def fixed_columns(cells: tuple[str, ...], widths: tuple[int, ...] = WIDTHS) -> str:
+    """``cells`` padded (numbers to the right) or cut with ``…`` to ``widths``, one line."""
+    out: list[str] = []
+    for index, (cell, width) in enumerate(zip(cells, widths, strict=True)):
+        text = cell if len(cell) <= width else cell[: width - 1] + "…"
+        out.append(text.rjust(width) if index in _RIGHT else text.ljust(width))
+    return " ".join(out).rstrip()
+
+
+def records_table(records: Sequence[Record], now: float) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for index, column in enumerate(COLUMNS):
+        table.add_column(column, justify="right" if index in _RIGHT else "left")
+    for record in records:
+        cells = usage_row(record, now)
+        table.add_row(*cells[:4], Text(cells[4], style=status_style(record)), *cells[5:])
+    return table
+
+
+SummaryRow = tuple[str, str, int, int, int, int]
+"""key, model, requests, prompt, completion and total tokens."""
+
+
+def summary_rows(rows: Sequence[Record]) -> tuple[list[SummaryRow], SummaryRow]:
+    """The summary by key and model (sorted by key, then model) and its totals row."""
+    out: list[SummaryRow] = []
+    for row in rows:
+        key = str(row.get("key_name") or row.get("key_id") or "(no key)")
+        out.append(
+            (
+                key,
+                str(row.get("model") or NONE),
+                int(row.get("requests") or 0),
+                int(row.get("prompt_tokens") or 0),
+                int(row.get("completion_tokens") or 0),
+                int(row.get("total_tokens") or 0),
+            )
+        )
+    out.sort(key=lambda row: (row[0], row[1]))
+    totals: SummaryRow = (
+        "total",
+        "",
+        sum(row[2] for row in out),
+        sum(row[3] for row in out),
+        sum(row[4] for row in out),
+        sum(row[5] for row in out),
+    )
+    return out, totals
+
+
+def summary_table(rows: Sequence[Record], since: float, window: float) -> Table:
+    body, totals = summary_rows(rows)
+    table = Table(
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+        show_footer=bool(body),
+        footer_style="bold",
+        title=f"usage in the last {format_duration(window)} (since {format_datetime(since)})",
+        title_justify="left",
+    )
+    headers = ("KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL")
+    footers = (totals[0], totals[1], *(format_count(count) for count in totals[2:]))
+    for index, (header, footer) in enumerate(zip(headers, footers, strict=True)):
+        table.add_column(header, footer=footer, justify="right" if index >= 2 else "left")
+    for key, model, *counts in body:
+        table.add_row(key, model, *(format_count(count) for count in counts))
+    return table
+
+
+def filters(key: str | None, model: str | None) -> dict[str, str | int | float]:
+    params: dict[str, str | int | float] = {}
+    if key:
+        params["key"] = key
+    if model:
+        params["model"] = model
+    return params
+
+
+# Commands --------------------------------------------------------------------------------------
+
+KeyFilter = Annotated[
+    str | None, typer.Option("--key", help="Only this key (id or name).", show_default=False)
+]
+ModelFilter = Annotated[
+    str | None, typer.Option("--model", help="Only this model.", show_default=False)
+]
+
+
+@app.command("tail", epilog=EXIT_CODES_EPILOG)
+def tail(
+    key: KeyFilter = None,
+    model: ModelFilter = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON record per line (NDJSON), for scripts.")
+    ] = False,
+    config: ConfigOption = None,
+    socket: SocketOption = None,
+    admin_url: AdminUrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Follow usage records as requests finish, until Ctrl-C."""
+    console = stdout_console()
+
+    def header() -> None:
+        if not json_output:
+            console.print(fixed_columns(COLUMNS), style="bold", soft_wrap=True, markup=False)
+
+    status_at = sum(width + 1 for width in WIDTHS[:4])
+    try:
+        with daemon_session(Target(config, socket, admin_url, token)) as client:
+            for record in client.stream("/usage/stream", filters(key, model), on_open=header):
+                if json_output:
+                    print_json_line(record)
+                    continue
+                line = Text(fixed_columns(usage_row(record, time.time(), clock=True)))
+                line.stylize(status_style(record), status_at, status_at + WIDTHS[4])
+                console.print(line, soft_wrap=True, highlight=False)
+    except KeyboardInterrupt:
+        raise typer.Exit(ExitCode.OK) from None
+    # The daemon ends the stream only when it stops.
+    print_error("the daemon closed the usage stream (did it stop?)")
+    raise typer.Exit(ExitCode.UNREACHABLE)
+
+
+@app.command("recent", epilog=EXIT_CODES_EPILOG)
+def recent(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most records shown.")] = 50,
+    key: KeyFilter = None,
+    model: ModelFilter = None,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+    socket: SocketOption = None,
+    admin_url: AdminUrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """The latest usage records the daemon kept, newest at the bottom."""
+    params = {"limit": limit, **filters(key, model)}
+    target = Target(config, socket, admin_url, token)
+    with daemon_session(target, json_output=json_output) as client:
+        answer = client.get("/usage/recent", params)
+    if json_output:
+        print_json(answer)
+        return
+    records = list(answer.get("records") or [])
+    if not records:
+        stdout_console().print("no usage records", markup=False)
+        return
+    # The API answers newest first; a terminal reads best with the newest next to the prompt.
+    stdout_console().print(records_table(records[::-1], time.time()))
+
+
+@app.command("summary", epilog=EXIT_CODES_EPILOG)
+def summary(
+    since: Annotated[
+        str, typer.Option("--since", help="How far back: 1h, 30m, 7d.", show_default=True)
+    ] = "1h",
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+    socket: SocketOption = None,
+    admin_url: AdminUrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Requests and tokens by key and model over a period, with totals."""
+    try:
+        window = parse_since(since)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--since") from None
+    target = Target(config, socket, admin_url, token)
+    with daemon_session(target, json_output=json_output) as client:
+        # Whole seconds: the API reads an integer.
+        answer = client.get("/usage/summary", {"since": max(1, round(window))})
+    if json_output:
+        print_json(answer)
+        return
+    rows = list(answer.get("rows") or [])
+    start = float(answer.get("since") or time.time() - window)
+    stdout_console().print(summary_table(rows, start, window))
+    if not rows:
+        stdout_console().print("no usage in that period", markup=False)

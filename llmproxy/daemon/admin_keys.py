@@ -1,0 +1,265 @@
+"""``/keys``: the builtin key store as the admin API serves it (``llmproxy keys ...``).
+
+The API opens its own :class:`KeyStore` on the file the running config's ``builtin`` provider
+reads, and runs every call in a worker thread (SQLite blocks). After each write it makes the
+gateway see the change at once — :meth:`BuiltinProvider.reload_now` rebuilds the in-memory index
+and :meth:`AuthPipeline.invalidate` drops any cached lookup — so a revoked key is refused on the
+very next request rather than after the provider's next poll.
+
+A key's secret is in exactly one answer, the ``POST /keys`` that created it; its hash is in none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from aiohttp import web
+
+from llmproxy.auth.keydata import parse_timestamp
+from llmproxy.auth.providers.base import ProviderError
+from llmproxy.auth.providers.builtin import BuiltinProvider
+from llmproxy.daemon.admin_http import (
+    AdminError,
+    invalid,
+    json_object,
+    json_response,
+    query_flag,
+    query_text,
+)
+from llmproxy.daemon.runtime import Runtime, RuntimeState
+from llmproxy.keystore import SETTABLE_FIELDS, KeyNotFound, KeyRecord, KeyStore, KeyStoreError
+
+log = logging.getLogger("llmproxy.admin")
+
+_T = TypeVar("_T")
+
+ADD_FIELDS: Final = frozenset(
+    {
+        "name",
+        "user_id",
+        "models",
+        "allowed_ips",
+        "total_quota",
+        "rpm",
+        "tpm",
+        "max_concurrent",
+        "priority",
+        "expires_at",
+        "metadata",
+    }
+)
+"""What ``POST /keys`` accepts (``KeyStore.add``'s arguments); only ``name`` is required."""
+
+_CLEARED: Final[Mapping[str, object]] = {
+    "user_id": "",
+    "models": (),
+    "allowed_ips": (),
+    "metadata": {},
+}
+"""What ``null`` means for a field that is "empty" rather than "unset" in the store."""
+
+
+def key_json(record: KeyRecord) -> dict[str, object]:
+    """A stored key as the API shows it: every field but the hash."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "user_id": record.user_id,
+        "status": record.status,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "expires_at": record.expires_at,
+        "revoked_at": record.revoked_at,
+        "models": list(record.models),
+        "allowed_ips": list(record.allowed_ips),
+        "total_quota": record.total_quota,
+        "used_quota": record.used_quota,
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "max_concurrent": record.max_concurrent,
+        "priority": record.priority,
+        "metadata": dict(record.metadata),
+    }
+
+
+def store_fields(body: Mapping[str, object], allowed: frozenset[str]) -> dict[str, object]:
+    """A request body as store arguments: unknown fields refused, ``null`` clears, and
+    ``expires_at`` also read from an ISO-8601 text. The store validates the values themselves.
+    """
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid(
+            f"unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(allowed))}"
+        )
+    fields: dict[str, object] = {}
+    for name, value in body.items():
+        if value is None:
+            fields[name] = _CLEARED.get(name)
+        elif name == "expires_at" and isinstance(value, str):
+            try:
+                fields[name] = parse_timestamp(value)
+            except ValueError as exc:
+                raise invalid(f"{exc} (give Unix seconds or an ISO-8601 time)") from None
+        else:
+            fields[name] = value
+    return fields
+
+
+def resolve_key(store: KeyStore, ref: str) -> KeyRecord:
+    """The key ``ref`` names: an id, else a display prefix, else a name (runs in a thread).
+
+    Several keys behind one prefix or name are ambiguous unless exactly one of them is still
+    live (a name reused after a revoke means the new key).
+    """
+    record = store.get(ref)
+    if record is not None:
+        return record
+    records = store.list(include_revoked=True)
+    by_prefix = [r for r in records if ref in (r.prefix, r.prefix.removesuffix("…"))]
+    by_name = [r for r in records if r.name == ref]
+    for what, matches in (("prefix", by_prefix), ("name", by_name)):
+        if len(matches) > 1:
+            live = [r for r in matches if not r.revoked]
+            if len(live) != 1:
+                ids = ", ".join(r.id for r in matches)
+                raise AdminError(
+                    400,
+                    f"{len(matches)} keys have the {what} {ref!r}: use an id ({ids})",
+                    "ambiguous_key",
+                )
+            matches = live
+        if matches:
+            return matches[0]
+    raise AdminError(404, f"no key with id, prefix or name {ref!r}", "key_not_found")
+
+
+def builtin_providers(runtime: Runtime) -> list[BuiltinProvider]:
+    """The runtime's ``builtin`` key providers (all read the same file: ``auth.builtin_db``)."""
+    if runtime.auth is None:
+        return []
+    return [s.provider for s in runtime.auth.stages if isinstance(s.provider, BuiltinProvider)]
+
+
+class KeysApi:
+    """The ``/keys`` handlers, and the API's own connection to the key store."""
+
+    def __init__(self, state: RuntimeState) -> None:
+        self._state = state
+        self._store: KeyStore | None = None
+        self._opening = asyncio.Lock()
+
+    def register(self, router: web.UrlDispatcher) -> None:
+        """Add the ``/keys`` routes."""
+        router.add_get("/keys", self.list_keys)
+        router.add_post("/keys", self.add_key)
+        router.add_get("/keys/{ref}", self.show_key)
+        router.add_patch("/keys/{ref}", self.update_key)
+        router.add_post("/keys/{ref}/revoke", self.revoke_key)
+
+    async def close(self) -> None:
+        """Close the store connection, if one was opened."""
+        store, self._store = self._store, None
+        if store is not None:
+            await asyncio.to_thread(store.close)
+
+    # Handlers ------------------------------------------------------------------------------
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        store = await self._open_store()
+        include_revoked, user_id = query_flag(request, "all"), query_text(request, "user_id")
+        records = await _call(lambda: store.list(include_revoked, user_id=user_id))
+        return json_response({"keys": [key_json(r) for r in records]})
+
+    async def add_key(self, request: web.Request) -> web.Response:
+        fields = store_fields(await json_object(request), ADD_FIELDS)
+        name = fields.pop("name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise invalid("name: required, as non-empty text")
+        store = await self._open_store()
+        # The store checks every value (and names the field it refuses).
+        extra: dict[str, Any] = fields
+        secret, record = await _call(lambda: store.add(name=name, **extra))
+        await self._publish(record)
+        return json_response({"secret": secret, "key": key_json(record)}, status=201)
+
+    async def show_key(self, request: web.Request) -> web.Response:
+        store = await self._open_store()
+        ref = request.match_info["ref"]
+        record = await _call(lambda: resolve_key(store, ref))
+        return json_response({"key": key_json(record)})
+
+    async def update_key(self, request: web.Request) -> web.Response:
+        changes = store_fields(await json_object(request), frozenset(SETTABLE_FIELDS))
+        store = await self._open_store()
+        ref = request.match_info["ref"]
+        record = await _call(lambda: store.update(resolve_key(store, ref).id, **changes))
+        await self._publish(record)
+        return json_response({"key": key_json(record)})
+
+    async def revoke_key(self, request: web.Request) -> web.Response:
+        store = await self._open_store()
+        ref = request.match_info["ref"]
+        record = await _call(lambda: store.revoke(resolve_key(store, ref).id))
+        await self._publish(record)
+        return json_response({"key": key_json(record)})
+
+    # Store access --------------------------------------------------------------------------
+
+    def _store_path(self) -> Path:
+        providers = builtin_providers(self._state.current)
+        if not providers:
+            raise AdminError(
+                409,
+                "this daemon has no builtin key store: its auth pipeline has no provider of "
+                "type builtin (or auth is disabled)",
+                "no_key_store",
+            )
+        return providers[0].path
+
+    async def _open_store(self) -> KeyStore:
+        """The store at the current config's path; reopened when a reload moved it."""
+        path = self._store_path()
+        async with self._opening:
+            store = self._store
+            if store is not None and store.path == path:
+                return store
+            if store is not None:
+                await asyncio.to_thread(store.close)
+                self._store = None
+            store = KeyStore(path)
+            await _call(store.open)
+            self._store = store
+            return store
+
+    async def _publish(self, record: KeyRecord) -> None:
+        """Make the running gateway see a write at once (call after every one)."""
+        runtime = self._state.current
+        for provider in builtin_providers(runtime):
+            try:
+                await provider.reload_now()
+            except ProviderError as exc:
+                # The write is committed; the provider's poll retries the reload (the store's
+                # version moved past the one it loaded), so this delays the change, never loses it.
+                log.warning("key %s written but not reloaded yet: %s", record.id, exc)
+        if runtime.auth is not None:
+            runtime.auth.invalidate(record.sha256)
+
+
+async def _call(work: Callable[[], _T]) -> _T:
+    """Run blocking store work in a thread; its failures as the API's errors."""
+    try:
+        return await asyncio.to_thread(work)
+    except KeyNotFound as exc:
+        raise AdminError(404, str(exc), "key_not_found") from None
+    except ValueError as exc:  # a bad field value, named by the store
+        raise invalid(str(exc)) from None
+    except (KeyStoreError, sqlite3.Error) as exc:  # not open, not a key store, locked too long
+        raise AdminError(
+            503, f"the key store cannot be used: {exc}", "key_store_unavailable"
+        ) from None

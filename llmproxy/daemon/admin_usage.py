@@ -1,0 +1,128 @@
+"""``/usage``: recent records, per-key summaries and the live record stream (``llmproxy usage``).
+
+Recent records and summaries are read from the usage sink's SQLite file, in a worker thread; so
+they show what is written, about ``WRITE_LINGER`` behind the request path. The live stream reads
+the sink's in-process bus instead and sees a record the moment its request settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Final
+
+import msgspec
+from aiohttp import web
+
+from llmproxy.daemon.admin_http import (
+    AdminError,
+    json_response,
+    query_int,
+    query_seconds,
+    query_text,
+)
+from llmproxy.daemon.runtime import RuntimeState
+from llmproxy.usage.outbox import UsageOutbox
+from llmproxy.usage.record import UsageRecord
+from llmproxy.usage.sink import UsageSink
+
+KEEPALIVE_INTERVAL: Final = 15.0
+"""Seconds of silence after which the stream sends an empty line, so proxies and clients with
+read timeouts keep the connection open."""
+
+POLL_INTERVAL: Final = 0.5
+"""How often an idle stream checks whether its client left or the daemon is stopping.
+
+aiohttp does not cancel a handler when its client disconnects, and a stream with nothing to send
+would otherwise hold its bus subscription until the next keep-alive write fails.
+"""
+
+MAX_RECENT: Final = 10_000
+"""Most records one ``/usage/recent`` answer holds."""
+
+DEFAULT_SUMMARY_WINDOW: Final = 3600.0
+
+
+def record_matches(record: UsageRecord, key: str | None, model: str | None) -> bool:
+    """Whether ``record`` passes the stream's filters: ``key`` is an id or a name."""
+    if key is not None and key not in (record.key_id, record.key_name):
+        return False
+    return model is None or record.model == model
+
+
+class UsageApi:
+    """The ``/usage`` handlers; ``closing`` is set when the admin server stops."""
+
+    def __init__(self, state: RuntimeState, closing: asyncio.Event) -> None:
+        self._state = state
+        self._closing = closing
+
+    def register(self, router: web.UrlDispatcher) -> None:
+        """Add the ``/usage`` routes."""
+        router.add_get("/usage/recent", self.recent)
+        router.add_get("/usage/summary", self.summary)
+        router.add_get("/usage/stream", self.stream)
+
+    def _sink(self) -> UsageSink:
+        sink = self._state.usage
+        if sink is None:
+            raise AdminError(
+                409, "this daemon keeps no usage records (no usage sink)", "no_usage_store"
+            )
+        return sink
+
+    def _store(self) -> UsageOutbox:
+        try:
+            return self._sink().store
+        except RuntimeError:
+            raise AdminError(
+                503, "the usage store is not open yet", "usage_store_starting"
+            ) from None
+
+    async def recent(self, request: web.Request) -> web.Response:
+        store = self._store()
+        limit = query_int(request, "limit", 100, low=1, high=MAX_RECENT)
+        key, model = query_text(request, "key"), query_text(request, "model")
+        records = await asyncio.to_thread(store.recent, limit, key=key, model=model)
+        return json_response({"records": [msgspec.to_builtins(r) for r in records]})
+
+    async def summary(self, request: web.Request) -> web.Response:
+        store = self._store()
+        since = time.time() - query_seconds(request, "since", DEFAULT_SUMMARY_WINDOW)
+        rows = await asyncio.to_thread(store.summary, since)
+        return json_response({"since": since, "rows": [row.as_json() for row in rows]})
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """NDJSON, one record per line as requests settle; an empty line after 15 s of quiet."""
+        sink = self._sink()
+        key, model = query_text(request, "key"), query_text(request, "model")
+        loop = asyncio.get_running_loop()
+        # Subscribe before the headers go out: a client that saw them sees every later record.
+        with contextlib.closing(sink.bus.subscribe()) as subscription:
+            response = web.StreamResponse(
+                headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
+            )
+            await response.prepare(request)
+            last_write = loop.time()
+            try:
+                while not self._closing.is_set() and not _client_gone(request):
+                    try:
+                        async with asyncio.timeout(POLL_INTERVAL):
+                            record = await anext(subscription)
+                    except TimeoutError:
+                        if loop.time() - last_write >= KEEPALIVE_INTERVAL:
+                            await response.write(b"\n")
+                            last_write = loop.time()
+                        continue
+                    if record_matches(record, key, model):
+                        await response.write(record.to_json() + b"\n")
+                        last_write = loop.time()
+            except ConnectionResetError:
+                pass  # the client left between two checks
+        return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
