@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llmproxy.auth.keys import PresentedKey
 from llmproxy.auth.pipeline import Identity
@@ -203,7 +203,7 @@ class GatewayApp:
         if peek.streaming and model_required and runtime.counts_tokens:
             # Usage is needed to settle budgets and to bill: ask the backend for it, and hide
             # the usage event from a client that did not ask for it.
-            body, client_asked = request_with_usage(body)
+            body, client_asked = request_with_usage(body, streaming=True)
             strip_usage = not client_asked
         prompt_estimate = (
             estimate_prompt_tokens(body, runtime.config.rate_limit.chars_per_token)
@@ -330,36 +330,30 @@ def _account(
             }
         )
     if runtime.usage is not None:
-        fields: dict[str, Any] = {
-            "request_id": request.request_id,
-            "model": model,
-            "backend": request.backend,
-            "endpoint": path,
-            "stream": request.peek.streaming,
-            "status": status,
-            "latency_ms": duration * 1000,
-            "ttft_ms": ttft_ms,
-            "cancelled": request.cancelled,
-        }
-        if identity is not None:
-            fields.update(
-                key_id=identity.key_id,
-                key_name=identity.name,
-                key_prefix=identity.key_prefix,
-                user_id=identity.user_id,
-                metadata=_flat(identity.metadata),
+        # Built in one call, without a dict of fields: this runs for every request.
+        runtime.usage.submit(
+            UsageRecord(
+                request_id=request.request_id,
+                model=model,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=used.total_tokens if used is not None else 0,
+                usage_source=used.source if used is not None else "counted",
+                finish_reason=used.finish_reason if used is not None else None,
+                backend=request.backend,
+                endpoint=path,
+                stream=request.peek.streaming,
+                status=status,
+                latency_ms=duration * 1000,
+                ttft_ms=ttft_ms,
+                cancelled=request.cancelled,
+                key_id=identity.key_id if identity is not None else "",
+                key_name=identity.name if identity is not None else "",
+                key_prefix=identity.key_prefix if identity is not None else "",
+                user_id=identity.user_id if identity is not None else "",
+                metadata=_flat(identity.metadata) if identity is not None else {},
             )
-        if used is not None:
-            record = UsageRecord.from_usage(used, **fields)
-        else:
-            record = UsageRecord(
-                prompt_tokens=0,
-                completion_tokens=0,
-                total_tokens=0,
-                usage_source="counted",
-                **fields,
-            )
-        runtime.usage.submit(record)
+        )
 
 
 def _flat(metadata: Mapping[str, object]) -> dict[str, str | int | float | bool | None]:

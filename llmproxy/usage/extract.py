@@ -138,7 +138,10 @@ _decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def request_with_usage(body: bytes) -> tuple[bytes, bool]:
+_STREAM_OPTIONS_MEMBER = b'"stream_options":{"include_usage":true},'
+
+
+def request_with_usage(body: bytes, *, streaming: bool = False) -> tuple[bytes, bool]:
     """Ask a streaming request for its usage event: ``(body_to_forward, client_asked)``.
 
     ``client_asked`` is True when the client set ``stream_options.include_usage`` itself (the
@@ -149,10 +152,18 @@ def request_with_usage(body: bytes) -> tuple[bytes, bool]:
     ``client_asked`` False, and the gateway strips the usage event from the stream
     (``StreamUsage(strip_usage_event=True)``) so the client sees what it asked for.
 
+    ``streaming=True`` says the caller already knows ``body`` is a JSON object with
+    ``"stream": true``; it allows a byte-level fast path.
+
     The new body keeps every member, in order, with its value's exact bytes (non-ASCII text and
     number spelling included); only the whitespace between top-level members goes, and of
     duplicate keys only the last survives (as with any JSON decoder the backend uses).
     """
+    if streaming and b'"stream_options"' not in body:
+        # The caller parsed the body already (a JSON object with "stream": true) and there is
+        # no stream_options to merge with: the member is added in front, the rest untouched.
+        start = body.find(b"{")
+        return body[: start + 1] + _STREAM_OPTIONS_MEMBER + body[start + 1 :], False
     if b'"stream"' not in body:
         return body, True
     try:

@@ -2,9 +2,10 @@
 
 Three tables in one file, so that one transaction per batch stores a record everywhere it goes:
 
-- ``usage``: the most recent ``keep_records`` records, for ``llmproxy usage`` (:meth:`recent`,
-  :meth:`summary`). The fields those filter and sum on are virtual columns computed from the JSON
-  body when read (only ``time`` is indexed), so storing a record costs no more than its body.
+- ``usage``: the most recent ``keep_records`` records (up to 10 % more between two trims), for
+  ``llmproxy usage`` (:meth:`recent`, :meth:`summary`). The fields those filter and sum on are
+  virtual columns computed from the JSON body when read (none is indexed), so storing a record
+  costs little more than its body.
 - ``outbox``: records not yet acknowledged by the ``usage_hook`` receiver. A row is deleted only
   after a 2xx answer covering it (at least once; receivers deduplicate on ``id``).
 - ``dead_letter``: records the receiver failed ``max_attempts`` times, kept for an operator.
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from llmproxy.usage.record import UsageRecord
+from llmproxy.usage.record import UsageRecord, records_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -56,6 +57,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 """
 """Version 0 of the file; :data:`_MIGRATIONS` bring it up to date."""
 
+_TIME_SLOP: Final = 60.0
+"""Seconds by which a record may be stored after records newer than it (interleaved writers)."""
+
 _SUMMED_COLUMNS: Final = (
     ("time", "REAL"),
     ("key_name", "TEXT"),
@@ -66,16 +70,31 @@ _SUMMED_COLUMNS: Final = (
 )
 
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    # 1: the fields usage summaries and filters read, as columns computed from the JSON body
-    #    (VIRTUAL: nothing more is written per record), and an index to find records since a
-    #    time, the one column computed on insert.
+    # 1: the usage table rebuilt for cheap inserts: no UNIQUE index on the (time-ordered,
+    #    written once) id and no (key_id, seq) index, whose inserts land all over the tree when
+    #    many keys are active (~6 µs per record); a key's recent records are found by walking
+    #    seq backwards instead. The fields summaries filter and sum on are virtual columns read
+    #    from the JSON body, and nothing is indexed on them: records since a time are found by
+    #    bisecting seq (see UsageOutbox._first_seq_since).
     (
-        *(
-            f"ALTER TABLE usage ADD COLUMN {column} {kind} "
-            f"GENERATED ALWAYS AS (json_extract(CAST(body AS TEXT), '$.{column}')) VIRTUAL"
-            for column, kind in _SUMMED_COLUMNS
-        ),
-        "CREATE INDEX usage_time ON usage (time)",
+        f"""
+        CREATE TABLE usage_v1 (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            body BLOB NOT NULL,
+            {
+            ", ".join(
+                f"{column} {kind} GENERATED ALWAYS AS "
+                f"(json_extract(CAST(body AS TEXT), '$.{column}')) VIRTUAL"
+                for column, kind in _SUMMED_COLUMNS
+            )
+        }
+        )
+        """,
+        "INSERT INTO usage_v1 (seq, id, key_id, body) SELECT seq, id, key_id, body FROM usage",
+        "DROP TABLE usage",
+        "ALTER TABLE usage_v1 RENAME TO usage",
     ),
 )
 """Append an entry to change the schema; never edit one that has shipped."""
@@ -102,10 +121,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-_BATCH_START: Final = b"["
-_BATCH_END: Final = b"]"
 _INSERT_USAGE: Final = """
-INSERT OR IGNORE INTO usage (id, key_id, body)
+INSERT INTO usage (id, key_id, body)
 SELECT json_extract(value, '$.id'), json_extract(value, '$.key_id'), CAST(value AS BLOB)
 FROM json_each(?)
 """
@@ -175,6 +192,8 @@ class UsageOutbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.keep_records = keep_records
+        self._trim_every = max(1, keep_records // 10)
+        self._since_trim = self._trim_every  # trim on the first write (keep_records may shrink)
         self._lock = threading.Lock()
         # isolation_level=None: transactions are explicit BEGIN/COMMIT, one per batch.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -203,16 +222,21 @@ class UsageOutbox:
         # One JSON array for the whole batch, unpacked by SQLite itself (json_each): one
         # statement per table instead of one step per row, so the writer thread takes the GIL
         # back once per batch rather than once per record while the event loop is busy.
-        batch = _BATCH_START + b",".join([r.to_json() for r in records]) + _BATCH_END
+        batch = records_json(records)
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 if self.keep_records > 0:
                     self._db.execute(_INSERT_USAGE, (batch,))
-                    self._db.execute(
-                        "DELETE FROM usage WHERE seq <= (SELECT max(seq) FROM usage) - ?",
-                        (self.keep_records,),
-                    )
+                    self._since_trim += len(records)
+                    if self._since_trim >= self._trim_every:
+                        # Trimmed in chunks of ~1/10 of what is kept: one range delete of
+                        # neighbouring rows costs far less than a few rows after every batch.
+                        self._since_trim = 0
+                        self._db.execute(
+                            "DELETE FROM usage WHERE seq <= (SELECT max(seq) FROM usage) - ?",
+                            (self.keep_records,),
+                        )
                 added = 0
                 if outbox:
                     before = self._db.total_changes
@@ -313,17 +337,39 @@ class UsageOutbox:
             ).fetchall()
         return [UsageRecord.from_json(body) for (body,) in rows]
 
+    def _first_seq_since(self, since: float) -> int:
+        """The first seq whose record time is at or after ``since``, by bisection.
+
+        Records are written in the order they settle, so their times grow with seq; several
+        processes writing one file interleave by batch, which :data:`_TIME_SLOP` covers. No
+        index on time is kept: it would cost every insert and every trim a JSON parse.
+        """
+        low, high = self._db.execute("SELECT min(seq), max(seq) + 1 FROM usage").fetchone()
+        if low is None:
+            return 0
+        while low < high:
+            middle = (low + high) // 2
+            row = self._db.execute(
+                "SELECT time FROM usage WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
+            ).fetchone()
+            if row is None or row[0] is None or row[0] >= since:
+                high = middle
+            else:
+                low = middle + 1
+        return int(low)
+
     def summary(self, since: float) -> list[UsageSummaryRow]:
         """Requests and tokens per key and model of the stored records since ``since`` (Unix
         time), the biggest spender first. A key renamed meanwhile shows its latest name.
         """
         with self._lock:
+            first = self._first_seq_since(since - _TIME_SLOP)
             # SQLite takes the bare column key_name from the row that max(seq) picked.
             rows = self._db.execute(
                 "SELECT key_id, key_name, model, count(*), sum(prompt_tokens), "
                 "sum(completion_tokens), sum(total_tokens), max(seq) "
-                "FROM usage WHERE time >= ? GROUP BY key_id, model "
+                "FROM usage WHERE seq >= ? AND time >= ? GROUP BY key_id, model "
                 "ORDER BY sum(total_tokens) DESC, key_id, model",
-                (since,),
+                (first, since),
             ).fetchall()
         return [UsageSummaryRow(*row[:7]) for row in rows]

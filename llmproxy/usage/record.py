@@ -12,15 +12,17 @@ The gateway builds one record per finished request, from the settled :class:`Usa
     )
     sink.submit(record)
 
-``id`` is unique and time-ordered (a millisecond timestamp, then 80 random bits, as 32 hex digits):
-receivers deduplicate on it, since delivery is at least once. The record never holds the API key
-itself, only ``key_prefix``.
+``id`` is unique and time-ordered (a millisecond timestamp, a random per-process tag and a
+counter, as 32 hex digits): receivers deduplicate on it, since delivery is at least once. The
+record never holds the API key itself, only ``key_prefix``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -30,10 +32,31 @@ from llmproxy.usage.extract import Usage, UsageSource
 MetadataValue = str | int | float | bool | None
 
 
+_PROCESS_TAG = os.urandom(4).hex()
+_sequence = itertools.count(int.from_bytes(os.urandom(5), "big"))
+
+
 def new_record_id() -> str:
-    """A unique id whose lexical order follows creation time (to the millisecond)."""
+    """A unique id whose lexical order follows creation time (to the millisecond).
+
+    A random tag per process and a counter (started at a random point) instead of fresh random
+    bits per record: unique without a system call on every request. After a fork the child
+    draws a new tag (:func:`_new_process`).
+    """
     millis = time.time_ns() // 1_000_000
-    return f"{millis:012x}{os.urandom(10).hex()}"
+    return f"{millis:012x}{_PROCESS_TAG}{next(_sequence) & _SEQUENCE_MASK:012x}"
+
+
+_SEQUENCE_MASK = (1 << 48) - 1
+
+
+def _new_process() -> None:
+    global _PROCESS_TAG, _sequence
+    _PROCESS_TAG = os.urandom(4).hex()
+    _sequence = itertools.count(int.from_bytes(os.urandom(5), "big"))
+
+
+os.register_at_fork(after_in_child=_new_process)
 
 
 class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,4 +108,11 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _encoder = msgspec.json.Encoder()
+
+
+def records_json(records: Sequence[UsageRecord]) -> bytes:
+    """``records`` as one JSON array, in one call (the usage writer stores batches this way)."""
+    return _encoder.encode(records)
+
+
 _decoder = msgspec.json.Decoder(UsageRecord)

@@ -126,6 +126,24 @@ def test_summary_sums_per_key_and_model_since_a_time(tmp_path: Path) -> None:
     outbox.close()
 
 
+def test_summary_finds_the_start_by_bisection_over_many_batches(tmp_path: Path) -> None:
+    """Thousands of records written in batches, then a batch of older records stored late (a
+    second writer's): the summary since any time counts exactly the records at or after it."""
+    outbox = UsageOutbox(tmp_path / "u.db")
+    times = [1000.0 + i for i in range(3000)]
+    for start in range(0, 3000, 100):
+        batch = times[start : start + 100]
+        outbox.write([make_record(1, time=t) for t in batch], outbox=False)
+    for since in (0.0, 1000.0, 1000.5, 2234.0, 3999.0, 4000.0):
+        rows = outbox.summary(since=since)
+        expected = sum(1 for t in times if t >= since)
+        assert sum(row.requests for row in rows) == expected, since
+    late = [make_record(1, time=1500.0 + i / 10) for i in range(10)]
+    outbox.write(late, outbox=False)  # stored after records 1.5 ks newer
+    assert sum(row.requests for row in outbox.summary(since=1499.0)) == 2501 + 10
+    outbox.close()
+
+
 def test_a_file_from_before_the_summary_columns_is_migrated(tmp_path: Path) -> None:
     """Rows written by the first schema get their columns filled from the stored JSON."""
     path = tmp_path / "u.db"

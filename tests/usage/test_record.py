@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 from llmproxy.usage import Usage
 from llmproxy.usage.record import UsageRecord, new_record_id
@@ -51,3 +52,19 @@ def test_ids_are_unique_and_time_ordered() -> None:
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)
+
+
+def _child_id(queue: multiprocessing.Queue[str]) -> None:
+    queue.put(new_record_id())
+
+
+def test_a_forked_worker_draws_its_own_tag() -> None:
+    """Worker processes forked from one parent never share the tag that keeps ids apart."""
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[str] = context.Queue()
+    process = context.Process(target=_child_id, args=(queue,))
+    process.start()
+    child = queue.get(timeout=10)
+    process.join(10)
+    parent = new_record_id()
+    assert child[12:20] != parent[12:20]

@@ -99,3 +99,26 @@ def test_nothing_to_do(original: bytes) -> None:
     body, client_asked = request_with_usage(original)
     assert body is original
     assert client_asked is True
+
+
+def test_known_stream_gets_the_member_in_front_with_every_byte_kept() -> None:
+    """With streaming=True (the caller parsed the body) the member is added before the others
+    and the original bytes follow unchanged, whitespace included."""
+    body, client_asked = request_with_usage(b"  " + BODY, streaming=True)
+    assert client_asked is False
+    assert body == b'  {"stream_options":{"include_usage":true},' + BODY[1:]
+    assert decoded(body) == [("stream_options", [("include_usage", True)]), *decoded(BODY)]
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        b'{"stream": true, "stream_options": {"include_usage": false}}',
+        b'{"stream": true, "stream_options": {"include_usage": true}}',
+        b'{"stream": true, "metadata": {"stream_options": "nested, not ours"}}',
+    ],
+)
+def test_known_stream_with_stream_options_merges_as_before(original: bytes) -> None:
+    """When the text stream_options appears anywhere, the exact merge decides, as without
+    the hint."""
+    assert request_with_usage(original, streaming=True) == request_with_usage(original)
