@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class Receiver:
     def __init__(self) -> None:
         self.down = True
         self.ids: set[str] = set()
+        self.requests: dict[str, str] = {}  # record id -> the request it bills
         self.posts = 0
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -32,6 +34,7 @@ class Receiver:
             return web.json_response({"error": "down for maintenance"}, status=503)
         for record in (await request.json())["records"]:
             self.ids.add(record["id"])
+            self.requests[record["id"]] = record["request_id"]
         return web.json_response({"ok": True})
 
 
@@ -123,3 +126,89 @@ async def test_outage_and_kill_9_lose_no_record(tmp_path: Path) -> None:
                 process.terminate()
                 process.wait(10)
         await runner.cleanup()
+
+
+async def test_kill_9_mid_run_loses_no_record_of_an_answered_request(tmp_path: Path) -> None:
+    """Load keeps running while the receiver is down and the gateway is SIGKILLed in the middle
+    of it: every request answered before the kill (with the ~20 ms write linger as the only
+    window) is delivered after the restart, once per id, and no record appears twice or for a
+    request that was never sent."""
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/usage", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    hook_port = runner.addresses[0][1]
+    backend_port, gateway_port = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{gateway_port}"
+            backends: [{{url: "http://127.0.0.1:{backend_port}"}}]
+            health_check: {{enabled: false}}
+            usage: {{database: usage.db}}
+            admin: {{enabled: false}}
+            usage_hook:
+              enabled: true
+              url: "http://127.0.0.1:{hook_port}/usage"
+              batch_size: 50
+              batch_interval: 100ms
+              backoff_initial: 100ms
+              backoff_max: 300ms
+            """
+        )
+    )
+    mock = _start(["mock-backend", "--port", str(backend_port), "--itl", "0.01"], backend_port)
+    gateway = None
+    answered: dict[str, float] = {}  # request id -> when its last byte arrived
+    sent: set[str] = set()
+    try:
+        gateway = _start(["serve", "--config", str(config)], gateway_port)
+        url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        stop = asyncio.Event()
+
+        async def client(session: aiohttp.ClientSession, worker: int) -> None:
+            for number in range(10_000):
+                if stop.is_set():
+                    return
+                request_id = f"crash-{worker}-{number}"
+                sent.add(request_id)
+                body = {"model": "mock-model", "messages": [], "max_tokens": 8, "stream": True}
+                try:
+                    async with session.post(
+                        url, json=body, headers={"X-Request-Id": request_id}
+                    ) as response:
+                        payload = await response.read()
+                        if response.status == 200 and payload.rstrip().endswith(b"[DONE]"):
+                            answered[request_id] = time.monotonic()
+                except aiohttp.ClientError:
+                    return  # the gateway is gone
+
+        async with aiohttp.ClientSession() as session:
+            clients = [asyncio.create_task(client(session, n)) for n in range(16)]
+            await asyncio.sleep(2.0)
+            gateway.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            gateway.wait(10)
+            stop.set()
+            await asyncio.gather(*clients)
+        assert len(answered) > 200
+        receiver.down = False
+        gateway = _start(["serve", "--config", str(config)], gateway_port)
+        database = tmp_path / "usage.db"
+        assert await _until(lambda: _outbox_depth(database) == 0 and receiver.posts > 0, 20.0)
+        delivered = dict(receiver.requests)
+    finally:
+        for process in (gateway, mock):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(10)
+        await runner.cleanup()
+    requests = list(delivered.values())
+    assert len(requests) == len(set(requests))  # one record per request, never two
+    assert set(requests) <= sent
+    settled_before_kill = {rid for rid, at in answered.items() if at < killed_at - 0.2}
+    assert settled_before_kill <= set(requests)
