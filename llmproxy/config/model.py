@@ -552,6 +552,12 @@ class UsageConfig(Section):
     """SQLite file of recent usage records and undelivered webhook records (relative to the
     config file's directory).
     """
+    acknowledge: Literal["immediate", "durable"] = "immediate"
+    """`immediate`: a response ends as soon as the backend's does, and its record is written
+    within ~20 ms after (a `kill -9` in that window loses it). `durable`: the end of each response
+    (a stream's `data: [DONE]`, a whole non-streamed body) waits until its record is committed
+    to this file, a few ms, so no answered request goes unrecorded.
+    """
     synchronous: Literal["normal", "full"] = "normal"
     """`normal` survives a killed gateway process; `full` also survives a power loss, at the cost
     of an fsync per write batch.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from llmproxy.auth.keys import PresentedKey
 from llmproxy.auth.pipeline import Identity
 from llmproxy.gateway import auth_step, cors, limits_step
-from llmproxy.gateway.asgi import Receive, Scope, Send
+from llmproxy.gateway.asgi import Message, Receive, Scope, Send
 from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import find_header
 from llmproxy.gateway.models import list_models
@@ -230,8 +230,10 @@ class GatewayApp:
         )
         watch = _DisconnectWatch(receive, request)
         started = asyncio.get_running_loop().time()
+        usage = runtime.usage
+        held = _HeldEnd(send) if usage is not None and usage.durable else None
         try:
-            await forward(runtime, request, send)
+            await forward(runtime, request, held or send)
         except asyncio.CancelledError:
             # Cut before its end: by the client leaving, or by a forced shutdown (re-raised).
             request.cancelled = True
@@ -246,7 +248,9 @@ class GatewayApp:
             used = request.used_usage(prompt_estimate)
             if settlement is not None:
                 settlement.settle(runtime, used.total_tokens if used is not None else 0)
-            _account(runtime, request, path, started, used)
+            written = _account(runtime, request, path, started, used)
+        if held is not None and held.messages:
+            await held.release(written)
 
 
 def _check_shape(
@@ -285,8 +289,11 @@ async def _admit(
 
 def _account(
     runtime: Runtime, request: ProxyRequest, path: str, started: float, used: Usage | None
-) -> None:
-    """Metrics, access log and usage record for one proxied request, whatever its outcome."""
+) -> asyncio.Future[None] | None:
+    """Metrics, access log and usage record for one proxied request, whatever its outcome.
+
+    Under ``usage.acknowledge: durable``, the future that is done once the record is written.
+    """
     duration = asyncio.get_running_loop().time() - started
     ttft = request.first_token_at - started if request.first_token_at is not None else None
     status = request.status or 499  # nothing sent: the client left first (nginx's convention)
@@ -329,31 +336,34 @@ def _account(
                 "cancelled": request.cancelled,
             }
         )
-    if runtime.usage is not None:
-        # Built in one call, without a dict of fields: this runs for every request.
-        runtime.usage.submit(
-            UsageRecord(
-                request_id=request.request_id,
-                model=model,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                total_tokens=used.total_tokens if used is not None else 0,
-                usage_source=used.source if used is not None else "counted",
-                finish_reason=used.finish_reason if used is not None else None,
-                backend=request.backend,
-                endpoint=path,
-                stream=request.peek.streaming,
-                status=status,
-                latency_ms=duration * 1000,
-                ttft_ms=ttft_ms,
-                cancelled=request.cancelled,
-                key_id=identity.key_id if identity is not None else "",
-                key_name=identity.name if identity is not None else "",
-                key_prefix=identity.key_prefix if identity is not None else "",
-                user_id=identity.user_id if identity is not None else "",
-                metadata=_flat(identity.metadata) if identity is not None else {},
-            )
-        )
+    if runtime.usage is None:
+        return None
+    # Built in one call, without a dict of fields: this runs for every request.
+    record = UsageRecord(
+        request_id=request.request_id,
+        model=model,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=used.total_tokens if used is not None else 0,
+        usage_source=used.source if used is not None else "counted",
+        finish_reason=used.finish_reason if used is not None else None,
+        backend=request.backend,
+        endpoint=path,
+        stream=request.peek.streaming,
+        status=status,
+        latency_ms=duration * 1000,
+        ttft_ms=ttft_ms,
+        cancelled=request.cancelled,
+        key_id=identity.key_id if identity is not None else "",
+        key_name=identity.name if identity is not None else "",
+        key_prefix=identity.key_prefix if identity is not None else "",
+        user_id=identity.user_id if identity is not None else "",
+        metadata=_flat(identity.metadata) if identity is not None else {},
+    )
+    if runtime.usage.durable:
+        return runtime.usage.submit_durable(record)
+    runtime.usage.submit(record)
+    return None
 
 
 def _flat(metadata: Mapping[str, object]) -> dict[str, str | int | float | bool | None]:
@@ -362,6 +372,53 @@ def _flat(metadata: Mapping[str, object]) -> dict[str, str | int | float | bool 
         name: value if value is None or isinstance(value, str | int | float | bool) else str(value)
         for name, value in metadata.items()
     }
+
+
+class _HeldEnd:
+    """The client's ``send``, holding back the end of the response until its usage record is
+    written (``usage.acknowledge: durable``): a stream's ``data: [DONE]`` event and what follows
+    it, or the whole body of an answer sent at once. Everything before is relayed as it comes,
+    so the time to first token is untouched; only the end waits a few milliseconds.
+    """
+
+    __slots__ = ("_send", "messages")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.messages: list[Message] = []
+
+    async def __call__(self, message: Message) -> None:
+        if self.messages:
+            self.messages.append(message)
+            return
+        if message["type"] == "http.response.body":
+            if not message.get("more_body", False):
+                self.messages.append(message)
+                return
+            body: bytes = message.get("body", b"")
+            cut = body.find(b"data: [DONE]")
+            if cut >= 0:
+                if cut:
+                    await self._send({**message, "body": body[:cut]})
+                self.messages.append({**message, "body": body[cut:]})
+                return
+        await self._send(message)
+
+    async def release(self, written: asyncio.Future[None] | None) -> None:
+        """Send what was held, once ``written`` is done (or after :data:`DURABLE_WAIT`)."""
+        if written is not None and not written.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(written), DURABLE_WAIT)
+            except TimeoutError:
+                log.error(
+                    "usage record not written within %.0f s; ending the response", DURABLE_WAIT
+                )
+        for message in self.messages:
+            await self._send(message)
+
+
+DURABLE_WAIT = 5.0
+"""Longest a response end waits for its usage record (a stuck disk must not hang clients)."""
 
 
 class _DisconnectWatch:

@@ -57,6 +57,11 @@ A transaction and a thread hand-off per record cost ~200 µs of the gateway's CP
 before it is durable (plus the write itself).
 """
 
+DURABLE_LINGER = 0.002
+"""The linger under ``usage.acknowledge: durable``: responses wait for the write, so batches
+form from what arrives while the previous one is written (group commit) rather than by waiting.
+"""
+
 WARN_EVERY = 10.0
 """Seconds between two warnings about the same overflow."""
 
@@ -73,6 +78,10 @@ class UsageSink:
         self.on_commit = on_commit
         self.bus = UsageBus(config.usage.subscriber_queue)
         self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue(maxsize=config.usage.queue_size)
+        self.durable = config.usage.acknowledge == "durable"
+        """Responses wait for their record to be committed (:meth:`submit_durable`)."""
+        self._linger = DURABLE_LINGER if self.durable else WRITE_LINGER
+        self._acks: dict[str, asyncio.Future[None]] = {}
         self._store: UsageOutbox | None = None
         self._delivery: UsageDelivery | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,12 +114,28 @@ class UsageSink:
             self._delivery = UsageDelivery(self.config.usage_hook, self._store)
             self._tasks.append(asyncio.create_task(self._delivery.run(), name="usage-delivery"))
 
-    def submit(self, record: UsageRecord) -> None:
-        """Hand over one record; never blocks, never raises on a full queue (counts overflow)."""
+    def submit_durable(self, record: UsageRecord) -> asyncio.Future[None]:
+        """:meth:`submit`, and a future that is done once ``record`` is committed to SQLite.
+
+        It is done at once when the record could not be queued (overflow, closed sink): the
+        caller waits for durability, never for a record that will not be written.
+        """
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[record.id] = written
+        if not self.submit(record):
+            self._acks.pop(record.id, None)
+            written.set_result(None)
+        return written
+
+    def submit(self, record: UsageRecord) -> bool:
+        """Hand over one record; never blocks, never raises on a full queue (counts overflow).
+
+        False when the record was not queued (sink closed, queue full).
+        """
         if self._closed:
             self.rejected_closed += 1
             log.error("usage record %s submitted after the usage sink closed", record.id)
-            return
+            return False
         self.bus.publish(record)
         try:
             self._queue.put_nowait(record)
@@ -125,8 +150,9 @@ class UsageSink:
                     self._queue.maxsize,
                     self.overflow,
                 )
-            return
+            return False
         self.submitted += 1
+        return True
 
     def outbox_depth(self) -> int:
         """Records waiting for the webhook (0 without one)."""
@@ -180,6 +206,11 @@ class UsageSink:
                     self.lost_on_close,
                     timeout,
                 )
+        # Responses waiting for records that will not be written now must not wait forever.
+        for written in self._acks.values():
+            if not written.done():
+                written.set_result(None)
+        self._acks.clear()
         # 3. Stop writing and delivering; undelivered records stay in the outbox.
         for task in self._tasks:
             task.cancel()
@@ -197,7 +228,7 @@ class UsageSink:
         while True:
             batch = [await self._queue.get()]
             if not self._closed:
-                await asyncio.sleep(WRITE_LINGER)
+                await asyncio.sleep(self._linger)
             while len(batch) < WRITE_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -221,6 +252,11 @@ class UsageSink:
                     log.error("usage: cannot write to %s (%s); retrying", self.path, exc)
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
         self.written += len(batch)
+        if self._acks:
+            for record in batch:
+                written = self._acks.pop(record.id, None)
+                if written is not None and not written.done():
+                    written.set_result(None)
         if self._delivery is not None:
             self._delivery.wake()
             self._check_outbox_limit(len(batch))

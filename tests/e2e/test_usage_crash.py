@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.e2e.daemon import LLMPROXY, free_port, wait_until_up
@@ -128,11 +129,14 @@ async def test_outage_and_kill_9_lose_no_record(tmp_path: Path) -> None:
         await runner.cleanup()
 
 
-async def test_kill_9_mid_run_loses_no_record_of_an_answered_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("acknowledge", ["immediate", "durable"])
+async def test_kill_9_mid_run_loses_no_record_of_an_answered_request(
+    tmp_path: Path, acknowledge: str
+) -> None:
     """Load keeps running while the receiver is down and the gateway is SIGKILLed in the middle
-    of it: every request answered before the kill (with the ~20 ms write linger as the only
-    window) is delivered after the restart, once per id, and no record appears twice or for a
-    request that was never sent."""
+    of it: every request answered before the kill is delivered after the restart, once per id,
+    and no record appears twice or for a request that was never sent. With ``immediate`` the
+    ~20 ms write linger before the kill is the only window; with ``durable`` there is none."""
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/usage", receiver.handle)
@@ -149,7 +153,7 @@ async def test_kill_9_mid_run_loses_no_record_of_an_answered_request(tmp_path: P
             listen: "127.0.0.1:{gateway_port}"
             backends: [{{url: "http://127.0.0.1:{backend_port}"}}]
             health_check: {{enabled: false}}
-            usage: {{database: usage.db}}
+            usage: {{database: usage.db, acknowledge: {acknowledge}}}
             admin: {{enabled: false}}
             usage_hook:
               enabled: true
@@ -210,5 +214,6 @@ async def test_kill_9_mid_run_loses_no_record_of_an_answered_request(tmp_path: P
     requests = list(delivered.values())
     assert len(requests) == len(set(requests))  # one record per request, never two
     assert set(requests) <= sent
-    settled_before_kill = {rid for rid, at in answered.items() if at < killed_at - 0.2}
+    window = 0.2 if acknowledge == "immediate" else 0.0
+    settled_before_kill = {rid for rid, at in answered.items() if at < killed_at - window}
     assert settled_before_kill <= set(requests)

@@ -36,7 +36,7 @@ async def _gateway(
         yield running, sink
 
 
-def _config(mock_url: str) -> Config:
+def _config(mock_url: str, **usage: Any) -> Config:
     return make_config(
         [{"url": mock_url}],
         auth={
@@ -49,7 +49,7 @@ def _config(mock_url: str) -> Config:
                 }
             ],
         },
-        usage={"database": "usage.db"},
+        usage={"database": "usage.db", **usage},
     )
 
 
@@ -212,3 +212,33 @@ async def test_access_log_line_per_request(tmp_path: Path, style: str) -> None:
         assert '"POST /v1/chat/completions HTTP/1.1" 200 ' in lines[0]
         assert "key=team" in lines[0]
         assert "tokens=" in lines[0]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_durable_acknowledge_ends_a_response_only_once_its_record_is_written(
+    tmp_path: Path, stream: bool
+) -> None:
+    """With usage.acknowledge: durable the record is in SQLite by the time the client has the
+    whole answer; the answer's bytes are the same as without it."""
+    body = {"model": "mock-model", "messages": [], "max_tokens": 5, "stream": stream}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with mock_backend() as mock:
+        durable = _config(mock.url, acknowledge="durable")
+        async with (
+            _gateway(durable, tmp_path) as (gw, sink),
+            aiohttp.ClientSession() as session,
+        ):
+            for number in range(5):
+                async with session.post(gw.url + CHAT, json=body, headers=headers) as response:
+                    payload = await response.read()
+                # No waiting: the record was committed before the last byte was sent.
+                stored = sink.store.recent(100)
+                assert len(stored) == number + 1
+                assert stored[0].request_id == response.headers["x-request-id"]
+                assert stored[0].completion_tokens == 5
+                if stream:
+                    assert payload.rstrip().endswith(b"data: [DONE]")
+                    assert payload.count(b"data: ") == 5 + 1  # 5 tokens, then [DONE]
+                    assert b'"usage"' not in payload  # the event the gateway asked for
+                else:
+                    assert b'"completion_tokens":5' in payload
