@@ -384,8 +384,8 @@ class GatewayMetrics:
     def sync_usage(self) -> None:
         """Copy the watched usage source into the metrics.
 
-        `render` does this for the scraping process. With several workers each one should also
-        call it now and then (its delivery loop is a good place), because a scrape reaches only one.
+        `render` does this for the scraping process; `RuntimeState` also calls it every second,
+        because with several workers a scrape reaches only one.
         """
         source = self._usage
         if source is None:

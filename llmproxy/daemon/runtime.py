@@ -37,6 +37,9 @@ log = logging.getLogger("llmproxy.daemon")
 _ALWAYS_SECRET = frozenset({b"authorization", b"x-api-key", b"proxy-authorization"})
 
 
+USAGE_SYNC_INTERVAL = 1.0
+"""Seconds between two copies of the usage sink's counters into the metrics."""
+
 # A placeholder until RuntimeState adopts the snapshot; its own registry keeps it out of /metrics.
 _NO_METRICS = GatewayMetrics(CollectorRegistry())
 
@@ -215,6 +218,7 @@ class RuntimeState:
         self.current = runtime
         self._retired: set[Runtime] = set()
         self._closing: set[asyncio.Task[None]] = set()
+        self._usage_sync: asyncio.Task[None] | None = None
 
     def acquire(self) -> Runtime:
         """The snapshot a new request will use to its end; pair with :meth:`release`."""
@@ -257,6 +261,7 @@ class RuntimeState:
         """Open the current snapshot, and start the usage sink."""
         if self.usage is not None:
             await self.usage.start()
+            self._usage_sync = asyncio.get_running_loop().create_task(self._sync_usage())
         if self.access_log is not None:
             self.access_log.start()
         await self.current.open()
@@ -272,8 +277,21 @@ class RuntimeState:
         if self.access_log is not None:
             self.access_log.stop()
 
+    async def _sync_usage(self) -> None:
+        """Copy the usage counters into the metrics every second.
+
+        ``/metrics`` does it for the process it reaches; with several workers a scrape reaches
+        one, and renders every worker's files, so each worker keeps its own up to date.
+        """
+        while True:
+            await asyncio.sleep(USAGE_SYNC_INTERVAL)
+            self.metrics.sync_usage()
+
     async def close(self) -> None:
         """Close every snapshot: current, retired and those already closing."""
+        if self._usage_sync is not None:
+            self._usage_sync.cancel()
+            self._usage_sync = None
         await self.current.close()
         for runtime in list(self._retired):
             await runtime.close()
