@@ -1,0 +1,1 @@
+"""Traffic recording: the daemon's sampled request log that ``llmproxy replay`` plays back."""
