@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -64,8 +65,9 @@ def _outbox_depth(database: Path) -> int:
     return depth
 
 
-async def test_outage_and_kill_9_lose_no_record(tmp_path: Path) -> None:
-    """Records of answered requests survive a down receiver and a SIGKILL, and all arrive once."""
+@contextlib.asynccontextmanager
+async def _receiving() -> AsyncIterator[tuple[Receiver, int]]:
+    """A :class:`Receiver` served on a free loopback port (down until told otherwise)."""
     receiver = Receiver()
     app = web.Application()
     app.router.add_post("/usage", receiver.handle)
@@ -73,16 +75,23 @@ async def test_outage_and_kill_9_lose_no_record(tmp_path: Path) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    hook_port = runner.addresses[0][1]
-    backend_port, gateway_port = free_port(), free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(
+    try:
+        yield receiver, runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+def _write_config(
+    path: Path, gateway_port: int, backend_port: int, hook_port: int, acknowledge: str
+) -> None:
+    path.write_text(
         textwrap.dedent(
             f"""\
             listen: "127.0.0.1:{gateway_port}"
             backends: [{{url: "http://127.0.0.1:{backend_port}"}}]
             health_check: {{enabled: false}}
-            usage: {{database: usage.db}}
+            usage: {{database: usage.db, acknowledge: {acknowledge}}}
+            admin: {{enabled: false}}
             usage_hook:
               enabled: true
               url: "http://127.0.0.1:{hook_port}/usage"
@@ -94,6 +103,20 @@ async def test_outage_and_kill_9_lose_no_record(tmp_path: Path) -> None:
             """
         )
     )
+
+
+async def test_outage_and_kill_9_lose_no_record(tmp_path: Path) -> None:
+    """Records of answered requests survive a down receiver and a SIGKILL, and all arrive once."""
+    async with _receiving() as (receiver, hook_port):
+        backend_port, gateway_port = free_port(), free_port()
+        config = tmp_path / "config.yaml"
+        _write_config(config, gateway_port, backend_port, hook_port, "immediate")
+        await _outage_then_kill(receiver, config, backend_port, gateway_port, tmp_path)
+
+
+async def _outage_then_kill(
+    receiver: Receiver, config: Path, backend_port: int, gateway_port: int, tmp_path: Path
+) -> None:
     mock = _start(["mock-backend", "--port", str(backend_port)], backend_port)
     gateway = None
     try:
@@ -126,7 +149,6 @@ async def test_outage_and_kill_9_lose_no_record(tmp_path: Path) -> None:
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(10)
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize("acknowledge", ["immediate", "durable"])
@@ -137,34 +159,23 @@ async def test_kill_9_mid_run_loses_no_record_of_an_answered_request(
     of it: every request answered before the kill is delivered after the restart, once per id,
     and no record appears twice or for a request that was never sent. With ``immediate`` the
     ~20 ms write linger before the kill is the only window; with ``durable`` there is none."""
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/usage", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    hook_port = runner.addresses[0][1]
-    backend_port, gateway_port = free_port(), free_port()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            listen: "127.0.0.1:{gateway_port}"
-            backends: [{{url: "http://127.0.0.1:{backend_port}"}}]
-            health_check: {{enabled: false}}
-            usage: {{database: usage.db, acknowledge: {acknowledge}}}
-            admin: {{enabled: false}}
-            usage_hook:
-              enabled: true
-              url: "http://127.0.0.1:{hook_port}/usage"
-              batch_size: 50
-              batch_interval: 100ms
-              backoff_initial: 100ms
-              backoff_max: 300ms
-            """
+    async with _receiving() as (receiver, hook_port):
+        backend_port, gateway_port = free_port(), free_port()
+        config = tmp_path / "config.yaml"
+        _write_config(config, gateway_port, backend_port, hook_port, acknowledge)
+        await _load_kill_restart(
+            receiver, config, backend_port, gateway_port, tmp_path, acknowledge
         )
-    )
+
+
+async def _load_kill_restart(
+    receiver: Receiver,
+    config: Path,
+    backend_port: int,
+    gateway_port: int,
+    tmp_path: Path,
+    acknowledge: str,
+) -> None:
     mock = _start(["mock-backend", "--port", str(backend_port), "--itl", "0.01"], backend_port)
     gateway = None
     answered: dict[str, float] = {}  # request id -> when its last byte arrived
@@ -210,7 +221,6 @@ async def test_kill_9_mid_run_loses_no_record_of_an_answered_request(
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(10)
-        await runner.cleanup()
     requests = list(delivered.values())
     assert len(requests) == len(set(requests))  # one record per request, never two
     assert set(requests) <= sent
