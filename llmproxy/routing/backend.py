@@ -57,6 +57,14 @@ class Backend:
     probe_healthy: bool = field(default=True, init=False)
     # Monotonic time before which passive ejection keeps this backend out of rotation.
     ejected_until: float = field(default=0.0, init=False)
+    # Load signals scraped from the backend's own /metrics (vLLM / SGLang names), for the
+    # load-aware and prefix-affinity strategies: requests waiting for a slot, requests running,
+    # and the KV cache's use (0..1, None until read). `signals_at` is the monotonic time of the
+    # last successful scrape (0: never; the strategies then use the gateway's own counts).
+    queue_waiting: int = field(default=0, init=False)
+    running: int = field(default=0, init=False)
+    kv_cache_usage: float | None = field(default=None, init=False)
+    signals_at: float = field(default=0.0, init=False)
     consecutive_failures: int = field(default=0, init=False)
     requests_total: int = field(default=0, init=False)
     failures_total: int = field(default=0, init=False)

@@ -1,0 +1,162 @@
+"""Fleet-aware choice: prefix affinity on a consistent-hash ring with bounded load, and load-aware
+power of two choices. Pure: no I/O, no clock; the load signals are read from `Backend` fields that
+the signal scraper and the request path keep up to date.
+
+Why affinity: a vLLM replica that already holds a tenant's system prompt and earlier turns in its
+prefix cache skips their prefill, so it answers that tenant's next turn much sooner. Requests
+whose prompts start the same are hashed (`prefix_key`) onto a ring of virtual nodes; the first
+backend clockwise from the key serves them, so the same prefix keeps landing on the same replica
+and a replica joining or leaving moves only the keys next to it.
+
+Why bounded load (Mirrokni, Thorup, Zadimoghaddam, "Consistent Hashing with Bounded Loads"): a
+popular prefix must not pile onto one replica. Walking clockwise, a backend is taken only while
+its load is at most ``(1 + epsilon)`` times the average (plus one, so an idle fleet is not
+refused) and it has no queue; otherwise the walk goes on to the next one, and when every backend
+is over the bound the load-aware rule decides. Nothing is stored per key, so the memory used for
+affinity is the ring alone: ``vnodes`` entries per backend.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import random
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+from llmproxy.routing.backend import Backend
+
+DEFAULT_VNODES: Final = 128
+DEFAULT_EPSILON: Final = 0.25
+
+
+def _point(text: bytes) -> int:
+    """A stable 64-bit position on the ring (the same in every process and after a restart)."""
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+def prefix_key(prefix: str) -> int:
+    """The ring position of a prompt prefix (see `llmproxy.routing.prefix` for what it holds)."""
+    return _point(prefix.encode("utf-8", "surrogatepass"))
+
+
+def load_score(backend: Backend) -> float:
+    """How busy a backend is, lower is better: its queue first, then KV cache use, then work.
+
+    Queued requests wait for a slot, so they cost the most time to first token; a full KV cache
+    makes the server preempt or refuse; in-flight requests (the gateway's own count, fresh on
+    every request, unlike a scrape) break the remaining ties. Weight scales the in-flight part,
+    as in least connections.
+    """
+    if backend.weight <= 0:
+        return math.inf
+    queued = max(backend.queue_waiting, 0)
+    kv = backend.kv_cache_usage or 0.0
+    return queued * 4.0 + kv * 2.0 + backend.in_flight / backend.weight
+
+
+class LoadAware:
+    """Power of two random choices by `load_score`: two sampled candidates, the less loaded wins.
+
+    Sampling two rather than scanning all keeps several gateway processes, each seeing slightly
+    stale signals, from stampeding onto the one backend that looked emptiest.
+    """
+
+    __slots__ = ("_rng",)
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng if rng is not None else random.Random()
+
+    def pick(self, candidates: Sequence[Backend]) -> Backend | None:
+        count = len(candidates)
+        if count == 0:
+            return None
+        if count == 1:
+            return candidates[0]
+        rng = self._rng
+        first = rng.randrange(count)
+        second = rng.randrange(count - 1)
+        if second >= first:
+            second += 1
+        a, b = candidates[first], candidates[second]
+        return a if load_score(a) <= load_score(b) else b
+
+
+class HashRing:
+    """Backends on a ring of ``vnodes`` points each (weight multiplies a backend's points)."""
+
+    __slots__ = ("_index", "_owners", "_points")
+
+    def __init__(self, backends: Sequence[Backend], vnodes: int = DEFAULT_VNODES) -> None:
+        if vnodes < 1:
+            raise ValueError(f"vnodes must be >= 1, got {vnodes}")
+        entries: list[tuple[int, int]] = []
+        self._owners: list[Backend] = list(backends)
+        for index, backend in enumerate(self._owners):
+            for replica in range(vnodes * max(backend.weight, 1)):
+                entries.append((_point(f"{backend.name}#{replica}".encode()), index))
+        entries.sort()
+        self._points = [point for point, _ in entries]
+        self._index = [index for _, index in entries]
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def walk(self, key: int) -> Iterator[Backend]:
+        """Every backend once, in ring order clockwise from ``key``."""
+        points = self._points
+        if not points:
+            return
+        start = bisect.bisect_left(points, key)
+        seen: set[int] = set()
+        total = len(self._owners)
+        size = len(points)
+        for step in range(size):
+            index = self._index[(start + step) % size]
+            if index not in seen:
+                seen.add(index)
+                yield self._owners[index]
+                if len(seen) == total:
+                    return
+
+
+class PrefixAffinity:
+    """`prefix_affinity`: the ring's choice for the request's prefix, within bounded load.
+
+    Candidates are the backends the router allows now (model, health, retry exclusion); the
+    ring covers every configured backend, so a backend that is out for a while gets its keys
+    back, unchanged, when it returns. Without a prefix key (no prompt) the load-aware rule picks.
+    """
+
+    __slots__ = ("_epsilon", "_fallback", "_ring")
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        epsilon: float = DEFAULT_EPSILON,
+        vnodes: int = DEFAULT_VNODES,
+        rng: random.Random | None = None,
+    ) -> None:
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self._ring = HashRing(backends, vnodes)
+        self._epsilon = epsilon
+        self._fallback = LoadAware(rng)
+
+    def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
+        if not candidates:
+            return None
+        if key is None or len(candidates) == 1:
+            return self._fallback.pick(candidates)
+        allowed = set(candidates)
+        total_load = sum(b.in_flight for b in candidates)
+        # +1: the request being placed; ceil so an idle or lightly loaded fleet always fits.
+        bound = math.ceil((1.0 + self._epsilon) * (total_load + 1) / len(candidates))
+        for backend in self._ring.walk(key):
+            if backend not in allowed:
+                continue
+            if backend.in_flight < bound and backend.queue_waiting <= 0:
+                return backend
+        return self._fallback.pick(candidates)

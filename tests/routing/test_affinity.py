@@ -1,0 +1,161 @@
+"""Prefix affinity on a consistent-hash ring with bounded load, and the load-aware rule."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from llmproxy.routing.affinity import HashRing, LoadAware, PrefixAffinity, load_score, prefix_key
+from llmproxy.routing.backend import Backend
+from llmproxy.routing.prefix import prompt_prefix
+
+
+def _fleet(count: int = 4) -> list[Backend]:
+    return [Backend.create(f"gpu-{n}", f"http://10.0.0.{n}:8000") for n in range(count)]
+
+
+def _keys(count: int) -> list[int]:
+    return [prefix_key(f"tenant-{n} system prompt") for n in range(count)]
+
+
+def test_a_key_always_lands_on_the_same_backend() -> None:
+    fleet = _fleet()
+    ring = HashRing(fleet)
+    for key in _keys(50):
+        first = next(ring.walk(key))
+        assert all(next(ring.walk(key)) is first for _ in range(3))
+    # The walk visits every backend exactly once.
+    assert sorted(b.name for b in ring.walk(_keys(1)[0])) == sorted(b.name for b in fleet)
+
+
+def test_keys_spread_evenly_over_the_ring() -> None:
+    fleet = _fleet()
+    ring = HashRing(fleet)
+    owners = Counter(next(ring.walk(key)).name for key in _keys(4000))
+    assert set(owners) == {b.name for b in fleet}
+    for share in owners.values():
+        assert 0.7 * 1000 <= share <= 1.3 * 1000
+
+
+def test_weight_gives_a_backend_a_larger_share() -> None:
+    light, heavy = _fleet(2)
+    heavy.weight = 3
+    ring = HashRing([light, heavy])
+    owners = Counter(next(ring.walk(key)).name for key in _keys(4000))
+    assert 2.3 <= owners[heavy.name] / owners[light.name] <= 3.9
+
+
+def test_removing_a_backend_moves_only_its_own_keys() -> None:
+    fleet = _fleet()
+    before = HashRing(fleet)
+    after = HashRing(fleet[:3])
+    for key in _keys(2000):
+        owner = next(before.walk(key))
+        if owner is not fleet[3]:
+            assert next(after.walk(key)) is owner
+
+
+def test_the_ring_owner_is_chosen_while_it_is_within_the_bound() -> None:
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, epsilon=0.25, rng=random.Random(1))
+    key = _keys(1)[0]
+    owner = next(HashRing(fleet).walk(key))
+    assert strategy.pick(fleet, key) is owner
+    owner.in_flight = 1  # bound with 1 in flight over 4 backends: ceil(1.25 * 2 / 4) = 1
+    second = [b for b in HashRing(fleet).walk(key)][1]
+    assert strategy.pick(fleet, key) is second
+
+
+def test_a_backend_with_a_queue_passes_its_keys_on() -> None:
+    fleet = _fleet()
+    key = _keys(1)[0]
+    walk = list(HashRing(fleet).walk(key))
+    walk[0].queue_waiting = 3
+    strategy = PrefixAffinity(fleet, rng=random.Random(1))
+    assert strategy.pick(fleet, key) is walk[1]
+
+
+def test_bounded_load_keeps_every_backend_under_the_bound() -> None:
+    """One hot prefix and many requests in flight: nobody exceeds (1 + epsilon) × average."""
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, epsilon=0.25, rng=random.Random(2))
+    key = prefix_key("one very popular system prompt")
+    for placed in range(1, 201):
+        chosen = strategy.pick(fleet, key)
+        assert chosen is not None
+        chosen.in_flight += 1
+        average = placed / len(fleet)
+        assert max(b.in_flight for b in fleet) <= 1.25 * average + 1
+
+
+def test_only_allowed_candidates_are_chosen() -> None:
+    fleet = _fleet()
+    key = _keys(1)[0]
+    owner = next(HashRing(fleet).walk(key))
+    allowed = [b for b in fleet if b is not owner]
+    chosen = PrefixAffinity(fleet, rng=random.Random(3)).pick(allowed, key)
+    assert chosen is not None
+    assert chosen is not owner
+
+
+def test_without_a_key_the_load_aware_rule_decides() -> None:
+    fleet = _fleet(2)
+    fleet[0].queue_waiting = 5
+    strategy = PrefixAffinity(fleet, rng=random.Random(4))
+    assert {strategy.pick(fleet, None) for _ in range(20)} == {fleet[1]}
+
+
+def test_load_aware_prefers_no_queue_then_free_cache_then_fewer_in_flight() -> None:
+    idle, queued, full_cache, busy = _fleet(4)
+    queued.queue_waiting = 1
+    full_cache.kv_cache_usage = 0.95
+    busy.in_flight = 1
+    assert load_score(idle) < load_score(busy) < load_score(full_cache) < load_score(queued)
+    chooser = LoadAware(random.Random(5))
+    picks = Counter(chooser.pick([idle, queued]) for _ in range(50))
+    assert picks == {idle: 50}
+
+
+def test_load_aware_with_one_or_no_candidate() -> None:
+    only = _fleet(1)[0]
+    assert LoadAware().pick([only]) is only
+    assert LoadAware().pick([]) is None
+    assert PrefixAffinity([only]).pick([], 1) is None
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="vnodes"):
+        HashRing(_fleet(), vnodes=0)
+    with pytest.raises(ValueError, match="epsilon"):
+        PrefixAffinity(_fleet(), epsilon=-0.1)
+
+
+def test_prompt_prefix_of_chat_and_completions() -> None:
+    chat = (
+        b'{"model": "m", "messages": [{"role": "system", "content": "You are terse."},'
+        b' {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]}]}'
+    )
+    assert prompt_prefix(chat) == "system\x1fYou are terse.\x1euser\x1fhi<image_url>\x1e"
+    assert prompt_prefix(chat, 10) == "system\x1fYou"
+    assert prompt_prefix(b'{"prompt": "Once upon a time"}', 4) == "Once"
+    assert prompt_prefix(b'{"prompt": ["first", "second"]}') == "first"
+    assert prompt_prefix(b'{"prompt": [[1, 2, 3]]}') == "1,2,3"
+    assert prompt_prefix(b'{"prompt": [7, 8]}') == "7,8"
+    assert prompt_prefix(b'{"model": "m"}') is None
+    assert prompt_prefix(b"not json") is None
+
+
+def test_conversations_that_grow_keep_their_key() -> None:
+    """A later turn starts with the same system prompt and earlier turns: the same key."""
+    system = "S" * 3000
+    first = f'{{"messages": [{{"role": "system", "content": "{system}"}}]}}'.encode()
+    later = (
+        f'{{"messages": [{{"role": "system", "content": "{system}"}},'
+        '{"role": "user", "content": "and then?"}]}'
+    ).encode()
+    first_prefix = prompt_prefix(first)
+    assert first_prefix is not None
+    assert first_prefix == prompt_prefix(later)
+    assert prefix_key(first_prefix) == prefix_key(first_prefix)
