@@ -68,8 +68,9 @@ NO_BACKEND: Final = "none"
 
 ENDPOINTS: Final = ("chat/completions", "completions", "embeddings", "models", OTHER)
 AUTH_RESULTS: Final = ("allowed", "denied", "error")
-LIMIT_KINDS: Final = ("requests", "concurrency", "tokens", "quota", "unavailable")
+LIMIT_KINDS: Final = ("requests", "concurrency", "tokens", "quota", "unavailable", "capacity")
 RELOAD_RESULTS: Final = ("success", "failure")
+RECORD_RESULTS: Final = ("written", "dropped")
 TOKEN_TYPES: Final = ("prompt", "completion")
 
 # Buckets in seconds, chosen for LLM serving: a cached short prompt answers in a few ms, a long
@@ -260,6 +261,13 @@ class GatewayMetrics:
             ("result",),
             registry=registry,
         )
+        self.record_lines = Counter(
+            "llmproxy_record_lines",
+            "Traffic recording lines, by result: written to the file, or dropped (queue full, "
+            "file not writable, recording turned off before the request ended).",
+            ("result",),
+            registry=registry,
+        )
 
         # Label children, cached: `labels()` costs ~3 µs, a dict lookup ~50 ns.
         self._finished: dict[tuple[str, str, str, str], _Finished] = {}
@@ -273,6 +281,7 @@ class GatewayMetrics:
             self.limit_rejections.labels(kind)
         for result in RELOAD_RESULTS:
             self.config_reloads.labels(result)
+        self._record = {result: self.record_lines.labels(result) for result in RECORD_RESULTS}
 
     # -- label bounds ------------------------------------------------------------------------
 
@@ -366,6 +375,13 @@ class GatewayMetrics:
         self._count(self.limit_rejections, kind if kind in LIMIT_KINDS else OTHER)
 
     # -- process and background --------------------------------------------------------------
+
+    def recorded(self, result: str, count: int = 1) -> None:
+        """Count ``count`` recording lines ``written`` or ``dropped`` (thread-safe: the recorder's
+        writer thread counts what it wrote)."""
+        child = self._record.get(result)
+        if child is not None:
+            child.inc(count)
 
     def config_reload(self, result: str) -> None:
         """Count a config reload; ``result`` is ``success`` or ``failure``."""

@@ -83,22 +83,42 @@ def backend_health(backend: Backend) -> str:
 
 
 def backend_row(backend: Backend) -> tuple[str, ...]:
-    """name, url, models, health, in flight, EWMA latency ms, error rate, ejected for."""
+    """name, url, models, health, in flight, EWMA latency ms, error rate, ejected for, then the
+    backend's own load (queue, KV cache use) and its share of prompt prefixes."""
     ejected_for = backend.get("ejected_for_seconds") or 0
+    limit = backend.get("max_in_flight")
+    in_flight = format_count(backend.get("in_flight"))
     return (
         str(backend.get("name", "")),
         str(backend.get("url", "")),
         ", ".join(backend.get("models") or []) or "any",
         backend_health(backend),
-        format_count(backend.get("in_flight")),
+        f"{in_flight}/{limit}" if limit else in_flight,
         format_ms(backend.get("ttfb_ewma_ms")),
         format_ratio(backend.get("error_rate")),
         format_duration(ejected_for) if ejected_for > 0 else NONE,
+        format_count(backend.get("queue_waiting"))
+        if backend.get("queue_waiting") is not None
+        else NONE,
+        format_ratio(backend.get("kv_cache_usage")),
+        format_ratio(backend.get("affinity_share")),
     )
 
 
-COLUMNS = ("NAME", "URL", "MODELS", "HEALTH", "IN FLIGHT", "EWMA MS", "ERRORS", "EJECTED FOR")
-_RIGHT = {"IN FLIGHT", "EWMA MS", "ERRORS", "EJECTED FOR"}
+COLUMNS = (
+    "NAME",
+    "URL",
+    "MODELS",
+    "HEALTH",
+    "IN FLIGHT",
+    "EWMA MS",
+    "ERRORS",
+    "EJECTED FOR",
+    "QUEUE",
+    "KV CACHE",
+    "AFFINITY",
+)
+_RIGHT = {"IN FLIGHT", "EWMA MS", "ERRORS", "EJECTED FOR", "QUEUE", "KV CACHE", "AFFINITY"}
 
 
 def backends_table(backends: Sequence[Backend]) -> Table:

@@ -126,6 +126,15 @@ class BackendConfig(Section):
     """Longest silence between two chunks of a streamed answer before it is abandoned."""
     max_connections: int = Field(default=0, ge=0)
     """Most simultaneous connections to this backend; 0 means no limit."""
+    max_in_flight: int = Field(default=0, ge=0)
+    """Most requests the gateway sends here at once (the server's batch slots); 0 means no
+    limit. When every backend is at its limit, requests wait in `routing.admission`, best
+    priority first.
+    """
+    send_priority: bool = False
+    """Send each request's priority (the key's `priority`, or the Lua decision's) in vLLM's
+    `priority` request field; a client's own value is replaced.
+    """
 
     @field_validator("url")
     @classmethod
@@ -177,15 +186,61 @@ class FallbackConfig(Section):
     """Backends (names or urls) to use, in order, while the primary is down."""
 
 
+class PrefixAffinityConfig(Section):
+    """``routing.prefix_affinity``: requests that share a prompt prefix go to the same backend."""
+
+    prefix_chars: int = Field(default=2048, ge=16)
+    """Leading characters of the prompt (roles and texts of the messages, in order) that decide
+    the backend: a tenant's system prompt and a conversation's first turns.
+    """
+    epsilon: float = Field(default=0.25, ge=0.0)
+    """Load bound: a backend above (1 + epsilon) × the average in-flight count, or with a queue,
+    passes the request on to the next one on the ring.
+    """
+
+
+class LoadSignalsConfig(Section):
+    """``routing.load_signals``: the backends' queue and KV cache, read from their `/metrics`."""
+
+    enabled: bool = False
+    """Scrape every backend's Prometheus endpoint (vLLM and SGLang metric names); on by itself
+    for `load_aware` and `prefix_affinity`.
+    """
+    interval: Duration = 1.0
+    """Time between two scrapes of one backend."""
+    path: str = "/metrics"
+    """Path of the backends' metrics endpoint."""
+    timeout: Duration = 0.5
+    """Longest wait for one scrape; a backend that does not answer is judged by the gateway's
+    own counts.
+    """
+
+
+class AdmissionConfig(Section):
+    """``routing.admission``: requests waiting while every backend is at `max_in_flight`."""
+
+    max_waiting: int = Field(default=1000, ge=0)
+    """Most requests waiting at once; beyond, a request is refused with 503 at once."""
+    timeout: Duration = 30.0
+    """Longest wait for a free backend before a 503."""
+
+
 class RoutingConfig(Section):
     """``routing``: how a backend is chosen."""
 
-    load_balance_strategy: Literal["round_robin", "least_connections", "latency_based"] = (
-        "round_robin"
-    )
-    """How a backend is picked: weighted round robin, fewest open connections, or lowest recent
-    latency.
+    load_balance_strategy: Literal[
+        "round_robin", "least_connections", "latency_based", "load_aware", "prefix_affinity"
+    ] = "round_robin"
+    """How a backend is picked: weighted round robin, fewest open connections, lowest recent
+    latency, least loaded by the backends' own queue and KV cache (`load_aware`), or the backend
+    that holds the prompt's prefix in its cache, within bounded load (`prefix_affinity`).
     """
+    prefix_affinity: PrefixAffinityConfig = PrefixAffinityConfig()
+    """Settings of the `prefix_affinity` strategy."""
+    load_signals: LoadSignalsConfig = LoadSignalsConfig()
+    """Reading the backends' load from their Prometheus metrics."""
+    admission: AdmissionConfig = AdmissionConfig()
+    """The queue of requests waiting for a backend slot (see `backends[].max_in_flight`)."""
     retry: RetryConfig = RetryConfig()
     """Retries of failed requests."""
     fallback: tuple[FallbackConfig, ...] = ()
@@ -570,6 +625,37 @@ class UsageConfig(Section):
     """Records buffered for each live subscriber; a slower subscriber misses records."""
 
 
+class RecordConfig(Section):
+    """``record``: a sample of the traffic written to a JSON Lines file for ``llmproxy replay``."""
+
+    enabled: bool = False
+    """Append sampled requests (arrival time, model, body or its shape, outcome) to `path`; a
+    reload starts, stops or redirects the recording without a restart.
+    """
+    path: str = "llmproxy-record.jsonl"
+    """Recording file (relative to the config file's directory); with `server.workers` above 1
+    each worker writes its own, `.w<N>` before the extension.
+    """
+    sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Share of requests recorded, decided at random when each request arrives (1 records all)."""
+    bodies: bool = True
+    """Record each request body as the client sent it; false keeps only its shape (message roles
+    and lengths, prompt length, max_tokens), enough to replay the load without the text.
+    """
+    redact: bool = False
+    """Replace the text of recorded bodies (message contents, text parts, prompts, embedding
+    inputs, tool-call arguments) by as many `x` characters, so a replay keeps the prompt sizes.
+    """
+    max_bytes: Size = Field(default=100 * 1024 * 1024, ge=1)
+    """Size at which the file is rotated: `path` becomes `path.1`, `path.1` becomes `path.2`..."""
+    keep_files: int = Field(default=5, ge=0)
+    """Rotated files kept besides the current one; older ones are deleted."""
+    queue_size: int = Field(default=10_000, ge=1)
+    """Lines waiting in memory to be written; beyond it lines are dropped and counted, a request
+    never waits for the disk.
+    """
+
+
 class MetricsConfig(Section):
     """``metrics``: the Prometheus endpoint."""
 
@@ -639,6 +725,8 @@ class Config(Section):
     """Delivery of usage records to a webhook."""
     usage: UsageConfig = UsageConfig()
     """Local storage of usage records."""
+    record: RecordConfig = RecordConfig()
+    """Traffic recording for replay."""
     api_keys: tuple[StaticKey, ...] = ()
     """Keys served by a `file` provider."""
     metrics: MetricsConfig = MetricsConfig()

@@ -241,7 +241,16 @@ class _DaemonApi:
 
     async def backends(self, _request: web.Request) -> web.Response:
         now = asyncio.get_running_loop().time()
-        return json_response({"backends": [b.snapshot(now) for b in self._state.current.backends]})
+        runtime = self._state.current
+        shares = runtime.router.affinity_shares()
+        return json_response(
+            {
+                "backends": [
+                    {**b.snapshot(now), "affinity_share": _rounded(shares.get(b.name))}
+                    for b in runtime.backends
+                ]
+            }
+        )
 
     async def drain(self, request: web.Request) -> web.Response:
         return self._set_draining(request, True)
@@ -351,3 +360,7 @@ class AdminServer:
                 info = os.stat(path)
                 if (info.st_dev, info.st_ino) == identity:
                     path.unlink()
+
+
+def _rounded(share: float | None) -> float | None:
+    return None if share is None else round(share, 4)

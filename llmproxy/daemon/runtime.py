@@ -28,7 +28,10 @@ from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.metrics import GatewayMetrics
+from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
+from llmproxy.routing.admission import AdmissionQueue
+from llmproxy.routing.signals import SignalScraper
 from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
@@ -36,6 +39,9 @@ log = logging.getLogger("llmproxy.daemon")
 # Always treated as carrying the client's key, whatever ``auth.header_names`` says.
 _ALWAYS_SECRET = frozenset({b"authorization", b"x-api-key", b"proxy-authorization"})
 
+
+# Strategies that read the backends' own load: their scrape is on whatever load_signals says.
+_SIGNAL_STRATEGIES = frozenset({"load_aware", "prefix_affinity"})
 
 USAGE_SYNC_INTERVAL = 1.0
 """Seconds between two copies of the usage sink's counters into the metrics."""
@@ -63,13 +69,27 @@ class Runtime:
         self.base_dir = base_dir or Path.cwd()
         self.rng = rng or random.Random()
         self.backends = tuple(
-            Backend.create(b.display_name, b.url, weight=b.weight, models=b.models)
+            Backend.create(
+                b.display_name,
+                b.url,
+                weight=b.weight,
+                models=b.models,
+                max_in_flight=b.max_in_flight,
+                send_priority=b.send_priority,
+            )
             for b in config.backends
         )
         routing = config.routing
+        self.prefix_chars = routing.prefix_affinity.prefix_chars
+        self.admission = AdmissionQueue(routing.admission.max_waiting, routing.admission.timeout)
         self.router = Router(
             self.backends,
-            make_balancer(routing.load_balance_strategy, self.rng),
+            make_balancer(
+                routing.load_balance_strategy,
+                self.rng,
+                backends=self.backends,
+                epsilon=routing.prefix_affinity.epsilon,
+            ),
             [(chain.primary, list(chain.fallback)) for chain in routing.fallback],
         )
         retry = routing.retry
@@ -118,10 +138,15 @@ class Runtime:
         """The process's usage sink (records, outbox, webhook delivery), when there is one."""
         self.access_log: AccessLog | None = None
         """The process's access log, when ``logging.access_log`` is on."""
+        self.recorder: Recorder | None = None
+        """The process's traffic recorder while ``record.enabled`` (None: one check per request
+        is all recording costs when it is off)."""
         self._owns_limits = True
         self._background: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self._health: HealthChecker | None = None
+        self._signals: SignalScraper | None = None
+        self._signal_session: aiohttp.ClientSession | None = None
         self._probe_session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -132,6 +157,18 @@ class Runtime:
             await self.auth.open()
         if self.config.rate_limit.enabled and self.limits is None:
             self.limits = await build_store(self.config.rate_limit, self.pools)
+        routing = self.config.routing
+        signals = routing.load_signals
+        if signals.enabled or routing.load_balance_strategy in _SIGNAL_STRATEGIES:
+            self._signal_session = aiohttp.ClientSession()
+            self._signals = SignalScraper(
+                self.backends,
+                self._signal_session,
+                interval=signals.interval,
+                path=signals.path,
+                timeout=signals.timeout,
+            )
+            await self._signals.start()
         health = self.config.health_check
         if health.enabled:
             self._probe_session = aiohttp.ClientSession()
@@ -169,6 +206,12 @@ class Runtime:
         """Stop health checks and close every pool (connections still open are closed too)."""
         if self._background:
             await asyncio.wait(self._background, timeout=5.0)
+        if self._signals is not None:
+            await self._signals.stop()
+            self._signals = None
+        if self._signal_session is not None:
+            await self._signal_session.close()
+            self._signal_session = None
         if self._health is not None:
             await self._health.stop()
             self._health = None
@@ -199,7 +242,9 @@ def runtime_problem(config: Config, base_dir: Path) -> str | None:
 class RuntimeState:
     """The one mutable reference to the current :class:`Runtime`, and the retired ones.
 
-    It also owns what lives as long as the process rather than a config: the metrics.
+    It also owns what lives as long as the process rather than a config: the metrics, the usage
+    sink, the access log and the traffic recorder (which, unlike the others, every adopted
+    snapshot reconfigures: ``record`` changes with a reload).
     """
 
     def __init__(
@@ -208,10 +253,12 @@ class RuntimeState:
         metrics: GatewayMetrics | None = None,
         usage: UsageSink | None = None,
         access_log: AccessLog | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.metrics = metrics or GatewayMetrics(CollectorRegistry())
         self.usage = usage
         self.access_log = access_log
+        self.recorder = recorder or Recorder(self.metrics)
         if usage is not None:
             self.metrics.watch_usage(usage)
         self._adopt(runtime)
@@ -237,6 +284,9 @@ class RuntimeState:
         runtime.metrics = self.metrics
         runtime.usage = self.usage
         runtime.access_log = self.access_log
+        record = runtime.config.record
+        self.recorder.configure(record, runtime.base_dir)
+        runtime.recorder = self.recorder if record.enabled else None
         runtime.counts_tokens = (
             self.usage is not None or runtime.config.metrics.enabled or runtime.limits_enabled
         )
@@ -264,10 +314,12 @@ class RuntimeState:
             self._usage_sync = asyncio.get_running_loop().create_task(self._sync_usage())
         if self.access_log is not None:
             self.access_log.start()
+        self.recorder.start()
         await self.current.open()
 
     async def flush(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a cancel
-        """Write the usage records still queued and stop the access log, within ``timeout``.
+        """Write the usage records and recording lines still queued and stop the access log,
+        within ``timeout``.
 
         The forced exit's shortcut to :meth:`close`: no pool is closed gracefully, but no
         record of a settled request is lost.
@@ -276,6 +328,7 @@ class RuntimeState:
             await self.usage.close(timeout=timeout)
         if self.access_log is not None:
             self.access_log.stop()
+        self.recorder.stop(timeout)
 
     async def _sync_usage(self) -> None:
         """Copy the usage counters into the metrics every second.
@@ -303,3 +356,4 @@ class RuntimeState:
             await self.usage.close(timeout=self.current.config.server.shutdown_timeout or 5.0)
         if self.access_log is not None:
             self.access_log.stop()
+        self.recorder.stop(self.current.config.server.shutdown_timeout or 5.0)

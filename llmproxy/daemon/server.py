@@ -31,6 +31,7 @@ from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.app import GatewayApp
 from llmproxy.metrics import GatewayMetrics
+from llmproxy.record.recorder import Recorder
 from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
@@ -176,6 +177,7 @@ async def serve(
     admin: bool = True,
     reload_all: Callable[[], None] | None = None,
     listen: str | None = None,
+    worker: int | None = None,
 ) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them).
 
@@ -183,16 +185,19 @@ async def serve(
     ``config_path`` is the file reloads re-read (None: nothing to reload). ``admin`` opens the
     admin socket when the config enables it (one worker of several opens it); ``reload_all``
     tells the other workers when a reload asked of this one succeeded. ``listen`` overrides the
-    config's listen address (``serve --listen``), in reloads too.
+    config's listen address (``serve --listen``), in reloads too. ``worker`` is this process's
+    index among several (``server.workers``): it records traffic to a file of its own.
     """
     base_dir = base_dir or Path.cwd()
     if listen:
         config = with_listen(config, listen)
+    metrics = GatewayMetrics()  # the process-wide registry that /metrics serves
     state = RuntimeState(
         Runtime(config, base_dir=base_dir),
-        metrics=GatewayMetrics(),  # the process-wide registry that /metrics serves
+        metrics=metrics,
         usage=UsageSink(config, base_dir) if config.usage.enabled else None,
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
+        recorder=Recorder(metrics, worker=worker),
     )
     reloader = Reloader(
         state,

@@ -57,6 +57,7 @@ def _worker_main(
             admin=index == 0,
             reload_all=_signal_supervisor if index == 0 else None,
             listen=listen,
+            worker=index,
         )
     )
 

@@ -31,6 +31,8 @@ from llmproxy.gateway.proxy import ProxyRequest, forward
 from llmproxy.gateway.request_peek import EMPTY_PEEK, RequestPeek, peek_body
 from llmproxy.gateway.responses import send_bytes, send_error
 from llmproxy.metrics import mean_inter_token
+from llmproxy.record.capture import Captured
+from llmproxy.record.format import Outcome
 from llmproxy.usage import Usage, estimate_prompt_tokens, request_with_usage
 from llmproxy.usage.record import UsageRecord
 
@@ -190,7 +192,11 @@ class GatewayApp:
         headers = scope["headers"]
         model_required = path in _MODEL_ENDPOINTS
         is_json = _check_shape(path, method, headers, model_required)
+        recorder = runtime.recorder  # None unless recording: all it costs when it is off
+        arrival = recorder.sample() if recorder is not None and model_required else None
         body = await _read_body(receive, headers, runtime)
+        # Recorded as the client sent it: kept apart only when sampled and include_usage is added.
+        original = body if arrival is not None else None
         peek = peek_body(body, model_required=model_required) if is_json else EMPTY_PEEK
         identity = None
         extra_headers: tuple[tuple[str, str], ...] = ()
@@ -248,7 +254,7 @@ class GatewayApp:
             used = request.used_usage(prompt_estimate)
             if settlement is not None:
                 settlement.settle(runtime, used.total_tokens if used is not None else 0)
-            written = _account(runtime, request, path, started, used)
+            written = _account(runtime, request, path, started, used, arrival, original)
         if held is not None and held.messages:
             await held.release(written)
 
@@ -288,9 +294,16 @@ async def _admit(
 
 
 def _account(
-    runtime: Runtime, request: ProxyRequest, path: str, started: float, used: Usage | None
+    runtime: Runtime,
+    request: ProxyRequest,
+    path: str,
+    started: float,
+    used: Usage | None,
+    arrival: float | None = None,
+    original: bytes | None = None,
 ) -> asyncio.Future[None] | None:
-    """Metrics, access log and usage record for one proxied request, whatever its outcome.
+    """Metrics, access log, usage record and (when sampled: ``arrival`` is set) the recording
+    line of one proxied request, whatever its outcome.
 
     Under ``usage.acknowledge: durable``, the future that is done once the record is written.
     """
@@ -335,6 +348,25 @@ def _account(
                 "bytes": request.bytes_sent,
                 "cancelled": request.cancelled,
             }
+        )
+    if arrival is not None and original is not None and runtime.recorder is not None:
+        runtime.recorder.submit(
+            Captured(
+                arrival=arrival,
+                endpoint=path,
+                model=model,
+                stream=request.peek.streaming,
+                key_id=identity.key_id if identity is not None else "",
+                body=original,
+                outcome=Outcome(
+                    status=status,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    ttft_ms=ttft_ms,
+                    duration_ms=duration * 1000,
+                    cancelled=request.cancelled,
+                ),
+            )
         )
     if runtime.usage is None:
         return None

@@ -25,7 +25,10 @@ from llmproxy.config.model import PassiveHealthConfig
 from llmproxy.gateway.asgi import Send
 from llmproxy.gateway.errors import GatewayError, sse_error_event
 from llmproxy.gateway.headers import RawHeaders, client_response_headers, upstream_request_headers
-from llmproxy.gateway.request_peek import RequestPeek
+from llmproxy.gateway.request_peek import RequestPeek, with_member
+from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
+from llmproxy.routing.affinity import prefix_key
+from llmproxy.routing.prefix import prompt_prefix
 from llmproxy.usage import StreamUsage, Usage, usage_from_body
 
 if TYPE_CHECKING:
@@ -104,18 +107,18 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
         raise GatewayError(
             404, f"The model `{model}` does not exist.", "model_not_found", param="model"
         )
+    key = None
+    if router.needs_key and request.body:
+        # Only for prefix_affinity: which prompt prefix this is, so it goes where it is cached.
+        prefix = prompt_prefix(request.body, runtime.prefix_chars)
+        key = prefix_key(prefix) if prefix is not None else None
     policy = runtime.retry_policy
-    loop = asyncio.get_running_loop()
     tried: list[Backend] = []
     last_error = GatewayError(503, _no_backend_message(model), "no_backend_available")
     for attempt in range(policy.attempts):
         if attempt:
             await asyncio.sleep(policy.delay(attempt, runtime.rng))
-        now = loop.time()
-        backend = router.route(model, now, exclude=tried)
-        if backend is None and tried:
-            # Every candidate was tried once: a transient fault may have passed on one of them.
-            backend = router.route(model, now)
+        backend = await _choose(runtime, request, model, tried, key)
         if backend is None:
             break
         tried.append(backend)
@@ -128,6 +131,44 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
         except _Retryable as retryable:
             last_error = retryable.error
     raise last_error
+
+
+async def _choose(
+    runtime: Runtime,
+    request: ProxyRequest,
+    model: str | None,
+    tried: list[Backend],
+    key: int | None,
+) -> Backend | None:
+    """The backend for this attempt; while every backend is full, wait in the admission queue
+    (best priority first) instead of failing."""
+    router = runtime.router
+    loop = asyncio.get_running_loop()
+    while True:
+        now = loop.time()
+        backend = router.route(model, now, exclude=tried, key=key)
+        if backend is None and tried:
+            # Every candidate was tried once: a transient fault may have passed on one of them.
+            backend = router.route(model, now, key=key)
+        if backend is not None or not router.saturated(model, now):
+            return backend
+        try:
+            await runtime.admission.wait(request_priority(request.identity))
+        except AdmissionRefused as refused:
+            runtime.metrics.limit_rejection("capacity")
+            raise GatewayError(503, refused.message, "backend_capacity") from None
+
+
+def request_priority(identity: Identity | None) -> int:
+    """The request's priority: the Lua decision's ``priority`` metadata, else the key's own,
+    else the default (lower values are served first, as in vLLM)."""
+    if identity is None:
+        return DEFAULT_PRIORITY
+    decided = identity.metadata.get("priority")
+    if isinstance(decided, int) and not isinstance(decided, bool):
+        return decided
+    own = identity.limits.priority
+    return own if own is not None else DEFAULT_PRIORITY
 
 
 def _no_backend_message(model: str | None) -> str:
@@ -165,10 +206,13 @@ async def _attempt(
     consumed = False
     try:
         try:
+            body = request.body
+            if backend.send_priority and body and request.peek.model is not None:
+                body = with_member(body, "priority", request_priority(request.identity))
             response = await client.session.request(
                 request.method,
                 client.base_url + request.path_qs,
-                data=request.body or None,
+                data=body or None,
                 headers=headers,
                 allow_redirects=False,
             )
@@ -246,6 +290,8 @@ async def _attempt(
                 response.close()
         backend.end()
         metrics.in_flight(backend.name, -1)
+        if backend.max_in_flight:
+            runtime.admission.release()
 
 
 async def _relay_stream(

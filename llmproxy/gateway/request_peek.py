@@ -57,3 +57,19 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
             400, "you must provide a model parameter", "missing_model", param="model"
         )
     return peek
+
+
+def with_member(body: bytes, name: str, value: int) -> bytes:
+    """``body`` (a JSON object, already peeked) with the top-level member ``name`` set to
+    ``value``: added in front when absent; when the client sent its own, the object is
+    re-encoded with the gateway's value (a client must not choose its own priority).
+    """
+    member = msgspec.json.encode(name)
+    if member not in body:
+        start = body.find(b"{")
+        return (
+            body[: start + 1] + member + b":" + str(int(value)).encode() + b"," + body[start + 1 :]
+        )
+    members = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+    members[name] = msgspec.Raw(str(int(value)).encode())
+    return msgspec.json.encode(members)

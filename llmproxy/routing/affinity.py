@@ -64,11 +64,12 @@ class LoadAware:
     """
 
     __slots__ = ("_rng",)
+    needs_key = False
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng if rng is not None else random.Random()
 
-    def pick(self, candidates: Sequence[Backend]) -> Backend | None:
+    def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         count = len(candidates)
         if count == 0:
             return None
@@ -103,6 +104,19 @@ class HashRing:
     def __len__(self) -> int:
         return len(self._points)
 
+    def shares(self) -> dict[str, float]:
+        """The fraction of all prefix keys each backend owns (its arcs of the ring)."""
+        points = self._points
+        if not points:
+            return {}
+        span = float(1 << 64)
+        owned: dict[str, float] = {b.name: 0.0 for b in self._owners}
+        previous = points[-1] - (1 << 64)
+        for point, index in zip(points, self._index, strict=True):
+            owned[self._owners[index].name] += (point - previous) / span
+            previous = point
+        return owned
+
     def walk(self, key: int) -> Iterator[Backend]:
         """Every backend once, in ring order clockwise from ``key``."""
         points = self._points
@@ -130,6 +144,7 @@ class PrefixAffinity:
     """
 
     __slots__ = ("_epsilon", "_fallback", "_ring")
+    needs_key = True
 
     def __init__(
         self,
@@ -144,6 +159,10 @@ class PrefixAffinity:
         self._ring = HashRing(backends, vnodes)
         self._epsilon = epsilon
         self._fallback = LoadAware(rng)
+
+    def shares(self) -> dict[str, float]:
+        """The share of prefix keys each backend owns while none overflows."""
+        return self._ring.shares()
 
     def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         if not candidates:

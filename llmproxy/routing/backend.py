@@ -47,6 +47,11 @@ class Backend:
     # None means "serves any model": the backend was configured without a model list.
     models: frozenset[str] | None = None
     ewma_alpha: float = DEFAULT_EWMA_ALPHA
+    # The most requests the gateway sends here at once (its batch slots); 0: no limit. A backend
+    # at its limit is "saturated": new requests go elsewhere or wait in the admission queue.
+    max_in_flight: int = 0
+    # Send the request's priority in vLLM's `priority` field.
+    send_priority: bool = False
 
     in_flight: int = field(default=0, init=False)
     # Seconds; None until the first response starts, which the latency balancer treats as
@@ -90,6 +95,8 @@ class Backend:
         weight: int = 1,
         models: Iterable[str] = (),
         ewma_alpha: float = DEFAULT_EWMA_ALPHA,
+        max_in_flight: int = 0,
+        send_priority: bool = False,
     ) -> Backend:
         """Build a backend from config-shaped values: an empty `models` means "any model"."""
         model_set = frozenset(models)
@@ -99,6 +106,8 @@ class Backend:
             weight=weight,
             models=model_set or None,
             ewma_alpha=ewma_alpha,
+            max_in_flight=max_in_flight,
+            send_priority=send_priority,
         )
 
     def serves(self, model: str | None) -> bool:
@@ -117,6 +126,11 @@ class Backend:
         if self.requests_total == 0:
             return 0.0
         return self.failures_total / self.requests_total
+
+    @property
+    def saturated(self) -> bool:
+        """At its ``max_in_flight``: no new request may go here until one ends."""
+        return 0 < self.max_in_flight <= self.in_flight
 
     def begin(self) -> None:
         """Count a request as sent; pair every call with `end()` in a `finally`."""
@@ -171,4 +185,9 @@ class Backend:
             "consecutive_failures": self.consecutive_failures,
             "requests_total": self.requests_total,
             "failures_total": self.failures_total,
+            "max_in_flight": self.max_in_flight or None,
+            "queue_waiting": self.queue_waiting if self.signals_at else None,
+            "running": self.running if self.signals_at else None,
+            "kv_cache_usage": self.kv_cache_usage,
+            "signals_age_seconds": round(now - self.signals_at, 1) if self.signals_at else None,
         }

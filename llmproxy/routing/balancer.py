@@ -17,15 +17,28 @@ import random
 from collections.abc import Sequence
 from typing import Final, Protocol
 
+from llmproxy.routing.affinity import DEFAULT_EPSILON, LoadAware, PrefixAffinity
 from llmproxy.routing.backend import Backend
 
-STRATEGIES: Final = ("round_robin", "least_connections", "latency_based")
+STRATEGIES: Final = (
+    "round_robin",
+    "least_connections",
+    "latency_based",
+    "load_aware",
+    "prefix_affinity",
+)
 
 
 class Balancer(Protocol):
-    """Chooses one backend from a non-empty, already filtered candidate list."""
+    """Chooses one backend from a non-empty, already filtered candidate list.
 
-    def pick(self, candidates: Sequence[Backend]) -> Backend | None:
+    ``key`` is the request's prompt-prefix key (`llmproxy.routing.affinity.prefix_key`) for the
+    strategies that use one (`needs_key`); the others ignore it.
+    """
+
+    needs_key: bool
+
+    def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         """Return the chosen candidate, or None only when `candidates` is empty."""
         ...
 
@@ -47,7 +60,9 @@ class SmoothWeightedRoundRobin:
         self._current: dict[Backend, int] = {}
         self._turn = 0
 
-    def pick(self, candidates: Sequence[Backend]) -> Backend | None:
+    needs_key = False
+
+    def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         if not candidates:
             return None
         current = self._current
@@ -93,7 +108,9 @@ class LeastConnections:
     def __init__(self) -> None:
         self._turn = 0
 
-    def pick(self, candidates: Sequence[Backend]) -> Backend | None:
+    needs_key = False
+
+    def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         best: Backend | None = None
         best_load = math.inf
         ties = 0
@@ -140,7 +157,9 @@ class LatencyBased:
         self._rng = rng if rng is not None else random.Random()
         self._explore = explore
 
-    def pick(self, candidates: Sequence[Backend]) -> Backend | None:
+    needs_key = False
+
+    def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         count = len(candidates)
         if count == 0:
             return None
@@ -173,11 +192,22 @@ def _cheaper_or_equal(a: Backend, b: Backend) -> bool:
     return a_ewma * (a.in_flight + 1) <= b_ewma * (b.in_flight + 1)
 
 
-def make_balancer(strategy: str, rng: random.Random | None = None) -> Balancer:
+def make_balancer(
+    strategy: str,
+    rng: random.Random | None = None,
+    *,
+    backends: Sequence[Backend] = (),
+    epsilon: float = DEFAULT_EPSILON,
+) -> Balancer:
     """Build the balancer named by `routing.strategy` in the config.
 
     `rng` makes randomised strategies reproducible in tests; production passes nothing.
+    `backends` (all of them, for the hash ring) and `epsilon` are for `prefix_affinity`.
     """
+    if strategy == "load_aware":
+        return LoadAware(rng)
+    if strategy == "prefix_affinity":
+        return PrefixAffinity(backends, epsilon=epsilon, rng=rng)
     if strategy == "round_robin":
         return SmoothWeightedRoundRobin()
     if strategy == "least_connections":

@@ -97,8 +97,22 @@ class Router:
         """The fallback targets configured for `backend`, in order, across all its chains."""
         return list(self._fallbacks.get(backend, ()))
 
+    def affinity_shares(self) -> dict[str, float]:
+        """Per backend, the share of prompt prefixes it owns (only under `prefix_affinity`)."""
+        shares = getattr(self._balancer, "shares", None)
+        return shares() if callable(shares) else {}
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether the strategy wants the request's prompt-prefix key (`route`'s ``key``)."""
+        return self._balancer.needs_key
+
     def route(
-        self, model: str | None, now: float, exclude: Collection[Backend] = ()
+        self,
+        model: str | None,
+        now: float,
+        exclude: Collection[Backend] = (),
+        key: int | None = None,
     ) -> Backend | None:
         """Pick a backend for `model`, skipping `exclude` (backends already tried for a retry).
 
@@ -110,19 +124,29 @@ class Router:
             serving = self._by_model.get(model, self._any)
             primaries = self._primaries.get(model, self._any_primaries)
         candidates = [
-            b for b in primaries if b.is_available(now) and (not exclude or b not in exclude)
+            b
+            for b in primaries
+            if b.is_available(now) and not b.saturated and (not exclude or b not in exclude)
         ]
         if candidates:
-            return self._balancer.pick(candidates)
+            return self._balancer.pick(candidates, key)
         for primary in serving:
             for target in self._fallbacks.get(primary, ()):
                 if (
                     target.serves(model)
                     and target.is_available(now)
+                    and not target.saturated
                     and (not exclude or target not in exclude)
                 ):
                     return target
         return None
+
+    def saturated(self, model: str | None, now: float) -> bool:
+        """Whether some backend could serve `model` now but every such backend is full: the
+        request should wait for a slot rather than fail."""
+        serving = self._backends if model is None else self._by_model.get(model, self._any)
+        available = [b for b in serving if b.is_available(now)]
+        return bool(available) and all(b.saturated for b in available)
 
     def _resolve_fallbacks(self, chains: Iterable[FallbackChain]) -> dict[Backend, list[Backend]]:
         lookup: dict[str, Backend] = {}

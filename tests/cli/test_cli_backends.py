@@ -34,9 +34,11 @@ def test_status_table(cli: Invoke, admin: FakeAdmin) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
         "NAME", "URL", "MODELS", "HEALTH", "IN", "FLIGHT", "EWMA", "MS", "ERRORS", "EJECTED", "FOR",
+        "QUEUE", "KV", "CACHE", "AFFINITY",
     ]  # fmt: skip
     assert lines[1].split() == [
         "gpu-1", "http://10.0.0.1:8000", "llama", "available", "3", "123", "1.2%", "-",
+        "-", "-", "-",
     ]  # fmt: skip
     assert lines[2].split()[3] == "draining"
 

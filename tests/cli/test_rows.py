@@ -230,7 +230,14 @@ def test_backend_row() -> None:
         "123",
         "1.2%",
         "-",
+        "-",
+        "-",
+        "-",
     )
+    loaded = make_backend(max_in_flight=8, queue_waiting=2, kv_cache_usage=0.5, affinity_share=0.25)
+    assert backends.backend_row(loaded)[4:] == (
+        "3/8", "123", "1.2%", "-", "2", "50.0%", "25.0%"
+    )  # fmt: skip
     ejected = make_backend(models=None, ejected_for_seconds=75.0, ttfb_ewma_ms=None)
     row = backends.backend_row(ejected)
     assert (row[2], row[3], row[5], row[7]) == ("any", "ejected", "-", "1m 15s")

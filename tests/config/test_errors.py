@@ -114,7 +114,7 @@ def test_bad_enum_value_lists_the_choices() -> None:
     """
     assert problems(text) == [
         "config.yaml:3: routing.load_balance_strategy: expected one of round_robin, "
-        "least_connections, latency_based, got 'round_robbin'"
+        "least_connections, latency_based, load_aware, prefix_affinity, got 'round_robbin'"
     ]
 
 

@@ -418,7 +418,9 @@ async def test_drain_sends_new_requests_elsewhere_and_lets_in_flight_ones_finish
             assert set(listed[other]) == {
                 "name", "url", "weight", "models", "available", "probe_healthy", "draining",
                 "ejected_for_seconds", "in_flight", "ttfb_ewma_ms", "error_rate",
-                "consecutive_failures", "requests_total", "failures_total",
+                "consecutive_failures", "requests_total", "failures_total", "max_in_flight",
+                "queue_waiting", "running", "kv_cache_usage", "signals_age_seconds",
+                "affinity_share",
             }  # fmt: skip
 
             await s.api.post(f"/backends/{other}/drain")

@@ -158,6 +158,11 @@ def test_snapshot_reports_state() -> None:
         "consecutive_failures": 0,
         "requests_total": 1,
         "failures_total": 1,
+        "max_in_flight": None,
+        "queue_waiting": None,
+        "running": None,
+        "kv_cache_usage": None,
+        "signals_age_seconds": None,
     }
 
 

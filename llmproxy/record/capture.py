@@ -1,0 +1,182 @@
+"""From what the request path captured to one :class:`RecordedRequest` line (pure, no I/O).
+
+The request path hands over only what it already has — arrival time, endpoint, model, key id,
+the body bytes as the client sent them, the outcome — in a :class:`Captured`. Parsing the body,
+redacting it or reducing it to its shape happens here, in the recorder's writer thread, and only
+for the requests that were sampled: an unsampled request never pays for a second parse.
+
+Redaction keeps lengths: every text is replaced by as many ``x`` characters, so a replay of a
+redacted recording sends prompts of the same size (the load on the inference server depends on
+the prompt length, not on its words).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from llmproxy.record.format import MessageShape, Outcome, RecordedRequest, RequestShape
+
+_decode = msgspec.json.Decoder().decode
+
+
+class Captured(msgspec.Struct, frozen=True):
+    """One sampled request as the request path hands it over (cheap to build: no parsing)."""
+
+    arrival: float
+    """Monotonic time at which the request arrived (:func:`time.monotonic`)."""
+    endpoint: str
+    model: str
+    stream: bool
+    key_id: str
+    body: bytes
+    """The body as the client sent it, before the gateway added ``stream_options``."""
+    outcome: Outcome
+
+
+def recorded_request(
+    captured: Captured, *, offset: float, time: float, bodies: bool, redact: bool
+) -> RecordedRequest:
+    """The line for ``captured``: with its body (redacted when asked) or, without bodies, its
+    shape. A body that is not a JSON object (which the gateway refuses before forwarding, so
+    this is defensive) is recorded as an empty shape.
+    """
+    try:
+        data = _decode(captured.body)
+    except msgspec.DecodeError:
+        data = None
+    if not isinstance(data, dict):
+        data = None
+    body: dict[str, Any] | None = None
+    shape: RequestShape | None = None
+    if bodies and data is not None:
+        body = redacted(data) if redact else data
+    else:
+        shape = request_shape(data or {})
+    return RecordedRequest(
+        offset=offset,
+        time=time,
+        endpoint=captured.endpoint,
+        model=captured.model,
+        stream=captured.stream,
+        key_id=captured.key_id,
+        body=body,
+        shape=shape,
+        outcome=captured.outcome,
+    )
+
+
+def request_shape(body: dict[str, Any]) -> RequestShape:
+    """Roles and lengths of a request: what a replay needs to send one of the same size.
+
+    Message lengths count the characters of ``content`` (a string, or the ``text`` of its parts);
+    ``prompt_chars`` those of a completions ``prompt`` or an embeddings ``input`` (strings, or
+    lists of strings; pre-tokenized prompts count no characters).
+    """
+    messages = body.get("messages")
+    shapes: tuple[MessageShape, ...] = ()
+    if isinstance(messages, list):
+        shapes = tuple(_message_shape(message) for message in messages)
+    prompt = body.get("prompt", body.get("input"))
+    return RequestShape(
+        messages=shapes,
+        prompt_chars=_prompt_chars(prompt),
+        max_tokens=_max_tokens(body),
+    )
+
+
+def redacted(body: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``body`` whose texts are ``x`` characters of the same lengths.
+
+    Replaced: each message's ``content`` (a string, or the ``text`` of its parts), the
+    ``arguments`` of its tool calls, a completions ``prompt`` and an embeddings ``input`` (a
+    string or a list of strings). Everything else (model, roles, parameters) is kept.
+    """
+    copy = dict(body)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        copy["messages"] = [_redacted_message(message) for message in messages]
+    for field in ("prompt", "input"):
+        if field in body:
+            copy[field] = _redacted_prompt(body[field])
+    return copy
+
+
+def _redacted_message(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return message
+    copy = dict(message)
+    content = message.get("content")
+    if isinstance(content, str):
+        copy["content"] = _xs(content)
+    elif isinstance(content, list):
+        copy["content"] = [_redacted_part(part) for part in content]
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        copy["tool_calls"] = [_redacted_call(call) for call in calls]
+    return copy
+
+
+def _redacted_part(part: Any) -> Any:
+    if isinstance(part, dict) and isinstance(part.get("text"), str):
+        return {**part, "text": _xs(part["text"])}
+    return part
+
+
+def _redacted_call(call: Any) -> Any:
+    if not isinstance(call, dict):
+        return call
+    function = call.get("function")
+    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+        return {**call, "function": {**function, "arguments": _xs(function["arguments"])}}
+    return call
+
+
+def _redacted_prompt(prompt: Any) -> Any:
+    if isinstance(prompt, str):
+        return _xs(prompt)
+    if isinstance(prompt, list):
+        return [_xs(item) if isinstance(item, str) else item for item in prompt]
+    return prompt
+
+
+def _xs(text: str) -> str:
+    return "x" * len(text)
+
+
+def _message_shape(message: Any) -> MessageShape:
+    if not isinstance(message, dict):
+        return MessageShape(role="", chars=0)
+    role = message.get("role")
+    return MessageShape(
+        role=role if isinstance(role, str) else "", chars=_content_chars(message.get("content"))
+    )
+
+
+def _content_chars(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(part["text"])
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return 0
+
+
+def _prompt_chars(prompt: Any) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return sum(len(item) for item in prompt if isinstance(item, str))
+    return 0
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
