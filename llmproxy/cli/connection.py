@@ -108,7 +108,7 @@ def discover_socket(config_file: Path | None, env: Mapping[str, str], cwd: Path)
             f"{config_file}: admin.enabled is false, so the daemon opens no admin socket; "
             "set admin.enabled: true and restart the daemon"
         )
-    return admin_socket_path(admin, base_dir=config_file.resolve().parent, env=env)
+    return admin_socket_path(admin, base_dir=config_file.absolute().parent, env=env)
 
 
 def admin_section(config_file: Path, env: Mapping[str, str]) -> AdminConfig:

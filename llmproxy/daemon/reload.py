@@ -38,10 +38,10 @@ WATCH_DEBOUNCE_MS = 200
 
 def watched_files(config: Config, config_path: Path, base_dir: Path) -> frozenset[Path]:
     """The config file and every Lua file it references: what an edit of should reload."""
-    files = {config_path.resolve()}
+    files = {config_path.absolute()}
     for entry in config.auth.pipeline:
         if entry.lua_script_file:
-            files.add((base_dir / entry.lua_script_file).resolve())
+            files.add((base_dir / entry.lua_script_file).absolute())
     return frozenset(files)
 
 
@@ -162,7 +162,7 @@ class Reloader:
         changes = describe_changes(old.config, config) + tuple(
             f"lua file changed: {path}"
             for path in sorted(files)
-            if path != self._path.resolve()
+            if path != self._path.absolute()
             and path in self._prints
             and self._prints[path] != prints[path]
         )
@@ -279,9 +279,12 @@ class Reloader:
 
 
 def _only(files: frozenset[Path]) -> Callable[[Any, str], bool]:
-    """A watchfiles filter passing changes to ``files`` only."""
+    """A watchfiles filter passing changes to ``files`` only (and to a Kubernetes ConfigMap's
+    `..data` link, whose swap replaces every file of the mount at once)."""
 
     def keep(_change: Any, name: str) -> bool:
-        return Path(name).resolve() in files
+        path = Path(name)
+        # `..data` and friends: Kubernetes swaps a ConfigMap's files by replacing a symlink.
+        return path in files or path.name.startswith("..")
 
     return keep

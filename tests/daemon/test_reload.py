@@ -351,3 +351,41 @@ async def _until(condition: Any, within: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+async def test_a_configmap_style_symlink_swap_is_reloaded(tmp_path: Path) -> None:
+    """Kubernetes mounts config.yaml -> ..data/config.yaml and swaps `..data` on an update;
+    the daemon follows the link's directory, not the one the link pointed at first."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+
+    def publish(version: str, data: dict[str, Any]) -> None:
+        folder = mount / f"..{version}"
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+        (folder / "decide.lua").write_text(LUA % 1, encoding="utf-8")
+        link = mount / "..data_tmp"
+        link.symlink_to(folder.name)
+        link.replace(mount / "..data")
+
+    async with mock_backend(name="one") as one, mock_backend(name="two") as two:
+        publish("v1", _data(one))
+        (mount / "config.yaml").symlink_to("..data/config.yaml")
+        (mount / "decide.lua").symlink_to("..data/decide.lua")
+        path = mount / "config.yaml"
+        config = load_config(path)
+        state = RuntimeState(Runtime(config, base_dir=mount), GatewayMetrics(CollectorRegistry()))
+        reloader = Reloader(state, path)
+        async with serve_state(state) as gw, aiohttp.ClientSession() as session:
+            reloader.watch()
+            try:
+                await asyncio.sleep(0.3)
+                publish("v2", _data(two))
+                await _until(lambda: reloader.config_version() == 2)
+                assert (await _chat(session, gw.url))[:2] == (200, "two")
+                # And an explicit reload reads the new target, not the old directory's file.
+                publish("v3", _data(one))
+                outcome = await reloader.reload()
+                assert outcome.ok, outcome.error
+            finally:
+                await reloader.stop()
