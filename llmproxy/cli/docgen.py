@@ -48,9 +48,9 @@ COMPLETION_FILES = {"bash": f"{PROG}.bash", "zsh": f"_{PROG}", "fish": f"{PROG}.
 #: keeps the two in step), documented on every page.
 EXIT_STATUS = (
     (0, "Success."),
-    (1, "The daemon refused the operation."),
+    (1, "The daemon refused the operation (replay: the error rate exceeded --max-error-rate)."),
     (2, "Usage or configuration error."),
-    (3, "No daemon answers on the admin socket."),
+    (3, "No daemon answers on the admin socket (replay: the target is unreachable)."),
 )
 
 #: The directories this module owns: every file in them is generated.

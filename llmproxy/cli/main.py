@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from llmproxy import __version__
-from llmproxy.cli import backends, keys, ops, usage
+from llmproxy.cli import backends, keys, ops, replay, usage
 from llmproxy.cli.output import EXIT_CODES_EPILOG
 
 app = typer.Typer(
@@ -28,6 +28,8 @@ app.command("reload", epilog=EXIT_CODES_EPILOG)(ops.reload)
 app.add_typer(keys.app, name="keys")
 app.add_typer(backends.app, name="backends")
 app.add_typer(usage.app, name="usage")
+# Load testing: replay recorded or synthetic traffic against any OpenAI-compatible endpoint.
+app.command("replay", help=replay.HELP, epilog=replay.EPILOG)(replay.replay)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -111,7 +113,9 @@ def serve(
         raise typer.Exit(2) from None
     if listen:
         loaded = server.with_listen(loaded, listen)
-    base_dir = path.resolve().parent
+    # Not resolved: a Kubernetes ConfigMap mounts the file as a symlink into a directory that is
+    # swapped on every update; the link's own directory is the stable one.
+    base_dir = path.absolute().parent
     problem = runtime_problem(loaded, base_dir)
     if problem is not None:
         err_console.print(f"[red]error:[/] {path}: the config cannot be served", soft_wrap=True)
@@ -121,8 +125,8 @@ def serve(
     if loaded.server.workers > 1:
         from llmproxy.daemon.workers import supervise
 
-        raise typer.Exit(supervise(loaded, base_dir, path.resolve(), listen))
-    server.run(server.serve(loaded, base_dir, config_path=path.resolve(), listen=listen))
+        raise typer.Exit(supervise(loaded, base_dir, path.absolute(), listen))
+    server.run(server.serve(loaded, base_dir, config_path=path.absolute(), listen=listen))
 
 
 @config_app.command("check")
@@ -133,7 +137,7 @@ def config_check(
     from llmproxy.config.check import check_config
     from llmproxy.daemon.runtime import runtime_problem
 
-    base_dir = file.resolve().parent
+    base_dir = file.absolute().parent
     # Beyond the model: what only a built runtime finds (Lua syntax, unreadable script files).
     messages, ok = check_config(file, deeper=lambda config: runtime_problem(config, base_dir))
     for line in messages:

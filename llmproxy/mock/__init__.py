@@ -8,7 +8,8 @@ Start one in a test and point the gateway (or an OpenAI client) at it::
         ...  # mock.url == "http://127.0.0.1:<free port>"; mock.stats counts what happened
 
 Per-request ``x-mock-*`` headers and ``/mock/*`` control endpoints steer it without a restart;
-see :mod:`llmproxy.mock.settings` and :mod:`llmproxy.mock.server`.
+see :mod:`llmproxy.mock.settings` and :mod:`llmproxy.mock.server`. Opt-in knobs turn it into a
+GPU with limits (batch slots and a queue, prefill cost, a prefix cache): :mod:`llmproxy.mock.gpu`.
 """
 
 from llmproxy.mock._text import completion_text, estimate_tokens

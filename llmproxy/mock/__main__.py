@@ -27,6 +27,27 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[MockSettings, str, in
     parser.add_argument("--fault-after", type=int, default=defaults.fault_after)
     parser.add_argument("--name", default=defaults.name)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--slots", type=int, default=defaults.slots, help="generations at once (0: unlimited)"
+    )
+    parser.add_argument(
+        "--prefill-per-token",
+        type=float,
+        default=defaults.prefill_per_token,
+        help="seconds per uncached prompt token",
+    )
+    parser.add_argument(
+        "--prefix-cache-blocks",
+        type=int,
+        default=defaults.prefix_cache_blocks,
+        help="LRU prefix cache size in blocks (0: no cache)",
+    )
+    parser.add_argument(
+        "--block-chars",
+        type=int,
+        default=defaults.block_chars,
+        help="prompt characters per cache block",
+    )
     args = parser.parse_args(argv)
     try:
         settings = MockSettings(
@@ -39,6 +60,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[MockSettings, str, in
             fault_after=args.fault_after,
             name=args.name,
             api_key=args.api_key,
+            slots=args.slots,
+            prefill_per_token=args.prefill_per_token,
+            prefix_cache_blocks=args.prefix_cache_blocks,
+            block_chars=args.block_chars,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -1,9 +1,10 @@
 """The ``/v1/*`` endpoints of the fake vLLM and the faults it injects on purpose.
 
 Each endpoint takes the request, the settings already merged with its ``x-mock-*`` headers, and the
-live counters, and returns a response. Two exceptions leave an endpoint early: :class:`APIError`
-becomes an OpenAI-style error body, and :class:`ConnectionDroppedError` means the mock aborted the
-TCP connection itself (``reset_*`` faults), which the server must not count as a cancellation.
+simulated GPU (its slots, prefix cache and live counters), and returns a response. Two exceptions
+leave an endpoint early: :class:`APIError` becomes an OpenAI-style error body, and
+:class:`ConnectionDroppedError` means the mock aborted the TCP connection itself (``reset_*``
+faults), which the server must not count as a cancellation.
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from llmproxy.mock._wire import (
     ChunkEncoder,
     CompletionRequest,
     EmbeddingRequest,
-    GenerationRequest,
     error_body,
     new_id,
     usage,
 )
+from llmproxy.mock.gpu import Gpu, Prefill
 from llmproxy.mock.settings import MockSettings
-from llmproxy.mock.stats import MockStats
 
-Endpoint = Callable[[web.BaseRequest, MockSettings, MockStats], Awaitable[web.StreamResponse]]
+Endpoint = Callable[[web.BaseRequest, MockSettings, Gpu], Awaitable[web.StreamResponse]]
 
 STALL_SECONDS = 86_400.0
 """A ``stall`` sleeps this long: forever for a test, yet still cancellable by a disconnect."""
@@ -111,48 +111,57 @@ def _served_model(requested: str | None, settings: MockSettings) -> str:
 async def _generate(
     request: web.BaseRequest,
     settings: MockSettings,
-    stats: MockStats,
+    gpu: Gpu,
     kind: Literal["chat", "text"],
-    body: GenerationRequest,
-    prompt_tokens: int,
+    body: ChatRequest | CompletionRequest,
 ) -> web.StreamResponse:
+    """Run one completion on the simulated GPU: queue for a slot, prefill, then the tokens.
+
+    A streamed answer sends its headers before queueing, as vLLM does, so the wait shows up in
+    the time to the first *event*, not to the status line.
+    """
     model = _served_model(body.model, settings)
     requested = body.max_tokens
     if isinstance(body, ChatRequest) and body.max_completion_tokens is not None:
         requested = body.max_completion_tokens
     n = requested or settings.tokens
     finish_reason = "length" if requested else "stop"
-    stats.running[model] = stats.running.get(model, 0) + 1
-    try:
-        if body.stream:
-            prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
-            chunks = ChunkEncoder(kind, new_id(prefix), model, finish_reason)
-            usage_event = chunks.usage(prompt_tokens, n) if body.include_usage else None
-            return await _stream(request, settings, chunks, n, usage_event)
-        if settings.ttft or settings.itl:
-            await asyncio.sleep(settings.ttft + settings.itl * (n - 1))
+    prompt_tokens = body.prompt_tokens()
+    # Hashing the prompt costs time per request: only when there is a cache to look it up in.
+    prompt_text = body.prompt_text() if settings.prefix_cache_blocks else ""
+    if body.stream:
+        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+        chunks = ChunkEncoder(kind, new_id(prefix), model, finish_reason)
+        usage_event = chunks.usage(prompt_tokens, n) if body.include_usage else None
+        response = web.StreamResponse(headers={**_SSE_HEADERS, "x-mock-backend": settings.name})
+        await response.prepare(request)
+        async with gpu.generation(settings, model, prompt_text, prompt_tokens) as prefill:
+            return await _stream(request, response, settings, prefill, chunks, n, usage_event)
+    async with gpu.generation(settings, model, prompt_text, prompt_tokens) as prefill:
+        wait = settings.ttft + prefill.seconds + settings.itl * (n - 1)
+        if wait:
+            await asyncio.sleep(wait)
         if settings.fault == "reset_mid":
             raise drop_connection(request)
         return json_response(200, _result(kind, model, n, finish_reason, prompt_tokens), settings)
-    finally:
-        stats.running[model] -= 1
 
 
 async def _stream(
     request: web.BaseRequest,
+    response: web.StreamResponse,
     settings: MockSettings,
+    prefill: Prefill,
     chunks: ChunkEncoder,
     n: int,
     usage_event: bytes | None,
 ) -> web.StreamResponse:
-    """Send headers at once, then one event per token: the first after ``ttft``, the others
-    ``itl`` apart, each written (and so flushed) on its own like vLLM's token-by-token output."""
-    response = web.StreamResponse(headers={**_SSE_HEADERS, "x-mock-backend": settings.name})
-    await response.prepare(request)
+    """One event per token: the first after ``ttft`` plus the prefill, the others ``itl`` apart,
+    each written (and so flushed) on its own like vLLM's token-by-token output."""
     itl = settings.itl
     reset_at = settings.fault_after if settings.fault == "reset_mid" else -1
-    if settings.ttft:
-        await asyncio.sleep(settings.ttft)
+    first = settings.ttft + prefill.seconds
+    if first:
+        await asyncio.sleep(first)
     for i in range(n):
         if i == reset_at:
             raise drop_connection(request)
@@ -191,21 +200,20 @@ def _result(
 
 
 async def chat_completions(
-    request: web.BaseRequest, settings: MockSettings, stats: MockStats
+    request: web.BaseRequest, settings: MockSettings, gpu: Gpu
 ) -> web.StreamResponse:
-    body = await _decode(request, ChatRequest)
-    return await _generate(request, settings, stats, "chat", body, body.prompt_tokens())
+    return await _generate(request, settings, gpu, "chat", await _decode(request, ChatRequest))
 
 
 async def completions(
-    request: web.BaseRequest, settings: MockSettings, stats: MockStats
+    request: web.BaseRequest, settings: MockSettings, gpu: Gpu
 ) -> web.StreamResponse:
     body = await _decode(request, CompletionRequest)
-    return await _generate(request, settings, stats, "text", body, body.prompt_tokens())
+    return await _generate(request, settings, gpu, "text", body)
 
 
 async def embeddings(
-    request: web.BaseRequest, settings: MockSettings, stats: MockStats
+    request: web.BaseRequest, settings: MockSettings, gpu: Gpu
 ) -> web.StreamResponse:
     body = await _decode(request, EmbeddingRequest)
     model = _served_model(body.model, settings)
@@ -241,14 +249,12 @@ def _models_body(models: tuple[str, ...]) -> bytes:
 
 
 async def list_models(
-    request: web.BaseRequest, settings: MockSettings, stats: MockStats
+    request: web.BaseRequest, settings: MockSettings, gpu: Gpu
 ) -> web.StreamResponse:
     return json_response(200, _models_body(settings.models), settings)
 
 
-async def echo(
-    request: web.BaseRequest, settings: MockSettings, stats: MockStats
-) -> web.StreamResponse:
+async def echo(request: web.BaseRequest, settings: MockSettings, gpu: Gpu) -> web.StreamResponse:
     """What the mock received, so a gateway test can check what was forwarded (and what not)."""
     headers: dict[str, str] = {}
     for name, value in request.headers.items():

@@ -38,7 +38,13 @@ class ContentPart(msgspec.Struct):
 
 
 class ChatMessage(msgspec.Struct):
+    role: str = ""
     content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content or ())
 
 
 class GenerationRequest(msgspec.Struct, kw_only=True):
@@ -67,6 +73,10 @@ class ChatRequest(GenerationRequest, kw_only=True):
                 chars += sum(len(part.text or "") for part in message.content)
         return estimate_tokens(chars)
 
+    def prompt_text(self) -> str:
+        """The prompt as the prefix cache sees it: each message's role and text, in order."""
+        return "".join(f"{message.role}\x1f{message.text()}\x1e" for message in self.messages)
+
 
 class CompletionRequest(GenerationRequest, kw_only=True):
     prompt: str | list[Any]
@@ -81,6 +91,18 @@ class CompletionRequest(GenerationRequest, kw_only=True):
             else:
                 ids += len(item) if isinstance(item, list) else 1
         return estimate_tokens(chars, ids)
+
+    def prompt_text(self) -> str:
+        """The prompt as the prefix cache sees it; token ids become their decimal text."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return "\x1e".join(map(_prompt_item_text, self.prompt))
+
+
+def _prompt_item_text(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    return ",".join(map(str, item)) if isinstance(item, list) else str(item)
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):

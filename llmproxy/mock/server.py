@@ -4,6 +4,10 @@ Built on aiohttp's low-level ``web.Server`` with ``handler_cancellation=True``: 
 disconnects, aiohttp cancels the handler task, and :meth:`MockBackend._serve_api` turns that (or a
 write into the closed socket) into exactly one ``stats.cancellations``. That counter is how the
 gateway's tests prove it closes the upstream request when its own client goes away.
+
+Control endpoints (never counted in the stats): ``GET /mock/stats``, ``POST /mock/reset`` (zero the
+counters), ``POST /mock/cache/flush`` (empty the prefix cache, so a benchmark phase starts cold),
+``GET``/``POST /mock/settings`` (read or change knobs at run time) and ``/mock/echo``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from llmproxy.mock._endpoints import (
     inject_fault,
     json_response,
 )
+from llmproxy.mock.gpu import Gpu
 from llmproxy.mock.settings import MockSettings, with_header_overrides
 from llmproxy.mock.stats import MockStats
 
@@ -43,16 +48,28 @@ class MockBackend:
             ...
             assert mock.stats.cancellations == 0
 
-    ``settings`` may be reassigned while it runs; each request reads it once, on arrival.
+    ``settings`` may be reassigned while it runs; each request reads it once, on arrival, except
+    the GPU's shape (``slots``, ``prefix_cache_blocks``, ``block_chars``), which changes at once
+    for every request, queued ones included.
     """
 
     def __init__(self, settings: MockSettings | None = None, *, shutdown_timeout: float = 0.5):
-        self.settings = settings or MockSettings()
         self.stats = MockStats()
+        self.gpu = Gpu(self.stats)
+        self.settings = settings or MockSettings()
         self.host = "127.0.0.1"
         self.port = 0
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.ServerRunner | None = None
+
+    @property
+    def settings(self) -> MockSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: MockSettings) -> None:
+        self._settings = settings
+        self.gpu.configure(settings)
 
     @property
     def url(self) -> str:
@@ -105,7 +122,7 @@ class MockBackend:
         if path.startswith("/v1/"):
             return await self._serve_api(request, path, settings)
         if path == "/metrics":
-            text = self.stats.render_metrics(settings.models)
+            text = self.stats.render_metrics(settings.models, settings.slots)
             headers = {"Content-Type": _METRICS_TYPE, "x-mock-backend": settings.name}
             return web.Response(text=text, headers=headers)
         if path != "/health":
@@ -165,7 +182,7 @@ class MockBackend:
             return error_response(400, str(exc), settings)
         try:
             faulty = await inject_fault(request, settings)
-            return faulty or await endpoint(request, settings, self.stats)
+            return faulty or await endpoint(request, settings, self.gpu)
         except APIError as exc:
             return error_response(exc.status, exc.message, settings)
 
@@ -173,12 +190,15 @@ class MockBackend:
         """``/mock/*``: inspect and steer the mock from a test; never counted, faulted or gated."""
         settings, method = self.settings, request.method
         if path == "/mock/echo":
-            return await echo(request, settings, self.stats)
+            return await echo(request, settings, self.gpu)
         if path == "/mock/stats" and method == "GET":
             return _json(self.stats.snapshot(), settings)
         if path == "/mock/reset" and method == "POST":
             self.stats.reset()
             return _json(self.stats.snapshot(), settings)
+        if path == "/mock/cache/flush" and method == "POST":
+            self.gpu.cache.flush()
+            return _json({"prefix_cache_blocks_used": len(self.gpu.cache)}, settings)
         if path == "/mock/settings" and method == "GET":
             return _json(settings.as_json(), settings)
         if path == "/mock/settings" and method == "POST":

@@ -29,6 +29,9 @@ class MockSettings:
     MockSettings()                                  # instant, 16 tokens, model "mock-model"
     MockSettings(ttft=0.2, itl=0.02, tokens=64)     # a realistic-looking stream
     MockSettings(fault="reset_mid", fault_after=3)  # dies after the third token
+    MockSettings(slots=8, prefill_per_token=0.0005, prefix_cache_blocks=512)  # a small GPU
+
+    The last four knobs (see :mod:`llmproxy.mock.gpu`) default to a GPU without limits or cache.
     """
 
     models: tuple[str, ...] = ("mock-model",)
@@ -47,6 +50,16 @@ class MockSettings:
     """Echoed in the ``x-mock-backend`` header of every response, to tell backends apart."""
     api_key: str | None = None
     """When set, ``/v1/*`` requires ``Authorization: Bearer <api_key>`` (401 otherwise)."""
+    slots: int = 0
+    """Generations that run at once, like a GPU's batch; the others wait in a FIFO queue and show
+    up as ``vllm:num_requests_waiting``. 0: unlimited, nothing ever waits."""
+    prefill_per_token: float = 0.0
+    """Seconds of prefill per prompt token *not* found in the prefix cache, paid while holding a
+    slot, before the first token. What makes a prefix cache hit worth routing for."""
+    prefix_cache_blocks: int = 0
+    """Capacity of the LRU prefix cache in blocks of ``block_chars`` prompt characters; 0: none."""
+    block_chars: int = 64
+    """Prompt characters per prefix cache block; one block is ``block_chars / 4`` tokens."""
 
     def __post_init__(self) -> None:
         # A list from Python callers or JSON would make the settings unhashable; keep it a tuple.
@@ -63,6 +76,16 @@ class MockSettings:
             raise ValueError(f"fault: must be one of {sorted(FAULTS)} or None, got {self.fault!r}")
         if self.fault_after < 0:
             raise ValueError(f"fault_after: must be >= 0, got {self.fault_after}")
+        if self.slots < 0:
+            raise ValueError(f"slots: must be >= 0 (0 = unlimited), got {self.slots}")
+        if self.prefill_per_token < 0:
+            raise ValueError(f"prefill_per_token: must be >= 0 s, got {self.prefill_per_token}")
+        if self.prefix_cache_blocks < 0:
+            raise ValueError(
+                f"prefix_cache_blocks: must be >= 0 (0 = no cache), got {self.prefix_cache_blocks}"
+            )
+        if self.block_chars < 4:
+            raise ValueError(f"block_chars: must be >= 4 (one token), got {self.block_chars}")
 
     def updated(self, changes: Mapping[str, Any]) -> MockSettings:
         """Return a copy with ``changes`` (decoded JSON) applied; knobs not named keep their value.

@@ -20,6 +20,10 @@ class MockStats:
     request except ``/mock/*`` control calls. ``cancellations`` counts requests the *client* gave up
     on before the response was complete (disconnect before the first token, mid-stream, or during a
     non-streamed wait), each exactly once; connections the mock drops on purpose are not counted.
+
+    The simulated GPU (:mod:`llmproxy.mock.gpu`) keeps ``running`` and ``waiting`` (by model),
+    their peaks ``peak_running`` and ``queued_peak``, and its prefix cache's ``prefix_queries``
+    and ``prefix_hits`` (prompt tokens, by model), which ``/metrics`` renders in vLLM's names.
     """
 
     __slots__ = (
@@ -28,8 +32,13 @@ class MockStats:
         "completed",
         "in_flight",
         "peak_in_flight",
+        "peak_running",
+        "prefix_hits",
+        "prefix_queries",
+        "queued_peak",
         "requests",
         "running",
+        "waiting",
     )
 
     def __init__(self) -> None:
@@ -41,14 +50,29 @@ class MockStats:
         # limit in front of the mock must keep at or below its bound.
         self.peak_in_flight = 0
         self.by_path: dict[str, int] = {}
-        # Generation requests in progress by model: vLLM's ``num_requests_running``.
+        # Generation requests holding a batch slot, by model: vLLM's ``num_requests_running``.
         self.running: dict[str, int] = {}
+        # Generation requests queued for a slot, by model: vLLM's ``num_requests_waiting``.
+        self.waiting: dict[str, int] = {}
+        # The most generations running / queued at once since the last reset (all models):
+        # ``peak_running`` must never exceed the ``slots`` knob.
+        self.peak_running = 0
+        self.queued_peak = 0
+        # Prompt tokens looked up in the prefix cache, and those found, by model (vLLM counts
+        # tokens, not requests): hits / queries is the cache's hit rate.
+        self.prefix_queries: dict[str, int] = {}
+        self.prefix_hits: dict[str, int] = {}
 
     def reset(self) -> None:
-        """Zero the totals; live gauges (``in_flight``, ``running``) keep tracking real requests."""
+        """Zero the totals; live gauges (``in_flight``, ``running``, ``waiting``) keep tracking
+        real requests, and the peaks restart from them."""
         self.requests = self.cancellations = self.completed = 0
         self.peak_in_flight = self.in_flight
+        self.peak_running = sum(self.running.values())
+        self.queued_peak = sum(self.waiting.values())
         self.by_path.clear()
+        self.prefix_queries.clear()
+        self.prefix_hits.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as JSON-ready data (what ``GET /mock/stats`` returns)."""
@@ -59,6 +83,12 @@ class MockStats:
             "peak_in_flight": self.peak_in_flight,
             "completed": self.completed,
             "by_path": dict(self.by_path),
+            "running": sum(self.running.values()),
+            "waiting": sum(self.waiting.values()),
+            "peak_running": self.peak_running,
+            "queued_peak": self.queued_peak,
+            "prefix_cache_queries": sum(self.prefix_queries.values()),
+            "prefix_cache_hits": sum(self.prefix_hits.values()),
         }
 
     async def wait_until(self, counter: str, at_least: int, within: float = 5.0) -> None:
@@ -76,30 +106,37 @@ class MockStats:
                 raise TimeoutError(f"mock stats: {counter} is {value}, expected >= {at_least}")
             await asyncio.sleep(0.005)
 
-    def render_metrics(self, models: Iterable[str]) -> str:
-        """Prometheus text exposition with the vLLM gauge names a load-aware balancer scrapes.
+    def render_metrics(self, models: Iterable[str], slots: int = 0) -> str:
+        """Prometheus text exposition with the vLLM names a load-aware balancer scrapes.
 
-        Nothing waits in a queue in the mock, so ``num_requests_waiting`` is always 0, and the KV
-        cache usage is a made-up but monotonic 1 % per running request.
+        Running and waiting are the real slot pool's counts. The KV cache usage is the share of
+        the ``slots`` in use (the mock's batch *is* its KV cache); without a slot limit it is a
+        made-up but monotonic 1 % per running request. The prefix cache counters are in prompt
+        tokens, like vLLM's, so ``hits / queries`` is its hit rate.
         """
-        lines = [
-            "# HELP vllm:num_requests_running Number of requests currently running on GPU.",
-            "# TYPE vllm:num_requests_running gauge",
-        ]
-        waiting, cache = [], []
+        running_total = sum(self.running.values())
+        gauges: dict[str, list[str]] = {name: [] for name, _ in _GAUGES}
+        counters: dict[str, list[str]] = {name: [] for name, _ in _COUNTERS}
         for model in models:
             label = f'{{model_name="{_escape(model)}"}}'
             running = self.running.get(model, 0)
-            lines.append(f"vllm:num_requests_running{label} {running}")
-            waiting.append(f"vllm:num_requests_waiting{label} 0")
-            cache.append(f"vllm:gpu_cache_usage_perc{label} {min(1.0, running / 100)}")
+            usage = running_total / slots if slots > 0 else running / 100
+            usage = min(1.0, usage)
+            gauges["vllm:num_requests_running"].append(f"{label} {running}")
+            gauges["vllm:num_requests_waiting"].append(f"{label} {self.waiting.get(model, 0)}")
+            gauges["vllm:gpu_cache_usage_perc"].append(f"{label} {usage}")
+            gauges["vllm:kv_cache_usage_perc"].append(f"{label} {usage}")
+            queries = self.prefix_queries.get(model, 0)
+            counters["vllm:prefix_cache_queries"].append(f"{label} {queries}")
+            counters["vllm:prefix_cache_hits"].append(f"{label} {self.prefix_hits.get(model, 0)}")
+        lines = []
+        for name, help_text in _GAUGES:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            lines += [f"{name}{sample}" for sample in gauges[name]]
+        for name, help_text in _COUNTERS:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            lines += [f"{name}_total{sample}" for sample in counters[name]]
         lines += [
-            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
-            "# TYPE vllm:num_requests_waiting gauge",
-            *waiting,
-            "# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.",
-            "# TYPE vllm:gpu_cache_usage_perc gauge",
-            *cache,
             "# HELP mock_requests_total API requests received by the mock backend.",
             "# TYPE mock_requests_total counter",
             f"mock_requests_total {self.requests}",
@@ -108,6 +145,18 @@ class MockStats:
             f"mock_cancellations_total {self.cancellations}",
         ]
         return "\n".join(lines) + "\n"
+
+
+_GAUGES: tuple[tuple[str, str], ...] = (
+    ("vllm:num_requests_running", "Number of requests in model execution batches."),
+    ("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+    ("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage."),
+    ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+)
+_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens."),
+    ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."),
+)
 
 
 def _escape(label_value: str) -> str:

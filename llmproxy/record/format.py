@@ -1,10 +1,10 @@
 """One line of a traffic recording: what the daemon writes and ``llmproxy replay`` reads.
 
 A recording is JSON Lines, one :class:`RecordedRequest` per line, written as requests end (so
-not quite in arrival order: sort by ``offset`` for that). ``offset`` is seconds since the
-recording started (the first line of a file need not be 0: a rotated file goes on counting), so
-a replay can keep the original spacing of requests. Either ``body`` holds the
-request body the client sent (``record.bodies: true``), or ``shape`` holds only its size, enough
+not quite in arrival order: ``llmproxy replay`` sorts by ``offset``). ``offset`` is seconds since
+the recording started (the first line of a file need not be 0: a rotated file goes on counting),
+so a replay can keep the original spacing of requests. Either ``body`` holds the request body the
+client sent (``record.bodies: true``), or ``shape`` holds only its size, enough
 for a replay to send a request of the same shape with made-up text. The key's id is kept to group
 requests by tenant; the secret never is.
 

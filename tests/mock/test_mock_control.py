@@ -28,6 +28,12 @@ async def test_stats_and_reset(mock: MockBackend, http: aiohttp.ClientSession) -
         "peak_in_flight": 1,
         "completed": 1,
         "by_path": {"/v1/chat/completions": 1, "/health": 1},
+        "running": 0,
+        "waiting": 0,
+        "peak_running": 1,
+        "queued_peak": 0,
+        "prefix_cache_queries": 0,
+        "prefix_cache_hits": 0,
     }
     async with http.post(mock.url + "/mock/reset") as response:
         assert (await response.json())["requests"] == 0

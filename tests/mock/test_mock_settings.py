@@ -20,6 +20,10 @@ from llmproxy.mock.settings import with_header_overrides
         {"embedding_dim": 0},
         {"fault": "boom"},
         {"fault_after": -1},
+        {"slots": -1},
+        {"prefill_per_token": -0.001},
+        {"prefix_cache_blocks": -1},
+        {"block_chars": 3},
     ],
 )
 def test_invalid_settings_rejected(bad: dict[str, object]) -> None:
@@ -56,6 +60,17 @@ def test_cli_flags() -> None:
     )
     assert (host, port) == ("127.0.0.1", 9005)
     assert settings == MockSettings(models=("a", "b"), itl=0.01, fault="429", name="n")
+
+
+def test_cli_gpu_flags() -> None:
+    """The simulated GPU's knobs have flags too, and keep their defaults when not given."""
+    settings, _, _ = parse_args(
+        ["--slots", "8", "--prefill-per-token", "0.0005", "--prefix-cache-blocks", "512"]
+    )
+    assert settings == MockSettings(slots=8, prefill_per_token=0.0005, prefix_cache_blocks=512)
+    assert parse_args(["--block-chars", "32"])[0].block_chars == 32
+    with pytest.raises(SystemExit):
+        parse_args(["--slots", "-2"])
 
 
 def test_text_core() -> None:
