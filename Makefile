@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench docs clean
+.PHONY: demo test lint typecheck unit bench bench-fleet docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: $(STAMP)
 ## Regenerate shell completions (completions/) and man pages (man/) from the CLI.
 docs: $(STAMP)
 	$(BIN)/python -m llmproxy.cli.docgen
+
+## Fleet-aware routing: 4 simulated GPU replicas, a multi-tenant workload, every strategy.
+bench-fleet: $(STAMP)
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -155,8 +155,23 @@ def mock_backend(
     ttft: Annotated[float, typer.Option(help="Seconds before the first token.")] = 0.0,
     itl: Annotated[float, typer.Option(help="Seconds between tokens.")] = 0.0,
     name: Annotated[str, typer.Option(help="Name echoed in the x-mock-backend header.")] = "mock",
+    slots: Annotated[
+        int, typer.Option(help="Generations at once; the rest queue (0: unlimited).")
+    ] = 0,
+    prefill_per_token: Annotated[
+        float, typer.Option(help="Seconds of prefill per uncached prompt token.")
+    ] = 0.0,
+    prefix_cache_blocks: Annotated[
+        int, typer.Option(help="Size of the LRU prefix cache, in blocks (0: no cache).")
+    ] = 0,
+    block_chars: Annotated[int, typer.Option(help="Prompt characters per cache block.")] = 64,
 ) -> None:
-    """Run the OpenAI-compatible mock backend (a fake vLLM) for demos, tests and benchmarks."""
+    """Run the OpenAI-compatible mock backend (a fake vLLM) for demos, tests and benchmarks.
+
+    With --slots, --prefill-per-token and --prefix-cache-blocks it behaves like a GPU server:
+    batch slots with a queue, prefill paid only for prompt tokens not in its prefix cache, and
+    vLLM's load and prefix-cache metrics on /metrics.
+    """
     from llmproxy.mock import MockSettings, serve_forever
 
     settings = MockSettings(
@@ -165,6 +180,10 @@ def mock_backend(
         ttft=ttft,
         itl=itl,
         name=name,
+        slots=slots,
+        prefill_per_token=prefill_per_token,
+        prefix_cache_blocks=prefix_cache_blocks,
+        block_chars=block_chars,
     )
     serve_forever(settings, host, port)
 
