@@ -12,8 +12,8 @@ Why bounded load (Mirrokni, Thorup, Zadimoghaddam, "Consistent Hashing with Boun
 popular prefix must not pile onto one replica. Walking clockwise, a backend is taken only while
 its load is at most ``(1 + epsilon)`` times the average (plus one, so an idle fleet is not
 refused) and it has no queue; otherwise the walk goes on to the next one, and when every backend
-is over the bound the load-aware rule decides. Nothing is stored per key, so the memory used for
-affinity is the ring alone: ``vnodes`` entries per backend.
+is over the bound the load-aware rule decides. The keys' homes are kept in a bounded LRU table
+(see `PrefixAffinity`), so new keys are spread by count as well as by hash.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import bisect
 import hashlib
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Final
 
@@ -29,6 +30,10 @@ from llmproxy.routing.backend import Backend
 
 DEFAULT_VNODES: Final = 128
 DEFAULT_EPSILON: Final = 0.25
+KV_ROOM: Final = 0.8
+"""KV cache use below which a backend without a queue still has room for a prefix it holds."""
+DEFAULT_MAX_KEYS: Final = 100_000
+"""Prompt prefixes whose home backend is remembered (LRU): a few MB at most."""
 
 
 def _point(text: bytes) -> int:
@@ -136,14 +141,24 @@ class HashRing:
 
 
 class PrefixAffinity:
-    """`prefix_affinity`: the ring's choice for the request's prefix, within bounded load.
+    """`prefix_affinity`: each prompt prefix has a home backend, kept within bounded load.
 
-    Candidates are the backends the router allows now (model, health, retry exclusion); the
-    ring covers every configured backend, so a backend that is out for a while gets its keys
-    back, unchanged, when it returns. Without a prefix key (no prompt) the load-aware rule picks.
+    A new prefix key is homed on the first backend clockwise from it on the ring that holds
+    fewer than its even share of the known keys (rounded up): hashing alone puts 3 of 8
+    tenants on one replica as often as not, and a replica whose cache must hold three long
+    system prompts evicts them in turn. The homes live in a bounded LRU table (``max_keys``
+    entries: the only memory affinity uses besides the ring).
+
+    A request goes to its key's home while the home is within the load bound (in-flight count
+    at most ``(1 + epsilon)`` × the average unless its KV cache shows room, no queue, not at
+    `max_in_flight`, see `_fits`); otherwise it
+    spills to the next backend on the ring that is, without moving the home, so the key comes
+    back when the burst passes. When every backend is over the bound the load-aware rule picks.
+    Candidates are the backends the router allows now (model, health, retry exclusion). Without
+    a prefix key (no prompt) the load-aware rule picks too.
     """
 
-    __slots__ = ("_epsilon", "_fallback", "_ring")
+    __slots__ = ("_epsilon", "_fallback", "_homes", "_max_keys", "_owned", "_ring")
     needs_key = True
 
     def __init__(
@@ -152,6 +167,7 @@ class PrefixAffinity:
         *,
         epsilon: float = DEFAULT_EPSILON,
         vnodes: int = DEFAULT_VNODES,
+        max_keys: int = DEFAULT_MAX_KEYS,
         rng: random.Random | None = None,
     ) -> None:
         if epsilon < 0:
@@ -159,10 +175,16 @@ class PrefixAffinity:
         self._ring = HashRing(backends, vnodes)
         self._epsilon = epsilon
         self._fallback = LoadAware(rng)
+        self._max_keys = max(1, max_keys)
+        self._homes: OrderedDict[int, Backend] = OrderedDict()
+        self._owned: dict[Backend, int] = {backend: 0 for backend in backends}
 
     def shares(self) -> dict[str, float]:
-        """The share of prefix keys each backend owns while none overflows."""
-        return self._ring.shares()
+        """The share of known prompt prefixes homed on each backend (the ring's, before any)."""
+        total = len(self._homes)
+        if not total:
+            return self._ring.shares()
+        return {backend.name: owned / total for backend, owned in self._owned.items()}
 
     def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         if not candidates:
@@ -173,9 +195,50 @@ class PrefixAffinity:
         total_load = sum(b.in_flight for b in candidates)
         # +1: the request being placed; ceil so an idle or lightly loaded fleet always fits.
         bound = math.ceil((1.0 + self._epsilon) * (total_load + 1) / len(candidates))
+        home = self._home(key, allowed)
+        if home is not None and home in allowed and _fits(home, bound):
+            return home
         for backend in self._ring.walk(key):
-            if backend not in allowed:
-                continue
-            if backend.in_flight < bound and backend.queue_waiting <= 0:
+            if backend in allowed and _fits(backend, bound):
                 return backend
         return self._fallback.pick(candidates)
+
+    def _home(self, key: int, allowed: set[Backend]) -> Backend | None:
+        """The key's home, homing a new key on the first allowed backend with room for it."""
+        homes = self._homes
+        home = homes.get(key)
+        if home is not None:
+            homes.move_to_end(key)
+            return home
+        owned = self._owned
+        # Keys are spread evenly (a cache holds so many prompts); epsilon is for load.
+        limit = math.ceil((len(homes) + 1) / max(len(owned), 1))
+        for backend in self._ring.walk(key):
+            if backend in allowed and owned.get(backend, 0) < limit:
+                home = backend
+                break
+        if home is None:
+            return None
+        homes[key] = home
+        owned[home] = owned.get(home, 0) + 1
+        if len(homes) > self._max_keys:
+            _, evicted = homes.popitem(last=False)
+            owned[evicted] -= 1
+        return home
+
+
+def _fits(backend: Backend, bound: int) -> bool:
+    """Within the load bound: nothing queued, not at its own limit, and under ``bound`` in flight
+    unless its own signals show room (KV cache below `KV_ROOM`).
+
+    The average-based bound alone misjudges GPU servers at light load: with two requests in
+    flight per replica it would send a prefix away from a replica with six free batch slots, and
+    the request would pay a whole uncached prefill elsewhere. A replica that reports its KV cache
+    is judged by it, and by its queue, which is what the request would actually wait on.
+    """
+    if backend.queue_waiting > 0 or backend.saturated:
+        return False
+    if backend.in_flight < bound:
+        return True
+    kv = backend.kv_cache_usage
+    return kv is not None and kv < KV_ROOM

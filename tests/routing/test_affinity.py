@@ -159,3 +159,51 @@ def test_conversations_that_grow_keep_their_key() -> None:
     assert first_prefix is not None
     assert first_prefix == prompt_prefix(later)
     assert prefix_key(first_prefix) == prefix_key(first_prefix)
+
+
+def test_new_prefixes_are_homed_evenly_and_keep_their_home() -> None:
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, rng=random.Random(6))
+    keys = _keys(8)
+    homes = [strategy.pick(fleet, key) for key in keys]
+    assert Counter(b.name for b in homes if b is not None) == {b.name: 2 for b in fleet}
+    assert strategy.shares() == {b.name: 0.25 for b in fleet}
+    for _ in range(3):
+        assert [strategy.pick(fleet, key) for key in keys] == homes
+
+
+def test_a_spill_does_not_move_the_home() -> None:
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, rng=random.Random(7))
+    key = _keys(1)[0]
+    home = strategy.pick(fleet, key)
+    assert home is not None
+    home.queue_waiting = 2  # busy: the request spills
+    spilled = strategy.pick(fleet, key)
+    assert spilled is not home
+    home.queue_waiting = 0
+    assert strategy.pick(fleet, key) is home
+
+
+def test_the_table_of_homes_is_bounded() -> None:
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, max_keys=50, rng=random.Random(8))
+    for key in _keys(500):
+        strategy.pick(fleet, key)
+    assert len(strategy._homes) == 50
+    assert sum(strategy._owned.values()) == 50
+
+
+def test_a_home_with_kv_cache_room_keeps_its_prefix_past_the_average_bound() -> None:
+    """Over the in-flight bound, but its own KV cache shows room: the prefix stays (spilling
+    would pay a whole uncached prefill elsewhere); once the cache is nearly full, it spills."""
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, epsilon=0.25, rng=random.Random(9))
+    key = _keys(1)[0]
+    home = strategy.pick(fleet, key)
+    assert home is not None
+    home.in_flight = 5  # bound: ceil(1.25 * 6 / 4) = 2
+    home.kv_cache_usage = 0.3
+    assert strategy.pick(fleet, key) is home
+    home.kv_cache_usage = 0.9
+    assert strategy.pick(fleet, key) is not home
