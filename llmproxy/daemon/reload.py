@@ -69,6 +69,7 @@ def carry_backend_state(old: Runtime, new: Runtime) -> None:
         if before is None:
             continue
         backend.ttfb_ewma = before.ttfb_ewma
+        backend.itl_ewma = before.itl_ewma
         backend.probe_healthy = before.probe_healthy
         backend.ejected_until = before.ejected_until
         backend.consecutive_failures = before.consecutive_failures

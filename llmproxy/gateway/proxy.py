@@ -360,6 +360,10 @@ async def _relay_stream(
         )
         return False
     request.complete = True
+    if request.first_token_at is not None and scanner.events > 2:
+        # The stream's mean gap between tokens: a slowed-down backend shows here at once.
+        elapsed = asyncio.get_running_loop().time() - request.first_token_at
+        backend.record_token_gap(elapsed / (scanner.events - 1))
     tail = scanner.finish()
     if tail:
         await send({"type": "http.response.body", "body": tail, "more_body": True})

@@ -46,19 +46,20 @@ def prefix_key(prefix: str) -> int:
     return _point(prefix.encode("utf-8", "surrogatepass"))
 
 
-def load_score(backend: Backend) -> float:
+def load_score(backend: Backend, slowness: float = 1.0) -> float:
     """How busy a backend is, lower is better: its queue first, then KV cache use, then work.
 
     Queued requests wait for a slot, so they cost the most time to first token; a full KV cache
     makes the server preempt or refuse; in-flight requests (the gateway's own count, fresh on
-    every request, unlike a scrape) break the remaining ties. Weight scales the in-flight part,
-    as in least connections.
+    every request, unlike a scrape), counting the one being placed, break the remaining ties.
+    Weight scales the in-flight part, as in least connections, and ``slowness`` (how many times
+    slower than the other candidate this backend generates tokens) multiplies it.
     """
     if backend.weight <= 0:
         return math.inf
     queued = max(backend.queue_waiting, 0)
     kv = backend.kv_cache_usage or 0.0
-    return queued * 4.0 + kv * 2.0 + backend.in_flight / backend.weight
+    return queued * 2.0 + kv + slowness * (backend.in_flight + 1) / backend.weight
 
 
 class LoadAware:
@@ -86,7 +87,16 @@ class LoadAware:
         if second >= first:
             second += 1
         a, b = candidates[first], candidates[second]
-        return a if load_score(a) <= load_score(b) else b
+        # Generation speed scales the in-flight part: the same queue drains three times slower
+        # on a backend whose tokens come three times slower.
+        a_gap, b_gap = a.itl_ewma, b.itl_ewma
+        if a_gap and b_gap:
+            faster = min(a_gap, b_gap)
+            a_cost = load_score(a, a_gap / faster)
+            b_cost = load_score(b, b_gap / faster)
+        else:
+            a_cost, b_cost = load_score(a), load_score(b)
+        return a if a_cost <= b_cost else b
 
 
 class HashRing:

@@ -66,6 +66,8 @@ class Backend:
     # load-aware and prefix-affinity strategies: requests waiting for a slot, requests running,
     # and the KV cache's use (0..1, None until read). `signals_at` is the monotonic time of the
     # last successful scrape (0: never; the strategies then use the gateway's own counts).
+    # Seconds between two streamed tokens, EWMA over streams (None until a stream was seen).
+    itl_ewma: float | None = field(default=None, init=False)
     queue_waiting: int = field(default=0, init=False)
     running: int = field(default=0, init=False)
     kv_cache_usage: float | None = field(default=None, init=False)
@@ -150,6 +152,15 @@ class Backend:
             self.ttfb_ewma = sample
         else:
             self.ttfb_ewma = previous + self.ewma_alpha * (sample - previous)
+
+    def record_token_gap(self, seconds: float) -> None:
+        """Fold one stream's mean time between tokens into `itl_ewma` (the load-aware rule
+        compares how fast backends generate, not only how many requests they hold)."""
+        sample = max(seconds, 0.0)
+        previous = self.itl_ewma
+        self.itl_ewma = (
+            sample if previous is None else previous + self.ewma_alpha * (sample - previous)
+        )
 
     def record_success(self) -> None:
         """Note a successful response: one success breaks a streak of failures."""

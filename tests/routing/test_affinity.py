@@ -107,12 +107,14 @@ def test_without_a_key_the_load_aware_rule_decides() -> None:
     assert {strategy.pick(fleet, None) for _ in range(20)} == {fleet[1]}
 
 
-def test_load_aware_prefers_no_queue_then_free_cache_then_fewer_in_flight() -> None:
+def test_load_aware_weighs_queue_cache_in_flight_and_speed() -> None:
     idle, queued, full_cache, busy = _fleet(4)
-    queued.queue_waiting = 1
+    queued.queue_waiting = 2
     full_cache.kv_cache_usage = 0.95
-    busy.in_flight = 1
-    assert load_score(idle) < load_score(busy) < load_score(full_cache) < load_score(queued)
+    busy.in_flight = 2
+    assert load_score(idle) < load_score(full_cache) < load_score(busy) < load_score(queued)
+    # A backend generating three times slower costs three times per request it holds.
+    assert load_score(busy, slowness=3.0) == 3 * load_score(busy)
     chooser = LoadAware(random.Random(5))
     picks = Counter(chooser.pick([idle, queued]) for _ in range(50))
     assert picks == {idle: 50}
@@ -207,3 +209,13 @@ def test_a_home_with_kv_cache_room_keeps_its_prefix_past_the_average_bound() -> 
     assert strategy.pick(fleet, key) is home
     home.kv_cache_usage = 0.9
     assert strategy.pick(fleet, key) is not home
+
+
+def test_load_aware_avoids_the_slower_of_two_equally_loaded_backends() -> None:
+    fast, slow = _fleet(2)
+    fast.itl_ewma, slow.itl_ewma = 0.01, 0.03
+    fast.in_flight = slow.in_flight = 2
+    chooser = LoadAware(random.Random(10))
+    assert {chooser.pick([fast, slow]) for _ in range(20)} == {fast}
+    fast.in_flight = 9  # (9 + 1) × 1 > (2 + 1) × 3: now the slow one has the shorter wait
+    assert chooser.pick([fast, slow]) is slow
