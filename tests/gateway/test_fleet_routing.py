@@ -106,3 +106,13 @@ async def test_load_aware_avoids_a_slow_replica() -> None:
         await asyncio.gather(*(client() for _ in range(6)))
     shares = Counter(served)
     assert shares["slow"] < 0.2 * len(served), shares
+
+
+async def test_a_tenant_whose_replica_dies_fails_over_and_loses_no_request() -> None:
+    async with _fleet(3, "prefix_affinity") as (gw, mocks), aiohttp.ClientSession() as session:
+        home = await _served_by(session, gw.url, _body(4))
+        dead = next(m for m in mocks if m.settings.name == home)
+        await dead.stop()
+        after = [await _served_by(session, gw.url, _body(4, turns)) for turns in range(2, 6)]
+    assert home not in after
+    assert len(set(after)) == 1  # the tenant settles on one other replica (its ring successor)

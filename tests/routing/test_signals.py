@@ -64,3 +64,27 @@ async def test_scraping_the_mock_and_falling_back_when_a_backend_cannot_be_read(
             assert alive.signals_at > first  # kept scraping
         finally:
             await scraper.stop()
+
+
+async def test_a_malformed_metrics_page_falls_back_to_the_gateways_counts() -> None:
+    from aiohttp import web
+
+    async def garbage(_request: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_waiting{model_name= 3 oops\n}}}\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", garbage)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        backend = Backend.create("broken", f"http://127.0.0.1:{runner.addresses[0][1]}")
+        backend.queue_waiting = 7
+        async with aiohttp.ClientSession() as session:
+            await SignalScraper([backend], session).scrape_all()
+        assert backend.signals_at == 0
+        assert backend.queue_waiting == 0
+        assert backend.kv_cache_usage is None
+    finally:
+        await runner.cleanup()
