@@ -12,6 +12,7 @@ and checks the targets of issue 9. A report, not a test: it exits 0 when a targe
     python -m bench.fleet --quick                  # a smoke run of a few seconds each
     python -m bench.fleet --slowdown --json out.json
     python -m bench.fleet --strategies none --slowdown   # only the slowdown scenario
+    python -m bench.fleet --strategies none --priority   # only the priority scenario
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import aiohttp
 from rich.console import Console
 
 from bench import fleet_client as client
+from bench import fleet_priority as priority
 from bench import fleet_report as report
 from bench.fleet_targets import (
     Fleet,
@@ -145,6 +147,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="slowdown with the prefill cost on (the replica then gets only ~1.5x slower)",
     )
+    parser.add_argument(
+        "--priority",
+        action="store_true",
+        help="also: sk-high (priority 0) alone, then under sk-low traffic at 150%% of the fleet",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--slots", type=int, default=8)
@@ -192,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     requests = schedule(plan.shape, plan.rate, args.duration, args.seed)
     runs: dict[str, report.StrategyRun] = {}
     slowdown: report.Slowdown | None = None
+    prioritized: priority.PriorityRun | None = None
     with tempfile.TemporaryDirectory(prefix="llmproxy-fleet-") as tmp:
         workdir = Path(tmp)
         with start_replicas(workdir, plan.fleet) as replicas:
@@ -203,7 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.slowdown:
                 console.print("[bold]slowdown[/] (load_aware) …")
                 slowdown = _slowdown(workdir, replicas, plan, args)
+            if args.priority:
+                prioritized = _priority(console, workdir, replicas, plan, args)
     checks = report.verdicts(runs, slowdown)
+    if prioritized is not None:
+        priority.print_table(console, prioritized)
+        checks += priority.verdicts(prioritized)
     report.print_report(console, runs, checks, slowdown)
     if args.json:
         document = {
@@ -211,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {k: v for k, v in vars(args).items() if k != "json"},
             "runs": {name: _run_json(run) for name, run in runs.items()},
             "slowdown": dataclasses.asdict(slowdown) if slowdown else None,
+            "priority": _priority_json(prioritized) if prioritized else None,
             "targets": checks,
         }
         args.json.write_text(json.dumps(_nan_to_null(document), indent=2, default=str) + "\n")
@@ -394,6 +408,31 @@ def _slowdown(
             slow.name, SLOWDOWN_FACTOR, SLOWDOWN_AT, SLOWDOWN_WINDOW,
             not_run=f"gateway did not start: {exc}"[:300],
         )  # fmt: skip
+
+
+def _priority(
+    console: Console, workdir: Path, replicas: list[Replica], plan: Plan, args: argparse.Namespace
+) -> priority.PriorityRun:
+    """The priority scenario on its own gateway (auth on, backends capped at their slots)."""
+    sizing = priority.make_plan(plan.fleet)
+    console.print("[bold]priority[/] (load_aware, admission queue) …")
+    console.print("  " + priority.describe(sizing, plan.fleet), highlight=False)
+    render = partial(priority.render_config, replicas=replicas, slots=plan.fleet.slots)
+    try:
+        with start_gateway(workdir, render, "priority") as url:
+            scenario = partial(
+                priority.run, url, replicas, plan.fleet, sizing,
+                duration=args.duration, warmup=args.warmup, seed=args.seed,
+            )  # fmt: skip
+            return _run_async(scenario)
+    except StartError as exc:
+        return priority.PriorityRun(not_run=f"gateway did not start: {exc}"[:300], plan=sizing)
+
+
+def _priority_json(run: priority.PriorityRun) -> dict[str, Any]:
+    data = dataclasses.asdict(run)
+    data["p99_ratio"] = run.p99_ratio
+    return data
 
 
 def _print_run(console: Console, run: report.StrategyRun) -> None:

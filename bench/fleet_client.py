@@ -40,11 +40,18 @@ class Result:
 
 
 async def _one(
-    session: aiohttp.ClientSession, url: str, body: bytes, result: Result, start: float
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    result: Result,
+    start: float,
+    api_key: str | None = None,
 ) -> None:
     scheduled = start + result.scheduled
     result.send_lag = max(0.0, time.perf_counter() - scheduled)
     headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
     try:
         async with session.post(url, data=body, headers=headers) as response:
             result.replica = response.headers.get("x-mock-backend")
@@ -75,11 +82,13 @@ async def drive(
     start: float,
     model: str = "mock-model",
     at: dict[float, asyncio.Event] | None = None,
+    api_key: str | None = None,
 ) -> list[Result]:
     """Send ``requests`` (send time, turn) to ``url`` + ``/v1/chat/completions``, open loop, and
     wait for all of them. Send times count from ``start`` (a ``time.perf_counter()`` value a
     little ahead, so the bodies are encoded before the clock runs). ``at`` maps run times to
-    events set when the run reaches them: the caller's cue to act at a given moment."""
+    events set when the run reaches them: the caller's cue to act at a given moment. ``api_key``
+    goes in an ``Authorization: Bearer`` header when given."""
     endpoint = url + "/v1/chat/completions"
     bodies = [turn.body(model) for _, turn in requests]
     cues = sorted((at or {}).items())
@@ -92,7 +101,7 @@ async def drive(
         await _sleep_until(start + when)
         result = Result(when, turn.tenant)
         results.append(result)
-        tasks.append(asyncio.create_task(_one(session, endpoint, body, result, start)))
+        tasks.append(asyncio.create_task(_one(session, endpoint, body, result, start, api_key)))
     for when, event in cues:
         await _sleep_until(start + when)
         event.set()

@@ -263,6 +263,57 @@ def recent(
     stdout_console().print(records_table(records[::-1], time.time()))
 
 
+@app.command("dead-letters", epilog=EXIT_CODES_EPILOG)
+def dead_letters(
+    requeue: Annotated[
+        bool,
+        typer.Option("--requeue", help="Give them all to the usage webhook again."),
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most records shown.")] = 20,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+    socket: SocketOption = None,
+    admin_url: AdminUrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Usage records the webhook receiver never accepted; --requeue delivers them again."""
+    target = Target(config, socket, admin_url, token)
+    with daemon_session(target, json_output=json_output) as client:
+        if requeue:
+            answer = client.post("/usage/dead-letters/requeue", {})
+        else:
+            answer = client.get("/usage/dead-letters", {"limit": limit})
+    if json_output:
+        print_json(answer)
+        return
+    if requeue:
+        stdout_console().print(
+            f"{answer.get('requeued', 0)} records back in the webhook outbox", markup=False
+        )
+        return
+    letters = list(answer.get("records") or [])
+    count = int(answer.get("count") or 0)
+    if not letters:
+        stdout_console().print("no dead letters", markup=False)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "ATTEMPTS", "LAST ERROR", "REQUEST"):
+        table.add_column(column)
+    for letter in letters:
+        record = letter.get("record") or {}
+        table.add_row(
+            str(letter.get("id", "")),
+            str(letter.get("attempts", "")),
+            str(letter.get("error", "")),
+            str(record.get("request_id", "")),
+        )
+    stdout_console().print(table)
+    stdout_console().print(
+        f"{count} dead letters; `llmproxy usage dead-letters --requeue` delivers them again",
+        markup=False,
+    )
+
+
 @app.command("summary", epilog=EXIT_CODES_EPILOG)
 def summary(
     since: Annotated[

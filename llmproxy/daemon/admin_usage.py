@@ -63,6 +63,8 @@ class UsageApi:
         router.add_get("/usage/recent", self.recent)
         router.add_get("/usage/summary", self.summary)
         router.add_get("/usage/stream", self.stream)
+        router.add_get("/usage/dead-letters", self.dead_letters)
+        router.add_post("/usage/dead-letters/requeue", self.requeue)
 
     def _sink(self) -> UsageSink:
         sink = self._state.usage
@@ -92,6 +94,33 @@ class UsageApi:
         since = time.time() - query_seconds(request, "since", DEFAULT_SUMMARY_WINDOW)
         rows = await asyncio.to_thread(store.summary, since)
         return json_response({"since": since, "rows": [row.as_json() for row in rows]})
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        """Records the webhook receiver failed ``max_attempts`` times, newest first."""
+        store = self._store()
+        limit = query_int(request, "limit", 100, low=1, high=MAX_RECENT)
+        letters = await asyncio.to_thread(store.dead_letter_records, limit)
+        return json_response(
+            {
+                "count": store.dead_letter_count(),
+                "records": [
+                    {
+                        "id": letter.id,
+                        "attempts": letter.attempts,
+                        "error": letter.error,
+                        "moved_at": letter.moved_at,
+                        "record": msgspec.json.decode(letter.body),
+                    }
+                    for letter in letters
+                ],
+            }
+        )
+
+    async def requeue(self, _request: web.Request) -> web.Response:
+        """Move every dead letter back to the outbox; the webhook is tried again at once."""
+        sink = self._sink()
+        self._store()  # 503 while the store is not open yet
+        return json_response({"requeued": await sink.requeue_dead_letters()})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """NDJSON, one record per line as requests settle; an empty line after 15 s of quiet."""

@@ -304,6 +304,32 @@ class UsageOutbox:
             ).fetchall()
         return [DeadLetter(*row) for row in rows]
 
+    def requeue_dead_letters(self) -> int:
+        """Move every dead letter back to the outbox with its attempts reset, in one transaction:
+        after a receiver outage longer than ``max_attempts`` allows, nothing is lost for good.
+
+        Answers how many records were requeued.
+        """
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                before = self._db.total_changes
+                self._db.execute(
+                    "INSERT OR IGNORE INTO outbox (id, body, queued_at) "
+                    "SELECT id, body, ? FROM dead_letter ORDER BY seq",
+                    (now,),
+                )
+                moved = self._db.total_changes - before
+                self._db.execute("DELETE FROM dead_letter")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth += moved
+            self._dead = 0
+        return moved
+
     def dead_letter_count(self) -> int:
         """How many records wait in the dead letters (cached, O(1))."""
         return self._dead

@@ -154,6 +154,13 @@ class UsageSink:
         self.submitted += 1
         return True
 
+    async def requeue_dead_letters(self) -> int:
+        """Give the dead letters to the webhook again (`llmproxy usage dead-letters --requeue`)."""
+        moved = await asyncio.to_thread(self.store.requeue_dead_letters)
+        if moved and self._delivery is not None:
+            self._delivery.wake()
+        return moved
+
     def outbox_depth(self) -> int:
         """Records waiting for the webhook (0 without one)."""
         return self._store.depth() if self._store is not None else 0

@@ -117,3 +117,26 @@ def test_summary_default_window_is_an_hour(cli: Invoke, admin: FakeAdmin) -> Non
     assert result.exit_code == 0
     assert admin.seen[0].query == {"since": "3600"}
     assert "no usage in that period" in result.stdout
+
+
+def test_dead_letters_are_listed_and_requeued(cli: Invoke, admin: FakeAdmin) -> None:
+    letter = {
+        "id": "rec-1",
+        "attempts": 50,
+        "error": "HTTP 503",
+        "moved_at": time.time(),
+        "record": {"request_id": "req-9"},
+    }
+    admin.route("GET", "/usage/dead-letters", {"count": 1, "records": [letter]})
+    admin.route("POST", "/usage/dead-letters/requeue", {"requeued": 1})
+    listed = cli("usage", "dead-letters", *sock(admin))
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines()[1].split() == ["rec-1", "50", "HTTP", "503", "req-9"]
+    assert "1 dead letters" in listed.stdout
+    requeued = cli("usage", "dead-letters", "--requeue", *sock(admin))
+    assert requeued.exit_code == 0, requeued.output
+    assert "1 records back in the webhook outbox" in requeued.stdout
+    assert [(seen.method, seen.path) for seen in admin.seen] == [
+        ("GET", "/usage/dead-letters"),
+        ("POST", "/usage/dead-letters/requeue"),
+    ]

@@ -193,6 +193,29 @@ async def test_refused_records_move_to_the_dead_letters(tmp_path: Path) -> None:
     await receiver.stop()
 
 
+async def test_dead_letters_requeued_after_a_long_outage_are_all_delivered(
+    tmp_path: Path,
+) -> None:
+    """An outage longer than max_attempts allows parks records in the dead letters; once the
+    receiver is back, a requeue delivers every one of them and empties the dead letters."""
+    receiver = Receiver(status=503)
+    receiver.always_fail = True
+    await receiver.start()
+    sink = UsageSink(usage_config(receiver.url, retry=0, max_attempts=2), tmp_path)
+    await sink.start()
+    records = [make_record(n) for n in range(10)]
+    for record in records:
+        sink.submit(record)
+    await until(lambda: sink.dead_letters() == 10)
+    receiver.always_fail = False
+    assert await sink.requeue_dead_letters() == 10
+    assert sink.dead_letters() == 0
+    await until(lambda: sink.outbox_depth() == 0)
+    assert {record.id for record in records} <= set(receiver.ids)
+    await sink.close()
+    await receiver.stop()
+
+
 def test_signature_covers_timestamp_and_body() -> None:
     """The signature verifies with the secret, and fails for another body, timestamp or secret."""
     body = b'{"records":[]}'

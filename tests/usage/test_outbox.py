@@ -170,3 +170,16 @@ def test_a_file_from_before_the_summary_columns_is_migrated(tmp_path: Path) -> N
     reopened = UsageOutbox(path)
     assert len(reopened.summary(since=0.0)) == 1
     reopened.close()
+
+
+def test_requeued_dead_letters_return_to_the_outbox_with_fresh_attempts(tmp_path: Path) -> None:
+    outbox = UsageOutbox(tmp_path / "u.db")
+    records = [make_record(n) for n in range(3)]
+    outbox.write(records, outbox=True)
+    outbox.failed([r.id for r in records], "HTTP 500", max_attempts=1)
+    assert (outbox.depth(), outbox.dead_letter_count()) == (0, 3)
+    assert outbox.requeue_dead_letters() == 3
+    assert (outbox.depth(), outbox.dead_letter_count()) == (3, 0)
+    assert [p.attempts for p in outbox.pending(10)] == [0, 0, 0]
+    assert outbox.dead_letter_records() == []
+    outbox.close()
