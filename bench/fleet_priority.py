@@ -117,7 +117,8 @@ def describe(plan: PriorityPlan, fleet: Fleet) -> str:
         f"{plan.capacity:.1f} req/s; high ({HIGH_KEY}, priority {HIGH_PRIORITY}) "
         f"{plan.high_rate:g} req/s, low ({LOW_KEY}, priority {LOW_PRIORITY}) "
         f"{plan.low_rate:.1f} req/s ({LOW_LOAD:.0%}) in phase 2; {STRATEGY}, max_in_flight "
-        f"{fleet.slots} per backend"
+        f"{fleet.slots} per backend; saturated, a slot frees every "
+        f"{plan.service / (fleet.replicas * fleet.slots) * 1000:.0f} ms on average"
     )
 
 

@@ -252,13 +252,8 @@ def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0%}"
 
 
-def print_report(
-    console: Console,
-    runs: Mapping[str, StrategyRun],
-    checks: Sequence[Verdict],
-    slowdown: Slowdown | None,
-) -> None:
-    """The strategy table, the per-replica table, the slowdown shares and the verdicts."""
+def _print_tables(console: Console, runs: Mapping[str, StrategyRun]) -> None:
+    """The strategy table and the per-replica table."""
     table = Table(title="Strategies (same workload, caches flushed before each)")
     columns = ["strategy", "TTFT p50 ms", "TTFT p99 ms", "total p50 ms", "hit rate"]
     columns += ["max queue", "peak running / slots", "tenant affinity", "done", "errors"]
@@ -290,6 +285,17 @@ def print_report(
             ]
             per_replica.add_row(run.strategy, *cells)
     console.print(per_replica)
+
+
+def print_report(
+    console: Console,
+    runs: Mapping[str, StrategyRun],
+    checks: Sequence[Verdict],
+    slowdown: Slowdown | None,
+) -> None:
+    """The strategy table, the per-replica table, the slowdown shares and the verdicts."""
+    if runs:
+        _print_tables(console, runs)
 
     if slowdown is not None:
         if slowdown.not_run:

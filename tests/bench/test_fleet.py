@@ -15,7 +15,7 @@ from itertools import islice
 import pytest
 from rich.console import Console
 
-from bench import fleet_client
+from bench import fleet_client, fleet_priority
 from bench.fleet import make_plan, parse_args, slowdown_profile
 from bench.fleet_report import (
     Replica,
@@ -157,6 +157,8 @@ def test_cli() -> None:
     assert (args.duration, args.warmup, args.slowdown) == (8.0, 2.0, True)
     assert args.strategies == ["round_robin", "prefix_affinity"]
     assert parse_args(["--strategies", "none"]).strategies == []
+    alone = parse_args(["--strategies", "none", "--priority"])
+    assert (alone.strategies, alone.priority) == ([], True)
     for bad in (["--strategies", "random"], ["--duration", "3", "--warmup", "5"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
@@ -287,3 +289,70 @@ async def test_client_drives_a_mock_and_reads_its_counters() -> None:
     assert queries == stats["prefix_cache_queries"] > 0
     assert hits == stats["prefix_cache_hits"] > 0  # the same tenant's system prompt
     assert stats["peak_running"] <= 2
+
+
+def test_priority_config_is_valid() -> None:
+    """Auth on with two static keys of different priority, every backend capped at its slots
+    with vLLM's priority field sent, a large admission queue; it passes the gateway's model."""
+    replicas = [Process(f"gpu-{i}", 9000 + i) for i in range(4)]
+    config = Config.model_validate(json.loads(fleet_priority.render_config(8000, replicas, 8)))
+    assert config.routing.load_balance_strategy == "load_aware"
+    assert all(b.max_in_flight == 8 and b.send_priority for b in config.backends)
+    assert config.routing.admission.max_waiting >= 10_000
+    assert config.routing.admission.timeout >= 60
+    assert config.auth.enabled
+    (provider,) = config.auth.pipeline
+    assert provider.type == "static"
+    assert {k.key: k.priority for k in provider.keys} == {"sk-high": 0, "sk-low": 10}
+    assert (config.usage.enabled, config.admin.enabled, config.health_check.enabled) == (
+        False, False, False,
+    )  # fmt: skip
+    assert not config.server.watch_config
+
+
+def test_priority_prompts_share_no_prefix_and_plan_is_consistent() -> None:
+    prompts = [fleet_priority.prompt(n, kind) for kind in ("high", "low") for n in range(50)]
+    assert {p.prompt_chars for p in prompts} == {fleet_priority.PROMPT_CHARS}
+    assert len({p.messages[0][1][:64] for p in prompts}) == 100  # no shared first cache block
+    plan = fleet_priority.make_plan(Fleet())
+    assert plan.prompt_tokens == 400
+    assert plan.service == pytest.approx(0.2 + 0.31)
+    assert plan.low_rate == pytest.approx(1.5 * 32 / plan.service)
+    high = fleet_priority.requests("high", 2.0, 10.0, seed=1)
+    assert high == fleet_priority.requests("high", 2.0, 10.0, seed=1)
+    assert [at for at, _ in high] != [at for at, _ in fleet_priority.requests("low", 2.0, 10.0, 1)]
+
+
+def _latency(p99: float) -> fleet_priority.Latency:
+    return fleet_priority.Latency(sent=10, completed=10, ttft_p50_ms=p99 / 2, ttft_p99_ms=p99)
+
+
+def test_priority_latency_counts_rejections_and_leaves_warmup_out() -> None:
+    results = [_result(0.5, 0, 9.0)] + [_result(2 + i, 0, (i + 1) / 100) for i in range(100)]
+    results.append(_result(3.0, 0, None, error="HTTP 503"))
+    numbers = fleet_priority.latency(results, warmup=1.0)
+    assert (numbers.sent, numbers.completed, numbers.errors, numbers.rejected) == (102, 101, 1, 1)
+    assert numbers.samples == 100
+    assert numbers.ttft_p99_ms == pytest.approx(990.1)
+    assert numbers.ttft_max_ms == pytest.approx(1000.0)
+
+
+def test_priority_target_met_missed_and_not_run() -> None:
+    def run(unloaded: float, saturated: float, peak: int = 8) -> fleet_priority.PriorityRun:
+        return fleet_priority.PriorityRun(
+            unloaded_high=_latency(unloaded), saturated_high=_latency(saturated),
+            saturated_low=_latency(9000.0), slots=8, peak_running=peak,
+        )  # fmt: skip
+
+    met = fleet_priority.verdicts(run(200.0, 239.0))
+    assert [c["met"] for c in met] == [True, True]
+    assert met[0]["value"] == pytest.approx(239 / 200)
+    missed = fleet_priority.verdicts(run(200.0, 250.0, peak=9))
+    assert [c["met"] for c in missed] == [False, False]
+    assert missed[1]["value"] == 1.0
+    assert [c["met"] for c in fleet_priority.verdicts(None)] == [None, None]
+    refused = fleet_priority.PriorityRun(not_run="gateway did not start")
+    assert [c["met"] for c in fleet_priority.verdicts(refused)] == [None, None]
+    out = io.StringIO()
+    fleet_priority.print_table(Console(file=out, width=200, color_system=None), run(200, 250))
+    assert "2 saturated" in out.getvalue()
