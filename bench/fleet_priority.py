@@ -48,13 +48,15 @@ P99_RATIO = 1.2
 """High-priority p99 TTFT under saturation may be at most this times the unloaded one."""
 ADMISSION_WAITING = 10_000
 ADMISSION_TIMEOUT = 60.0
+RESERVED_SLOTS = 1
 
 _WORDS = ("alpha", "bravo", "delta", "echo", "gamma", "kilo", "lima", "omega", "sigma", "tango")
 
 
 def render_config(listen_port: int, replicas: Sequence[Replica], slots: int) -> str:
     """The scenario's gateway config (JSON is YAML): two static keys of different priority,
-    backends capped at their slots with vLLM's ``priority`` field sent, a large admission queue,
+    backends capped at their slots with vLLM's ``priority`` field sent, a large admission queue
+    with one slot per replica reserved for the high-priority key,
     and nothing that is not routing or auth (no usage, admin, config watching or health probes).
     """
     keys = [
@@ -70,7 +72,14 @@ def render_config(listen_port: int, replicas: Sequence[Replica], slots: int) -> 
         ],
         "routing": {
             "load_balance_strategy": STRATEGY,
-            "admission": {"max_waiting": ADMISSION_WAITING, "timeout": ADMISSION_TIMEOUT},
+            "admission": {
+                "max_waiting": ADMISSION_WAITING,
+                "timeout": ADMISSION_TIMEOUT,
+                # One slot per replica kept for the high-priority key: without preemption it
+                # would otherwise wait for a low-priority generation to end.
+                "reserved_slots": RESERVED_SLOTS,
+                "reserved_priority": HIGH_PRIORITY,
+            },
         },
         "auth": {
             "enabled": True,

@@ -223,6 +223,12 @@ class AdmissionConfig(Section):
     """Most requests waiting at once; beyond, a request is refused with 503 at once."""
     timeout: Duration = 30.0
     """Longest wait for a free backend before a 503."""
+    reserved_slots: int = Field(default=0, ge=0)
+    """Slots of every backend with `max_in_flight` kept free for requests of priority at most
+    `reserved_priority`, so an important request need not wait for a long generation to end.
+    """
+    reserved_priority: int = 0
+    """Requests of this priority or better (lower) may use the reserved slots."""
 
 
 class RoutingConfig(Section):

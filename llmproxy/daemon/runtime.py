@@ -81,7 +81,13 @@ class Runtime:
         )
         routing = config.routing
         self.prefix_chars = routing.prefix_affinity.prefix_chars
-        self.admission = AdmissionQueue(routing.admission.max_waiting, routing.admission.timeout)
+        admission = routing.admission
+        self.admission = AdmissionQueue(
+            admission.max_waiting,
+            admission.timeout,
+            reserved_slots=admission.reserved_slots,
+            reserved_priority=admission.reserved_priority,
+        )
         self.router = Router(
             self.backends,
             make_balancer(

@@ -141,19 +141,28 @@ async def _choose(
     key: int | None,
 ) -> Backend | None:
     """The backend for this attempt; while every backend is full, wait in the admission queue
-    (best priority first) instead of failing."""
+    (best priority first) instead of failing. A request does not take a free slot while one at
+    least as important waits, and leaves the reserved slots to the important ones."""
     router = runtime.router
+    admission = runtime.admission
+    priority = request_priority(request.identity)
+    reserve = admission.reserve_for(priority)
     loop = asyncio.get_running_loop()
+    ticket: int | None = None
+    deadline = 0.0
     while True:
         now = loop.time()
-        backend = router.route(model, now, exclude=tried, key=key)
-        if backend is None and tried:
-            # Every candidate was tried once: a transient fault may have passed on one of them.
-            backend = router.route(model, now, key=key)
-        if backend is not None or not router.saturated(model, now):
-            return backend
+        if ticket is not None or not admission.ahead(priority):
+            backend = router.route(model, now, exclude=tried, key=key, reserve=reserve)
+            if backend is None and tried:
+                # Every candidate was tried once: a transient fault may have passed on one.
+                backend = router.route(model, now, key=key, reserve=reserve)
+            if backend is not None or not router.saturated(model, now, reserve):
+                return backend
+        if ticket is None:
+            deadline = now + admission.timeout
         try:
-            await runtime.admission.wait(request_priority(request.identity))
+            ticket = await admission.wait(priority, ticket=ticket, deadline=deadline)
         except AdmissionRefused as refused:
             runtime.metrics.limit_rejection("capacity")
             raise GatewayError(503, refused.message, "backend_capacity") from None

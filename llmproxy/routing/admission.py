@@ -5,8 +5,13 @@ slots); beyond, the GPU would only queue them itself, first come first served, a
 high-priority key would wait behind a flood of low-priority ones. So when every backend that
 could serve a request is full, the gateway holds the request instead, in a bounded heap ordered
 by (priority, arrival): lower priority values go first, as in vLLM's priority scheduling. Each
-slot that frees wakes the best waiter, which then routes again. A full queue or a wait longer
-than ``timeout`` is a clear 503, never a silent hang.
+slot that frees wakes the best waiter, which then routes again, keeping its place if it still
+finds no room. A new request does not take a freed slot while a request at least as important
+waits (no jumping the queue). A full queue or a wait longer than ``timeout`` is a clear 503,
+never a silent hang.
+
+Capacity can also appear without a request ending (a reload, an ejected backend coming back):
+the head of the queue looks again every `HEAD_RECHECK` seconds, so the queue never stalls.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import Final
 DEFAULT_PRIORITY: Final = 0
 """The priority of a key that has none (vLLM's default)."""
 
+HEAD_RECHECK: Final = 0.5
+"""Seconds after which the request at the head of the queue routes again without a wake-up."""
+
 
 class AdmissionRefused(Exception):
     """The request cannot wait for a slot: the queue is full, or the wait ran out."""
@@ -30,51 +38,100 @@ class AdmissionRefused(Exception):
 
 
 class AdmissionQueue:
-    """A bounded, priority-ordered set of requests waiting for any backend slot."""
+    """A bounded, priority-ordered set of requests waiting for any backend slot.
 
-    __slots__ = ("_heap", "_sequence", "max_waiting", "rejected", "timeout")
+    ``reserved_slots`` of every limited backend are kept for requests whose priority is at most
+    ``reserved_priority``: without preemption, an important request arriving at a fleet full
+    of long low-priority generations would otherwise wait for one of them to end.
+    """
 
-    def __init__(self, max_waiting: int = 1000, timeout: float = 30.0) -> None:
+    __slots__ = (
+        "_entries",
+        "_heap",
+        "_sequence",
+        "max_waiting",
+        "rejected",
+        "reserved_priority",
+        "reserved_slots",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        max_waiting: int = 1000,
+        timeout: float = 30.0,
+        *,
+        reserved_slots: int = 0,
+        reserved_priority: int = DEFAULT_PRIORITY,
+    ) -> None:
         self.max_waiting = max_waiting
         self.timeout = timeout
-        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.reserved_slots = reserved_slots
+        self.reserved_priority = reserved_priority
+        # (priority, ticket, entry number, future): the entry number keeps two entries of one
+        # ticket (a waiter that queued again before its old entry was popped) comparable.
+        self._heap: list[tuple[int, int, int, asyncio.Future[None]]] = []
         self._sequence = itertools.count()
+        self._entries = itertools.count()
         self.rejected = 0
 
     @property
     def waiting(self) -> int:
         """Requests waiting now."""
-        return sum(1 for _, _, future in self._heap if not future.done())
+        return sum(1 for *_, future in self._heap if not future.done())
 
-    async def wait(self, priority: int) -> None:
-        """Wait until a slot frees up for this request (then route again).
+    def reserve_for(self, priority: int) -> int:
+        """Slots of each backend a request of ``priority`` must leave free."""
+        return 0 if priority <= self.reserved_priority else self.reserved_slots
 
-        Raises :class:`AdmissionRefused` when ``max_waiting`` requests already wait, or when no
-        slot came within ``timeout`` seconds.
+    def ahead(self, priority: int) -> bool:
+        """Whether a request at least as important as ``priority`` is waiting."""
+        heap = self._heap
+        while heap and heap[0][3].done():
+            heapq.heappop(heap)
+        return bool(heap) and heap[0][0] <= priority
+
+    async def wait(self, priority: int, *, ticket: int | None, deadline: float) -> int:
+        """Wait until this request may route again; returns its ticket (pass it back to keep
+        its place when it waits again).
+
+        Raises :class:`AdmissionRefused` when ``max_waiting`` requests already wait, or at
+        ``deadline`` (loop time).
         """
-        if self.waiting >= self.max_waiting:
-            self.rejected += 1
-            raise AdmissionRefused(
-                "queue_full",
-                f"every backend is at capacity and {self.max_waiting} requests are already "
-                "waiting; try again later",
-            )
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, (priority, next(self._sequence), future))
+        if ticket is None:
+            if self.waiting >= self.max_waiting:
+                self.rejected += 1
+                raise AdmissionRefused(
+                    "queue_full",
+                    f"every backend is at capacity and {self.max_waiting} requests are already "
+                    "waiting; try again later",
+                )
+            ticket = next(self._sequence)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._heap, (priority, ticket, next(self._entries), future))
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # arrives just as the future completes, and a client that left would hold a slot.
-            async with asyncio.timeout(self.timeout):
-                await future
-        except TimeoutError:
-            self.rejected += 1
-            raise AdmissionRefused(
-                "timeout",
-                f"every backend stayed at capacity for {self.timeout:g} s; try again later",
-            ) from None
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.rejected += 1
+                    raise AdmissionRefused(
+                        "timeout",
+                        f"every backend stayed at capacity for {self.timeout:g} s; try again later",
+                    )
+                try:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                    # that arrives as the future completes, and a client that left would hold
+                    # its place.
+                    async with asyncio.timeout(min(remaining, HEAD_RECHECK)):
+                        await asyncio.shield(future)
+                    return ticket
+                except TimeoutError:
+                    if loop.time() < deadline and self._is_head(future):
+                        return ticket  # look again: capacity may have come without a wake-up
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self.release()  # woken, but the client left: the slot goes to the next waiter
+                self.release()  # woken, but the client left: the turn goes to the next waiter
             raise
         finally:
             if not future.done():
@@ -84,7 +141,13 @@ class AdmissionQueue:
         """A slot freed up: wake the best waiter still waiting."""
         heap = self._heap
         while heap:
-            _, _, future = heapq.heappop(heap)
+            *_, future = heapq.heappop(heap)
             if not future.done():
                 future.set_result(None)
                 return
+
+    def _is_head(self, future: asyncio.Future[None]) -> bool:
+        heap = self._heap
+        while heap and heap[0][3].done():
+            heapq.heappop(heap)
+        return bool(heap) and heap[0][3] is future

@@ -134,6 +134,10 @@ class Backend:
         """At its ``max_in_flight``: no new request may go here until one ends."""
         return 0 < self.max_in_flight <= self.in_flight
 
+    def full_for(self, reserve: int) -> bool:
+        """No room for a request that must leave ``reserve`` slots free (see admission)."""
+        return 0 < self.max_in_flight <= self.in_flight + reserve
+
     def begin(self) -> None:
         """Count a request as sent; pair every call with `end()` in a `finally`."""
         self.in_flight += 1

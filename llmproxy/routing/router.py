@@ -113,6 +113,7 @@ class Router:
         now: float,
         exclude: Collection[Backend] = (),
         key: int | None = None,
+        reserve: int = 0,
     ) -> Backend | None:
         """Pick a backend for `model`, skipping `exclude` (backends already tried for a retry).
 
@@ -126,7 +127,7 @@ class Router:
         candidates = [
             b
             for b in primaries
-            if b.is_available(now) and not b.saturated and (not exclude or b not in exclude)
+            if b.is_available(now) and not b.full_for(reserve) and (not exclude or b not in exclude)
         ]
         if candidates:
             return self._balancer.pick(candidates, key)
@@ -135,18 +136,18 @@ class Router:
                 if (
                     target.serves(model)
                     and target.is_available(now)
-                    and not target.saturated
+                    and not target.full_for(reserve)
                     and (not exclude or target not in exclude)
                 ):
                     return target
         return None
 
-    def saturated(self, model: str | None, now: float) -> bool:
-        """Whether some backend could serve `model` now but every such backend is full: the
-        request should wait for a slot rather than fail."""
+    def saturated(self, model: str | None, now: float, reserve: int = 0) -> bool:
+        """Whether some backend could serve `model` now but every such backend is full (for a
+        request leaving `reserve` slots free): it should wait for a slot rather than fail."""
         serving = self._backends if model is None else self._by_model.get(model, self._any)
         available = [b for b in serving if b.is_available(now)]
-        return bool(available) and all(b.saturated for b in available)
+        return bool(available) and all(b.full_for(reserve) for b in available)
 
     def _resolve_fallbacks(self, chains: Iterable[FallbackChain]) -> dict[Backend, list[Backend]]:
         lookup: dict[str, Backend] = {}

@@ -81,3 +81,33 @@ async def test_the_keys_priority_is_sent_in_vllms_field() -> None:
             ) as response:
                 echoed = await response.json()
     assert json.loads(echoed["body"])["priority"] == 0
+
+
+async def _first_token_after(session: aiohttp.ClientSession, url: str, key: str) -> float:
+    body = {"model": "mock-model", "messages": [], "stream": True}
+    started = time.monotonic()
+    async with session.post(
+        url + CHAT, json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        assert response.status == 200
+        await response.content.readline()
+        first = time.monotonic() - started
+        await response.read()
+    return first
+
+
+async def test_a_reserved_slot_serves_an_important_request_without_waiting() -> None:
+    """Low-priority traffic fills every slot it may use; a reserved slot stays free for the
+    high-priority key, whose first token then comes as on an idle backend."""
+    admission = {"reserved_slots": 1, "reserved_priority": 0}
+    async with (
+        mock_backend(tokens=20, itl=0.05) as mock,  # each stream holds its slot for 1 s
+        gateway(_config(mock.url, admission=admission)) as gw,
+        aiohttp.ClientSession() as session,
+    ):
+        low = [asyncio.create_task(_stream(session, gw.url, "sk-low")) for _ in range(5)]
+        await asyncio.sleep(0.2)
+        assert mock.stats.in_flight == 1  # of 2 slots: the other one is reserved
+        waited = await _first_token_after(session, gw.url, "sk-high")
+        await asyncio.gather(*low)
+    assert waited < 0.25  # no wait for a 1 s low-priority generation to end
