@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+from pydantic import ValidationError
+
 from llmproxy.auth.lua import LuaSandbox, LuaScript
 from llmproxy.auth.pipeline import AuthPipeline, Stage
 from llmproxy.auth.providers.base import KeyProvider
@@ -16,7 +19,7 @@ from llmproxy.auth.providers.database import DatabaseProvider
 from llmproxy.auth.providers.redis import RedisProvider
 from llmproxy.auth.providers.static import StaticProvider
 from llmproxy.auth.providers.webhook import WebhookProvider
-from llmproxy.config.model import Config, ProviderConfig
+from llmproxy.config.model import Config, ProviderConfig, StaticKey
 from llmproxy.connections import ConnectionPools
 
 _IN_MEMORY = frozenset({"file", "static", "builtin"})
@@ -24,6 +27,45 @@ _IN_MEMORY = frozenset({"file", "static", "builtin"})
 
 class AuthSetupError(Exception):
     """The auth section cannot be turned into a working pipeline; the message says why."""
+
+
+def key_file(path: Path, provider: str) -> tuple[StaticKey, ...]:
+    """The keys of a ``file`` provider's own file: YAML (or JSON), either a list of keys or a
+    mapping with an ``api_keys`` list, each entry shaped like the top-level ``api_keys``.
+
+    The file is re-read on every reload, and watched with the config, so keys can be kept
+    apart from the config (a Kubernetes Secret, a file another tool writes).
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AuthSetupError(
+            f"auth provider {provider}: cannot read key file {path}: {exc.strerror or exc}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise AuthSetupError(f"auth provider {provider}: key file {path}: {exc}") from None
+    if isinstance(data, dict):
+        data = data.get("api_keys")
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise AuthSetupError(
+            f"auth provider {provider}: key file {path}: expected a list of keys "
+            "(or a mapping with an `api_keys` list)"
+        )
+    keys = []
+    for index, item in enumerate(data):
+        try:
+            keys.append(StaticKey.model_validate(item))
+        except ValidationError as exc:
+            problem = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'key'}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise AuthSetupError(
+                f"auth provider {provider}: key file {path}: entry {index + 1}: {problem}"
+            ) from None
+    return tuple(keys)
 
 
 def effective_pipeline(config: Config) -> tuple[ProviderConfig, ...]:
@@ -43,7 +85,8 @@ def _provider(
     entry: ProviderConfig, config: Config, pools: ConnectionPools, base_dir: Path
 ) -> KeyProvider:
     if entry.type == "file":
-        return StaticProvider(entry.name, config.api_keys)
+        keys = key_file(base_dir / entry.path, entry.name) if entry.path else config.api_keys
+        return StaticProvider(entry.name, keys)
     if entry.type == "static":
         return StaticProvider(entry.name, entry.keys)
     if entry.type == "builtin":

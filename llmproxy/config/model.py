@@ -399,7 +399,9 @@ class ProviderConfig(Section):
     keys: tuple[StaticKey, ...] = ()
     """Keys of a `static` provider."""
     path: str = ""
-    """Key file of a `file` provider; empty means the top-level `api_keys`."""
+    """Key file of a `file` provider (YAML: a list of keys shaped like `api_keys`, or a mapping
+    with an `api_keys` list), watched and re-read on reload; empty means the top-level `api_keys`.
+    """
 
     @model_validator(mode="after")
     def _connection_for_type(self) -> ProviderConfig:

@@ -37,11 +37,14 @@ WATCH_DEBOUNCE_MS = 200
 
 
 def watched_files(config: Config, config_path: Path, base_dir: Path) -> frozenset[Path]:
-    """The config file and every Lua file it references: what an edit of should reload."""
+    """The config file and every Lua and key file it references: what an edit of should
+    reload."""
     files = {config_path.absolute()}
     for entry in config.auth.pipeline:
         if entry.lua_script_file:
             files.add((base_dir / entry.lua_script_file).absolute())
+        if entry.type == "file" and entry.path:
+            files.add((base_dir / entry.path).absolute())
     return frozenset(files)
 
 
@@ -161,7 +164,7 @@ class Reloader:
         files = watched_files(config, self._path, self.base_dir)
         prints = await asyncio.to_thread(_fingerprints, files)
         changes = describe_changes(old.config, config) + tuple(
-            f"lua file changed: {path}"
+            f"file changed: {path}"
             for path in sorted(files)
             if path != self._path.absolute()
             and path in self._prints

@@ -146,7 +146,7 @@ async def test_broken_lua_is_refused_and_fixed_lua_is_applied(tmp_path: Path) ->
         assert not refused.ok
         assert refused.error is not None
         assert "decide.lua" in refused.error
-        assert refused.changes == (f"lua file changed: {tmp_path / 'decide.lua'}",)
+        assert refused.changes == (f"file changed: {tmp_path / 'decide.lua'}",)
         assert gw.state.current is before
         (tmp_path / "decide.lua").write_text(LUA % 2, encoding="utf-8")
         applied = await reloader.reload()
@@ -389,3 +389,43 @@ async def test_a_configmap_style_symlink_swap_is_reloaded(tmp_path: Path) -> Non
                 assert outcome.ok, outcome.error
             finally:
                 await reloader.stop()
+
+
+async def test_a_file_providers_key_file_is_read_and_reloaded(tmp_path: Path) -> None:
+    """`type: file` with `path`: keys live in their own file, edits to it are applied by a
+    reload, and a broken key file is refused with its path."""
+    path = tmp_path / "config.yaml"
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump([{"key": "sk-file-one", "name": "one"}]), encoding="utf-8")
+    data = _data(
+        auth={"enabled": True, "pipeline": [{"name": "f", "type": "file", "path": "keys.yaml"}]}
+    )
+
+    async def status(session: aiohttp.ClientSession, url: str, key: str) -> int:
+        body = {"model": "mock-model", "messages": []}
+        async with session.post(
+            url + CHAT, json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            await response.read()
+            return response.status
+
+    async with (
+        mock_backend(name="one") as one,
+        _daemon(path, {**data, "backends": [{"url": one.url, "name": "one"}]}) as (gw, reloader, _),
+        aiohttp.ClientSession() as session,
+    ):
+        assert await status(session, gw.url, "sk-file-one") == 200
+        assert await status(session, gw.url, "sk-file-two") == 401
+        keys.write_text(yaml.safe_dump({"api_keys": [{"key": "sk-file-two"}]}), encoding="utf-8")
+        outcome = await reloader.reload()
+        assert outcome.ok, outcome.error
+        assert outcome.changes == (f"file changed: {keys}",)
+        assert await status(session, gw.url, "sk-file-one") == 401
+        assert await status(session, gw.url, "sk-file-two") == 200
+        keys.write_text("- {key: sk-x, status: [not, a, status]}\n", encoding="utf-8")
+        refused = await reloader.reload()
+        assert not refused.ok
+        assert refused.error is not None
+        assert str(keys) in refused.error
+        assert "entry 1" in refused.error
+        assert await status(session, gw.url, "sk-file-two") == 200
