@@ -131,8 +131,15 @@ def admin_section(config_file: Path, env: Mapping[str, str]) -> AdminConfig:
     except ConfigError as error:
         problem = error
     try:
-        data, _lines = read_yaml(config_file.read_text(encoding="utf-8"), str(config_file), env)
+        # Unset variables read as empty here: an operator's shell seldom holds the daemon's
+        # secrets (`${REDIS_PASSWORD}`), and the admin section rarely uses any.
+        lenient = _Lenient(env)
+        text = config_file.read_text(encoding="utf-8")
+        data, _lines = read_yaml(text, str(config_file), lenient)
         section = data.get("admin")
+        if _unset_in(section):
+            # The admin section itself needs the variable: the loader's message says where.
+            raise TargetError(f"{config_file}: the config is invalid\n{problem}")
         return AdminConfig.model_validate(section if section is not None else {})
     except (OSError, UnicodeDecodeError, ConfigError, ValidationError):
         raise TargetError(f"{config_file}: the config is invalid\n{problem}") from None
@@ -191,3 +198,39 @@ def daemon_session(target: Target, *, json_output: bool = False) -> Iterator[Adm
                 "(auth.storage: builtin, or a `builtin` provider in auth.pipeline)"
             )
         raise typer.Exit(exit_code_for(error)) from None
+
+
+_UNSET = "\x00unset:"
+
+
+def _unset_in(section: object) -> str | None:
+    """The first unset variable a value of ``section`` used (see `_Lenient`), or None."""
+    values = section.values() if isinstance(section, dict) else ()
+    for value in values:
+        if isinstance(value, str) and _UNSET in value:
+            return value.split(_UNSET, 1)[1].split("\x00", 1)[0]
+    return None
+
+
+class _Lenient(Mapping[str, str]):
+    """``env`` in which every variable is set: an unset one reads as a marker, so the admin
+    section can still refuse one it uses while the rest of the file is read."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def __getitem__(self, name: str) -> str:
+        return self.get(name)
+
+    def get(self, name: str, default: object = None) -> str:
+        value = self._env.get(name)
+        return f"{_UNSET}{name}\x00" if value is None else value
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)

@@ -70,6 +70,19 @@ def test_broken_config_still_finds_the_socket(tmp_path: Path) -> None:
     assert discover_socket(config, {}, tmp_path) == Path("/tmp/x.sock")
 
 
+def test_secrets_missing_from_the_operators_shell_do_not_hide_the_socket(
+    tmp_path: Path,
+) -> None:
+    """The daemon's environment holds ${REDIS_PASSWORD}; the operator's shell does not."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        BACKENDS
+        + "usage_hook: {enabled: true, url: 'http://x', secret: '${HOOK_SECRET}'}\n"
+        + "admin: {socket: /tmp/y.sock}\n"
+    )
+    assert discover_socket(config, {}, tmp_path) == Path("/tmp/y.sock")
+
+
 @pytest.mark.parametrize(
     "text",
     [
