@@ -40,7 +40,6 @@ from bench import fleet_report as report
 from bench.fleet_targets import (
     Fleet,
     Replica,
-    StartError,
     render_gateway_config,
     start_gateway,
     start_replicas,
@@ -54,6 +53,7 @@ from bench.fleet_workload import (
     schedule,
     service_seconds,
 )
+from bench.targets import StartError
 
 STRATEGIES = ("round_robin", "least_connections", "load_aware", "prefix_affinity")
 SAMPLE_INTERVAL = 0.5

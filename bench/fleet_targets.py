@@ -2,29 +2,20 @@
 
 Each is a child process on 127.0.0.1 with a free port and its output in the run's temp dir, as in
 :mod:`bench.targets`; a gateway that does not come up (say, it refuses a strategy it does not
-know yet) raises :class:`StartError` with the end of its log, so the run can go on without it.
+know yet) raises :class:`bench.targets.StartError` with the end of its log, so the run can go
+on without it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.targets import free_port
-
-_STARTUP_TIMEOUT = 20.0
-_STOP_TIMEOUT = 5.0
-
-
-class StartError(RuntimeError):
-    """A child process exited or did not answer ``/health`` in time."""
+from bench.targets import child, free_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,45 +82,6 @@ def render_gateway_config(
     return json.dumps(config, indent=2) + "\n"
 
 
-def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + _STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StartError(f"exited with {process.returncode}: {_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.05)
-    raise StartError(f"no answer on /health within {_STARTUP_TIMEOUT:g} s: {_tail(log)}")
-
-
-def _tail(log: Path, lines: int = 6) -> str:
-    try:
-        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-@contextlib.contextmanager
-def _child(command: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` until the block ends; stop it with SIGTERM, then SIGKILL if it lingers."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_ready(process, port, log)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextlib.contextmanager
 def start_replicas(workdir: Path, fleet: Fleet) -> Iterator[list[Replica]]:
     """Start ``fleet.replicas`` mock replicas named ``gpu-0``, ``gpu-1``, …; stop them after."""
@@ -138,7 +90,7 @@ def start_replicas(workdir: Path, fleet: Fleet) -> Iterator[list[Replica]]:
         for index in range(fleet.replicas):
             replica = Replica(f"gpu-{index}", free_port())
             command = fleet.command(replica.port, replica.name)
-            stack.enter_context(_child(command, replica.port, workdir / f"{replica.name}.log"))
+            stack.enter_context(child(command, replica.port, workdir / f"{replica.name}.log"))
             replicas.append(replica)
         yield replicas
 
@@ -150,5 +102,5 @@ def start_gateway(workdir: Path, render: Callable[[int], str], label: str) -> It
     config = workdir / f"gateway-{label}.yaml"
     config.write_text(render(port))
     command = [sys.executable, "-m", "llmproxy", "serve", "--config", str(config)]
-    with _child(command, port, workdir / f"gateway-{label}.log"):
+    with child(command, port, workdir / f"gateway-{label}.log"):
         yield f"http://127.0.0.1:{port}"

@@ -148,11 +148,15 @@ def nginx_missing_modules(nginx: str) -> frozenset[str]:
     )
 
 
+class StartError(RuntimeError):
+    """A child process did not come up; the message ends with the end of its log."""
+
+
 def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
     deadline = time.monotonic() + _STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited; see {log}:\n{log.read_text()[-2000:]}")
+            raise StartError(f"{process.args!r} exited with {process.returncode}: {_tail(log)}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
                 if answer.status == 200:
@@ -160,12 +164,20 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
         except OSError:
             pass  # not listening yet
         time.sleep(0.05)
-    raise RuntimeError(f"{process.args!r} did not answer /health in {_STARTUP_TIMEOUT} s")
+    raise StartError(f"no answer on /health within {_STARTUP_TIMEOUT:g} s: {_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 6) -> str:
+    try:
+        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 @contextlib.contextmanager
-def _child(command: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` until the block ends; stop it with SIGTERM, then SIGKILL if it lingers."""
+def child(command: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` until the block ends (it must answer ``/health`` on ``port`` first);
+    stop it with SIGTERM, then SIGKILL if it lingers. Raises :class:`StartError`."""
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -187,21 +199,21 @@ def start_targets(workdir: Path, nginx: str | None) -> Iterator[list[Target]]:
     with contextlib.ExitStack() as stack:
         mock_port = free_port()
         mock_cmd = [python, "-m", "llmproxy.mock", "--port", str(mock_port), "--tokens", "16"]
-        mock = stack.enter_context(_child(mock_cmd, mock_port, workdir / "mock.log"))
+        mock = stack.enter_context(child(mock_cmd, mock_port, workdir / "mock.log"))
         targets = [Target("direct", mock_port, mock.pid)]
 
         gateway_port = free_port()
         config = workdir / "gateway.yaml"
         config.write_text(render_gateway_config(gateway_port, mock_port))
         gateway_cmd = [python, "-m", "llmproxy", "serve", "--config", str(config)]
-        gateway = stack.enter_context(_child(gateway_cmd, gateway_port, workdir / "gateway.log"))
+        gateway = stack.enter_context(child(gateway_cmd, gateway_port, workdir / "gateway.log"))
         targets.append(Target("gateway", gateway_port, gateway.pid))
 
         core_port = free_port()
         core_config = workdir / "gateway-core.yaml"
         core_config.write_text(render_gateway_config(core_port, mock_port, core=True))
         core_cmd = [python, "-m", "llmproxy", "serve", "--config", str(core_config)]
-        core = stack.enter_context(_child(core_cmd, core_port, workdir / "gateway-core.log"))
+        core = stack.enter_context(child(core_cmd, core_port, workdir / "gateway-core.log"))
         targets.append(Target("core", core_port, core.pid))
 
         if nginx is not None:
@@ -213,7 +225,7 @@ def start_targets(workdir: Path, nginx: str | None) -> Iterator[list[Target]]:
             )
             nginx_cmd = [nginx, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
             try:
-                proxy = stack.enter_context(_child(nginx_cmd, nginx_port, workdir / "nginx.log"))
+                proxy = stack.enter_context(child(nginx_cmd, nginx_port, workdir / "nginx.log"))
                 targets.append(Target("nginx", nginx_port, proxy.pid))
             except RuntimeError as exc:  # a reference is optional: report, go on without it
                 print(f"warning: nginx did not start, going on without it: {exc}", file=sys.stderr)
