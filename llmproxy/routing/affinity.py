@@ -46,6 +46,16 @@ def prefix_key(prefix: str) -> int:
     return _point(prefix.encode("utf-8", "surrogatepass"))
 
 
+def two_of(candidates: Sequence[Backend], rng: random.Random) -> tuple[Backend, Backend]:
+    """Two distinct candidates drawn at random (at least two given): the power of two choices."""
+    count = len(candidates)
+    first = rng.randrange(count)
+    second = rng.randrange(count - 1)
+    if second >= first:
+        second += 1
+    return candidates[first], candidates[second]
+
+
 def load_score(backend: Backend, slowness: float = 1.0) -> float:
     """How busy a backend is, lower is better: its queue first, then KV cache use, then work.
 
@@ -81,12 +91,7 @@ class LoadAware:
             return None
         if count == 1:
             return candidates[0]
-        rng = self._rng
-        first = rng.randrange(count)
-        second = rng.randrange(count - 1)
-        if second >= first:
-            second += 1
-        a, b = candidates[first], candidates[second]
+        a, b = two_of(candidates, self._rng)
         # Generation speed scales the in-flight part: the same queue drains three times slower
         # on a backend whose tokens come three times slower.
         a_gap, b_gap = a.itl_ewma, b.itl_ewma

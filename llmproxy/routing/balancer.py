@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from llmproxy.routing.affinity import DEFAULT_EPSILON, LoadAware, PrefixAffinity
+from llmproxy.routing.affinity import DEFAULT_EPSILON, LoadAware, PrefixAffinity, two_of
 from llmproxy.routing.backend import Backend
 
 STRATEGIES: Final = (
@@ -171,12 +171,7 @@ class LatencyBased:
         rng = self._rng
         if self._explore > 0.0 and rng.random() < self._explore:
             return candidates[rng.randrange(count)]
-        first = rng.randrange(count)
-        second = rng.randrange(count - 1)
-        if second >= first:
-            second += 1
-        a = candidates[first]
-        b = candidates[second]
+        a, b = two_of(candidates, rng)
         return a if _cheaper_or_equal(a, b) else b
 
 
