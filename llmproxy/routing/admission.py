@@ -86,10 +86,8 @@ class AdmissionQueue:
 
     def ahead(self, priority: int) -> bool:
         """Whether a request at least as important as ``priority`` is waiting."""
-        heap = self._heap
-        while heap and heap[0][3].done():
-            heapq.heappop(heap)
-        return bool(heap) and heap[0][0] <= priority
+        head = self._head()
+        return head is not None and head[0] <= priority
 
     async def wait(self, priority: int, *, ticket: int | None, deadline: float) -> int:
         """Wait until this request may route again; returns its ticket (pass it back to keep
@@ -147,7 +145,12 @@ class AdmissionQueue:
                 return
 
     def _is_head(self, future: asyncio.Future[None]) -> bool:
+        head = self._head()
+        return head is not None and head[3] is future
+
+    def _head(self) -> tuple[int, int, int, asyncio.Future[None]] | None:
+        """The best entry still waiting (entries of requests that left are dropped here)."""
         heap = self._heap
         while heap and heap[0][3].done():
             heapq.heappop(heap)
-        return bool(heap) and heap[0][3] is future
+        return heap[0] if heap else None
