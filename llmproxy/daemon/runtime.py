@@ -152,8 +152,7 @@ class Runtime:
         self.in_flight = 0
         self._health: HealthChecker | None = None
         self._signals: SignalScraper | None = None
-        self._signal_session: aiohttp.ClientSession | None = None
-        self._probe_session: aiohttp.ClientSession | None = None
+        self._monitor_session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
         """Open connection pools, auth providers and health checks (inside the running loop)."""
@@ -166,10 +165,9 @@ class Runtime:
         routing = self.config.routing
         signals = routing.load_signals
         if signals.enabled or routing.load_balance_strategy in _SIGNAL_STRATEGIES:
-            self._signal_session = aiohttp.ClientSession()
             self._signals = SignalScraper(
                 self.backends,
-                self._signal_session,
+                self._monitor(),
                 interval=signals.interval,
                 path=signals.path,
                 timeout=signals.timeout,
@@ -177,10 +175,9 @@ class Runtime:
             await self._signals.start()
         health = self.config.health_check
         if health.enabled:
-            self._probe_session = aiohttp.ClientSession()
             self._health = HealthChecker(
                 self.backends,
-                self._probe_session,
+                self._monitor(),
                 interval=health.interval,
                 path=health.path,
                 timeout=health.timeout,
@@ -188,6 +185,12 @@ class Runtime:
                 healthy_threshold=health.healthy_threshold,
             )
             await self._health.start()
+
+    def _monitor(self) -> aiohttp.ClientSession:
+        """The one session health probes and load-signal scrapes share (not the request pools)."""
+        if self._monitor_session is None:
+            self._monitor_session = aiohttp.ClientSession()
+        return self._monitor_session
 
     def inherit_limits(self, old: Runtime) -> None:
         """Keep ``old``'s in-memory buckets, slots and budgets (call before :meth:`open`).
@@ -215,15 +218,12 @@ class Runtime:
         if self._signals is not None:
             await self._signals.stop()
             self._signals = None
-        if self._signal_session is not None:
-            await self._signal_session.close()
-            self._signal_session = None
         if self._health is not None:
             await self._health.stop()
             self._health = None
-        if self._probe_session is not None:
-            await self._probe_session.close()
-            self._probe_session = None
+        if self._monitor_session is not None:
+            await self._monitor_session.close()
+            self._monitor_session = None
         await asyncio.gather(*(client.close() for client in self.clients.values()))
         if self.auth is not None:
             await self.auth.close()
