@@ -112,13 +112,14 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
         # Only for prefix_affinity: which prompt prefix this is, so it goes where it is cached.
         prefix = prompt_prefix(request.body, runtime.prefix_chars)
         key = prefix_key(prefix) if prefix is not None else None
+    priority = request_priority(request.identity)
     policy = runtime.retry_policy
     tried: list[Backend] = []
     last_error = GatewayError(503, _no_backend_message(model), "no_backend_available")
     for attempt in range(policy.attempts):
         if attempt:
             await asyncio.sleep(policy.delay(attempt, runtime.rng))
-        backend = await _choose(runtime, request, model, tried, key)
+        backend = await _choose(runtime, priority, model, tried, key)
         if backend is None:
             break
         tried.append(backend)
@@ -126,7 +127,7 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
             runtime.metrics.retry(tried[-2].name)
         final = attempt == policy.attempts - 1
         try:
-            await _attempt(runtime, backend, request, send, final_attempt=final)
+            await _attempt(runtime, backend, request, send, priority, final_attempt=final)
             return
         except _Retryable as retryable:
             last_error = retryable.error
@@ -135,7 +136,7 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
 
 async def _choose(
     runtime: Runtime,
-    request: ProxyRequest,
+    priority: int,
     model: str | None,
     tried: list[Backend],
     key: int | None,
@@ -145,7 +146,6 @@ async def _choose(
     least as important waits, and leaves the reserved slots to the important ones."""
     router = runtime.router
     admission = runtime.admission
-    priority = request_priority(request.identity)
     reserve = admission.reserve_for(priority)
     loop = asyncio.get_running_loop()
     ticket: int | None = None
@@ -191,6 +191,7 @@ async def _attempt(
     backend: Backend,
     request: ProxyRequest,
     send: Send,
+    priority: int,
     *,
     final_attempt: bool,
 ) -> None:
@@ -217,7 +218,7 @@ async def _attempt(
         try:
             body = request.body
             if backend.send_priority and body and request.peek.model is not None:
-                body = with_member(body, "priority", request_priority(request.identity))
+                body = with_member(body, "priority", priority)
             response = await client.session.request(
                 request.method,
                 client.base_url + request.path_qs,
