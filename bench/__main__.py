@@ -15,19 +15,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from bench import report
 from bench.runner import BACKGROUND_BUSY, SCENARIOS, Sample, Scenario, measure
-from bench.stats import machine_busy_ticks
+from bench.stats import machine_busy_ticks, nan_to_null
 from bench.targets import Target, ensure_tools, start_targets
 
 RETRIES = 2
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": checks,
             "runs": [dataclasses.asdict(sample) for sample in samples],
         }
-        args.json.write_text(json.dumps(_nan_to_null(document), indent=2, default=str) + "\n")
+        args.json.write_text(json.dumps(nan_to_null(document), indent=2, default=str) + "\n")
         console.print(f"results written to {args.json}")
     return 0
 
@@ -137,17 +135,6 @@ def _run_rounds(
                 f"CPU/req {sample.cpu_ms_per_req:.3f} ms  {', '.join(sample.warnings())}"
             )
     return samples
-
-
-def _nan_to_null(value: Any) -> Any:
-    """Strict JSON has no NaN: a metric that was not measured becomes null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _nan_to_null(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nan_to_null(item) for item in value]
-    return value
 
 
 def _other_load(seconds: float = 1.0) -> float:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from bench.fleet_workload import (
     schedule,
     service_seconds,
 )
+from bench.stats import nan_to_null
 from bench.targets import StartError
 
 STRATEGIES = ("round_robin", "least_connections", "load_aware", "prefix_affinity")
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "priority": _priority_json(prioritized) if prioritized else None,
             "targets": checks,
         }
-        args.json.write_text(json.dumps(_nan_to_null(document), indent=2, default=str) + "\n")
+        args.json.write_text(json.dumps(nan_to_null(document), indent=2, default=str) + "\n")
         console.print(f"results written to {args.json}")
     return 0
 
@@ -459,17 +459,6 @@ def _run_json(run: report.StrategyRun) -> dict[str, Any]:
     for replica, numbers in zip(run.replicas, data["replicas"], strict=True):
         numbers["hit_rate"] = replica.hit_rate
     return data
-
-
-def _nan_to_null(value: Any) -> Any:
-    """Strict JSON has no NaN: a metric that was not measured becomes null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _nan_to_null(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nan_to_null(item) for item in value]
-    return value
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ import os
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+from llmproxy.replay.stats import percentile as sorted_percentile
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -20,15 +23,20 @@ def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0–100) with linear interpolation, like ``numpy.percentile``.
 
     ``percentile([1, 2, 3, 4], 50)`` is 2.5; an empty input gives NaN, not an exception, so a run
-    that completed nothing still renders as a row.
+    that completed nothing still renders as a row. (The replay client's, on unsorted values.)
     """
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    return sorted_percentile(sorted(values), q)
+
+
+def nan_to_null(value: Any) -> Any:
+    """Strict JSON has no NaN: a metric that was not measured becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: nan_to_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_to_null(item) for item in value]
+    return value
 
 
 def median(values: Iterable[float]) -> float:
