@@ -251,7 +251,7 @@ def _fits(backend: Backend, bound: int) -> bool:
     the request would pay a whole uncached prefill elsewhere. A replica that reports its KV cache
     is judged by it, and by its queue, which is what the request would actually wait on.
     """
-    if backend.queue_waiting > 0 or backend.saturated:
+    if backend.queue_waiting > 0 or backend.full_for():
         return False
     if backend.in_flight < bound:
         return True

@@ -129,13 +129,9 @@ class Backend:
             return 0.0
         return self.failures_total / self.requests_total
 
-    @property
-    def saturated(self) -> bool:
-        """At its ``max_in_flight``: no new request may go here until one ends."""
-        return 0 < self.max_in_flight <= self.in_flight
-
-    def full_for(self, reserve: int) -> bool:
-        """No room for a request that must leave ``reserve`` slots free (see admission)."""
+    def full_for(self, reserve: int = 0) -> bool:
+        """At its ``max_in_flight`` (less ``reserve`` slots left for important requests, see
+        admission): no such request may go here until one ends."""
         return 0 < self.max_in_flight <= self.in_flight + reserve
 
     def begin(self) -> None:
