@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -44,11 +47,16 @@ def _until(check: str, url: str, within: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_sighup_reloads_and_a_broken_file_is_refused(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _two_backends_and_a_daemon(
+    tmp_path: Path, *, watch: bool
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, str, int, int]]:
+    """Mock backends `one` and `two` and a daemon serving a config that points at `one`:
+    (daemon, config file, gateway URL, gateway port, port of `two`)."""
     port, one, two = free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     config = tmp_path / "config.yaml"
-    _write(config, port, one, "first", watch=False)
+    _write(config, port, one, "first", watch=watch)
     with (
         running(
             ["mock-backend", "--port", str(one), "--name", "one"], f"http://127.0.0.1:{one}/health"
@@ -58,6 +66,11 @@ def test_sighup_reloads_and_a_broken_file_is_refused(tmp_path: Path) -> None:
         ),
         running(["serve", "--config", str(config)], url + "/health") as daemon,
     ):
+        yield daemon, config, url, port, two
+
+
+def test_sighup_reloads_and_a_broken_file_is_refused(tmp_path: Path) -> None:
+    with _two_backends_and_a_daemon(tmp_path, watch=False) as (daemon, config, url, port, two):
         assert _served_by(url) == "one"
         _write(config, port, two, "second", watch=False)
         time.sleep(0.5)
@@ -75,19 +88,7 @@ def test_sighup_reloads_and_a_broken_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_edited_file_is_reloaded_without_a_signal(tmp_path: Path) -> None:
-    port, one, two = free_port(), free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    config = tmp_path / "config.yaml"
-    _write(config, port, one, "first", watch=True)
-    with (
-        running(
-            ["mock-backend", "--port", str(one), "--name", "one"], f"http://127.0.0.1:{one}/health"
-        ),
-        running(
-            ["mock-backend", "--port", str(two), "--name", "two"], f"http://127.0.0.1:{two}/health"
-        ),
-        running(["serve", "--config", str(config)], url + "/health"),
-    ):
+    with _two_backends_and_a_daemon(tmp_path, watch=True) as (_daemon, config, url, port, two):
         assert _served_by(url) == "one"
         time.sleep(0.5)  # the watcher is up
         _write(config, port, two, "second", watch=True)
