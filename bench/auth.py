@@ -75,15 +75,17 @@ async def _time_calls(runtime: Runtime, calls: int) -> list[float]:
     for _ in range(calls):
         started = clock()
         key = auth_step.presented_key(runtime, HEADERS)
-        await auth_step.identify(
+        recognised = await auth_step.recognise(runtime, key, "127.0.0.1")
+        auth_step.decide(
             runtime,
-            key,
+            recognised,
             method="POST",
             path="/v1/chat/completions",
             headers=HEADERS,
             client_ip="127.0.0.1",
             model="mock-model",
             stream=True,
+            proxied=True,
         )
         timings.append(clock() - started)
     return timings

@@ -42,6 +42,8 @@ from prometheus_client import (
     values,
 )
 
+from llmproxy.private_files import private_directory
+
 __all__ = [
     "AUTH_RESULTS",
     "ENDPOINTS",
@@ -477,7 +479,7 @@ def prepare_multiprocess(directory: str | os.PathLike[str]) -> Path:
     ``PROMETHEUS_MULTIPROC_DIR``, which spawned workers inherit.
     """
     path = Path(directory).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    private_directory(path)
     for stale in path.glob("*.db"):
         stale.unlink(missing_ok=True)
     os.environ[MULTIPROC_ENV] = str(path)

@@ -1,5 +1,10 @@
 """The auth pipeline: providers asked in order, each optionally followed by a Lua decision.
 
+A request is judged in two steps, because its body must not be read for a key nobody knows:
+:meth:`AuthPipeline.recognise` runs on the headers alone (provider lookups, the key's state and
+its IP allowlist), before the body is read; :meth:`AuthPipeline.decide` runs once the body was
+judged (model allowlist, then the Lua decision, which may look at the model).
+
 ``mode: first_match`` — the first provider that knows the key decides (allow or refuse);
 ``mode: all`` — every enabled provider must know the key and let it in. A provider that cannot
 answer follows its ``on_error``: ``deny`` refuses with 503, ``skip`` asks the next one; a failure is
@@ -59,6 +64,9 @@ class AuthRequest:
     model: str | None
     stream: bool
     headers: Mapping[str, str]
+    proxied: bool = False
+    """The request goes to a backend: a key limited to some models must then name one (a request
+    that names none would get whatever model the backend defaults to)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,8 @@ class Identity:
     provider: str
     limits: KeyLimits
     metadata: Mapping[str, object] = field(default_factory=dict)
+    models: frozenset[str] | None = None
+    """The models the key may use (None: any); ``GET /v1/models`` lists only these."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,16 @@ class _Known:
 
     data: KeyData
     info: KeyInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Recognised:
+    """A key the pipeline knows, in a state and from an address that may pass: the first step of
+    a request's judgement, made before its body is read."""
+
+    key: PresentedKey
+    found: tuple[tuple[Stage, _Known], ...]
+    """The stage(s) that decide: the first that knows the key, or every one (``mode: all``)."""
 
 
 @dataclass(slots=True)
@@ -142,14 +162,18 @@ class AuthPipeline:
                 stage.cache.invalidate(sha256)
 
     async def authenticate(self, key: PresentedKey, request: AuthRequest) -> Identity:
-        """The identity of an allowed request; raises :class:`GatewayError` when refused."""
+        """Both steps at once: the identity of an allowed request, or a :class:`GatewayError`."""
+        return self.decide(await self.recognise(key, request.ip), request)
+
+    async def recognise(self, key: PresentedKey, ip: str | None) -> Recognised:
+        """Find the key (cached lookups) and check what does not depend on the request body:
+        its state and IP allowlist. Raises :class:`GatewayError` when the key may not pass."""
         if is_llmproxy_key(key.secret) and not has_valid_checksum(key.secret):
             raise GatewayError(
                 401, "invalid API key: its checksum does not match", "invalid_api_key"
             )
         now = time.time()
-        metadata: dict[str, object] = {}
-        decided: Identity | None = None
+        found: list[tuple[Stage, _Known]] = []
         for stage in self.stages:
             try:
                 known = await self._lookup(stage, key)
@@ -157,16 +181,26 @@ class AuthPipeline:
                 continue
             if known is None:
                 if self._all:
-                    break
+                    raise self._refusal("not_found")
                 continue
-            identity = self._decide(stage, known, key, request, metadata, now)
+            self._check_standing(known.info, ip, now)
+            found.append((stage, known))
             if not self._all:
-                return identity
-            decided = identity
-        else:
-            if self._all and decided is not None:
-                return _with_metadata(decided, metadata)
-        raise self._refusal("not_found")
+                break
+        if not found:
+            raise self._refusal("not_found")
+        return Recognised(key, tuple(found))
+
+    def decide(self, recognised: Recognised, request: AuthRequest) -> Identity:
+        """Finish the judgement once the body is known: model allowlist, then each deciding
+        stage's Lua script, in order. Raises :class:`GatewayError` when refused."""
+        now = time.time()
+        metadata: dict[str, object] = {}
+        identity: Identity | None = None
+        for stage, known in recognised.found:
+            identity = self._decide(stage, known, recognised.key, request, metadata, now)
+        assert identity is not None  # recognise() never returns an empty Recognised
+        return _with_metadata(identity, metadata) if self._all else identity
 
     async def _lookup(self, stage: Stage, key: PresentedKey) -> _Known | None:
         cache = stage.cache
@@ -203,20 +237,19 @@ class AuthPipeline:
         now: float,
     ) -> Identity:
         info = known.info
-        state = effective_state(info, now)
-        if state != "active":
-            rule: StatusCodeConfig = getattr(self._status_codes, state)
-            if not rule.allow:
-                raise self._refusal(state)
-        if not ip_allowed(info, request.ip):
-            raise GatewayError(
-                403, "this API key may not be used from this address", "ip_not_allowed"
-            )
         if not model_allowed(info, request.model):
             raise GatewayError(
                 403,
                 f"this API key may not use the model `{request.model}`",
                 "model_not_allowed",
+                param="model",
+            )
+        if request.proxied and request.model is None and info.models is not None:
+            raise GatewayError(
+                403,
+                "this API key may only use the models it is allowed: name one in the `model` "
+                "member of a JSON body",
+                "model_required",
                 param="model",
             )
         metadata.update(info.metadata)
@@ -250,7 +283,19 @@ class AuthPipeline:
             provider=stage.provider.name,
             limits=info.limits,
             metadata=dict(metadata),
+            models=info.models,
         )
+
+    def _check_standing(self, info: KeyInfo, ip: str | None, now: float) -> None:
+        state = effective_state(info, now)
+        if state != "active":
+            rule: StatusCodeConfig = getattr(self._status_codes, state)
+            if not rule.allow:
+                raise self._refusal(state)
+        if not ip_allowed(info, ip):
+            raise GatewayError(
+                403, "this API key may not be used from this address", "ip_not_allowed"
+            )
 
     def _refusal(self, state: KeyState | str) -> GatewayError:
         rule: StatusCodeConfig = getattr(self._status_codes, state)
@@ -269,6 +314,7 @@ def _with_metadata(identity: Identity, metadata: Mapping[str, object]) -> Identi
         provider=identity.provider,
         limits=identity.limits,
         metadata=dict(metadata),
+        models=identity.models,
     )
 
 

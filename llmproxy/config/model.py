@@ -9,6 +9,7 @@ accepted as a whole. Nothing here performs I/O.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -16,12 +17,24 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from llmproxy.config.errors import PathValueError
 from llmproxy.config.units import parse_duration, parse_size
+from llmproxy.http_fields import header_name_problem, header_value_problem
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written as ``10s``, ``500ms``, ``1m`` or a plain number of seconds."""
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 """Bytes, written as ``10MiB``, ``512KB`` or a plain number of bytes."""
+
+
+def sendable_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` when every name and value can be sent; else a ValueError naming the bad one."""
+    for name, value in headers.items():
+        problem = header_name_problem(name)
+        if problem is None and (value_problem := header_value_problem(value)):
+            problem = f"header {name}: {value_problem}"
+        if problem is not None:
+            raise ValueError(problem)
+    return headers
 
 
 class Section(BaseModel):
@@ -79,16 +92,41 @@ class ServerConfig(Section):
     """Address to listen on (`host:port`, or `:port` for every interface); overrides the top-level
     `listen` when set.
     """
+    header_timeout: Duration = Field(default=10.0, gt=0)
+    """Longest time a client may take to send a request's whole header block, counted from a
+    new connection's accept (or, on a kept-alive connection, from the request's first byte);
+    then 408 and the connection is closed. A connection that sends nothing is closed.
+    """
     read_timeout: Duration = 60.0
-    """Longest wait for a client to send its request; 0 waits forever."""
+    """Longest time a client may take to send a request's body, counted from the end of its
+    headers; then 408 and the connection is closed. 0 waits forever.
+    """
     write_timeout: Duration = 0.0
     """Longest time to send one response; 0 means no limit, which long streams need."""
     idle_timeout: Duration = 75.0
     """How long an idle keep-alive client connection stays open."""
-    max_header_size: Size = 64 * 1024
-    """Largest request header block accepted from a client."""
+    max_header_size: Size = Field(default=64 * 1024, ge=1024)
+    """Largest request header block (request line included), counted as it arrives: one byte
+    more is refused with 431 and the connection closed.
+    """
     max_body_size: Size = 10 * 1024 * 1024
     """Largest request body accepted; larger requests are refused with 413."""
+    max_connections: int = Field(default=4096, ge=1)
+    """Most client connections one gateway process keeps open; one more is answered 503 and
+    closed. Every proxied request also holds a connection to a backend, so keep twice this
+    below the process's open-file limit.
+    """
+    body_buffer_limit: Size = Field(default=256 * 1024 * 1024, ge=1024)
+    """Most bytes of request bodies one gateway process holds while they are read and judged
+    (before the key's decision is made); a body that would go over is refused with 503
+    `server_busy` and `Retry-After`. Bodies of unknown keys are never read.
+    """
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDR ranges of the proxies in front of the gateway (load balancers, ingress).
+    Only a connection from one of them may name the client in `X-Forwarded-For` or `Forwarded`;
+    the client is then the nearest address in that chain that is not a trusted proxy. Empty:
+    every forwarded header is ignored and the client is the connection's peer.
+    """
     shutdown_timeout: Duration = 30.0
     """On SIGTERM, how long in-flight requests may finish before they are cancelled."""
     watch_config: bool = True
@@ -101,6 +139,16 @@ class ServerConfig(Section):
     """HTTPS for the listener."""
     cors: CORSConfig = CORSConfig()
     """Browser (CORS) access."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR range") from None
+        return entries
 
 
 class BackendConfig(Section):
@@ -135,6 +183,16 @@ class BackendConfig(Section):
     """Send each request's priority (the key's `priority`, or the Lua decision's) in vLLM's
     `priority` request field; a client's own value is replaced.
     """
+    max_response_size: Size = Field(default=1024 * 1024, ge=1024)
+    """Most bytes of one non-streamed answer the gateway holds to read its `usage` exactly. The
+    answer is relayed as it arrives whatever its size; past this, usage is read from its last
+    64 KiB, where every OpenAI-compatible server puts it.
+    """
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return sendable_headers(headers)
 
     @field_validator("url")
     @classmethod
@@ -254,7 +312,14 @@ class RoutingConfig(Section):
 
 
 class PassiveHealthConfig(Section):
-    """``health_check.passive``: eject a backend after consecutive request failures."""
+    """``health_check.passive``: eject a backend after consecutive request failures.
+
+    A failure no client can cause — the connection refused or reset, a timeout, a broken
+    stream, a malformed answer — always counts. A 5xx answer counts only when it cannot be the
+    request's own doing: not when the same request also failed on another backend, and
+    towards an ejection only once `min_clients` different clients (keys, or addresses without
+    auth) met one in the same run of failures.
+    """
 
     enabled: bool = True
     """Take a backend out after consecutive failed requests, without waiting for a probe."""
@@ -262,6 +327,11 @@ class PassiveHealthConfig(Section):
     """Consecutive failed requests that take a backend out."""
     ejection_time: Duration = 30.0
     """How long a backend taken out this way stays out."""
+    min_clients: int = Field(default=3, ge=1)
+    """Different clients whose requests must have met a 5xx answer in a run of failures before
+    it takes a backend out (so one key sending a request the backend chokes on cannot take the
+    backend away from everyone); 1 counts every 5xx as before.
+    """
 
 
 class HealthCheckConfig(Section):
@@ -334,6 +404,12 @@ class WebhookConnection(Section):
     """Longest wait for the reply."""
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra headers sent with each call."""
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return sendable_headers(headers)
+
     send_key: Literal["hash", "plain"] = "hash"
     """Send a hash of the key (`hash`) or the key itself (`plain`)."""
 
@@ -369,6 +445,15 @@ class StaticKey(Section):
     """Priority of this key's requests relative to other keys."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Free-form data handed to the decision script and the usage records."""
+
+    @field_validator("user_id")
+    @classmethod
+    def _sendable_user_id(cls, user_id: str) -> str:
+        # auth.forward_metadata may send it to the backend as a header.
+        problem = header_value_problem(user_id) if user_id else None
+        if problem is not None:
+            raise ValueError(f"user_id cannot be used: {problem}")
+        return user_id
 
 
 class ProviderConfig(Section):
@@ -481,7 +566,9 @@ class AuthConfig(Section):
     given.
     """
     skip_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
-    """Paths served without a key."""
+    """Paths served without a key, matched by whole segments: `/v1/models` covers `/v1/models`
+    and `/v1/models/x`, never `/v1/modelsX`.
+    """
     pipeline: tuple[ProviderConfig, ...] = ()
     """Key providers, asked in order."""
     cache: AuthCacheConfig = AuthCacheConfig()
@@ -496,6 +583,28 @@ class AuthConfig(Section):
     """
     lua: LuaLimitsConfig = LuaLimitsConfig()
     """Budget of the decision scripts."""
+
+    @field_validator("skip_paths")
+    @classmethod
+    def _whole_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = []
+        for path in paths:
+            segments = path.split("/")
+            if not path.startswith("/") or any(s in (".", "..") for s in segments):
+                raise ValueError(f"{path!r}: a skip path starts with / and has no . or .. segment")
+            if "" in segments[1:-1] or any(c in path for c in "%;\\?#"):
+                raise ValueError(f"{path!r}: a skip path is a plain path (no //, %, ;, \\, ? or #)")
+            cleaned.append(path.rstrip("/") or "/")
+        return tuple(cleaned)
+
+    @field_validator("forward_metadata")
+    @classmethod
+    def _header_names(cls, forward: dict[str, str]) -> dict[str, str]:
+        for header in forward.values():
+            problem = header_name_problem(header)
+            if problem is not None:
+                raise ValueError(problem)
+        return forward
 
 
 class RateSpec(Section):
@@ -586,6 +695,12 @@ class UsageHookConfig(Section):
     """
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra headers sent with each delivery."""
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return sendable_headers(headers)
+
     max_attempts: int = Field(default=50, ge=1)
     """Deliveries tried for one record before it moves to the dead-letter table; `retry + 1` applies
     when larger.

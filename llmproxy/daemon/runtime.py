@@ -25,6 +25,8 @@ from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import Config
 from llmproxy.connections import ConnectionPools
 from llmproxy.gateway.access_log import AccessLog
+from llmproxy.gateway.body_read import BodyBudget
+from llmproxy.gateway.client_address import ProxyTrust
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.metrics import GatewayMetrics
@@ -111,7 +113,9 @@ class Runtime:
         self.clients = {b.display_name: UpstreamClient(b) for b in config.backends}
         auth = config.auth
         self.auth_header_names = header_order(auth.header_names)
-        self.auth_skip_paths = tuple(auth.skip_paths)
+        # Matched against the lower-case canonical path, like every other path rule.
+        self.auth_skip_paths = tuple(path.lower() for path in auth.skip_paths)
+        self.proxy_trust = ProxyTrust(config.server.trusted_proxies)
         # Headers the client may not send upstream: its key, and the ones the gateway fills
         # with decision metadata (a client must not be able to forge its own user id).
         self.secret_headers = (
@@ -128,11 +132,10 @@ class Runtime:
         self.auth: AuthPipeline | None = (
             build_pipeline(config, self.pools, self.lua, self.base_dir) if auth.enabled else None
         )
-        self.max_header_bytes = config.server.max_header_size
         limits = config.rate_limit
         self.limits: LimitStore | None = None  # built in open(): a Redis store needs the loop
         self.global_rate: Rate | None = rate_of(limits.global_) if limits.enabled else None
-        self.model_list_cache: tuple[float, bytes] | None = None
+        self.model_list_cache: tuple[float, tuple[str, ...]] | None = None
         self.metrics: GatewayMetrics = _NO_METRICS
         """The process's metrics; :class:`RuntimeState` hands every snapshot the same one."""
         self.limits_enabled = limits.enabled
@@ -140,6 +143,9 @@ class Runtime:
         """Something needs a stream's token counts (usage records, metrics or limits): the
         backend is asked to report usage. Set by :class:`RuntimeState` with the usage sink.
         """
+        self.body_budget = BodyBudget(config.server.body_buffer_limit)
+        """The process's request-body budget; :class:`RuntimeState` hands every snapshot its own
+        (this one only stands in until then)."""
         self.usage: UsageSink | None = None
         """The process's usage sink (records, outbox, webhook delivery), when there is one."""
         self.access_log: AccessLog | None = None
@@ -248,9 +254,9 @@ def runtime_problem(config: Config, base_dir: Path) -> str | None:
 class RuntimeState:
     """The one mutable reference to the current :class:`Runtime`, and the retired ones.
 
-    It also owns what lives as long as the process rather than a config: the metrics, the usage
-    sink, the access log and the traffic recorder (which, unlike the others, every adopted
-    snapshot reconfigures: ``record`` changes with a reload).
+    It also owns what lives as long as the process rather than a config: the metrics, the
+    request-body budget, the usage sink, the access log and the traffic recorder (which,
+    unlike the others, every adopted snapshot reconfigures: ``record`` changes with a reload).
     """
 
     def __init__(
@@ -262,6 +268,7 @@ class RuntimeState:
         recorder: Recorder | None = None,
     ) -> None:
         self.metrics = metrics or GatewayMetrics(CollectorRegistry())
+        self.body_budget = BodyBudget(runtime.config.server.body_buffer_limit)
         self.usage = usage
         self.access_log = access_log
         self.recorder = recorder or Recorder(self.metrics)
@@ -288,6 +295,8 @@ class RuntimeState:
 
     def _adopt(self, runtime: Runtime) -> None:
         runtime.metrics = self.metrics
+        self.body_budget.limit = runtime.config.server.body_buffer_limit
+        runtime.body_budget = self.body_budget
         runtime.usage = self.usage
         runtime.access_log = self.access_log
         record = runtime.config.record

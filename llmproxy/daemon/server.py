@@ -26,6 +26,7 @@ from llmproxy.config.model import (
 )
 from llmproxy.daemon.control import ReloadOutcome
 from llmproxy.daemon.listen import parse_listen
+from llmproxy.daemon.listener import ConnectionLimits, protocol
 from llmproxy.daemon.reload import Reloader
 from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.gateway.access_log import AccessLog
@@ -77,7 +78,12 @@ def with_listen(config: Config, listen: str) -> Config:
 
 
 def uvicorn_config(app: GatewayApp, config: Config) -> uvicorn.Config:
-    """uvicorn settings from ``server.*``: timeouts, TLS, no access log on the hot path."""
+    """uvicorn settings from ``server.*``: the gateway's connection class (header and body
+    timeouts, header size, connection cap), TLS, no access log on the hot path.
+
+    ``proxy_headers`` is off: uvicorn would believe ``X-Forwarded-For`` from loopback; the
+    gateway decides whom to believe itself (``server.trusted_proxies``).
+    """
     host, port = parse_listen(config.listen_address)
     server = config.server
     tls = server.tls
@@ -86,14 +92,15 @@ def uvicorn_config(app: GatewayApp, config: Config) -> uvicorn.Config:
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=protocol(ConnectionLimits.of(server)),
+        ws="none",
         lifespan="on",
+        proxy_headers=False,
         access_log=False,
         server_header=False,
         date_header=True,
         timeout_keep_alive=int(server.idle_timeout) or 5,
         timeout_graceful_shutdown=int(server.shutdown_timeout) or None,
-        h11_max_incomplete_event_size=server.max_header_size,
         ssl_certfile=tls.cert_file if tls.enabled else None,
         ssl_keyfile=tls.key_file if tls.enabled else None,
         log_config=None,

@@ -12,28 +12,36 @@ to the end, so a reload never changes the rules under a request that is already 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from llmproxy.auth.keys import PresentedKey
-from llmproxy.auth.pipeline import Identity
+from llmproxy.auth.pipeline import Identity, Recognised
 from llmproxy.gateway import auth_step, cors, limits_step
 from llmproxy.gateway.asgi import Message, Receive, Scope, Send
+from llmproxy.gateway.body_read import BodyReader, ClientGone
+from llmproxy.gateway.canonical import CanonicalRequest, canonical_request
 from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import find_header
-from llmproxy.gateway.models import list_models
+from llmproxy.gateway.models import list_models, retrieve_model
 from llmproxy.gateway.proxy import ProxyRequest, forward
-from llmproxy.gateway.request_peek import EMPTY_PEEK, RequestPeek, peek_body
+from llmproxy.gateway.request_body import (
+    EMPTY_PEEK,
+    RequestPeek,
+    peek_body,
+    with_usage_requested,
+)
 from llmproxy.gateway.responses import send_bytes, send_error
 from llmproxy.metrics import mean_inter_token
 from llmproxy.record.capture import Captured
 from llmproxy.record.format import Outcome
-from llmproxy.usage import Usage, estimate_prompt_tokens, request_with_usage
+from llmproxy.usage import Usage, estimate_prompt_tokens
 from llmproxy.usage.record import UsageRecord
 
 if TYPE_CHECKING:
@@ -41,14 +49,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llmproxy.gateway")
 
-# Endpoints whose body must name a model (404 model_not_found routing needs it).
+# Endpoints whose body must name a model (404 model_not_found routing needs it), by the
+# lower-case canonical path every rule reads.
 _MODEL_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+_MODELS = "/v1/models"
 _MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(rb"[!-~]{1,%d}" % _MAX_REQUEST_ID)
 _OK = b'{"status":"ok"}'
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
 
 
 class GatewayApp:
@@ -95,7 +102,7 @@ class GatewayApp:
     async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
         given_id = find_header(headers, b"x-request-id")
-        if given_id and len(given_id) <= _MAX_REQUEST_ID and given_id.isascii():
+        if given_id and _REQUEST_ID.fullmatch(given_id):
             request_id = given_id.decode("ascii")
         else:
             request_id = f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFFFFFF:012x}"
@@ -109,43 +116,54 @@ class GatewayApp:
                     return
                 send = cors.wrap_send(send, server.cors, origin)
         try:
-            if runtime.max_header_bytes and _header_bytes(headers) > runtime.max_header_bytes:
-                raise GatewayError(431, "request headers are too large", "headers_too_large")
-            await self._dispatch(runtime, scope, receive, send, request_id)
+            request = canonical_request(scope, runtime.proxy_trust, request_id)
+            await self._dispatch(runtime, request, receive, send)
         except GatewayError as error:
             await send_error(send, error, rid)
         except ClientGone:
             log.debug("client left before sending its whole body (request %s)", request_id)
+        except Exception:
+            # A defect, not the client's doing: the operator gets the traceback, the client an
+            # OpenAI-style 500 (or, mid-response, a closed connection), never a plain-text page.
+            log.exception("request %s failed inside the gateway", request_id)
+            with contextlib.suppress(RuntimeError, OSError):
+                await send_error(
+                    send, GatewayError(500, "internal gateway error", "internal_error"), rid
+                )
 
     async def _dispatch(
-        self, runtime: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str
+        self, runtime: Runtime, request: CanonicalRequest, receive: Receive, send: Send
     ) -> None:
-        path: str = scope["path"]
-        method: str = scope["method"]
-        proxied = path.startswith("/v1/") and not (path == "/v1/models" and method == "GET")
+        endpoint = request.endpoint
+        local_models = endpoint == _MODELS or endpoint.startswith("/v1/models/")
+        proxied = endpoint.startswith("/v1/") and not local_models
         if proxied and runtime.global_rate is not None and runtime.limits is not None:
             # Before auth: the global bucket also shields the key providers from a flood.
             await limits_step.check_global(runtime, runtime.limits, runtime.global_rate)
-        key = None
-        if auth_step.needs_key(runtime, path):
-            key = auth_step.presented_key(runtime, scope["headers"])
-            if not proxied:
-                # What the gateway answers itself is authenticated before it is served; a
-                # proxied request once its body names the model.
-                await self._identify(runtime, scope, key, None, stream=False)
+        recognised = None
+        if auth_step.needs_key(runtime, endpoint):
+            key = auth_step.presented_key(runtime, request.headers)
+            # Before the body is read: an unknown key costs no more than its headers.
+            recognised = await auth_step.recognise(runtime, key, request.client_ip)
         if proxied:
-            await self._proxy(runtime, scope, receive, send, request_id, key)
-        elif path == "/v1/models":
-            await send_bytes(send, 200, await list_models(runtime))
-        elif path == "/health":
+            await self._proxy(runtime, request, receive, send, recognised)
+            return
+        identity = (
+            _decide(runtime, request, recognised, None, stream=False, proxied=False)
+            if recognised is not None
+            else None
+        )
+        if local_models:
+            await self._models(runtime, request, send, identity)
+        elif endpoint == "/health":
             await send_bytes(send, 200, _OK)
-        elif path == "/ready":
+        elif endpoint == "/ready":
             now = asyncio.get_running_loop().time()
             if any(backend.is_available(now) for backend in runtime.router.backends):
                 await send_bytes(send, 200, _OK)
             else:
                 raise GatewayError(503, "no backend is healthy", "not_ready")
-        elif path == runtime.config.metrics.path and runtime.config.metrics.enabled:
+        elif endpoint == runtime.config.metrics.path and runtime.config.metrics.enabled:
             metrics = runtime.metrics
             now = asyncio.get_running_loop().time()
             for backend in runtime.router.backends:
@@ -154,63 +172,65 @@ class GatewayApp:
             await send_bytes(send, 200, body, content_type.encode())
         else:
             raise GatewayError(
-                404, f"unknown path {path}: the OpenAI API is served under /v1/", "unknown_path"
+                404,
+                f"unknown path {request.path}: the OpenAI API is served under /v1/",
+                "unknown_path",
             )
 
-    async def _identify(
-        self,
-        runtime: Runtime,
-        scope: Scope,
-        key: PresentedKey,
-        model: str | None,
-        *,
-        stream: bool,
-    ) -> Identity:
-        client = scope.get("client")
-        return await auth_step.identify(
-            runtime,
-            key,
-            method=scope["method"],
-            path=scope["path"],
-            headers=scope["headers"],
-            client_ip=client[0] if client else None,
-            model=model,
-            stream=stream,
-        )
+    async def _models(
+        self, runtime: Runtime, request: CanonicalRequest, send: Send, identity: Identity | None
+    ) -> None:
+        """``GET /v1/models`` and ``GET /v1/models/{id}``: only what the key may use."""
+        if request.method != "GET":
+            raise GatewayError(405, f"{request.path} accepts GET only", "method_not_allowed")
+        allowed = identity.models if identity is not None else None
+        if request.endpoint == _MODELS:
+            await send_bytes(send, 200, await list_models(runtime, allowed))
+            return
+        model = request.path[len(_MODELS) + 1 :]
+        found = await retrieve_model(runtime, model, allowed)
+        if found is None:
+            raise GatewayError(
+                404, f"The model `{model}` does not exist.", "model_not_found", param="model"
+            )
+        await send_bytes(send, 200, found)
 
     async def _proxy(
         self,
         runtime: Runtime,
-        scope: Scope,
+        request: CanonicalRequest,
         receive: Receive,
         send: Send,
-        request_id: str,
-        key: PresentedKey | None,
+        recognised: Recognised | None,
     ) -> None:
-        path: str = scope["path"]
-        method: str = scope["method"]
-        headers = scope["headers"]
-        model_required = path in _MODEL_ENDPOINTS
-        is_json = _check_shape(path, method, headers, model_required)
+        endpoint = request.endpoint
+        model_required = endpoint in _MODEL_ENDPOINTS
+        is_json = _check_shape(request, model_required)
         recorder = runtime.recorder  # None unless recording: all it costs when it is off
         arrival = recorder.sample() if recorder is not None and model_required else None
-        body = await _read_body(receive, headers, runtime)
-        # Recorded as the client sent it: kept apart only when sampled and include_usage is added.
-        original = body if arrival is not None else None
-        peek = peek_body(body, model_required=model_required) if is_json else EMPTY_PEEK
-        identity = None
-        extra_headers: tuple[tuple[str, str], ...] = ()
-        if key is not None:
-            identity = await self._identify(runtime, scope, key, peek.model, stream=peek.streaming)
-            extra_headers = auth_step.metadata_headers(
-                runtime.config.auth.forward_metadata, identity
-            )
+        reader = BodyReader(runtime.body_budget)
+        try:
+            body = await reader.read(receive, request.headers, runtime.config.server.max_body_size)
+            peek = peek_body(body, model_required=model_required) if is_json else EMPTY_PEEK
+            identity = None
+            extra_headers: tuple[tuple[str, str], ...] = ()
+            if recognised is not None:
+                identity = _decide(
+                    runtime, request, recognised, peek.model, stream=peek.streaming, proxied=True
+                )
+                extra_headers = auth_step.metadata_headers(
+                    runtime.config.auth.forward_metadata, identity
+                )
+        finally:
+            reader.release()
+        # Recorded as judged (the client's bytes), before the gateway's own edits.
+        judged = body if arrival is not None else None
         strip_usage = False
-        if peek.streaming and model_required and runtime.counts_tokens:
+        if peek.streaming and model_required and runtime.counts_tokens and not peek.include_usage:
             # Usage is needed to settle budgets and to bill: ask the backend for it, and hide
             # the usage event from a client that did not ask for it.
-            body, client_asked = request_with_usage(body, streaming=True)
-            strip_usage = not client_asked
+            body = with_usage_requested(body, peek)
+            strip_usage = True
         prompt_estimate = (
             estimate_prompt_tokens(body, runtime.config.rate_limit.chars_per_token)
             if model_required
@@ -219,52 +239,79 @@ class GatewayApp:
         settlement = (
             await _admit(runtime, identity, peek, prompt_estimate) if identity is not None else None
         )
-        query: bytes = scope["query_string"]
-        client = scope.get("client")
-        request = ProxyRequest(
-            method=method,
-            path_qs=f"{path}?{query.decode('latin-1')}" if query else path,
-            headers=headers,
+        proxy_request = ProxyRequest(
+            canonical=request,
             body=body,
             peek=peek,
-            request_id=request_id,
-            client_ip=client[0] if client else None,
             identity=identity,
             extra_headers=extra_headers,
             response_headers=settlement.headers if settlement is not None else (),
             strip_usage=strip_usage,
         )
-        watch = _DisconnectWatch(receive, request)
+        watch = _DisconnectWatch(receive, proxy_request)
         started = asyncio.get_running_loop().time()
         usage = runtime.usage
-        held = _HeldEnd(send) if usage is not None and usage.durable else None
+        held = None
+        if usage is not None and usage.durable:
+            held = _HeldEnd(send)
+            proxy_request.hold_last = True
         try:
-            await forward(runtime, request, held or send)
+            await forward(runtime, proxy_request, held or send)
         except asyncio.CancelledError:
             # Cut before its end: by the client leaving, or by a forced shutdown (re-raised).
-            request.cancelled = True
+            proxy_request.cancelled = True
             if not watch.fired:
                 raise
-            log.debug("client left; upstream request %s closed", request_id)
+            log.debug("client left; upstream request %s closed", request.request_id)
         except GatewayError as error:
-            request.status = error.status
+            proxy_request.status = error.status
             raise
         finally:
             watch.stop()
-            used = request.used_usage(prompt_estimate)
+            used = proxy_request.used_usage(prompt_estimate)
             if settlement is not None:
                 settlement.settle(runtime, used.total_tokens if used is not None else 0)
-            written = _account(runtime, request, path, started, used, arrival, original)
+            written = _account(runtime, proxy_request, started, used, arrival, judged)
         if held is not None and held.messages:
             await held.release(written)
 
 
-def _check_shape(
-    path: str, method: str, headers: list[tuple[bytes, bytes]], model_required: bool
-) -> bool:
-    """Refuse a wrong method or content type before reading the body; whether it is JSON."""
-    if model_required and method != "POST":
-        raise GatewayError(405, f"{path} accepts POST only", "method_not_allowed")
+def _decide(
+    runtime: Runtime,
+    request: CanonicalRequest,
+    recognised: Recognised,
+    model: str | None,
+    *,
+    stream: bool,
+    proxied: bool,
+) -> Identity:
+    return auth_step.decide(
+        runtime,
+        recognised,
+        method=request.method,
+        path=request.path,
+        headers=request.headers,
+        client_ip=request.client_ip,
+        model=model,
+        stream=stream,
+        proxied=proxied,
+    )
+
+
+def _check_shape(request: CanonicalRequest, model_required: bool) -> bool:
+    """Refuse a wrong method, content type or encoding before reading the body; whether the
+    body is to be judged as JSON."""
+    if model_required and request.method != "POST":
+        raise GatewayError(405, f"{request.path} accepts POST only", "method_not_allowed")
+    headers = request.headers
+    encoding = find_header(headers, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        # The gateway could not judge a compressed body, so none is passed on.
+        raise GatewayError(
+            415,
+            "compressed request bodies are not accepted (content-encoding)",
+            "unsupported_media_type",
+        )
     content_type = find_header(headers, b"content-type")
     is_json = content_type is None or _is_json(content_type)
     if model_required and not is_json:
@@ -289,14 +336,13 @@ async def _admit(
     if policy.requests is None and not policy.needs_lease:
         return None
     completion = peek.max_tokens or peek.max_completion_tokens
-    reserve = (completion or limits.default_max_tokens) + prompt_estimate
+    reserve = (completion or limits.default_max_tokens) * peek.completions + prompt_estimate
     return await limits_step.admit(runtime, identity.key_id, policy, reserve)
 
 
 def _account(
     runtime: Runtime,
     request: ProxyRequest,
-    path: str,
     started: float,
     used: Usage | None,
     arrival: float | None = None,
@@ -307,6 +353,8 @@ def _account(
 
     Under ``usage.acknowledge: durable``, the future that is done once the record is written.
     """
+    canonical = request.canonical
+    path = canonical.endpoint
     duration = asyncio.get_running_loop().time() - started
     ttft = request.first_token_at - started if request.first_token_at is not None else None
     status = request.status or 499  # nothing sent: the client left first (nginx's convention)
@@ -332,9 +380,9 @@ def _account(
         runtime.access_log.write(
             {
                 "time": time.time(),
-                "request_id": request.request_id,
-                "client_ip": request.client_ip,
-                "method": request.method,
+                "request_id": canonical.request_id,
+                "client_ip": canonical.client_ip,
+                "method": canonical.method,
                 "path": path,
                 "key_name": identity.name if identity is not None else "",
                 "key_prefix": identity.key_prefix if identity is not None else "",
@@ -372,7 +420,7 @@ def _account(
         return None
     # Built in one call, without a dict of fields: this runs for every request.
     record = UsageRecord(
-        request_id=request.request_id,
+        request_id=canonical.request_id,
         model=model,
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -483,51 +531,6 @@ class _DisconnectWatch:
         self._task = None
 
 
-async def _read_body(
-    receive: Receive, headers: list[tuple[bytes, bytes]], runtime: Runtime
-) -> bytes:
-    """The whole request body, bounded by ``server.max_body_size`` (413) and ``read_timeout``."""
-    limit = runtime.config.server.max_body_size
-    declared = find_header(headers, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientGone
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
-    chunks = [body]
-    size = len(body)
-    try:
-        async with asyncio.timeout(runtime.config.server.read_timeout or None):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk: bytes = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-    except TimeoutError:
-        raise GatewayError(408, "the request body did not arrive in time", "timeout") from None
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413, f"the request body is larger than the limit of {limit} bytes", "request_too_large"
-    )
-
-
 def _is_json(content_type: bytes) -> bool:
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == b"application/json" or media.endswith(b"+json")
-
-
-def _header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
-    return sum(len(name) + len(value) + 4 for name, value in headers)

@@ -1,29 +1,37 @@
-"""The auth step of the request path: find the key, ask the pipeline, pass the identity on.
+"""The auth steps of the request path: find the key, recognise it, then decide on the request.
 
-The key is looked for before the body is read (a request without one costs nothing more); the
-pipeline is asked once the model is known, because allowlists and Lua decisions depend on it.
+The key comes from the headers and is recognised (provider lookups, its state and IP
+allowlist) before the body is read: a request with an unknown key gets its 401 without its body
+being read, buffered or parsed. The decision that depends on the body (model allowlist, Lua) is
+made once the body was judged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from llmproxy.auth.extract import extract_key
 from llmproxy.auth.keys import PresentedKey
-from llmproxy.auth.pipeline import AuthRequest, Identity
+from llmproxy.auth.pipeline import AuthRequest, Identity, Recognised
 from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import RawHeaders
+from llmproxy.gateway.request_path import under
+from llmproxy.http_fields import header_value_problem
 
 if TYPE_CHECKING:
     from llmproxy.daemon.runtime import Runtime
+
+log = logging.getLogger("llmproxy.auth")
 
 _MISSING = "no API key: send it as `Authorization: Bearer <key>` or in an `X-API-Key` header"
 
 
 def needs_key(runtime: Runtime, path: str) -> bool:
-    """True when auth is on and ``path`` is not one of ``auth.skip_paths`` (prefix match)."""
-    return runtime.auth is not None and not path.startswith(runtime.auth_skip_paths)
+    """True when auth is on and the canonical ``path`` is not under one of ``auth.skip_paths``
+    (whole segments)."""
+    return runtime.auth is not None and not under(path, runtime.auth_skip_paths)
 
 
 def presented_key(runtime: Runtime, headers: RawHeaders) -> PresentedKey:
@@ -36,9 +44,20 @@ def presented_key(runtime: Runtime, headers: RawHeaders) -> PresentedKey:
     return PresentedKey.of(secret)
 
 
-async def identify(
+async def recognise(runtime: Runtime, key: PresentedKey, client_ip: str | None) -> Recognised:
+    """The first step, on the headers alone; raises :class:`GatewayError` when refused."""
+    pipeline = runtime.auth
+    assert pipeline is not None
+    try:
+        return await pipeline.recognise(key, client_ip)
+    except GatewayError as error:
+        runtime.metrics.auth_decision("none", "error" if error.status >= 500 else "denied")
+        raise
+
+
+def decide(
     runtime: Runtime,
-    key: PresentedKey,
+    recognised: Recognised,
     *,
     method: str,
     path: str,
@@ -46,8 +65,9 @@ async def identify(
     client_ip: str | None,
     model: str | None,
     stream: bool,
+    proxied: bool,
 ) -> Identity:
-    """Ask the pipeline; raises :class:`GatewayError` when the key may not pass."""
+    """The second step, once the body was judged; raises :class:`GatewayError` when refused."""
     pipeline = runtime.auth
     assert pipeline is not None
     request = AuthRequest(
@@ -57,9 +77,10 @@ async def identify(
         model=model,
         stream=stream,
         headers=_plain_headers(headers, runtime.secret_headers) if pipeline.uses_lua else {},
+        proxied=proxied,
     )
     try:
-        identity = await pipeline.authenticate(key, request)
+        identity = pipeline.decide(recognised, request)
     except GatewayError as error:
         runtime.metrics.auth_decision("none", "error" if error.status >= 500 else "denied")
         raise
@@ -68,15 +89,37 @@ async def identify(
 
 
 def metadata_headers(forward: Mapping[str, str], identity: Identity) -> tuple[tuple[str, str], ...]:
-    """Upstream headers carrying the decision metadata the operator chose to forward."""
+    """Upstream headers carrying the decision metadata the operator chose to forward.
+
+    A value that cannot be a header (a CR or LF from a provider's data or a Lua decision) is
+    never sent: the request is refused with a 500 and the log names the provider and the item.
+    """
     if not forward:
         return ()
     values = {"user_id": identity.user_id, "key_id": identity.key_id, **identity.metadata}
-    return tuple(
-        (header, str(values[name]))
-        for name, header in forward.items()
-        if values.get(name) not in (None, "")
-    )
+    out = []
+    for name, header in forward.items():
+        value = values.get(name)
+        if value in (None, ""):
+            continue
+        text = str(value)
+        problem = header_value_problem(text)
+        if problem is not None:
+            log.error(
+                "auth provider %s gave key %s a `%s` that cannot be forwarded as %s: %s",
+                identity.provider,
+                identity.key_prefix,
+                name,
+                header,
+                problem,
+            )
+            raise GatewayError(
+                500,
+                f"the gateway cannot forward this key's `{name}` (see the gateway's log)",
+                "invalid_forwarded_metadata",
+            )
+        out.append((header, text))
+    return tuple(out)
 
 
 def _plain_headers(headers: RawHeaders, secret: frozenset[bytes]) -> dict[str, str]:

@@ -39,34 +39,45 @@ def _connection_named(headers: RawHeaders) -> frozenset[bytes]:
     return frozenset(named)
 
 
+# Forwarding headers a client may write itself; passed on only from a trusted proxy.
+_FORWARDING = frozenset({b"forwarded", b"x-real-ip", b"x-forwarded-host", b"x-forwarded-proto"})
+
+
 def upstream_request_headers(
     client_headers: RawHeaders,
     secret_headers: frozenset[bytes],
     extra: Iterable[tuple[str, str]],
     request_id: str,
-    client_ip: str | None,
+    forwarded_for: str | None,
+    *,
+    trusted_forwarding: bool = False,
 ) -> dict[str, str]:
     """Headers for the request to the backend.
 
     ``secret_headers`` are the lowercase names that carry the client's API key (``authorization``,
-    ``x-api-key`` and any configured ``auth.header_names``); ``extra`` is the backend's configured
-    headers, including its own ``Authorization``.
+    ``x-api-key`` and any configured ``auth.header_names``) or that the gateway fills itself
+    (forwarded metadata). A client header is dropped when its name *or* its name with ``_``
+    read as ``-`` is one of them: servers behind CGI-style header maps (``HTTP_X_USER_ID``)
+    cannot tell ``x_user_id`` from ``x-user-id``. ``extra`` is the backend's configured headers,
+    including its own ``Authorization``. ``forwarded_for`` is the upstream ``X-Forwarded-For``
+    (see :mod:`llmproxy.gateway.client_address`); ``trusted_forwarding`` passes the client's
+    other forwarding headers on (the peer is a trusted proxy).
     """
     drop = HOP_BY_HOP | _REQUEST_MANAGED | secret_headers | _connection_named(client_headers)
+    if not trusted_forwarding:
+        drop = drop | _FORWARDING
     out: dict[str, str] = {}
-    forwarded_for = ""
     for raw_name, raw_value in client_headers:
         name = raw_name.lower()
-        if name in drop:
+        if name in drop or name == b"x-forwarded-for":
             continue
-        if name == b"x-forwarded-for":
-            forwarded_for = raw_value.decode("latin-1")
+        if b"_" in name and name.replace(b"_", b"-") in drop:
             continue
         key = name.decode("latin-1")
         value = raw_value.decode("latin-1")
         out[key] = f"{out[key]}, {value}" if key in out else value
-    if client_ip:
-        out["x-forwarded-for"] = f"{forwarded_for}, {client_ip}" if forwarded_for else client_ip
+    if forwarded_for:
+        out["x-forwarded-for"] = forwarded_for
     for key, value in extra:
         out[key.lower()] = value
     out["x-request-id"] = request_id

@@ -1,4 +1,4 @@
-"""``GET /v1/models``: the union of the models every backend serves.
+"""``GET /v1/models``: the union of the models every backend serves, as far as the key may see.
 
 Backends that list ``models`` in the config are taken at their word; the others are asked for their
 own ``/v1/models`` (bounded by a short timeout, cached for a while) so the union is real.
@@ -51,8 +51,8 @@ async def _discover(runtime: Runtime, name: str) -> list[str]:
         return []
 
 
-async def list_models(runtime: Runtime) -> bytes:
-    """The OpenAI model list document, as bytes."""
+async def _served(runtime: Runtime) -> tuple[str, ...]:
+    """Every model some backend serves, sorted (cached for a while)."""
     cache = runtime.model_list_cache
     now = time.monotonic()
     if cache is not None and cache[0] > now:
@@ -71,15 +71,37 @@ async def list_models(runtime: Runtime) -> bytes:
             owners.setdefault(model, name)
     # Discovered names become allowed metric label values (anything else is labelled "other").
     runtime.metrics.allow_models(owners)
+    served = tuple(sorted(owners))
+    runtime.model_list_cache = (now + _CACHE_SECONDS, served)
+    return served
+
+
+def _entry(model: str, created: int) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": created, "owned_by": "llmproxy"}
+
+
+async def list_models(runtime: Runtime, allowed: frozenset[str] | None = None) -> bytes:
+    """The OpenAI model list document, as bytes: the models served, and of those only the ones
+    in ``allowed`` (a key's allowlist; None: every one)."""
     created = int(time.time())
-    body = _ENCODER.encode(
+    served = await _served(runtime)
+    return _ENCODER.encode(
         {
             "object": "list",
             "data": [
-                {"id": model, "object": "model", "created": created, "owned_by": "llmproxy"}
-                for model in sorted(owners)
+                _entry(model, created) for model in served if allowed is None or model in allowed
             ],
         }
     )
-    runtime.model_list_cache = (now + _CACHE_SECONDS, body)
-    return body
+
+
+async def retrieve_model(
+    runtime: Runtime, model: str, allowed: frozenset[str] | None = None
+) -> bytes | None:
+    """``GET /v1/models/{model}``: the model's document, or None when it is not served or not
+    in ``allowed`` (a key learns nothing of models it may not use)."""
+    if allowed is not None and model not in allowed:
+        return None
+    if model not in await _served(runtime):
+        return None
+    return _ENCODER.encode(_entry(model, int(time.time())))

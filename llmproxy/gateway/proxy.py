@@ -6,30 +6,40 @@ The rules that make this a gateway rather than a buffer:
   arrives — never decoded, never re-encoded, never held;
 * a failure is retried on another backend only while nothing was sent to the client; after the
   first byte a failure ends the stream with an SSE ``error`` event, never a fake ``finish_reason``;
+* a non-streamed answer is relayed as it arrives too (its ``usage`` read on the way), so a huge
+  answer is never held whole;
 * whatever ends the request — completion, error, or cancellation because the client left — the
   upstream response is closed at once (so the inference server stops generating) and the backend's
-  in-flight count is released.
+  in-flight count is released;
+* the request sent is the canonical one the gateway judged: its raw target byte for byte (the
+  HTTP client is told not to normalise it again) and the judged body;
+* an answer the gateway cannot relay faithfully (a status outside 200–599, a malformed or
+  oversized header block, broken framing) is a 502, never passed on or turned into a traceback;
+* a 5xx answer counts against a backend's health only when it cannot be the request's own doing
+  (see :func:`_judge_server_errors`); failures no client can cause always count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
+from yarl import URL
 
 from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PassiveHealthConfig
 from llmproxy.gateway.asgi import Send
+from llmproxy.gateway.canonical import CanonicalRequest
 from llmproxy.gateway.errors import GatewayError, sse_error_event
-from llmproxy.gateway.headers import RawHeaders, client_response_headers, upstream_request_headers
-from llmproxy.gateway.request_peek import RequestPeek, with_member
+from llmproxy.gateway.headers import client_response_headers, upstream_request_headers
+from llmproxy.gateway.request_body import RequestPeek, with_priority
 from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.prefix import prompt_prefix
-from llmproxy.usage import StreamUsage, Usage, usage_from_body
+from llmproxy.usage import ResponseUsage, StreamUsage, Usage
 
 if TYPE_CHECKING:
     from llmproxy.daemon.runtime import Runtime
@@ -45,13 +55,10 @@ _END = {"type": "http.response.body", "body": b"", "more_body": False}
 class ProxyRequest:
     """What the forwarder needs of one client request."""
 
-    method: str
-    path_qs: str
-    headers: RawHeaders
+    canonical: CanonicalRequest
+    """The request as judged: method, raw target, headers, client address, request id."""
     body: bytes
     peek: RequestPeek
-    request_id: str
-    client_ip: str | None
     identity: Identity | None = None
     """Who the request belongs to, when auth is on."""
     extra_headers: tuple[tuple[str, str], ...] = ()
@@ -76,6 +83,22 @@ class ProxyRequest:
     """The client left before the response was complete."""
     bytes_sent: int = 0
     """Body bytes relayed to the client (for the access log)."""
+    hold_last: bool = False
+    """Send the last chunk of a non-streamed answer with its end (``usage.acknowledge:
+    durable`` holds that end until the usage record is written)."""
+    server_errors: list[Backend] = field(default_factory=list)
+    """Backends that answered this request with a 5xx (judged when the request ends)."""
+
+    @property
+    def request_id(self) -> str:
+        return self.canonical.request_id
+
+    @property
+    def client_id(self) -> str:
+        """Who sent it, for health attribution: the key, else the client's address."""
+        if self.identity is not None:
+            return self.identity.key_id
+        return self.canonical.client_ip or ""
 
     def used_usage(self, prompt_estimate: int) -> Usage | None:
         """What this request consumed: the backend's count, or what was streamed; None when
@@ -116,22 +139,53 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
     policy = runtime.retry_policy
     tried: list[Backend] = []
     last_error = GatewayError(503, _no_backend_message(model), "no_backend_available")
-    for attempt in range(policy.attempts):
-        if attempt:
-            await asyncio.sleep(policy.delay(attempt, runtime.rng))
-        backend = await _choose(runtime, priority, model, tried, key)
-        if backend is None:
-            break
-        tried.append(backend)
-        if attempt:
-            runtime.metrics.retry(tried[-2].name)
-        final = attempt == policy.attempts - 1
-        try:
-            await _attempt(runtime, backend, request, send, priority, final_attempt=final)
-            return
-        except _Retryable as retryable:
-            last_error = retryable.error
-    raise last_error
+    try:
+        for attempt in range(policy.attempts):
+            if attempt:
+                await asyncio.sleep(policy.delay(attempt, runtime.rng))
+            backend = await _choose(runtime, priority, model, tried, key)
+            if backend is None:
+                break
+            tried.append(backend)
+            if attempt:
+                runtime.metrics.retry(tried[-2].name)
+            final = attempt == policy.attempts - 1
+            try:
+                await _attempt(runtime, backend, request, send, priority, final_attempt=final)
+                return
+            except _Retryable as retryable:
+                last_error = retryable.error
+        raise last_error
+    finally:
+        if request.server_errors:
+            _judge_server_errors(runtime, request)
+
+
+def _judge_server_errors(runtime: Runtime, request: ProxyRequest) -> None:
+    """Count this request's 5xx answers against the backends' health, unless the request itself
+    is the likely cause.
+
+    A 5xx can be a broken backend or a request the backend chokes on, and a client must not be
+    able to take a backend away from everyone by sending the second kind. So, once per backend
+    per request (retries on one backend are one failure):
+
+    * the request ended well on another backend: the ones that failed it are at fault, and
+      counted like a refused connection;
+    * several backends all failed it: the request is the common factor, none is counted;
+    * the only backend tried failed it: counted, attributed to the client, so an ejection
+      needs ``health_check.passive.min_clients`` different clients in the failure run.
+    """
+    failed = list(dict.fromkeys(request.server_errors))
+    succeeded = 0 < request.status < 500
+    if not succeeded and len(failed) > 1:
+        return
+    passive = runtime.config.health_check.passive
+    now = asyncio.get_running_loop().time()
+    client = None if succeeded else request.client_id
+    for backend in failed:
+        if succeeded and backend.name == request.backend:
+            continue  # failed, then served the retry itself: a passing fault
+        _failed(runtime, backend, now, passive, client=client)
 
 
 async def _choose(
@@ -198,14 +252,16 @@ async def _attempt(
     client = runtime.clients[backend.name]
     passive = runtime.config.health_check.passive
     loop = asyncio.get_running_loop()
+    canonical = request.canonical
     headers = upstream_request_headers(
-        request.headers,
+        canonical.headers,
         runtime.secret_headers,
         (*client.extra_headers, *request.extra_headers)
         if request.extra_headers
         else client.extra_headers,
-        request.request_id,
-        request.client_ip,
+        canonical.request_id,
+        canonical.client.forwarded_for,
+        trusted_forwarding=canonical.client.via_trusted_proxy,
     )
     backend.begin()
     metrics = runtime.metrics
@@ -218,10 +274,11 @@ async def _attempt(
         try:
             body = request.body
             if backend.send_priority and body and request.peek.model is not None:
-                body = with_member(body, "priority", priority)
+                body = with_priority(body, request.peek, priority)
             response = await client.session.request(
-                request.method,
-                client.base_url + request.path_qs,
+                canonical.method,
+                # encoded: the judged target goes out byte for byte, never re-normalised.
+                URL(client.base_url + canonical.target, encoded=True),
                 data=body or None,
                 headers=headers,
                 allow_redirects=False,
@@ -233,6 +290,11 @@ async def _attempt(
                     504, f"backend {backend.name} did not answer in time", "upstream_timeout"
                 )
             ) from None
+        except aiohttp.ClientResponseError as exc:
+            # The backend answered something that is not HTTP we can relay: a header block
+            # over aiohttp's limits, malformed framing, a bad status line.
+            _failed(runtime, backend, loop.time(), passive)
+            raise _Retryable(_invalid_answer(backend, exc.message)) from None
         except (aiohttp.ClientError, OSError) as exc:
             _failed(runtime, backend, loop.time(), passive)
             raise _Retryable(
@@ -244,50 +306,26 @@ async def _attempt(
             ) from None
         backend.record_first_byte(loop.time() - started)
         status = response.status
-        if status >= 500:
+        if not 200 <= status <= 599:
             _failed(runtime, backend, loop.time(), passive)
+            raise _Retryable(_invalid_answer(backend, f"status {status}"))
+        if status >= 500:
+            request.server_errors.append(backend)
         if not final_attempt and runtime.retry_policy.retryable_status(status):
             raise _Retryable(
                 GatewayError(status, f"backend {backend.name} answered {status}", "upstream_error")
             )
         if response.content_type == _SSE:
             consumed = await _relay_stream(backend, client.idle_timeout, response, request, send)
-            if not consumed:
-                _failed(runtime, backend, loop.time(), passive)
-                return
         else:
             try:
-                payload = await response.read()
-            except TimeoutError:
+                consumed = await _relay_body(backend, client.hold_limit, response, request, send)
+            except _Retryable:
                 _failed(runtime, backend, loop.time(), passive)
-                raise _Retryable(
-                    GatewayError(504, f"backend {backend.name} timed out", "upstream_timeout")
-                ) from None
-            except (aiohttp.ClientError, OSError):
-                _failed(runtime, backend, loop.time(), passive)
-                raise _Retryable(
-                    GatewayError(
-                        502, f"backend {backend.name} closed the connection", "upstream_reset"
-                    )
-                ) from None
-            consumed = True
-            if status < 300:
-                request.usage = usage_from_body(payload)
-            request.status = status
-            request.bytes_sent = len(payload)
-            request.complete = True
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": client_response_headers(
-                        response.raw_headers,
-                        request.request_id.encode("latin-1"),
-                        request.response_headers,
-                    ),
-                }
-            )
-            await send({"type": "http.response.body", "body": payload, "more_body": False})
+                raise
+        if not consumed:
+            _failed(runtime, backend, loop.time(), passive)
+            return
         if status < 500:
             backend.record_success()
     finally:
@@ -302,6 +340,82 @@ async def _attempt(
         metrics.in_flight(backend.name, -1)
         if backend.max_in_flight:
             runtime.admission.release()
+
+
+def _invalid_answer(backend: Backend, what: str) -> GatewayError:
+    log.warning("backend %s sent an answer that cannot be relayed: %s", backend.name, what)
+    return GatewayError(
+        502, f"backend {backend.name} sent an invalid response", "upstream_invalid_response"
+    )
+
+
+async def _relay_body(
+    backend: Backend,
+    hold_limit: int,
+    response: aiohttp.ClientResponse,
+    request: ProxyRequest,
+    send: Send,
+) -> bool:
+    """Relay a non-streamed body as it arrives, reading its usage on the way; False when the
+    backend broke it off (the client's connection is then cut, never ended as if complete).
+
+    The first chunk is read before the status line is sent, so a backend that fails at once is
+    still retried. Chunks are relayed as they come (an NDJSON stream stays a stream); under
+    ``usage.acknowledge: durable`` each is sent once the next has arrived, so the last goes
+    with the end of the response, which is what the durable hold keeps back.
+    """
+    chunks = response.content.iter_any()
+    try:
+        pending = await anext(chunks, b"")
+    except TimeoutError:
+        raise _Retryable(
+            GatewayError(504, f"backend {backend.name} timed out", "upstream_timeout")
+        ) from None
+    except (aiohttp.ClientError, OSError):
+        raise _Retryable(
+            GatewayError(502, f"backend {backend.name} closed the connection", "upstream_reset")
+        ) from None
+    status = response.status
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": client_response_headers(
+                response.raw_headers, request.request_id.encode("latin-1"), request.response_headers
+            ),
+        }
+    )
+    request.status = status
+    reader = ResponseUsage(hold_limit) if status < 300 else None
+
+    async def relay(chunk: bytes) -> None:
+        if reader is not None:
+            reader.feed(chunk)
+        request.bytes_sent += len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    try:
+        if not request.hold_last:
+            await relay(pending)
+            pending = b""
+            async for chunk in chunks:
+                await relay(chunk)
+        else:
+            async for chunk in chunks:
+                await relay(pending)
+                pending = chunk
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.warning("backend %s broke off its answer: %s", backend.name, type(exc).__name__)
+        if request.canonical.abort is not None:
+            request.canonical.abort()
+        return False
+    if reader is not None:
+        reader.feed(pending)
+        request.usage = reader.usage()
+    request.bytes_sent += len(pending)
+    request.complete = True
+    await send({"type": "http.response.body", "body": pending, "more_body": False})
+    return True
 
 
 async def _relay_stream(
@@ -381,10 +495,23 @@ async def _relay_stream(
     return True
 
 
-def _failed(runtime: Runtime, backend: Backend, now: float, passive: PassiveHealthConfig) -> None:
-    """Count a failed request; passive ejection takes the backend out after a run of them."""
+def _failed(
+    runtime: Runtime,
+    backend: Backend,
+    now: float,
+    passive: PassiveHealthConfig,
+    *,
+    client: str | None = None,
+) -> None:
+    """Count a failed request; passive ejection takes the backend out after a run of them.
+
+    ``client`` names who a 5xx answer may be the doing of; None is a failure no client can
+    cause (a refused or reset connection, a timeout, a broken or invalid answer).
+    """
     threshold = passive.failure_threshold if passive.enabled else 0  # 0: never eject
     ejected_until = backend.ejected_until
-    backend.record_failure(now, threshold, passive.ejection_time)
+    backend.record_failure(
+        now, threshold, passive.ejection_time, client=client, min_clients=passive.min_clients
+    )
     if backend.ejected_until != ejected_until:
         runtime.metrics.ejection(backend.name)

@@ -32,6 +32,8 @@ class UpstreamClient:
             sock_read=config.first_byte_timeout or None,
         )
         self.idle_timeout: float | None = config.idle_timeout or None
+        self.hold_limit = config.max_response_size
+        """Most bytes of a non-streamed answer held to read its usage (``max_response_size``)."""
         extra = {name.lower(): value for name, value in config.headers.items()}
         if config.api_key:
             extra["authorization"] = f"Bearer {config.api_key}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 import secrets
 import sqlite3
 import string
@@ -41,6 +40,7 @@ from llmproxy.auth.keys import (
 from llmproxy.keystore.errors import KeyNotFound, KeyStoreError
 from llmproxy.keystore.record import KeyRecord, check_fields
 from llmproxy.keystore.schema import migrate
+from llmproxy.private_files import private_file
 
 _ID_ALPHABET: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _ID_LENGTH: Final = 12
@@ -95,19 +95,6 @@ def _check_secret(secret: str) -> None:
         raise ValueError("key: starts with 'sk-llmp-' but its checksum does not match (a typo?)")
 
 
-def _create_private_file(path: Path) -> None:
-    """Create ``path`` readable by its owner only, before SQLite opens it with the umask's mode.
-
-    SQLite gives the ``-wal`` and ``-shm`` files the database file's mode, so they stay private too.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(descriptor)
-
-
 class KeyStore:
     """The builtin key store; see the module docstring. ``open()`` before use, or ``with``."""
 
@@ -127,7 +114,7 @@ class KeyStore:
         with self._lock:
             if self._connection is not None:
                 return
-            _create_private_file(self.path)
+            private_file(self.path)
             connection = sqlite3.connect(
                 self.path,
                 timeout=self._busy_timeout,

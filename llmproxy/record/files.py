@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
+from llmproxy.private_files import open_private_append
+
 
 def rotated_name(path: Path, generation: int) -> Path:
     """``path`` with ``.N`` appended: the N-th most recent rotated file."""
@@ -38,8 +40,7 @@ class RotatingFile:
         self.path = path
         self.max_bytes = max_bytes
         self.keep_files = keep_files
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._file: BinaryIO = open_private_append(path)
         self.size = self._file.tell()
         if fresh and self.size:
             self.rotate()
@@ -66,7 +67,7 @@ class RotatingFile:
             self.path.replace(rotated_name(self.path, 1))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+        self._file = open_private_append(self.path)
         self.size = 0
 
     def close(self) -> None:

@@ -73,6 +73,10 @@ class Backend:
     kv_cache_usage: float | None = field(default=None, init=False)
     signals_at: float = field(default=0.0, init=False)
     consecutive_failures: int = field(default=0, init=False)
+    # Who met the 5xx answers of the current run of failures (at most `min_clients` kept), and
+    # whether the run holds a failure no client can cause: see `record_failure`.
+    failing_clients: tuple[str, ...] = field(default=(), init=False)
+    unattributed_failure: bool = field(default=False, init=False)
     requests_total: int = field(default=0, init=False)
     failures_total: int = field(default=0, init=False)
     # Set by an operator (``POST /backends/{name}/drain``) before maintenance: no new request is
@@ -165,9 +169,24 @@ class Backend:
     def record_success(self) -> None:
         """Note a successful response: one success breaks a streak of failures."""
         self.consecutive_failures = 0
+        self.failing_clients = ()
+        self.unattributed_failure = False
 
-    def record_failure(self, now: float, failure_threshold: int, ejection_time: float) -> None:
+    def record_failure(
+        self,
+        now: float,
+        failure_threshold: int,
+        ejection_time: float,
+        *,
+        client: str | None = None,
+        min_clients: int = 1,
+    ) -> None:
         """Note a failed request and eject the backend for `ejection_time` seconds at the threshold.
+
+        `client` is who met a 5xx answer (a key id or an address); None is a failure no client
+        can cause (connection refused or reset, timeout, an invalid answer). A streak reaches
+        the threshold only when it holds such a failure or 5xx answers met by `min_clients`
+        different clients: one client repeating a request the backend chokes on never ejects.
 
         The streak restarts after an ejection, so a backend that is still broken when it comes
         back needs another `failure_threshold` failures before it is ejected again. A
@@ -175,9 +194,17 @@ class Backend:
         """
         self.failures_total += 1
         self.consecutive_failures += 1
-        if 0 < failure_threshold <= self.consecutive_failures:
+        if client is None:
+            self.unattributed_failure = True
+        elif client not in self.failing_clients and len(self.failing_clients) < min_clients:
+            self.failing_clients = (*self.failing_clients, client)
+        if 0 < failure_threshold <= self.consecutive_failures and (
+            self.unattributed_failure or len(self.failing_clients) >= min_clients
+        ):
             self.ejected_until = now + ejection_time
             self.consecutive_failures = 0
+            self.failing_clients = ()
+            self.unattributed_failure = False
 
     def snapshot(self, now: float) -> dict[str, object]:
         """A JSON-ready view of identity and live state for status endpoints and the CLI."""

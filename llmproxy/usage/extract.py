@@ -1,10 +1,11 @@
 """Token usage read from request and response bodies, and the request rewrite that asks for it.
 
-Three helpers around the :class:`Usage` value, one per moment of a request::
+Helpers around the :class:`Usage` value, one per moment of a request::
 
     prompt = estimate_prompt_tokens(body, chars_per_token=4.0)   # before: reserve a budget
-    body, client_asked = request_with_usage(body)                # streaming: ask for usage
-    usage = usage_from_body(response_body)                       # non-streamed answer: settle
+    reader = ResponseUsage(hold_limit)                           # non-streamed answer, as it
+    reader.feed(chunk)                                           #   is relayed
+    usage = reader.usage()                                       # then settle
 
 Streamed answers are settled by :class:`llmproxy.usage.stream.StreamUsage`. Everything here decodes
 only the fields it needs, with msgspec structs, and answers ``None`` (or an estimate) rather than
@@ -132,61 +133,50 @@ def string_value_at(data: bytes, pos: int) -> str | None:
         return None
 
 
-_TRUE = b"true"
-_INCLUDE_USAGE = msgspec.Raw(_TRUE)
-_decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-_encode = msgspec.json.Encoder().encode
+_TAIL_WINDOW = 64 * 1024
 
 
-_STREAM_OPTIONS_MEMBER = b'"stream_options":{"include_usage":true},'
+class ResponseUsage:
+    """The usage of a non-streamed answer, read while it is relayed chunk by chunk.
 
-
-def request_with_usage(body: bytes, *, streaming: bool = False) -> tuple[bytes, bool]:
-    """Ask a streaming request for its usage event: ``(body_to_forward, client_asked)``.
-
-    ``client_asked`` is True when the client set ``stream_options.include_usage`` itself (the
-    body is returned unchanged and its usage event must reach the client), and also when there
-    is nothing to do: a body that is not a JSON object, not ``"stream": true``, or whose
-    ``stream_options`` is neither an object nor null (the backend will reject that one).
-    Otherwise the body comes back with ``stream_options.include_usage`` set to true and
-    ``client_asked`` False, and the gateway strips the usage event from the stream
-    (``StreamUsage(strip_usage_event=True)``) so the client sees what it asked for.
-
-    ``streaming=True`` says the caller already knows ``body`` is a JSON object with
-    ``"stream": true``; it allows a byte-level fast path.
-
-    The new body keeps every member, in order, with its value's exact bytes (non-ASCII text and
-    number spelling included); only the whitespace between top-level members goes, and of
-    duplicate keys only the last survives (as with any JSON decoder the backend uses).
+    Up to ``hold_limit`` bytes the body is kept and read whole by :func:`usage_from_body`, as
+    before relaying began. A larger body (a big embeddings batch) is not held: only its last
+    64 KiB are, where OpenAI-compatible servers put ``usage`` (after ``choices`` or ``data``);
+    ``finish_reason`` is then the last one in that window.
     """
-    if streaming and b'"stream_options"' not in body:
-        # The caller parsed the body already (a JSON object with "stream": true) and there is
-        # no stream_options to merge with: the member is added in front, the rest untouched.
-        start = body.find(b"{")
-        return body[: start + 1] + _STREAM_OPTIONS_MEMBER + body[start + 1 :], False
-    if b'"stream"' not in body:
-        return body, True
-    try:
-        members = _decode_members(body)
-    except msgspec.MsgspecError:
-        return body, True
-    stream = members.get("stream")
-    if stream is None or bytes(stream) != _TRUE:
-        return body, True
-    options_raw = members.get("stream_options")
-    if options_raw is None or bytes(options_raw) == b"null":
-        options: dict[str, msgspec.Raw] = {}
-    else:
-        try:
-            options = _decode_members(options_raw)
-        except msgspec.MsgspecError:
-            return body, True
-        asked = options.get("include_usage")
-        if asked is not None and bytes(asked) == _TRUE:
-            return body, True
-    options["include_usage"] = _INCLUDE_USAGE
-    members["stream_options"] = msgspec.Raw(_encode(options))
-    return _encode(members), False
+
+    __slots__ = ("_hold_limit", "_parts", "_size", "_tail")
+
+    def __init__(self, hold_limit: int) -> None:
+        self._hold_limit = hold_limit
+        self._parts: list[bytes] | None = []
+        self._size = 0
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at the next chunk of the body."""
+        self._size += len(chunk)
+        if self._parts is not None:
+            self._parts.append(chunk)
+            if self._size <= self._hold_limit:
+                return
+            self._tail = b"".join(self._parts)[-_TAIL_WINDOW:]
+            self._parts = None
+        else:
+            self._tail = (self._tail + chunk)[-_TAIL_WINDOW:]
+
+    def usage(self) -> Usage | None:
+        """The backend's usage, once the whole body went by; None when it reported none."""
+        if self._parts is not None:
+            return usage_from_body(b"".join(self._parts))
+        found = usage_from_body(self._tail)
+        if found is None or found.finish_reason is not None:
+            return found
+        key = self._tail.rfind(_FINISH_KEY)
+        reason = string_value_at(self._tail, key + len(_FINISH_KEY)) if key >= 0 else None
+        return Usage(
+            found.prompt_tokens, found.completion_tokens, found.total_tokens, "backend", reason
+        )
 
 
 class _Part(msgspec.Struct):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from llmproxy.private_files import private_file
 from llmproxy.usage.record import UsageRecord, records_json
 
 _SCHEMA = """
@@ -189,7 +190,7 @@ class UsageOutbox:
         synchronous: Literal["normal", "full"] = "normal",
         keep_records: int = 100_000,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
         self.path = path
         self.keep_records = keep_records
         self._trim_every = max(1, keep_records // 10)

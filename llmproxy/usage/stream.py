@@ -3,7 +3,7 @@
 The gateway relays upstream chunks as bytes and never re-encodes them. :class:`StreamUsage` looks
 at each chunk on its way through::
 
-    meter = StreamUsage(strip_usage_event=not client_asked)   # from request_with_usage()
+    meter = StreamUsage(strip_usage_event=not client_asked)   # from the request's peek
     async for chunk in upstream.content.iter_any():
         out = meter.feed(chunk)
         if out:

@@ -9,12 +9,17 @@ from tests.harness import gateway, make_config, mock_backend
 
 
 def test_upstream_headers_drop_keys_and_hop_by_hop() -> None:
-    """Client keys, hop-by-hop headers and headers named in Connection are not forwarded."""
+    """Client keys (also spelt with underscores), hop-by-hop headers, headers named in
+    Connection and the client's own forwarding headers are not forwarded; X-Forwarded-For is
+    the chain the gateway worked out."""
     out = upstream_request_headers(
         [
             (b"authorization", b"Bearer sk-client"),
             (b"x-api-key", b"sk-client"),
             (b"x-custom-key", b"sk-client"),
+            (b"x_custom_key", b"sk-client"),
+            (b"forwarded", b"for=1.2.3.4"),
+            (b"x-real-ip", b"1.2.3.4"),
             (b"connection", b"keep-alive, x-drop-me"),
             (b"x-drop-me", b"1"),
             (b"transfer-encoding", b"chunked"),
@@ -30,7 +35,7 @@ def test_upstream_headers_drop_keys_and_hop_by_hop() -> None:
     assert out == {
         "accept": "text/event-stream",
         "authorization": "Bearer backend-key",
-        "x-forwarded-for": "10.0.0.1, 127.0.0.1",
+        "x-forwarded-for": "127.0.0.1",
         "x-request-id": "req-1",
     }
 

@@ -9,18 +9,18 @@ import aiohttp
 import msgspec
 import pytest
 
+from llmproxy.gateway.request_body import peek_body, with_usage_requested
 from llmproxy.mock import MockBackend, MockSettings, estimate_tokens
-from llmproxy.usage import (
-    StreamUsage,
-    Usage,
-    estimate_prompt_tokens,
-    request_with_usage,
-    usage_from_body,
-)
+from llmproxy.usage import StreamUsage, Usage, estimate_prompt_tokens, usage_from_body
 
 PROMPT = "Tell me about the weather in Zürich, please."
 CHAT = {"model": "mock-model", "messages": [{"role": "user", "content": PROMPT}]}
 COMPLETION = {"model": "mock-model", "prompt": PROMPT}
+
+
+def request_with_usage(body: bytes) -> bytes:
+    """``body`` asking for the usage event, as the gateway sends it."""
+    return with_usage_requested(body, peek_body(body, model_required=True))
 
 
 @pytest.fixture
@@ -73,8 +73,8 @@ async def test_client_asked_for_usage(
     original = msgspec.json.encode(
         {**CHAT, "stream": True, "max_tokens": 40, "stream_options": {"include_usage": True}}
     )
-    body, client_asked = request_with_usage(original)
-    assert (body, client_asked) == (original, True)
+    assert peek_body(original, model_required=True).include_usage
+    body = original
     meter = StreamUsage(strip_usage_event=False)
     url = mock.url + "/v1/chat/completions"
     raw, relayed = await relay(http, url, body, meter, {"x-mock-itl": str(itl)})
@@ -89,8 +89,7 @@ async def test_client_asked_for_usage(
 
 async def test_gateway_asked_for_usage(mock: MockBackend, http: aiohttp.ClientSession) -> None:
     """Usage the gateway asked for is read and cut from what the client gets."""
-    body, client_asked = request_with_usage(msgspec.json.encode({**CHAT, "stream": True}))
-    assert client_asked is False
+    body = request_with_usage(msgspec.json.encode({**CHAT, "stream": True}))
     meter = StreamUsage(strip_usage_event=True)
     raw, relayed = await relay(http, mock.url + "/v1/chat/completions", body, meter)
     event, sent = mock_usage_event(raw)
@@ -104,7 +103,7 @@ async def test_gateway_asked_for_usage(mock: MockBackend, http: aiohttp.ClientSe
 
 async def test_completions_stream(mock: MockBackend, http: aiohttp.ClientSession) -> None:
     """A text-completions stream is read the same way."""
-    body, _ = request_with_usage(msgspec.json.encode({**COMPLETION, "stream": True}))
+    body = request_with_usage(msgspec.json.encode({**COMPLETION, "stream": True}))
     meter = StreamUsage(strip_usage_event=True)
     raw, relayed = await relay(http, mock.url + "/v1/completions", body, meter)
     event, sent = mock_usage_event(raw)
@@ -127,7 +126,7 @@ async def test_no_usage_counts_events(mock: MockBackend, http: aiohttp.ClientSes
 
 async def test_stream_cut_off(mock: MockBackend, http: aiohttp.ClientSession) -> None:
     """A backend dying after 5 tokens bills the 5 events it sent and the estimate."""
-    body, _ = request_with_usage(msgspec.json.encode({**CHAT, "stream": True}))
+    body = request_with_usage(msgspec.json.encode({**CHAT, "stream": True}))
     meter = StreamUsage(strip_usage_event=True)
     headers = {"x-mock-fault": "reset_mid", "x-mock-fault-after": "5"}
     raw, relayed = await relay(http, mock.url + "/v1/chat/completions", body, meter, headers)

@@ -1,0 +1,99 @@
+"""Who the client is: the connection's peer, or what a trusted proxy in front says it is.
+
+``X-Forwarded-For`` and ``Forwarded`` are written by whoever sends the request, so they name the
+client only when the gateway's peer is a proxy the operator trusts (``server.trusted_proxies``).
+Then the chain is read from the right — each entry was appended by the hop in front of the
+next — and the client is the nearest address that is not a trusted proxy itself. With no trusted
+proxies (the default) they are ignored: a key's ``allowed_ips`` cannot be walked past with one
+header.
+
+Upstream, ``X-Forwarded-For`` is the chain received from a trusted proxy followed by the peer,
+once; from anyone else just the peer (a chain it made up is not passed on for a backend to
+believe).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from llmproxy.gateway.headers import RawHeaders
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAddress:
+    """The client's address as the gateway judges it, and the chain to send upstream."""
+
+    ip: str | None
+    forwarded_for: str | None
+    """The upstream ``X-Forwarded-For`` value (None: no address is known)."""
+    via_trusted_proxy: bool = False
+    """The peer is a trusted proxy (its forwarding headers are passed on)."""
+
+
+class ProxyTrust:
+    """``server.trusted_proxies``, compiled once per runtime snapshot."""
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        self.networks: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(entry, strict=False) for entry in entries
+        )
+
+    def trusts(self, address: str) -> bool:
+        """Whether ``address`` is one of the trusted proxies."""
+        parsed = _parse(address)
+        return parsed is not None and any(parsed in network for network in self.networks)
+
+    def resolve(self, peer: str | None, headers: RawHeaders) -> ClientAddress:
+        """The client behind ``peer`` given the request's forwarding headers."""
+        if not self.networks or peer is None or not self.trusts(peer):
+            return ClientAddress(peer, peer)
+        received = _chain(headers)
+        client = peer
+        for entry in reversed(received):
+            if _parse(entry) is None:
+                break  # a hop wrote nonsense: trust stops at the hop before it
+            client = entry
+            if not self.trusts(entry):
+                break
+        chain = ", ".join((*received, peer))
+        return ClientAddress(client, chain, via_trusted_proxy=True)
+
+
+def _chain(headers: RawHeaders) -> list[str]:
+    """The addresses of every ``X-Forwarded-For`` (or, without one, ``Forwarded: for=``)."""
+    forwarded_for: list[str] = []
+    forwarded: list[str] = []
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            forwarded_for.extend(_entries(value.decode("latin-1").split(",")))
+        elif name == b"forwarded":
+            for element in value.decode("latin-1").split(","):
+                for pair in element.split(";"):
+                    key, _, item = pair.strip().partition("=")
+                    if key.lower() == "for":
+                        forwarded.extend(_entries((item,)))
+    return forwarded_for or forwarded
+
+
+def _entries(items: Iterable[str]) -> list[str]:
+    out = []
+    for item in items:
+        text = item.strip().strip('"')
+        if text.startswith("["):  # [v6] or [v6]:port
+            text = text[1 : text.find("]")] if "]" in text else text
+        elif text.count(":") == 1:  # v4:port
+            text = text.partition(":")[0]
+        if text:
+            out.append(text)
+    return out
+
+
+def _parse(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None

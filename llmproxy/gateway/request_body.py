@@ -1,0 +1,306 @@
+"""The request body as the backend will parse it: the fields the gateway judges, and its edits.
+
+The gateway decides on a few members of the JSON body (model allowlists, routing, limits,
+billing, priority) and forwards the original bytes. That is only safe if it reads those members
+exactly as the backend's parser will, so:
+
+* keys are compared after unescaping: ``"mode\\u006c"`` *is* ``model`` (msgspec, like Python's
+  ``json``, unescapes keys);
+* a member the gateway reads or sets (:data:`JUDGED`) may appear once: parsers disagree on
+  which duplicate wins (Python and Go keep the last, serde refuses, others keep the first), so
+  a body that has one twice is refused with 400 ``duplicate_member``;
+* nesting deeper than :data:`MAX_DEPTH` is refused with 400 before any parser recurses into it;
+* the gateway's own edits (``priority``, ``stream_options.include_usage``) are made from what
+  was decoded, never from a byte search that an escaped or nested key could fool.
+
+The judged members are decoded in one msgspec pass into boxes whose decode hook notes each
+occurrence, which is how duplicates are seen without a second parse; every other member is
+skipped unbuilt. An ordinary body costs about 2 µs and is forwarded as its own bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from llmproxy.gateway.errors import GatewayError
+
+MAX_DEPTH = 64
+"""Deepest nesting of objects and arrays accepted in a request body."""
+
+JUDGED = (
+    "model",
+    "stream",
+    "stream_options",
+    "priority",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "user",
+)
+"""Top-level members the gateway reads or sets; each may appear once."""
+
+
+class _Box:
+    """A judged member's decoded value; the subclass says which member it is and its type."""
+
+    __slots__ = ("value",)
+    member = ""
+    kinds: tuple[type, ...] = ()
+    what = ""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Model(_Box):
+    __slots__ = ()
+    member, kinds, what = "model", (str,), "a string"
+
+
+class _Stream(_Box):
+    __slots__ = ()
+    member, kinds, what = "stream", (bool,), "a boolean"
+
+
+class _Priority(_Box):
+    __slots__ = ()
+    member, kinds, what = "priority", (int, float, str, bool, list, dict), "a value"
+
+
+class _MaxTokens(_Box):
+    __slots__ = ()
+    member, kinds, what = "max_tokens", (int,), "a non-negative integer"
+
+
+class _MaxCompletionTokens(_Box):
+    __slots__ = ()
+    member, kinds, what = "max_completion_tokens", (int,), "a non-negative integer"
+
+
+class _N(_Box):
+    __slots__ = ()
+    member, kinds, what = "n", (int,), "a non-negative integer"
+
+
+class _User(_Box):
+    __slots__ = ()
+    member, kinds, what = "user", (str,), "a string"
+
+
+class _IncludeUsage(_Box):
+    __slots__ = ()
+    member, kinds, what = "stream_options.include_usage", (bool,), "a boolean"
+
+
+class _Options(_Box):
+    __slots__ = ()
+    member, kinds, what = "stream_options", (dict,), "an object"
+
+
+_seen = threading.local()
+
+
+def _tally(member: str) -> None:
+    _seen.members.append(member)
+
+
+def _decode_hook(kind: type, value: Any) -> Any:
+    if not (isinstance(kind, type) and issubclass(kind, _Box)):
+        raise NotImplementedError
+    _tally(kind.member)
+    if value is not None:
+        kinds = kind.kinds
+        # bool is an int to Python but not to the backend's schema: never a count.
+        if type(value) not in kinds or (kinds == (int,) and value < 0):
+            raise ValueError(f"`{kind.member}` must be {kind.what} or null")
+    return kind(value)
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: _IncludeUsage | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Judged(msgspec.Struct):
+    model: _Model | msgspec.UnsetType = msgspec.UNSET
+    stream: _Stream | msgspec.UnsetType = msgspec.UNSET
+    stream_options: _Options | msgspec.UnsetType = msgspec.UNSET
+    priority: _Priority | msgspec.UnsetType = msgspec.UNSET
+    max_tokens: _MaxTokens | msgspec.UnsetType = msgspec.UNSET
+    max_completion_tokens: _MaxCompletionTokens | msgspec.UnsetType = msgspec.UNSET
+    n: _N | msgspec.UnsetType = msgspec.UNSET
+    user: _User | msgspec.UnsetType = msgspec.UNSET
+
+
+_DECODER = msgspec.json.Decoder(_Judged, dec_hook=_decode_hook)
+_OPTIONS_DECODER = msgspec.json.Decoder(_StreamOptions, dec_hook=_decode_hook)
+
+
+def _value(box: object) -> Any:
+    return box.value if isinstance(box, _Box) else None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPeek:
+    """What the gateway reads from a request body: exactly what the backend will read."""
+
+    model: str | None = None
+    stream: bool | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int | None = None
+    has_priority: bool = False
+    """The body sets ``priority`` itself (the gateway replaces it when it sends its own)."""
+    has_stream_options: bool = False
+    """The body has a ``stream_options`` member (an object or null)."""
+    include_usage: bool = False
+    """The client asked for the usage event itself (``stream_options.include_usage: true``)."""
+
+    @property
+    def streaming(self) -> bool:
+        """True when the client asked for server-sent events."""
+        return bool(self.stream)
+
+    @property
+    def completions(self) -> int:
+        """How many completions the request asks for (``n``, at least 1)."""
+        return self.n if self.n else 1
+
+
+EMPTY_PEEK = RequestPeek()
+
+
+def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
+    """Decode ``body``'s judged members or raise a 400 :class:`GatewayError` naming the problem."""
+    if not body:
+        if model_required:
+            raise GatewayError(400, "the request body is empty; send a JSON object", "invalid_body")
+        return EMPTY_PEEK
+    if too_deep(body, MAX_DEPTH):
+        raise GatewayError(
+            400,
+            f"the request body nests objects and arrays deeper than {MAX_DEPTH} levels",
+            "invalid_body",
+        )
+    members: list[str] = []
+    _seen.members = members
+    try:
+        judged = _DECODER.decode(body)
+        options = judged.stream_options
+        include_usage = None
+        if isinstance(options, _Options) and options.value:
+            # Its members were decoded last-one-wins; once more, for a duplicate among them.
+            raw = _decode_members(body)["stream_options"]
+            include_usage = _value(_OPTIONS_DECODER.decode(raw).include_usage)
+    except msgspec.ValidationError as exc:
+        raise _invalid(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise GatewayError(
+            400, f"the request body is not valid JSON: {exc}", "invalid_json"
+        ) from None
+    finally:
+        _seen.members = []
+    if len(members) != len(set(members)):
+        twice = next(name for name in members if members.count(name) > 1)
+        raise GatewayError(
+            400,
+            f"the request body has the member `{twice}` more than once; send it once",
+            "duplicate_member",
+            param=twice,
+        )
+    peek = RequestPeek(
+        model=_value(judged.model),
+        stream=_value(judged.stream),
+        max_tokens=_value(judged.max_tokens),
+        max_completion_tokens=_value(judged.max_completion_tokens),
+        n=_value(judged.n),
+        has_priority=judged.priority is not msgspec.UNSET,
+        has_stream_options=options is not msgspec.UNSET,
+        include_usage=include_usage is True,
+    )
+    if model_required and not peek.model:
+        raise GatewayError(
+            400, "you must provide a model parameter", "missing_model", param="model"
+        )
+    return peek
+
+
+def _invalid(text: str) -> GatewayError:
+    if "Expected `object`" in text and "at `$" not in text:
+        return GatewayError(400, "the request body must be a JSON object", "invalid_body")
+    field = text.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in text else None
+    return GatewayError(400, f"invalid request body: {text}", "invalid_body", param=field)
+
+
+# A JSON string, escape-aware (unrolled so a long string is one tight loop).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(byte for byte in range(256) if byte not in b"[]{}")
+# One pass removes exactly one level: "{[]}" becomes "{}", not "" (no re-scan of what it made).
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
+def too_deep(body: bytes, limit: int) -> bool:
+    """Whether ``body`` nests arrays and objects deeper than ``limit`` (or its brackets do not
+    balance, which no JSON parser accepts either).
+
+    Decoders recurse per level, so this runs before any of them. A body with no more than
+    ``limit`` opening brackets cannot be deeper (the common case: two counts). Otherwise the
+    strings are cut out, the brackets kept, and innermost pairs removed one level per round.
+    """
+    if body.count(b"{") + body.count(b"[") <= limit:
+        return False
+    skeleton = _STRING.sub(b"", body).translate(None, _NOT_BRACKET)
+    for _ in range(limit):
+        inner = _INNERMOST.sub(b"", skeleton)
+        if not inner:
+            return False
+        if len(inner) == len(skeleton):
+            return True  # unbalanced: a parser would recurse into it before failing
+        skeleton = inner
+    return True
+
+
+_decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def with_priority(body: bytes, peek: RequestPeek, priority: int) -> bytes:
+    """``body`` with the top-level ``priority`` set to the gateway's value.
+
+    Added in front when the body has none (what the decoder found, not a byte search, says
+    so); when the client sent its own, the object is re-encoded with the gateway's value (a
+    client must not choose its own priority). Only the whitespace between top-level members
+    changes; every value keeps its bytes.
+    """
+    value = str(int(priority)).encode()
+    if not peek.has_priority:
+        start = body.find(b"{")
+        return body[: start + 1] + b'"priority":' + value + b"," + body[start + 1 :]
+    members = _decode_members(body)
+    members["priority"] = msgspec.Raw(value)
+    return _encode(members)
+
+
+_STREAM_OPTIONS_MEMBER = b'"stream_options":{"include_usage":true},'
+
+
+def with_usage_requested(body: bytes, peek: RequestPeek) -> bytes:
+    """A streaming ``body`` that asks for the usage event (``stream_options.include_usage``).
+
+    Call only when the client did not ask itself (``not peek.include_usage``); the gateway then
+    hides the usage event from the stream. Without a ``stream_options`` member it is added in
+    front; otherwise the object is re-encoded with ``include_usage: true`` merged in.
+    """
+    if not peek.has_stream_options:
+        start = body.find(b"{")
+        return body[: start + 1] + _STREAM_OPTIONS_MEMBER + body[start + 1 :]
+    members = _decode_members(body)
+    raw = members.get("stream_options")
+    options = {} if raw is None or bytes(raw) == b"null" else _decode_members(raw)
+    options["include_usage"] = msgspec.Raw(b"true")
+    members["stream_options"] = msgspec.Raw(_encode(options))
+    return _encode(members)
