@@ -88,13 +88,19 @@ def client_response_headers(
     upstream_headers: Iterable[tuple[bytes, bytes]],
     request_id: bytes,
     extra: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    body_changes: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """Headers for the response to the client, from the backend's raw headers.
 
     ``extra`` (the gateway's rate-limit headers) replaces any copy the backend sent.
+    ``body_changes``: the gateway relays a different body (the usage event cut out of a
+    stream), so the backend's ``Content-Length`` would be a lie and is dropped.
     """
     upstream = list(upstream_headers)
     drop = HOP_BY_HOP | _RESPONSE_MANAGED | _connection_named(upstream)
+    if body_changes:
+        drop = drop | {b"content-length"}
     if extra:
         drop = drop | {name for name, _ in extra}
     out = [(name.lower(), value) for name, value in upstream if name.lower() not in drop]

@@ -436,7 +436,11 @@ async def _relay_stream(
             "type": "http.response.start",
             "status": response.status,
             "headers": client_response_headers(
-                response.raw_headers, request.request_id.encode("latin-1"), request.response_headers
+                response.raw_headers,
+                request.request_id.encode("latin-1"),
+                request.response_headers,
+                # Cut usage events, an error event on a broken stream: never the backend's length.
+                body_changes=True,
             ),
         }
     )
