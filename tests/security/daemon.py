@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from hypothesis import HealthCheck, settings
 
 from tests.e2e.daemon import LLMPROXY, free_port, wait_until_up
 from tests.security.wire import CaptureBackend, RawResponse, read_response
@@ -96,12 +97,12 @@ class Daemon:
         return asyncio.run(_send(self.port, data, timeout))
 
 
-async def _send(port: int, data: bytes, timeout: float) -> RawResponse:
+async def _send(port: int, data: bytes, within: float) -> RawResponse:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        return await asyncio.wait_for(read_response(reader), timeout)
+        return await asyncio.wait_for(read_response(reader), within)
     finally:
         writer.close()
 
@@ -154,6 +155,16 @@ def daemon(directory: Path, config: dict[str, Any]) -> Iterator[Daemon]:
                 process.wait()
 
 
+def examples(count: int) -> settings:
+    """Hypothesis settings for a property run against the daemon: ``count`` examples, no
+    per-example deadline (it is I/O), the module's daemon fixture shared by all of them."""
+    return settings(
+        max_examples=count,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+
+
 def until(check: Any, within: float, step: float = 0.05) -> bool:
     """Poll ``check()`` until it is true or ``within`` seconds pass; its last answer."""
     deadline = time.monotonic() + within
@@ -180,4 +191,13 @@ def closed(sock: socket.socket, within: float) -> bool:
     return False
 
 
-__all__ = ["Daemon", "base_config", "capture_backend", "closed", "daemon", "free_port", "until"]
+__all__ = [
+    "Daemon",
+    "base_config",
+    "capture_backend",
+    "closed",
+    "daemon",
+    "examples",
+    "free_port",
+    "until",
+]

@@ -13,10 +13,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.security.daemon import Daemon, base_config, capture_backend, daemon, free_port
+from tests.security.daemon import (
+    Daemon,
+    base_config,
+    capture_backend,
+    daemon,
+    examples,
+    free_port,
+)
 from tests.security.wire import CaptureBackend, http_request
 
 KEY = "sk-body-0123456789"  # m1 only, priority 5
@@ -85,9 +92,7 @@ def bodies(draw: st.DrawFn) -> bytes:
     return ("{" + ",".join(members) + "}").encode()
 
 
-@settings(
-    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@examples(600)
 @given(body=bodies())
 def test_what_gets_through_is_read_alike_by_every_parser(
     setup: tuple[Daemon, CaptureBackend], body: bytes

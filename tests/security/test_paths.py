@@ -11,10 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.security.daemon import Daemon, base_config, capture_backend, daemon, free_port
+from tests.security.daemon import (
+    Daemon,
+    base_config,
+    capture_backend,
+    daemon,
+    examples,
+    free_port,
+)
 from tests.security.wire import CaptureBackend, http_request
 
 LIMITED = "sk-limited-0123456789"  # may use m1 only
@@ -163,9 +170,7 @@ SEGMENTS = st.sampled_from(
 TARGETS = st.lists(SEGMENTS, min_size=1, max_size=6).map(lambda parts: "/" + "/".join(parts))
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@examples(300)
 @given(target=TARGETS, body=st.sampled_from([NO_MODEL, OTHER_MODEL]))
 def test_no_path_variant_gets_a_refused_request_through(
     setup: tuple[Daemon, CaptureBackend], target: str, body: bytes
@@ -181,9 +186,7 @@ def test_no_path_variant_gets_a_refused_request_through(
     assert len(backend.received) == before
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@examples(300)
 @given(target=TARGETS)
 def test_without_a_key_nothing_is_forwarded(
     setup: tuple[Daemon, CaptureBackend], target: str
@@ -197,9 +200,7 @@ def test_without_a_key_nothing_is_forwarded(
     assert len(backend.received) == before
 
 
-@settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@examples(200)
 @given(target=TARGETS)
 def test_forwarded_target_is_the_judged_one(
     setup: tuple[Daemon, CaptureBackend], target: str

@@ -220,10 +220,8 @@ def test_unknown_key_body_is_never_read(setup: tuple[Daemon, CaptureBackend]) ->
         sock = _connect(running)
         sock.sendall(head)
         sock.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             sock.send(body)
-        except BlockingIOError:
-            pass
         sockets.append(sock)
     try:
         for sock in sockets:

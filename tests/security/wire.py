@@ -173,17 +173,6 @@ async def read_response(reader: asyncio.StreamReader) -> RawResponse:
     return RawResponse(int(status_line.split(b" ")[1]), headers, body)
 
 
-async def send_raw(port: int, data: bytes, *, timeout: float = 10.0) -> RawResponse:
-    """Send ``data`` on a fresh connection and read one response."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(read_response(reader), timeout)
-    finally:
-        writer.close()
-
-
 def http_request(
     method: str,
     target: bytes,
