@@ -45,6 +45,12 @@ def summarize(config: Config) -> list[str]:
     scheme = "https" if server.tls.enabled else "http"
     workers = f", {server.workers} workers" if server.workers > 1 else ""
     lines = [f"listen: {config.listen_address} ({scheme}{workers})"]
+    trusted = server.trusted_proxies
+    lines.append(
+        "client address: from X-Forwarded-For / Forwarded when the peer is in " + ", ".join(trusted)
+        if trusted
+        else "client address: the connection's peer (no trusted proxies)"
+    )
     lines.append(f"backends: {len(config.backends)}")
     for backend in config.backends:
         models = ", ".join(backend.models) if backend.models else "any model"

@@ -63,6 +63,7 @@ admin: {enabled: false}
     )
     assert summarize(config) == [
         "listen: 0.0.0.0:9000 (http, 4 workers)",
+        "client address: the connection's peer (no trusted proxies)",
         "backends: 1",
         "  http://a:8000  weight 10  models: qwen, llama",
         "routing: least_connections, no retries",
@@ -74,6 +75,20 @@ admin: {enabled: false}
         "admin socket: off",
         "enabled: auth, rate limits",
     ]
+
+
+def test_summary_says_whose_forwarded_for_is_believed() -> None:
+    """config check prints server.trusted_proxies: whose X-Forwarded-For names the client."""
+    config = parse_config(
+        """\
+server: {trusted_proxies: ["10.0.0.0/8", "127.0.0.1"]}
+backends: [{url: "http://a:8000"}]
+""",
+        environ={},
+    )
+    assert (
+        "client address: from X-Forwarded-For / Forwarded when the peer is in 10.0.0.0/8, 127.0.0.1"
+    ) in summarize(config)
 
 
 def test_summary_warns_about_auth_without_providers() -> None:

@@ -92,6 +92,8 @@ class CaptureBackend:
     """A backend that records every request byte for byte and answers with ``respond``."""
 
     respond: Responder = chat_answer
+    close_after: bool = False
+    """Close the connection after each answer (for answers whose framing lies)."""
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
@@ -116,6 +118,8 @@ class CaptureBackend:
                 self.received.append(request)
                 writer.write(self.respond(request))
                 await writer.drain()
+                if self.close_after:
+                    break
         writer.close()
 
     async def __aenter__(self) -> CaptureBackend:
