@@ -108,10 +108,10 @@ class GatewayProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._in_head = True  # between a request's first byte (or the accept) and its headers
-        self._head_bytes = 0  # raw bytes received while in the head (a head still arriving)
-        self._head_size = 0  # the head's parsed size (a head that arrived whole in one read)
+        self._head_started = False  # a byte of the request in the head has arrived
+        self._head_bytes = 0  # raw bytes of reads that found the head still arriving
+        self._head_size = 0  # the head's parsed size (the URL and complete header lines)
         self._oversized = False
-        self._body_open = False  # headers done, the body's last byte not yet received
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
 
@@ -132,21 +132,25 @@ class GatewayProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_head and not self._body_open:
-            # The first byte of the next request on a kept-alive connection.
-            self._in_head = True
-            self._head_bytes = 0
-            if self._response_done():
-                self._arm_head_timer()
-        if self._in_head:
-            self._head_bytes += len(data)
+        continuing = self._in_head
         super().data_received(data)
-        if self._in_head and self._head_bytes > self.limits.max_header_bytes:
-            self._refuse(headers_too_large(self.limits.max_header_bytes))
+        if self._in_head and continuing:
+            # A header line still arriving is not seen by on_header: count its raw bytes too.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(headers_too_large(self.limits.max_header_bytes))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {ABORT: self._close}  # type: ignore[dict-item]
+        self._head_started = True
+        if not self._in_head:
+            # The next request on a kept-alive connection: its clock starts at its first byte
+            # (or, while a response is still going out, when that response is done).
+            self._in_head = True
+            self._head_bytes = self._head_size = 0
+            if self._response_done():
+                self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
         self._grow_head(len(url))
@@ -171,9 +175,8 @@ class GatewayProtocol(HttpToolsProtocol):
         self._refuse(_BAD_REQUEST)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = self._head_started = False
         self._head_bytes = self._head_size = 0
-        self._body_open = True
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -182,7 +185,6 @@ class GatewayProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._body_open = False
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -205,7 +207,7 @@ class GatewayProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self._response_done():
             return  # a response is still streaming; the pipelined head waits for it
-        if self._head_bytes:
+        if self._head_started:
             self._refuse(_HEADERS_SLOW)
         else:
             self._close()  # nothing was said: nothing to answer

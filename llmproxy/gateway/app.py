@@ -163,7 +163,7 @@ class GatewayApp:
                 await send_bytes(send, 200, _OK)
             else:
                 raise GatewayError(503, "no backend is healthy", "not_ready")
-        elif endpoint == runtime.config.metrics.path and runtime.config.metrics.enabled:
+        elif endpoint == runtime.config.metrics.path.lower() and runtime.config.metrics.enabled:
             metrics = runtime.metrics
             now = asyncio.get_running_loop().time()
             for backend in runtime.router.backends:
