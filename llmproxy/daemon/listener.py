@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -95,9 +95,15 @@ def headers_too_large(limit: int) -> bytes:
 
 
 class GatewayProtocol(HttpToolsProtocol):
-    """One client connection; see the module docstring. Build the class with :func:`protocol`."""
+    """One client connection; see the module docstring. Build the class with :func:`protocol`.
 
-    limits = ConnectionLimits(10.0, 60.0, 64 * 1024, 4096)
+    Deadlines are plain numbers checked by one sweep per process every :data:`SWEEP_INTERVAL`
+    (:func:`_sweep`), not a timer armed and cancelled per request: a request then costs two
+    clock reads, and a deadline is enforced within a quarter of a second.
+    """
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits(10.0, 60.0, 64 * 1024, 4096)
+    sweeper: ClassVar[asyncio.Task[None] | None] = None
 
     def __init__(
         self,
@@ -109,11 +115,10 @@ class GatewayProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._in_head = True  # between a request's first byte (or the accept) and its headers
         self._head_started = False  # a byte of the request in the head has arrived
-        self._head_bytes = 0  # raw bytes of reads that found the head still arriving
-        self._head_size = 0  # the head's parsed size (the URL and complete header lines)
-        self._oversized = False
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # bytes of reads that found the head still arriving
+        self._head_deadline = 0.0  # 0: no head being waited for (or its clock not started)
+        self._body_deadline = 0.0  # 0: no body being waited for
+        self._extensions: dict[str, object] = {ABORT: self._close}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -125,99 +130,85 @@ class GatewayProtocol(HttpToolsProtocol):
             )
             self._refuse(_TOO_MANY)
             return
-        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_late)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timers()
-        super().connection_lost(exc)
+        self._head_deadline = self.loop.time() + self.limits.header_timeout
+        cls = type(self)
+        if cls.sweeper is None or cls.sweeper.done():
+            # One sweep per listener (each has its own class): it runs while there are
+            # connections, and the next connection starts it again.
+            cls.sweeper = self.loop.create_task(_sweep(self.connections, self.loop))
 
     def data_received(self, data: bytes) -> None:
         continuing = self._in_head
+        self._head_bytes += len(data)
         super().data_received(data)
-        if self._in_head and continuing:
-            # A header line still arriving is not seen by on_header: count its raw bytes too.
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_header_bytes:
-                self._refuse(headers_too_large(self.limits.max_header_bytes))
+        if self._in_head and self._head_bytes > self.limits.max_header_bytes and continuing:
+            self._refuse(headers_too_large(self.limits.max_header_bytes))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {ABORT: self._close}  # type: ignore[dict-item]
+        self.scope["extensions"] = self._extensions  # type: ignore[typeddict-item]
         self._head_started = True
         if not self._in_head:
             # The next request on a kept-alive connection: its clock starts at its first byte
             # (or, while a response is still going out, when that response is done).
             self._in_head = True
-            self._head_bytes = self._head_size = 0
+            self._head_bytes = 0
             if self._response_done():
-                self._arm_head_timer()
-
-    def on_url(self, url: bytes) -> None:
-        self._grow_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _grow_head(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self.limits.max_header_bytes:
-            # Stops the parser; data_received turns the error into send_400_response.
-            self._oversized = True
-            raise _HeadTooLarge
-
-    def send_400_response(self, msg: str) -> None:
-        if self._oversized:
-            self._refuse(headers_too_large(self.limits.max_header_bytes))
-            return
-        log.info("refusing a malformed HTTP request from %s: %s", self.client, msg)
-        self._refuse(_BAD_REQUEST)
+                self._head_deadline = self.loop.time() + self.limits.header_timeout
 
     def on_headers_complete(self) -> None:
+        if self._head_bytes > self.limits.max_header_bytes and self._head_size() > (
+            self.limits.max_header_bytes
+        ):
+            # The whole head came in one read: it is measured once it is parsed.
+            self._refuse(headers_too_large(self.limits.max_header_bytes))
+            raise _HeadTooLarge  # stops the parser before the request reaches the app
         self._in_head = self._head_started = False
-        self._head_bytes = self._head_size = 0
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        if self.limits.body_timeout:
-            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_late)
+        self._head_bytes = 0
+        self._head_deadline = 0.0
+        timeout = self.limits.body_timeout
+        self._body_deadline = self.loop.time() + timeout if timeout else 0.0
         super().on_headers_complete()
 
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
     def on_message_complete(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._body_deadline = 0.0
+        self._head_bytes = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._in_head and self._head_timer is None and not self.transport.is_closing():
+        if self._in_head and not self._head_deadline and not self.transport.is_closing():
             # A pipelined request began while this one was answered: its clock starts now.
-            self._arm_head_timer()
+            self._head_deadline = self.loop.time() + self.limits.header_timeout
+
+    def send_400_response(self, msg: str) -> None:
+        if self.transport.is_closing():
+            return  # refused already (a head over the limit stops the parser this way)
+        log.info("refusing a malformed HTTP request from %s: %s", self.client, msg)
+        self._refuse(_BAD_REQUEST)
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the sweep: act on a deadline that has passed."""
+        if self._head_deadline and now >= self._head_deadline:
+            self._head_deadline = 0.0
+            if not self._response_done():
+                return  # a response is still going out; the pipelined head waits for it
+            if self._head_started:
+                self._refuse(_HEADERS_SLOW)
+            else:
+                self._close()  # nothing was said: nothing to answer
+        elif self._body_deadline and now >= self._body_deadline:
+            self._body_deadline = 0.0
+            if self.cycle is not None and not self.cycle.response_started:
+                self._refuse(_BODY_SLOW)
+            else:
+                self._close()  # answered already; the rest of the body is not worth waiting for
 
     def _response_done(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
-
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_late)
-
-    def _head_late(self) -> None:
-        self._head_timer = None
-        if not self._response_done():
-            return  # a response is still streaming; the pipelined head waits for it
-        if self._head_started:
-            self._refuse(_HEADERS_SLOW)
-        else:
-            self._close()  # nothing was said: nothing to answer
-
-    def _body_late(self) -> None:
-        self._body_timer = None
-        if self.cycle is not None and not self.cycle.response_started:
-            self._refuse(_BODY_SLOW)
-        else:
-            self._close()  # answered already; the rest of the body is not worth waiting for
 
     def _refuse(self, response: bytes) -> None:
         if not self.transport.is_closing():
@@ -227,7 +218,7 @@ class GatewayProtocol(HttpToolsProtocol):
         self._close()
 
     def _close(self) -> None:
-        self._cancel_timers()
+        self._head_deadline = self._body_deadline = 0.0
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # The application sees http.disconnect and stops; its sends become no-ops.
@@ -236,13 +227,21 @@ class GatewayProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self._body_timer = None
+
+SWEEP_INTERVAL = 0.25
+"""Seconds between two checks of every connection's deadlines."""
+
+
+async def _sweep(connections: set[Any], loop: asyncio.AbstractEventLoop) -> None:
+    """Check every connection's deadlines while there are connections."""
+    while connections:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        now = loop.time()
+        for connection in list(connections):
+            if isinstance(connection, GatewayProtocol):
+                connection.check_deadlines(now)
 
 
 def protocol(limits: ConnectionLimits) -> type[GatewayProtocol]:
     """The connection class for a listener with ``limits`` (uvicorn's ``http=`` setting)."""
-    return type("GatewayProtocol", (GatewayProtocol,), {"limits": limits})
+    return type("GatewayProtocol", (GatewayProtocol,), {"limits": limits, "sweeper": None})

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from llmproxy.gateway.asgi import Scope
 from llmproxy.gateway.client_address import ClientAddress, ProxyTrust
@@ -33,9 +34,11 @@ ABORT = "llmproxy.abort"
 _QUERY_OK = re.compile(rb"[!-~]*")
 
 
-@dataclass(frozen=True, slots=True)
-class CanonicalRequest:
-    """One client request in the form every step judges and the backend receives."""
+class CanonicalRequest(msgspec.Struct, frozen=True):
+    """One client request in the form every step judges and the backend receives.
+
+    A msgspec struct: one is built per request, and a frozen dataclass costs five times as much.
+    """
 
     method: str
     path: str

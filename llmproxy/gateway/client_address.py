@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+import msgspec
 
 from llmproxy.gateway.headers import RawHeaders
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, slots=True)
-class ClientAddress:
+class ClientAddress(msgspec.Struct, frozen=True):
     """The client's address as the gateway judges it, and the chain to send upstream."""
 
     ip: str | None

@@ -7,6 +7,7 @@ backend's own ``api_key`` from the config is sent instead).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
@@ -29,6 +30,13 @@ HOP_BY_HOP = frozenset(
 _REQUEST_MANAGED = frozenset({b"host", b"content-length", b"x-request-id", b"expect"})
 # The ASGI server writes its own; copying the backend's would duplicate them.
 _RESPONSE_MANAGED = frozenset({b"server", b"date", b"x-request-id"})
+
+
+@functools.lru_cache(maxsize=16)
+def _dropped(secret_headers: frozenset[bytes], trusted_forwarding: bool) -> frozenset[bytes]:
+    """The client headers never forwarded (cached: a runtime has one set of secret headers)."""
+    drop = HOP_BY_HOP | _REQUEST_MANAGED | secret_headers
+    return drop if trusted_forwarding else drop | _FORWARDING
 
 
 def _connection_named(headers: RawHeaders) -> frozenset[bytes]:
@@ -63,9 +71,10 @@ def upstream_request_headers(
     (see :mod:`llmproxy.gateway.client_address`); ``trusted_forwarding`` passes the client's
     other forwarding headers on (the peer is a trusted proxy).
     """
-    drop = HOP_BY_HOP | _REQUEST_MANAGED | secret_headers | _connection_named(client_headers)
-    if not trusted_forwarding:
-        drop = drop | _FORWARDING
+    drop = _dropped(secret_headers, trusted_forwarding)
+    named = _connection_named(client_headers)
+    if named:
+        drop = drop | named
     out: dict[str, str] = {}
     for raw_name, raw_value in client_headers:
         name = raw_name.lower()
@@ -84,6 +93,10 @@ def upstream_request_headers(
     return out
 
 
+_RESPONSE_DROP = HOP_BY_HOP | _RESPONSE_MANAGED
+_RESPONSE_DROP_CHANGED = _RESPONSE_DROP | {b"content-length"}
+
+
 def client_response_headers(
     upstream_headers: Iterable[tuple[bytes, bytes]],
     request_id: bytes,
@@ -98,9 +111,10 @@ def client_response_headers(
     stream), so the backend's ``Content-Length`` would be a lie and is dropped.
     """
     upstream = list(upstream_headers)
-    drop = HOP_BY_HOP | _RESPONSE_MANAGED | _connection_named(upstream)
-    if body_changes:
-        drop = drop | {b"content-length"}
+    drop = _RESPONSE_DROP_CHANGED if body_changes else _RESPONSE_DROP
+    named = _connection_named(upstream)
+    if named:
+        drop = drop | named
     if extra:
         drop = drop | {name for name, _ in extra}
     out = [(name.lower(), value) for name, value in upstream if name.lower() not in drop]

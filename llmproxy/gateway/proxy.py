@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -86,7 +86,7 @@ class ProxyRequest:
     hold_last: bool = False
     """Send the last chunk of a non-streamed answer with its end (``usage.acknowledge:
     durable`` holds that end until the usage record is written)."""
-    server_errors: list[Backend] = field(default_factory=list)
+    server_errors: list[Backend] | None = None
     """Backends that answered this request with a 5xx (judged when the request ends)."""
 
     @property
@@ -175,7 +175,7 @@ def _judge_server_errors(runtime: Runtime, request: ProxyRequest) -> None:
     * the only backend tried failed it: counted, attributed to the client, so an ejection
       needs ``health_check.passive.min_clients`` different clients in the failure run.
     """
-    failed = list(dict.fromkeys(request.server_errors))
+    failed = list(dict.fromkeys(request.server_errors or ()))
     succeeded = 0 < request.status < 500
     if not succeeded and len(failed) > 1:
         return
@@ -310,6 +310,8 @@ async def _attempt(
             _failed(runtime, backend, loop.time(), passive)
             raise _Retryable(_invalid_answer(backend, f"status {status}"))
         if status >= 500:
+            if request.server_errors is None:
+                request.server_errors = []
             request.server_errors.append(backend)
         if not final_attempt and runtime.retry_policy.retryable_status(status):
             raise _Retryable(
@@ -364,9 +366,8 @@ async def _relay_body(
     ``usage.acknowledge: durable`` each is sent once the next has arrived, so the last goes
     with the end of the response, which is what the durable hold keeps back.
     """
-    chunks = response.content.iter_any()
     try:
-        pending = await anext(chunks, b"")
+        pending = await response.content.readany()
     except TimeoutError:
         raise _Retryable(
             GatewayError(504, f"backend {backend.name} timed out", "upstream_timeout")
@@ -387,23 +388,23 @@ async def _relay_body(
     )
     request.status = status
     reader = ResponseUsage(hold_limit) if status < 300 else None
-
-    async def relay(chunk: bytes) -> None:
-        if reader is not None:
-            reader.feed(chunk)
-        request.bytes_sent += len(chunk)
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
+    content = response.content
+    hold_last = request.hold_last
     try:
-        if not request.hold_last:
-            await relay(pending)
-            pending = b""
-            async for chunk in chunks:
-                await relay(chunk)
-        else:
-            async for chunk in chunks:
-                await relay(pending)
-                pending = chunk
+        # Most answers arrive whole in the first read: sent with their end, in one message.
+        while not content.at_eof():
+            if hold_last:
+                chunk = await content.readany()
+                chunk, pending = pending, chunk
+            else:
+                chunk, pending = pending, b""
+            if chunk:
+                if reader is not None:
+                    reader.feed(chunk)
+                request.bytes_sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not hold_last:
+                pending = await content.readany()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         log.warning("backend %s broke off its answer: %s", backend.name, type(exc).__name__)
         if request.canonical.abort is not None:

@@ -21,8 +21,6 @@ skipped unbuilt. An ordinary body costs about 2 µs and is forwarded as its own 
 from __future__ import annotations
 
 import re
-import threading
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -102,17 +100,15 @@ class _Options(_Box):
     member, kinds, what = "stream_options", (dict,), "an object"
 
 
-_seen = threading.local()
-
-
-def _tally(member: str) -> None:
-    _seen.members.append(member)
+_seen: list[str] = []
+"""Judged members met by the decode running now, in order (see :func:`peek_body`). One list per
+process is enough: decoding is synchronous and only ever runs on the event loop's thread."""
 
 
 def _decode_hook(kind: type, value: Any) -> Any:
-    if not (isinstance(kind, type) and issubclass(kind, _Box)):
+    if not issubclass(kind, _Box):
         raise NotImplementedError
-    _tally(kind.member)
+    _seen.append(kind.member)
     if value is not None:
         kinds = kind.kinds
         # bool is an int to Python but not to the backend's schema: never a count.
@@ -136,17 +132,17 @@ class _Judged(msgspec.Struct):
     user: _User | msgspec.UnsetType = msgspec.UNSET
 
 
+UNSET = msgspec.UNSET
 _DECODER = msgspec.json.Decoder(_Judged, dec_hook=_decode_hook)
 _OPTIONS_DECODER = msgspec.json.Decoder(_StreamOptions, dec_hook=_decode_hook)
 
 
-def _value(box: object) -> Any:
-    return box.value if isinstance(box, _Box) else None
+class RequestPeek(msgspec.Struct, frozen=True):
+    """What the gateway reads from a request body: exactly what the backend will read.
 
-
-@dataclass(frozen=True, slots=True)
-class RequestPeek:
-    """What the gateway reads from a request body: exactly what the backend will read."""
+    A msgspec struct rather than a frozen dataclass: one is built per request, and a frozen
+    dataclass's ``__init__`` costs five times as much.
+    """
 
     model: str | None = None
     stream: bool | None = None
@@ -186,41 +182,42 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
             f"the request body nests objects and arrays deeper than {MAX_DEPTH} levels",
             "invalid_body",
         )
-    members: list[str] = []
-    _seen.members = members
+    _seen.clear()
     try:
         judged = _DECODER.decode(body)
         options = judged.stream_options
-        include_usage = None
-        if isinstance(options, _Options) and options.value:
+        include_usage = False
+        if options is not UNSET and options.value:
             # Its members were decoded last-one-wins; once more, for a duplicate among them.
             raw = _decode_members(body)["stream_options"]
-            include_usage = _value(_OPTIONS_DECODER.decode(raw).include_usage)
+            asked = _OPTIONS_DECODER.decode(raw).include_usage
+            include_usage = asked is not UNSET and asked.value is True
     except msgspec.ValidationError as exc:
         raise _invalid(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise GatewayError(
             400, f"the request body is not valid JSON: {exc}", "invalid_json"
         ) from None
-    finally:
-        _seen.members = []
-    if len(members) != len(set(members)):
-        twice = next(name for name in members if members.count(name) > 1)
+    seen = _seen
+    if len(seen) > 1 and len(seen) != len(set(seen)):
+        twice = next(name for name in seen if seen.count(name) > 1)
         raise GatewayError(
             400,
             f"the request body has the member `{twice}` more than once; send it once",
             "duplicate_member",
             param=twice,
         )
+    model, stream, max_tokens = judged.model, judged.stream, judged.max_tokens
+    most, n = judged.max_completion_tokens, judged.n
     peek = RequestPeek(
-        model=_value(judged.model),
-        stream=_value(judged.stream),
-        max_tokens=_value(judged.max_tokens),
-        max_completion_tokens=_value(judged.max_completion_tokens),
-        n=_value(judged.n),
-        has_priority=judged.priority is not msgspec.UNSET,
-        has_stream_options=options is not msgspec.UNSET,
-        include_usage=include_usage is True,
+        model=None if model is UNSET else model.value,
+        stream=None if stream is UNSET else stream.value,
+        max_tokens=None if max_tokens is UNSET else max_tokens.value,
+        max_completion_tokens=None if most is UNSET else most.value,
+        n=None if n is UNSET else n.value,
+        has_priority=judged.priority is not UNSET,
+        has_stream_options=options is not UNSET,
+        include_usage=include_usage,
     )
     if model_required and not peek.model:
         raise GatewayError(

@@ -23,7 +23,7 @@ string. Path rules (``auth.skip_paths``) match whole segments (:func:`under`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 # Raw bytes allowed outside escapes: RFC 3986 pchar without ";" plus "/", and "%" for escapes.
@@ -41,16 +41,34 @@ class PathRefused(ValueError):
     """The path is not in canonical form; the message says why (it is shown to the client)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestPath:
+class RequestPath(NamedTuple):
     """A request path in canonical form: the decoded ``path`` and the ``raw`` bytes forwarded."""
 
     path: str
     raw: bytes
 
 
+_KNOWN: dict[bytes, RequestPath] = {}
+_KNOWN_MAX = 4096
+
+
 def canonical_path(raw: bytes) -> RequestPath:
-    """The canonical form of the raw request path, or :class:`PathRefused`."""
+    """The canonical form of the raw request path, or :class:`PathRefused`.
+
+    Paths that passed are remembered (a few thousand at most, then the memory starts over):
+    nearly every request asks for one of a handful, and the check is the same every time.
+    """
+    known = _KNOWN.get(raw)
+    if known is not None:
+        return known
+    checked = _check(raw)
+    if len(_KNOWN) >= _KNOWN_MAX:
+        _KNOWN.clear()
+    _KNOWN[raw] = checked
+    return checked
+
+
+def _check(raw: bytes) -> RequestPath:
     if not raw.startswith(b"/"):
         raise PathRefused("the request path must start with /")
     if len(raw) > MAX_PATH_LENGTH:
