@@ -94,7 +94,7 @@ def _check(raw: bytes) -> RequestPath:
             raise PathRefused("the request path's escapes are not valid UTF-8") from None
     else:
         path = raw.decode("ascii")
-    for segment in path.split("/")[1:]:
+    for segment in path.split("/")[1:] if path != "/" else ():
         if segment in ("", ".", ".."):
             raise PathRefused(
                 "the request path has an empty, '.' or '..' segment "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
 
 import aiohttp
+from aiohttp import web
 
 from tests.harness import gateway, make_config, mock_backend
 
@@ -66,3 +68,38 @@ async def test_stream_bytes_are_relayed_unchanged() -> None:
 def _normalized(stream: bytes) -> bytes:
     """The stream with the per-response id and timestamp blanked out."""
     return re.sub(rb'"created":\d+', b'"created":0', re.sub(rb'"id":"[^"]*"', b'"id":""', stream))
+
+
+async def test_a_non_sse_answer_is_relayed_as_it_arrives() -> None:
+    """An answer that is not SSE but arrives in parts (Ollama-style NDJSON, a large JSON body
+    written in pieces) is relayed part by part: the client reads the first line while the
+    backend still holds back the second. Nothing is held whole."""
+    second_may_go = asyncio.Event()
+
+    async def ndjson(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
+        await response.prepare(request)
+        await response.write(b'{"line": 1}\n')
+        await asyncio.wait_for(second_may_go.wait(), 5)
+        await response.write(b'{"line": 2}\n')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", ndjson)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        config = make_config([{"url": f"http://127.0.0.1:{port}"}])
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            async with session.post(gw.url + "/v1/chat/completions", json=CHAT) as response:
+                assert response.status == 200
+                first = await asyncio.wait_for(response.content.readline(), 2)
+                assert first == b'{"line": 1}\n'
+                second_may_go.set()
+                assert await response.content.read() == b'{"line": 2}\n'
+    finally:
+        await runner.cleanup()

@@ -172,3 +172,34 @@ def test_backends_compare_by_identity() -> None:
     second = Backend.create("a", "http://a")
     assert first != second
     assert len({first, second}) == 2
+
+
+def test_one_client_never_ejects_with_5xx_alone() -> None:
+    """5xx answers met by one client, however many, never reach an ejection when min_clients
+    is above 1; the run still counts them."""
+    backend = Backend.create("b", "http://b")
+    for _ in range(50):
+        backend.record_failure(100.0, 5, 30.0, client="key-a", min_clients=3)
+    assert backend.is_available(100.0)
+    assert backend.failures_total == 50
+
+
+def test_enough_clients_or_one_unattributed_failure_eject() -> None:
+    """A run with min_clients different clients, or with a failure no client can cause (None),
+    ejects at the threshold; a success starts the count over."""
+    backend = Backend.create("b", "http://b")
+    for client in ("a", "b", "a", "c", "a"):
+        backend.record_failure(10.0, 5, 30.0, client=client, min_clients=3)
+    assert not backend.is_available(10.0)
+    other = Backend.create("o", "http://o")
+    for _ in range(4):
+        other.record_failure(10.0, 5, 30.0, client="a", min_clients=3)
+    other.record_failure(10.0, 5, 30.0, client=None, min_clients=3)
+    assert not other.is_available(10.0)
+    reset = Backend.create("r", "http://r")
+    for client in ("a", "b"):
+        reset.record_failure(10.0, 5, 30.0, client=client, min_clients=3)
+    reset.record_success()
+    for _ in range(4):
+        reset.record_failure(10.0, 5, 30.0, client="c", min_clients=3)
+    assert reset.is_available(10.0)
