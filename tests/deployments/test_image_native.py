@@ -50,7 +50,7 @@ from tests.deployments.common import (
     interpolate,
 )
 from tests.deployments.test_dockerfile import copy_sources, in_context
-from tests.e2e.daemon import free_port
+from tests.e2e.daemon import free_port, stop
 
 IMAGE_PREFIX = "/opt/llmproxy"
 
@@ -162,13 +162,7 @@ def started(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 @contextlib.contextmanager

@@ -55,12 +55,17 @@ def running(
         wait_until_up(health_url, process)
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
         if process.stdout:
             process.stdout.close()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a drain), then SIGKILL if it has not exited within 15 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

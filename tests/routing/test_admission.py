@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from llmproxy.gateway.request_peek import with_member
 from llmproxy.routing.admission import HEAD_RECHECK, AdmissionQueue, AdmissionRefused
 
 
@@ -104,9 +103,3 @@ def test_reserved_slots_apply_to_less_important_requests_only() -> None:
     assert queue.reserve_for(0) == 0
     assert queue.reserve_for(-5) == 0
     assert queue.reserve_for(10) == 1
-
-
-def test_with_member_adds_or_replaces_the_priority() -> None:
-    assert with_member(b' {"model": "m"}', "priority", 3) == b' {"priority":3,"model": "m"}'
-    replaced = with_member(b'{"model":"m","priority":-100}', "priority", 7)
-    assert replaced == b'{"model":"m","priority":7}'

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 from hypothesis import HealthCheck, settings
 
-from tests.e2e.daemon import LLMPROXY, free_port, wait_until_up
+from tests.e2e.daemon import LLMPROXY, free_port, stop, wait_until_up
 from tests.security.wire import CaptureBackend, RawResponse, read_response
 
 T = TypeVar("T")
@@ -146,13 +145,26 @@ def daemon(directory: Path, config: dict[str, Any]) -> Iterator[Daemon]:
         wait_until_up(f"{running.url}/health", process)
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
+
+
+def static_auth(*keys: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An ``auth`` section with one static provider named ``inline`` holding ``keys``."""
+    provider = {"name": "inline", "type": "static", "keys": list(keys)}
+    return {"enabled": True, "pipeline": [provider], **extra}
+
+
+@contextlib.contextmanager
+def behind_gateway(
+    directory: Path, backend_options: dict[str, Any] | None = None, **sections: Any
+) -> Iterator[tuple[Daemon, CaptureBackend]]:
+    """A capture backend (its ``backends[]`` entry extended by ``backend_options``) and the
+    daemon in front of it, configured with ``sections``."""
+    with capture_backend() as backend:
+        config = base_config(backend.url, free_port(), **sections)
+        config["backends"] = [{**config["backends"][0], **(backend_options or {})}]
+        with daemon(directory, config) as running:
+            yield running, backend
 
 
 def examples(count: int) -> settings:
@@ -194,10 +206,12 @@ def closed(sock: socket.socket, within: float) -> bool:
 __all__ = [
     "Daemon",
     "base_config",
+    "behind_gateway",
     "capture_backend",
     "closed",
     "daemon",
     "examples",
     "free_port",
+    "static_auth",
     "until",
 ]

@@ -16,14 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.security.daemon import (
-    Daemon,
-    base_config,
-    capture_backend,
-    daemon,
-    examples,
-    free_port,
-)
+from tests.security.daemon import Daemon, behind_gateway, examples, static_auth
 from tests.security.wire import CaptureBackend, http_request
 
 KEY = "sk-body-0123456789"  # m1 only, priority 5
@@ -31,24 +24,12 @@ KEY = "sk-body-0123456789"  # m1 only, priority 5
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, CaptureBackend]]:
-    with capture_backend() as backend:
-        config = base_config(
-            backend.url,
-            free_port(),
-            backends=[{"url": backend.url, "name": "capture", "send_priority": True}],
-            auth={
-                "enabled": True,
-                "pipeline": [
-                    {
-                        "name": "inline",
-                        "type": "static",
-                        "keys": [{"key": KEY, "models": ["m1"], "priority": 5}],
-                    }
-                ],
-            },
-        )
-        with daemon(tmp_path_factory.mktemp("bodies"), config) as running:
-            yield running, backend
+    with behind_gateway(
+        tmp_path_factory.mktemp("bodies"),
+        {"send_priority": True},  # the gateway sets its own priority: a client's must not win
+        auth=static_auth({"key": KEY, "models": ["m1"], "priority": 5}),
+    ) as running:
+        yield running
 
 
 def _post(body: bytes) -> bytes:

@@ -14,14 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.security.daemon import (
-    Daemon,
-    base_config,
-    capture_backend,
-    daemon,
-    examples,
-    free_port,
-)
+from tests.security.daemon import Daemon, behind_gateway, examples, static_auth
 from tests.security.wire import CaptureBackend, http_request
 
 LIMITED = "sk-limited-0123456789"  # may use m1 only
@@ -33,24 +26,13 @@ ALLOWED = json.dumps({"model": "m1", "messages": [{"role": "user", "content": "h
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, CaptureBackend]]:
-    with capture_backend() as backend:
-        config = base_config(
-            backend.url,
-            free_port(),
-            auth={
-                "enabled": True,
-                "skip_paths": ["/health", "/ready", "/metrics", "/v1/models"],
-                "pipeline": [
-                    {
-                        "name": "inline",
-                        "type": "static",
-                        "keys": [{"key": LIMITED, "models": ["m1"]}, {"key": OPEN}],
-                    }
-                ],
-            },
-        )
-        with daemon(tmp_path_factory.mktemp("paths"), config) as running:
-            yield running, backend
+    auth = static_auth(
+        {"key": LIMITED, "models": ["m1"]},
+        {"key": OPEN},
+        skip_paths=["/health", "/ready", "/metrics", "/v1/models"],
+    )
+    with behind_gateway(tmp_path_factory.mktemp("paths"), auth=auth) as running:
+        yield running
 
 
 def _post(target: bytes, body: bytes, key: str | None) -> bytes:

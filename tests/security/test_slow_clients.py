@@ -15,8 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.daemon import free_port
-from tests.security.daemon import Daemon, base_config, capture_backend, closed, daemon, until
+from tests.security.daemon import Daemon, behind_gateway, closed, static_auth, until
 from tests.security.wire import CaptureBackend, http_request
 
 HEADER_TIMEOUT = 1.0
@@ -28,25 +27,19 @@ KEY = "sk-slow-0123456789"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, CaptureBackend]]:
-    with capture_backend() as backend:
-        config = base_config(
-            backend.url,
-            free_port(),
-            server={
-                "header_timeout": f"{HEADER_TIMEOUT}s",
-                "read_timeout": f"{READ_TIMEOUT}s",
-                "idle_timeout": "2s",
-                "max_header_size": MAX_HEADER,
-                "max_connections": MAX_CONNECTIONS,
-            },
-            auth={
-                "enabled": True,
-                "pipeline": [{"name": "inline", "type": "static", "keys": [{"key": KEY}]}],
-            },
-        )
-        with daemon(tmp_path_factory.mktemp("slow"), config) as running:
-            _ok(running)  # warm: pools, code paths, first allocations
-            yield running, backend
+    with behind_gateway(
+        tmp_path_factory.mktemp("slow"),
+        server={
+            "header_timeout": f"{HEADER_TIMEOUT}s",
+            "read_timeout": f"{READ_TIMEOUT}s",
+            "idle_timeout": "2s",
+            "max_header_size": MAX_HEADER,
+            "max_connections": MAX_CONNECTIONS,
+        },
+        auth=static_auth({"key": KEY}),
+    ) as (running, backend):
+        _ok(running)  # warm: pools, code paths, first allocations
+        yield running, backend
 
 
 def _ok(running: Daemon) -> None:
