@@ -62,6 +62,10 @@ __all__ = [
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 OTHER: Final = "other"
+MAX_LEARNED_MODELS: Final = 64
+"""Model names learnt from answered requests (beyond the configured and discovered ones)."""
+MAX_MODEL_LABEL: Final = 128
+"""Longest model name learnt from an answered request as a label value."""
 """The label value that stands in for anything outside a known set."""
 NO_MODEL: Final = "none"
 """The model label of a request that names no model (``/v1/models``, early rejections)."""
@@ -150,6 +154,7 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
         self._models: set[str] = set()
+        self._learned = 0
         self._usage: UsageSource | None = None
         self._usage_seen = (0, 0, 0)
 
@@ -293,6 +298,19 @@ class GatewayMetrics:
         Names are only ever added: a series once exported stays valid until the process restarts.
         """
         self._models.update(name for name in names if name)
+
+    def learn_model(self, name: str) -> None:
+        """Let a model a backend answered for become a label value, within bounds.
+
+        Backends that serve any name they are given (llama.cpp, TGI) would otherwise let a
+        client mint a series per request: at most :data:`MAX_LEARNED_MODELS` names of at most
+        :data:`MAX_MODEL_LABEL` printable characters are learnt this way; the rest stay ``other``.
+        """
+        if name in self._models or self._learned >= MAX_LEARNED_MODELS:
+            return
+        if 0 < len(name) <= MAX_MODEL_LABEL and name.isprintable():
+            self._models.add(name)
+            self._learned += 1
 
     def model_label(self, model: str) -> str:
         """The label for ``model``: itself when allowed, ``none`` when empty, else ``other``."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from llmproxy.config.model import Config
+from llmproxy.config.model import Config, ServerConfig
 from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.daemon.server import uvicorn_config
 from llmproxy.gateway.app import GatewayApp
@@ -30,10 +30,16 @@ class RunningGateway:
         return self.state.current
 
 
+ECHO_PROXY_PATHS = (*ServerConfig().proxy_paths, "/v1/echo")
+"""The default forwarded paths plus the mock's ``/v1/echo`` (it answers with what it got)."""
+
+
 def make_config(backends: list[dict[str, Any]], **sections: Any) -> Config:
-    """A config for tests: given backends, health checks off unless asked, fast retries."""
+    """A config for tests: given backends, health checks off unless asked, fast retries, and
+    the mock's ``/v1/echo`` forwarded."""
     data: dict[str, Any] = {
         "listen": "127.0.0.1:0",
+        "server": {"proxy_paths": ECHO_PROXY_PATHS},
         "backends": backends,
         "health_check": {"enabled": False},
         "routing": {"retry": {"initial_wait": "1ms", "max_wait": "5ms"}},

@@ -123,9 +123,31 @@ class ServerConfig(Section):
     """
     trusted_proxies: tuple[str, ...] = ()
     """Addresses or CIDR ranges of the proxies in front of the gateway (load balancers, ingress).
-    Only a connection from one of them may name the client in `X-Forwarded-For` or `Forwarded`;
-    the client is then the nearest address in that chain that is not a trusted proxy. Empty:
-    every forwarded header is ignored and the client is the connection's peer.
+    Only a connection from one of them may name the client, in `client_address_header`; the
+    client is then the nearest address in that chain that is not a trusted proxy. Empty: every
+    forwarded header is ignored and the client is the connection's peer.
+    """
+    proxy_paths: tuple[str, ...] = (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/audio",
+        "/v1/images",
+        "/v1/moderations",
+        "/v1/rerank",
+        "/v1/score",
+        "/v1/files",
+        "/v1/batches",
+    )
+    """Paths under `/v1/` forwarded to the backends, matched by whole segments (`/v1/audio`
+    covers `/v1/audio/transcriptions`); any other `/v1/` path is a 404 from the gateway, so a
+    tenant never reaches what else a backend serves there (vLLM's LoRA loading, for one).
+    """
+    client_address_header: Literal["X-Forwarded-For", "Forwarded"] = "X-Forwarded-For"
+    """The header your trusted proxies write the client's address in (only that one is read: a
+    client's copy of the other, passed through by the proxy, is not believed).
     """
     shutdown_timeout: Duration = 30.0
     """On SIGTERM, how long in-flight requests may finish before they are cancelled."""
@@ -139,6 +161,17 @@ class ServerConfig(Section):
     """HTTPS for the listener."""
     cors: CORSConfig = CORSConfig()
     """Browser (CORS) access."""
+
+    @field_validator("proxy_paths")
+    @classmethod
+    def _api_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = []
+        for path in paths:
+            segments = path.split("/")
+            if not path.startswith("/v1/") or any(s in ("", ".", "..") for s in segments[1:]):
+                raise ValueError(f"{path!r}: a proxy path is a plain path under /v1/")
+            cleaned.append(path.lower())
+        return tuple(cleaned)
 
     @field_validator("trusted_proxies")
     @classmethod

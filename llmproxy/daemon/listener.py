@@ -13,9 +13,13 @@ what the client did, not from when the application got round to asking:
   answered early (a 401 before its body was read) still has its body drained within it;
 * ``server.idle_timeout``: a keep-alive connection between two requests (uvicorn's own);
 * ``server.max_connections``: connections open in this process; one more is answered 503 and
-  closed.
+  closed;
+* pipelining: at most :data:`MAX_PIPELINED` requests may wait behind one being answered (uvicorn
+  would queue every request a client sends without reading its answers).
 
-Every refusal is an OpenAI-style JSON error with ``connection: close``.
+Every refusal is an OpenAI-style JSON error with ``connection: close``, after which the
+connection is half-closed and lingers for :data:`LINGER` seconds, reading and discarding, so a
+client still sending gets the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import httptools
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -81,8 +86,15 @@ _BAD_REQUEST = refusal(
 )
 
 
-class _HeadTooLarge(Exception):
-    """Raised from a parser callback to stop parsing a head over the limit."""
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop parsing a request that was refused."""
+
+
+MAX_PIPELINED = 16
+"""Requests that may wait behind the one being answered on a connection; one more closes it."""
+
+LINGER = 1.0
+"""Seconds a refused connection stays half-closed, discarding what the client still sends."""
 
 
 def headers_too_large(limit: int) -> bytes:
@@ -97,7 +109,7 @@ def headers_too_large(limit: int) -> bytes:
 class GatewayProtocol(HttpToolsProtocol):
     """One client connection; see the module docstring. Build the class with :func:`protocol`.
 
-    Deadlines are plain numbers checked by one sweep per process every :data:`SWEEP_INTERVAL`
+    Deadlines are plain numbers checked by one sweep per listener every :data:`SWEEP_INTERVAL`
     (:func:`_sweep`), not a timer armed and cancelled per request: a request then costs two
     clock reads, and a deadline is enforced within a quarter of a second.
     """
@@ -114,10 +126,13 @@ class GatewayProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._in_head = True  # between a request's first byte (or the accept) and its headers
-        self._head_started = False  # a byte of the request in the head has arrived
-        self._head_bytes = 0  # bytes of reads that found the head still arriving
+        self._head_started = False  # the parser began a request in this head
+        self._head_bytes = 0  # bytes of this head received in earlier reads
+        self._read_len = 0  # bytes of the read being parsed
+        self._body_open = False  # headers done, the body's last byte not yet received
         self._head_deadline = 0.0  # 0: no head being waited for (or its clock not started)
         self._body_deadline = 0.0  # 0: no body being waited for
+        self._refused = False  # answered with a refusal: lingering, discarding input
         self._extensions: dict[str, object] = {ABORT: self._close}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -138,34 +153,64 @@ class GatewayProtocol(HttpToolsProtocol):
             cls.sweeper = self.loop.create_task(_sweep(self.connections, self.loop))
 
     def data_received(self, data: bytes) -> None:
-        continuing = self._in_head
-        self._head_bytes += len(data)
-        super().data_received(data)
-        if self._in_head and self._head_bytes > self.limits.max_header_bytes and continuing:
-            self._refuse(headers_too_large(self.limits.max_header_bytes))
+        if self._refused:
+            return  # lingering after a refusal: what still comes is discarded
+        if not self._in_head and not self._body_open and self._response_done():
+            # An idle kept-alive connection: whatever comes now (a stray CRLF included, which
+            # the parser skips without beginning a request) starts the next head's clock.
+            self._begin_head()
+        counted = self._in_head
+        self._read_len = len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no upgrades here (ws is off): the request is served as plain HTTP
+        except httptools.HttpParserError as error:
+            if not self._refused:  # else a callback refused the request and stopped the parser
+                log.info("refusing a malformed HTTP request from %s: %s", self.client, error)
+                self._refuse(_BAD_REQUEST)
+            return
+        if self._in_head and not self._refused:
+            # A head still arriving: its size so far (a header line not yet complete is not
+            # seen by the parser, so raw bytes count; a head that began inside this read
+            # counts what the parser took of it).
+            self._head_bytes = self._head_bytes + len(data) if counted else self._head_size()
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(headers_too_large(self.limits.max_header_bytes))
+
+    def _begin_head(self) -> None:
+        self._in_head = True
+        self._head_started = False
+        self._head_bytes = 0
+        if self._response_done():
+            self._head_deadline = self.loop.time() + self.limits.header_timeout
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = self._extensions  # type: ignore[typeddict-item]
-        self._head_started = True
         if not self._in_head:
-            # The next request on a kept-alive connection: its clock starts at its first byte
-            # (or, while a response is still going out, when that response is done).
-            self._in_head = True
-            self._head_bytes = 0
-            if self._response_done():
-                self._head_deadline = self.loop.time() + self.limits.header_timeout
+            # Pipelined: the next request began inside a read, after the previous one's end;
+            # its clock starts now, or when the response going out is done.
+            self._begin_head()
+        self._head_started = True
 
     def on_headers_complete(self) -> None:
-        if self._head_bytes > self.limits.max_header_bytes and self._head_size() > (
-            self.limits.max_header_bytes
-        ):
-            # The whole head came in one read: it is measured once it is parsed.
-            self._refuse(headers_too_large(self.limits.max_header_bytes))
-            raise _HeadTooLarge  # stops the parser before the request reaches the app
+        limit = self.limits.max_header_bytes
+        if (self._head_bytes or self._read_len > limit) and self._head_size() > limit:
+            # Measured exactly once parsed (a head within one read is counted here).
+            self._refuse(headers_too_large(limit))
+            raise _StopParsing
+        previous = self.cycle
+        waiting = previous is not None and not previous.response_complete
+        if waiting and len(self.pipeline) >= MAX_PIPELINED:
+            log.warning("closing a connection from %s: too many pipelined requests", self.client)
+            self._refuse(_BAD_REQUEST)
+            raise _StopParsing
         self._in_head = self._head_started = False
         self._head_bytes = 0
         self._head_deadline = 0.0
+        self._body_open = True
         timeout = self.limits.body_timeout
         self._body_deadline = self.loop.time() + timeout if timeout else 0.0
         super().on_headers_complete()
@@ -174,8 +219,8 @@ class GatewayProtocol(HttpToolsProtocol):
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_message_complete(self) -> None:
+        self._body_open = False
         self._body_deadline = 0.0
-        self._head_bytes = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -185,8 +230,6 @@ class GatewayProtocol(HttpToolsProtocol):
             self._head_deadline = self.loop.time() + self.limits.header_timeout
 
     def send_400_response(self, msg: str) -> None:
-        if self.transport.is_closing():
-            return  # refused already (a head over the limit stops the parser this way)
         log.info("refusing a malformed HTTP request from %s: %s", self.client, msg)
         self._refuse(_BAD_REQUEST)
 
@@ -202,20 +245,34 @@ class GatewayProtocol(HttpToolsProtocol):
                 self._close()  # nothing was said: nothing to answer
         elif self._body_deadline and now >= self._body_deadline:
             self._body_deadline = 0.0
-            if self.cycle is not None and not self.cycle.response_started:
-                self._refuse(_BODY_SLOW)
-            else:
-                self._close()  # answered already; the rest of the body is not worth waiting for
+            self._refuse(_BODY_SLOW)
 
     def _response_done(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
     def _refuse(self, response: bytes) -> None:
-        if not self.transport.is_closing():
-            cycle = self.cycle
-            if cycle is None or not cycle.response_started:
-                self.transport.write(response)
-        self._close()
+        """Answer ``response`` when no other answer is going out, then close: half-closed and
+        lingering when the transport allows, so the client reads the answer."""
+        transport = self.transport
+        if self._refused or transport.is_closing():
+            return
+        cycle = self.cycle
+        if self.pipeline or (
+            cycle is not None and cycle.response_started and not cycle.response_complete
+        ):
+            self._close()  # mid-answer: nothing more can be said on this connection
+            return
+        self._refused = True
+        self._head_deadline = self._body_deadline = 0.0
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the application stops; its sends become no-ops
+            cycle.message_event.set()
+        transport.write(response)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER, self._close)
+        else:
+            self._close()
 
     def _close(self) -> None:
         self._head_deadline = self._body_deadline = 0.0

@@ -115,7 +115,12 @@ class Runtime:
         self.auth_header_names = header_order(auth.header_names)
         # Matched against the lower-case canonical path, like every other path rule.
         self.auth_skip_paths = tuple(path.lower() for path in auth.skip_paths)
-        self.proxy_trust = ProxyTrust(config.server.trusted_proxies)
+        self.proxy_paths = config.server.proxy_paths
+        """Paths forwarded to backends (lower case; whole segments: see :func:`forwards`)."""
+        self.proxy_path_set = frozenset(self.proxy_paths)
+        self.proxy_trust = ProxyTrust(
+            config.server.trusted_proxies, config.server.client_address_header
+        )
         # Headers the client may not send upstream: its key, and the ones the gateway fills
         # with decision metadata (a client must not be able to forge its own user id).
         self.secret_headers = (

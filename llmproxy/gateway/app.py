@@ -37,6 +37,7 @@ from llmproxy.gateway.request_body import (
     peek_body,
     with_usage_requested,
 )
+from llmproxy.gateway.request_path import under
 from llmproxy.gateway.responses import send_bytes, send_error
 from llmproxy.metrics import mean_inter_token
 from llmproxy.record.capture import Captured
@@ -102,10 +103,15 @@ class GatewayApp:
     async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
         given_id = find_header(headers, b"x-request-id")
+        own_id = f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFFFFFF:012x}"
         if given_id and _REQUEST_ID.fullmatch(given_id):
+            # Kept for the client, the records and the logs; the backend gets it with the
+            # gateway's own id after it, so no client can name another's request upstream
+            # (vLLM takes X-Request-Id as its engine's request id).
             request_id = given_id.decode("ascii")
+            upstream_id = f"{request_id}-{own_id}"
         else:
-            request_id = f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFFFFFF:012x}"
+            request_id = upstream_id = own_id
         rid = request_id.encode("ascii")
         server = runtime.config.server
         if server.cors.enabled:
@@ -116,7 +122,7 @@ class GatewayApp:
                     return
                 send = cors.wrap_send(send, server.cors, origin)
         try:
-            request = canonical_request(scope, runtime.proxy_trust, request_id)
+            request = canonical_request(scope, runtime.proxy_trust, request_id, upstream_id)
             await self._dispatch(runtime, request, receive, send)
         except GatewayError as error:
             await send_error(send, error, rid)
@@ -136,7 +142,9 @@ class GatewayApp:
     ) -> None:
         endpoint = request.endpoint
         local_models = endpoint == _MODELS or endpoint.startswith("/v1/models/")
-        proxied = endpoint.startswith("/v1/") and not local_models
+        proxied = endpoint in runtime.proxy_path_set or (
+            endpoint.startswith("/v1/") and under(endpoint, runtime.proxy_paths)
+        )
         if proxied and runtime.global_rate is not None and runtime.limits is not None:
             # Before auth: the global bucket also shields the key providers from a flood.
             await limits_step.check_global(runtime, runtime.limits, runtime.global_rate)
@@ -173,7 +181,8 @@ class GatewayApp:
         else:
             raise GatewayError(
                 404,
-                f"unknown path {request.path}: the OpenAI API is served under /v1/",
+                f"unknown path {request.path}: the gateway serves the OpenAI API under /v1/ "
+                "(server.proxy_paths lists what is forwarded)",
                 "unknown_path",
             )
 
@@ -299,20 +308,39 @@ def _decide(
 
 
 def _check_shape(request: CanonicalRequest, model_required: bool) -> bool:
-    """Refuse a wrong method, content type or encoding before reading the body; whether the
-    body is to be judged as JSON."""
+    """Refuse a wrong method, content type or encoding before reading the body, and headers
+    the backend would see otherwise than judged; whether the body is to be judged as JSON."""
     if model_required and request.method != "POST":
         raise GatewayError(405, f"{request.path} accepts POST only", "method_not_allowed")
+    content_type: bytes | None = None
+    encodings = 0
     headers = request.headers
-    encoding = find_header(headers, b"content-encoding")
-    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
-        # The gateway could not judge a compressed body, so none is passed on.
-        raise GatewayError(
-            415,
-            "compressed request bodies are not accepted (content-encoding)",
-            "unsupported_media_type",
-        )
-    content_type = find_header(headers, b"content-type")
+    for name, value in headers:
+        if name == b"content-type":
+            if content_type is not None:
+                # Two copies reach the backend joined ("a, b"): not the type judged here.
+                raise GatewayError(400, "content-type is sent twice", "duplicate_header")
+            content_type = value
+        elif name == b"content-encoding":
+            encodings += 1
+            if value.strip().lower() not in (b"", b"identity") or encodings > 1:
+                # The gateway could not judge a compressed body, so none is passed on.
+                raise GatewayError(
+                    415,
+                    "compressed request bodies are not accepted (content-encoding)",
+                    "unsupported_media_type",
+                )
+    if not b"".join(value for _, value in headers).isascii():
+        for name, value in headers:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                # It could not be passed on byte for byte (the HTTP client writes UTF-8).
+                raise GatewayError(
+                    400,
+                    f"header {name.decode('latin-1')} is neither ASCII nor UTF-8",
+                    "invalid_header",
+                ) from None
     is_json = content_type is None or _is_json(content_type)
     if model_required and not is_json:
         raise GatewayError(
@@ -364,9 +392,10 @@ def _account(
     if runtime.config.metrics.enabled:
         metrics = runtime.metrics
         if model and 0 < request.status < 300:
-            # A model a backend actually served is a bounded label value; one a client merely
-            # named is not (it stays "other").
-            metrics.allow_models((model,))
+            # A model a backend actually served may become a label value (within bounds: a
+            # backend that serves any name must not let clients mint series); one a client
+            # merely named stays "other".
+            metrics.learn_model(model)
         metrics.request_finished(
             request.backend, model, path, status, duration, ttft, prompt, completion
         )

@@ -1,9 +1,10 @@
 """Reading a request body: bounded per request (``server.max_body_size``) and per process
 (``server.body_buffer_limit``).
 
-The per-process bound is the memory the gateway commits to bodies it has not yet judged: a
-flood of large requests is refused with 503 ``server_busy`` (and ``Retry-After``) once that much
-is held, instead of growing the process until the kernel kills it. Only requests whose key was
+The per-process bound is the memory the gateway holds in bodies it has not yet judged, counted
+as their bytes arrive (a declared length is not memory): a flood of large requests is refused
+with 503 ``server_busy`` (and ``Retry-After``) once that much is held, instead of growing the
+process until the kernel kills it. Only requests whose key was
 recognised (or that need none) get this far; the time a body may take is the listener's
 (``server.read_timeout``, from the end of the headers).
 """
@@ -60,11 +61,9 @@ class BodyReader:
         """The whole body: 413 over ``limit``, 503 over the process budget, :class:`ClientGone`
         when the client leaves first."""
         declared = find_header(headers, b"content-length")
-        if declared is not None and declared.isdigit():
-            size = int(declared)
-            if size > limit:
-                raise too_large(limit)
-            self._hold(size)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large(limit)
+        # Only bytes that arrived are held: a length declared but never sent costs nothing.
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
@@ -91,7 +90,7 @@ class BodyReader:
                 return b"".join(chunks)
 
     def _hold(self, size: int) -> None:
-        """Hold at least ``size`` bytes in all (the declared length, or what arrived so far)."""
+        """Hold ``size`` bytes in all (what arrived so far)."""
         if size > self.held:
             self._budget.take(size - self.held)
             self.held = size

@@ -27,6 +27,8 @@ from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import RawHeaders
 from llmproxy.gateway.request_path import PathRefused, canonical_path
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 ABORT = "llmproxy.abort"
 """The ASGI scope extension under which the listener offers to cut a connection short."""
 
@@ -47,6 +49,9 @@ class CanonicalRequest(msgspec.Struct, frozen=True):
     headers: RawHeaders
     client: ClientAddress
     request_id: str
+    upstream_id: str
+    """The ``X-Request-Id`` sent to the backend: ``request_id`` when the gateway made it, else
+    the client's id followed by one of the gateway's (unique whatever the client sends)."""
     abort: Callable[[], None] | None = None
     """Closes the client's connection without ending the response (the listener's): how an
     answer that broke after its status line was sent is cut short, so the client never takes
@@ -58,8 +63,14 @@ class CanonicalRequest(msgspec.Struct, frozen=True):
         return self.client.ip
 
 
-def canonical_request(scope: Scope, trust: ProxyTrust, request_id: str) -> CanonicalRequest:
+def canonical_request(
+    scope: Scope, trust: ProxyTrust, request_id: str, upstream_id: str
+) -> CanonicalRequest:
     """Build the canonical request from the ASGI scope, or raise 400 ``invalid_path``."""
+    method: str = scope["method"]
+    if method not in _METHODS:
+        # CONNECT would be rewritten by the HTTP client; the rest are not the API's.
+        raise GatewayError(405, f"the method {method} is not served", "method_not_allowed")
     raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
     try:
         path = canonical_path(raw)
@@ -76,12 +87,13 @@ def canonical_request(scope: Scope, trust: ProxyTrust, request_id: str) -> Canon
     headers: RawHeaders = scope["headers"]
     peer = scope.get("client")
     return CanonicalRequest(
-        method=scope["method"],
+        method=method,
         path=path.path,
         endpoint=path.path.lower(),
         target=target.decode("ascii"),
         headers=headers,
         client=trust.resolve(peer[0] if peer else None, headers),
         request_id=request_id,
+        upstream_id=upstream_id,
         abort=scope.get("extensions", {}).get(ABORT),
     )

@@ -1,11 +1,12 @@
 """Who the client is: the connection's peer, or what a trusted proxy in front says it is.
 
 ``X-Forwarded-For`` and ``Forwarded`` are written by whoever sends the request, so they name the
-client only when the gateway's peer is a proxy the operator trusts (``server.trusted_proxies``).
-Then the chain is read from the right — each entry was appended by the hop in front of the
-next — and the client is the nearest address that is not a trusted proxy itself. With no trusted
-proxies (the default) they are ignored: a key's ``allowed_ips`` cannot be walked past with one
-header.
+client only when the gateway's peer is a proxy the operator trusts (``server.trusted_proxies``),
+and only the one the proxy writes (``server.client_address_header``): a client's copy of the
+other, passed through by the proxy, is not believed. Then the chain is read from the right
+(each entry was appended by the hop in front of the next) and the client is the nearest address
+that is not a trusted proxy itself. With no trusted proxies (the default) they are ignored: a
+key's ``allowed_ips`` cannot be walked past with one header.
 
 Upstream, ``X-Forwarded-For`` is the chain received from a trusted proxy followed by the peer,
 once; from anyone else just the peer (a chain it made up is not passed on for a backend to
@@ -37,10 +38,11 @@ class ClientAddress(msgspec.Struct, frozen=True):
 class ProxyTrust:
     """``server.trusted_proxies``, compiled once per runtime snapshot."""
 
-    def __init__(self, entries: Iterable[str] = ()) -> None:
+    def __init__(self, entries: Iterable[str] = (), header: str = "X-Forwarded-For") -> None:
         self.networks: tuple[Network, ...] = tuple(
             ipaddress.ip_network(entry, strict=False) for entry in entries
         )
+        self.header = header.lower().encode("latin-1")
 
     def trusts(self, address: str) -> bool:
         """Whether ``address`` is one of the trusted proxies."""
@@ -51,7 +53,7 @@ class ProxyTrust:
         """The client behind ``peer`` given the request's forwarding headers."""
         if not self.networks or peer is None or not self.trusts(peer):
             return ClientAddress(peer, peer)
-        received = _chain(headers)
+        received = _chain(headers, self.header)
         client = peer
         for entry in reversed(received):
             if _parse(entry) is None:
@@ -63,20 +65,21 @@ class ProxyTrust:
         return ClientAddress(client, chain, via_trusted_proxy=True)
 
 
-def _chain(headers: RawHeaders) -> list[str]:
-    """The addresses of every ``X-Forwarded-For`` (or, without one, ``Forwarded: for=``)."""
-    forwarded_for: list[str] = []
-    forwarded: list[str] = []
+def _chain(headers: RawHeaders, header: bytes) -> list[str]:
+    """The addresses of every copy of ``header`` (``x-forwarded-for`` or ``forwarded``)."""
+    found: list[str] = []
     for name, value in headers:
-        if name == b"x-forwarded-for":
-            forwarded_for.extend(_entries(value.decode("latin-1").split(",")))
-        elif name == b"forwarded":
-            for element in value.decode("latin-1").split(","):
-                for pair in element.split(";"):
-                    key, _, item = pair.strip().partition("=")
-                    if key.lower() == "for":
-                        forwarded.extend(_entries((item,)))
-    return forwarded_for or forwarded
+        if name != header:
+            continue
+        if header == b"x-forwarded-for":
+            found.extend(_entries(value.decode("latin-1").split(",")))
+            continue
+        for element in value.decode("latin-1").split(","):
+            for pair in element.split(";"):
+                key, _, item = pair.strip().partition("=")
+                if key.lower() == "for":
+                    found.extend(_entries((item,)))
+    return found
 
 
 def _entries(items: Iterable[str]) -> list[str]:

@@ -8,6 +8,7 @@ backend's own ``api_key`` from the config is sent instead).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
@@ -27,7 +28,10 @@ HOP_BY_HOP = frozenset(
 )
 
 # Set by the gateway or the HTTP client for the upstream leg; a client's copy would be wrong there.
-_REQUEST_MANAGED = frozenset({b"host", b"content-length", b"x-request-id", b"expect"})
+# The gateway reads usage from the backend's answers: it never asks for them compressed.
+_REQUEST_MANAGED = frozenset(
+    {b"host", b"content-length", b"x-request-id", b"expect", b"accept-encoding"}
+)
 # The ASGI server writes its own; copying the backend's would duplicate them.
 _RESPONSE_MANAGED = frozenset({b"server", b"date", b"x-request-id"})
 
@@ -83,7 +87,9 @@ def upstream_request_headers(
         if b"_" in name and name.replace(b"_", b"-") in drop:
             continue
         key = name.decode("latin-1")
-        value = raw_value.decode("latin-1")
+        # UTF-8 (checked on arrival): the HTTP client writes values as UTF-8, so the bytes
+        # the backend gets are the bytes the client sent.
+        value = raw_value.decode("utf-8", "replace")
         out[key] = f"{out[key]}, {value}" if key in out else value
     if forwarded_for:
         out["x-forwarded-for"] = forwarded_for
@@ -121,6 +127,19 @@ def client_response_headers(
     out.append((b"x-request-id", request_id))
     out.extend(extra)
     return out
+
+
+# What an HTTP/1.1 server may not write in a header value (uvicorn refuses to, mid-response).
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def unsendable_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The name of the first header whose value cannot be relayed (a control character the
+    backend's HTTP parser let through), or None. One search over all the values at once."""
+    pairs = list(headers)
+    if _BAD_VALUE.search(b"\t".join(value for _, value in pairs)) is None:
+        return None
+    return next(name for name, value in pairs if _BAD_VALUE.search(value))
 
 
 def find_header(headers: RawHeaders, name: bytes) -> bytes | None:

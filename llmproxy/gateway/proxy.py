@@ -34,7 +34,11 @@ from llmproxy.config.model import PassiveHealthConfig
 from llmproxy.gateway.asgi import Send
 from llmproxy.gateway.canonical import CanonicalRequest
 from llmproxy.gateway.errors import GatewayError, sse_error_event
-from llmproxy.gateway.headers import client_response_headers, upstream_request_headers
+from llmproxy.gateway.headers import (
+    client_response_headers,
+    unsendable_header,
+    upstream_request_headers,
+)
 from llmproxy.gateway.request_body import RequestPeek, with_priority
 from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
@@ -259,7 +263,7 @@ async def _attempt(
         (*client.extra_headers, *request.extra_headers)
         if request.extra_headers
         else client.extra_headers,
-        canonical.request_id,
+        canonical.upstream_id,
         canonical.client.forwarded_for,
         trusted_forwarding=canonical.client.via_trusted_proxy,
     )
@@ -309,6 +313,10 @@ async def _attempt(
         if not 200 <= status <= 599:
             _failed(runtime, backend, loop.time(), passive)
             raise _Retryable(_invalid_answer(backend, f"status {status}"))
+        bad = unsendable_header(response.raw_headers)
+        if bad is not None:
+            _failed(runtime, backend, loop.time(), passive)
+            raise _Retryable(_invalid_answer(backend, f"a control character in header {bad!r}"))
         if status >= 500:
             if request.server_errors is None:
                 request.server_errors = []

@@ -20,7 +20,7 @@ skipped unbuilt. An ordinary body costs about 2 µs and is forwarded as its own 
 
 from __future__ import annotations
 
-import re
+import itertools
 from typing import Any
 
 import msgspec
@@ -29,6 +29,10 @@ from llmproxy.gateway.errors import GatewayError
 
 MAX_DEPTH = 64
 """Deepest nesting of objects and arrays accepted in a request body."""
+
+MAX_COUNT = 2**31 - 1
+"""Largest ``max_tokens``, ``max_completion_tokens`` or ``n`` accepted (a 4,000-digit count
+would reach the limits store as a number no one can add)."""
 
 JUDGED = (
     "model",
@@ -70,19 +74,22 @@ class _Priority(_Box):
     member, kinds, what = "priority", (int, float, str, bool, list, dict), "a value"
 
 
+_COUNT = "an integer from 0 to 2147483647"
+
+
 class _MaxTokens(_Box):
     __slots__ = ()
-    member, kinds, what = "max_tokens", (int,), "a non-negative integer"
+    member, kinds, what = "max_tokens", (int,), _COUNT
 
 
 class _MaxCompletionTokens(_Box):
     __slots__ = ()
-    member, kinds, what = "max_completion_tokens", (int,), "a non-negative integer"
+    member, kinds, what = "max_completion_tokens", (int,), _COUNT
 
 
 class _N(_Box):
     __slots__ = ()
-    member, kinds, what = "n", (int,), "a non-negative integer"
+    member, kinds, what = "n", (int,), _COUNT
 
 
 class _User(_Box):
@@ -112,7 +119,7 @@ def _decode_hook(kind: type, value: Any) -> Any:
     if value is not None:
         kinds = kind.kinds
         # bool is an int to Python but not to the backend's schema: never a count.
-        if type(value) not in kinds or (kinds == (int,) and value < 0):
+        if type(value) not in kinds or (kinds == (int,) and not 0 <= value <= MAX_COUNT):
             raise ValueError(f"`{kind.member}` must be {kind.what} or null")
     return kind(value)
 
@@ -198,6 +205,15 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
         raise GatewayError(
             400, f"the request body is not valid JSON: {exc}", "invalid_json"
         ) from None
+    if not body.isascii():
+        # msgspec checks the strings it decodes; those it skips are checked here, since the
+        # backend's parser would refuse them (or read them differently).
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GatewayError(
+                400, f"the request body is not valid UTF-8 (byte {exc.start})", "invalid_json"
+            ) from None
     seen = _seen
     if len(seen) > 1 and len(seen) != len(set(seen)):
         twice = next(name for name in seen if seen.count(name) > 1)
@@ -233,32 +249,26 @@ def _invalid(text: str) -> GatewayError:
     return GatewayError(400, f"invalid request body: {text}", "invalid_body", param=field)
 
 
-# A JSON string, escape-aware (unrolled so a long string is one tight loop).
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET = bytes(byte for byte in range(256) if byte not in b"[]{}")
-# One pass removes exactly one level: "{[]}" becomes "{}", not "" (no re-scan of what it made).
-_INNERMOST = re.compile(rb"\[\]|\{\}")
+# Everything but quotes and brackets (deleted), and brackets as +1 / -1 (signed bytes).
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'[]{}"')
+_AS_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 
 
 def too_deep(body: bytes, limit: int) -> bool:
-    """Whether ``body`` nests arrays and objects deeper than ``limit`` (or its brackets do not
-    balance, which no JSON parser accepts either).
+    """Whether ``body`` nests arrays and objects deeper than ``limit`` (or opens more than it
+    closes that deep, which no JSON parser accepts either).
 
     Decoders recurse per level, so this runs before any of them. A body with no more than
     ``limit`` opening brackets cannot be deeper (the common case: two counts). Otherwise the
-    strings are cut out, the brackets kept, and innermost pairs removed one level per round.
+    depth is measured with bytes operations that run in C: escaped backslashes and quotes go,
+    so the quotes left delimit strings; what is inside strings goes; the brackets left become
+    +1 / -1 steps whose running sum is the depth (about 25 ns a bracket).
     """
     if body.count(b"{") + body.count(b"[") <= limit:
         return False
-    skeleton = _STRING.sub(b"", body).translate(None, _NOT_BRACKET)
-    for _ in range(limit):
-        inner = _INNERMOST.sub(b"", skeleton)
-        if not inner:
-            return False
-        if len(inner) == len(skeleton):
-            return True  # unbalanced: a parser would recurse into it before failing
-        skeleton = inner
-    return True
+    structure = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    steps = b"".join(structure.split(b'"')[::2]).translate(_AS_STEPS)
+    return max(itertools.accumulate(memoryview(steps).cast("b")), default=0) > limit
 
 
 _decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode

@@ -30,6 +30,11 @@ from llmproxy.usage.extract import Usage, UsageFields, string_value_at
 _MAX_USAGE_EVENT = 16 * 1024
 """A held-back partial event longer than this is not the usage event (those are ~300 bytes)."""
 
+_MAX_EVENT = 64 * 1024
+"""An event still open past this many bytes is not followed to its end: no event the gateway
+reads is that long, and a backend that never ends its events (no blank line) must not make the
+gateway hold, copy and rescan an ever longer tail. Scanning resumes after the next blank line."""
+
 _JSON_EVENT = b"data: {"
 _CONTENT_KEY = b'content":'  # also matches "reasoning_content":
 _OTHER_TEXT_KEYS = (b'"text":', b'"arguments":', b'"reasoning":', b'"name":')
@@ -74,6 +79,7 @@ class StreamUsage:
         "_content_events",
         "_content_since_usage",
         "_held",
+        "_lost",
         "_strip",
         "_tail",
         "_usage",
@@ -86,6 +92,7 @@ class StreamUsage:
         self._strip = strip_usage_event
         self._tail = b""  # the incomplete trailing event, not yet scanned
         self._held = False  # whether _tail has been kept from the client (strip mode only)
+        self._lost = False  # inside an over-long event: skipping to its blank line
         self._usage: tuple[int, int, int] | None = None  # the backend's latest usage
         self._content_events = 0
         self._content_since_usage = 0
@@ -95,6 +102,8 @@ class StreamUsage:
 
     def feed(self, chunk: bytes) -> bytes:
         """Take the next upstream chunk; return the bytes to send to the client now."""
+        if self._lost:
+            return self._skip_long_event(chunk)
         if not self._tail:
             # The usual chunk is one whole JSON event (vLLM writes one per token): its only
             # newlines are those of the blank line at its end.
@@ -113,7 +122,21 @@ class StreamUsage:
         tail = self._tail
         buf = tail + chunk if tail else chunk
         self._tail = buf[self._scan(buf, 0, None) :]
+        if len(self._tail) > _MAX_EVENT:
+            self._tail, self._lost = b"", True
         return chunk
+
+    def _skip_long_event(self, chunk: bytes) -> bytes:
+        """Inside an over-long event: relay, and scan again after its blank line."""
+        end = chunk.find(b"\n\n")
+        crlf = chunk.find(b"\n\r\n")
+        if crlf >= 0 and (end < 0 or crlf < end):
+            end = crlf + 1
+        if end < 0:
+            return chunk
+        self._lost = False
+        head, rest = chunk[: end + 2], chunk[end + 2 :]
+        return head + self.feed(rest) if rest else head
 
     def finish(self) -> bytes:
         """At the end of the stream: the held-back bytes to flush to the client, often ``b""``.
@@ -172,6 +195,8 @@ class StreamUsage:
         # A partial event some of which went out already cannot be held (nor be the usage event).
         hold = bool(rest) and start >= sent and _may_be_usage_event(rest)
         self._held = hold
+        if len(rest) > _MAX_EVENT:  # never held: longer than any usage event
+            self._tail, self._lost = b"", True
         stop = start if hold else len(buf)
         if not stripped:
             if stop == len(buf) and sent == len(tail):

@@ -27,10 +27,15 @@ def test_chain_is_read_from_the_right_through_trusted_hops() -> None:
 
 
 def test_forwarded_header_and_ports() -> None:
-    """RFC 7239 `for=` with quotes, brackets and ports is understood when no XFF is sent."""
-    trust = ProxyTrust(["127.0.0.1"])
-    headers = [(b"forwarded", b'for="[2001:db8::1]:4711";proto=https, for=198.51.100.1:80')]
+    """RFC 7239 `for=` with quotes, brackets and ports is understood when the proxy writes
+    Forwarded; a client's X-Forwarded-For passed through beside it is not believed."""
+    trust = ProxyTrust(["127.0.0.1"], "Forwarded")
+    headers = [
+        (b"x-forwarded-for", b"10.9.9.9"),
+        (b"forwarded", b'for="[2001:db8::1]:4711";proto=https, for=198.51.100.1:80'),
+    ]
     assert trust.resolve("127.0.0.1", headers).ip == "198.51.100.1"
+    assert ProxyTrust(["127.0.0.1"]).resolve("127.0.0.1", headers).ip == "10.9.9.9"
 
 
 def test_garbage_in_the_chain_stops_trust() -> None:

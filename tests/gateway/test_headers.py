@@ -10,8 +10,9 @@ from tests.harness import gateway, make_config, mock_backend
 
 def test_upstream_headers_drop_keys_and_hop_by_hop() -> None:
     """Client keys (also spelt with underscores), hop-by-hop headers, headers named in
-    Connection and the client's own forwarding headers are not forwarded; X-Forwarded-For is
-    the chain the gateway worked out."""
+    Connection, the client's own forwarding headers and Accept-Encoding (the gateway reads
+    usage from the answer) are not forwarded; X-Forwarded-For is the chain the gateway worked
+    out."""
     out = upstream_request_headers(
         [
             (b"authorization", b"Bearer sk-client"),
@@ -20,6 +21,7 @@ def test_upstream_headers_drop_keys_and_hop_by_hop() -> None:
             (b"x_custom_key", b"sk-client"),
             (b"forwarded", b"for=1.2.3.4"),
             (b"x-real-ip", b"1.2.3.4"),
+            (b"accept-encoding", b"gzip"),
             (b"connection", b"keep-alive, x-drop-me"),
             (b"x-drop-me", b"1"),
             (b"transfer-encoding", b"chunked"),
@@ -93,7 +95,8 @@ async def test_forwarded_request_as_the_backend_sees_it() -> None:
 
 
 async def test_client_request_id_is_kept() -> None:
-    """A request id the client sends is forwarded and returned unchanged."""
+    """A request id the client sends is returned unchanged; the backend gets it followed by
+    the gateway's own, so two clients sending one id are still two requests upstream."""
     async with (
         mock_backend() as mock,
         gateway(make_config([{"url": mock.url}])) as gw,
@@ -102,7 +105,14 @@ async def test_client_request_id_is_kept() -> None:
     ):
         echoed = await response.json()
         assert response.headers["x-request-id"] == "trace-abc-123"
-    assert echoed["headers"]["x-request-id"] == "trace-abc-123"
+        async with session.get(
+            gw.url + "/v1/echo", headers={"X-Request-Id": "trace-abc-123"}
+        ) as again:
+            echoed_again = await again.json()
+    first, second = echoed["headers"]["x-request-id"], echoed_again["headers"]["x-request-id"]
+    assert first.startswith("trace-abc-123-")
+    assert second.startswith("trace-abc-123-")
+    assert first != second
 
 
 async def test_cors_preflight_and_response_headers() -> None:

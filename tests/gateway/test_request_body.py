@@ -147,6 +147,8 @@ def test_other_duplicates_and_nested_names_pass() -> None:
         (b'{"model":"m","stream":1}', "stream"),
         (b'{"model":"m","user":5}', "user"),
         (b'{"model":"m","stream_options":5}', "stream_options"),
+        (b'{"model":"m","max_tokens":2147483648}', "max_tokens"),
+        (b'{"model":"m","n":1' + b"0" * 4000 + b"}", "n"),
     ],
 )
 def test_judged_members_of_the_wrong_type_are_refused(body: bytes, param: str) -> None:
@@ -154,6 +156,20 @@ def test_judged_members_of_the_wrong_type_are_refused(body: bytes, param: str) -
     error = refusal(body)
     assert error.code == "invalid_body"
     assert error.param == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"m","messages":[{"content":"\xff\xc0\xae"}]}',
+        b'{"model":"m","k\xff":1}',
+    ],
+)
+def test_invalid_utf8_anywhere_is_refused(body: bytes) -> None:
+    """Bytes that are not UTF-8 are refused even in members the gateway skips (the backend's
+    parser would refuse or read them otherwise); valid non-ASCII text passes."""
+    assert refusal(body).code == "invalid_json"
+    assert peek_body('{"model":"m","x":"Grüße 世界"}'.encode(), model_required=True).model == "m"
 
 
 def test_escaped_keys_are_read_as_the_backend_reads_them() -> None:

@@ -234,3 +234,17 @@ def test_families_register_once_per_registry() -> None:
     GatewayMetrics(registry)
     with pytest.raises(ValueError, match="Duplicated"):
         GatewayMetrics(registry)
+
+
+def test_models_learnt_from_traffic_are_bounded() -> None:
+    """Names learnt from answered requests are capped in number and length; the rest are
+    labelled other, so a backend that serves any name cannot let clients mint series."""
+    from llmproxy.metrics import MAX_LEARNED_MODELS
+
+    metrics = GatewayMetrics(CollectorRegistry())
+    metrics.learn_model("x" * 500)
+    assert metrics.model_label("x" * 500) == "other"
+    for number in range(MAX_LEARNED_MODELS + 10):
+        metrics.learn_model(f"model-{number}")
+    assert metrics.model_label("model-0") == "model-0"
+    assert metrics.model_label(f"model-{MAX_LEARNED_MODELS + 5}") == "other"

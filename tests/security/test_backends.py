@@ -50,6 +50,9 @@ CHAT = http_request("POST", b"/v1/chat/completions", BODY)
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
         b"NOT HTTP AT ALL\r\n\r\n",
         b"",
+        b"HTTP/1.1 200 OK\r\nx-a: a\x01b\r\ncontent-length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nx-a: a\x7fb\r\ncontent-length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-a: \x0b\r\n\r\n",
     ],
     ids=[
         "status-999",
@@ -59,6 +62,9 @@ CHAT = http_request("POST", b"/v1/chat/completions", BODY)
         "two-lengths",
         "garbage",
         "empty",
+        "control-char-header",
+        "del-in-header",
+        "control-char-sse",
     ],
 )
 def test_unrelayable_answers_are_502(tmp_path: Path, answer: bytes) -> None:

@@ -12,9 +12,9 @@ LIMIT = 4096
 
 
 async def test_bodies_over_the_process_budget_get_503_and_the_budget_comes_back() -> None:
-    """While one client trickles a 3 KiB body, another 3 KiB body would pass the process
-    budget: it is refused with 503 server_busy and Retry-After. Once the first is done, the
-    budget is free again."""
+    """While one client holds 3 KiB of a body it has not finished, another 3 KiB body would pass
+    the process budget: it is refused with 503 server_busy and Retry-After. Once the first is
+    done, the budget is free again. A length only declared holds nothing."""
     async with mock_backend() as mock:
         config = make_config([{"url": mock.url}], server={"body_buffer_limit": LIMIT})
         async with gateway(config) as gw:
@@ -25,9 +25,14 @@ async def test_bodies_over_the_process_budget_get_503_and_the_budget_comes_back(
                 b"content-length: %d\r\n\r\n" % len(body)
             )
             slow_reader, slow = await asyncio.open_connection("127.0.0.1", port)
-            slow.write(head + body[:100])
+            declared_only = []
+            for _ in range(5):  # 5 x 3 KiB declared, one byte sent: nothing held for them
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head + b"{")
+                declared_only.append(writer)
+            slow.write(head + body[:-10])
             await slow.drain()
-            await asyncio.sleep(0.2)  # the gateway now holds the first body's declared size
+            await asyncio.sleep(0.2)  # the gateway now holds what arrived of the first body
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(head + body)
             refused = await asyncio.wait_for(read_response(reader), 5)
@@ -35,13 +40,20 @@ async def test_bodies_over_the_process_budget_get_503_and_the_budget_comes_back(
             assert refused.status == 503
             assert refused.error_code() == "server_busy"
             assert refused.headers[b"retry-after"] == b"1"
-            slow.write(body[100:])
+            slow.write(body[-10:])
             served = await asyncio.wait_for(read_response(slow_reader), 5)
             slow.close()
             assert served.status == 200
-            assert gw.state.body_budget.held == 0
+            assert gw.state.body_budget.held == 5  # the one byte each of the declared ones
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(head + body)
             again = await asyncio.wait_for(read_response(reader), 5)
             writer.close()
             assert again.status == 200
+            for writer in declared_only:
+                writer.close()
+            for _ in range(100):
+                if gw.state.body_budget.held == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert gw.state.body_budget.held == 0  # a client that left gives its bytes back

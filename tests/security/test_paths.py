@@ -66,6 +66,8 @@ def _post(target: bytes, body: bytes, key: str | None) -> bytes:
         (b"/v1/Chat/Completions", LIMITED, OTHER_MODEL, 403, "model_not_allowed"),
         (b"/v1/rerank", LIMITED, NO_MODEL, 403, "model_required"),
         (b"/v1/models/m2", None, b"", 405, "method_not_allowed"),
+        (b"/v1/load_lora_adapter", OPEN, ALLOWED, 404, "unknown_path"),
+        (b"/v1/chat/completionsx", OPEN, ALLOWED, 404, "unknown_path"),
     ],
 )
 def test_reported_bypasses_are_closed(
@@ -98,6 +100,56 @@ def test_canonical_target_reaches_the_backend_byte_for_byte(
     answer = running.request(_post(b"/v1/files/caf%C3%A9%20x", ALLOWED, OPEN))
     assert answer.status == 200
     assert backend.received[-1].target == b"/v1/files/caf%C3%A9%20x"
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status", "code"),
+    [
+        ("CONNECT", {}, 405, "method_not_allowed"),
+        ("TRACE", {}, 405, "method_not_allowed"),
+        ("PROPFIND", {}, 405, "method_not_allowed"),
+        ("POST", {"content-type": "text/plain"}, 400, "duplicate_header"),
+        ("POST", {"content-encoding": "identity\r\ncontent-encoding: gzip"}, 415, None),
+    ],
+)
+def test_methods_and_judged_headers_reach_the_backend_only_as_judged(
+    setup: tuple[Daemon, CaptureBackend],
+    method: str,
+    headers: dict[str, str],
+    status: int,
+    code: str | None,
+) -> None:
+    """Methods the HTTP client would rewrite (CONNECT) or the API does not use are refused; a
+    second content-type or content-encoding (joined upstream into one the gateway did not
+    judge) is refused."""
+    running, backend = setup
+    before = len(backend.received)
+    request = http_request(method, b"/v1/chat/completions", ALLOWED, headers)
+    if method != "POST":
+        request = request.replace(b"POST", method.encode(), 1)
+    answer = running.request(
+        request.replace(
+            b"host: gateway", b"host: gateway\r\nauthorization: Bearer " + OPEN.encode()
+        )
+    )
+    assert answer.status == status
+    assert answer.error_code() == (code or "unsupported_media_type")
+    assert len(backend.received) == before
+
+
+def test_header_bytes_are_forwarded_as_sent(setup: tuple[Daemon, CaptureBackend]) -> None:
+    """A UTF-8 header value reaches the backend byte for byte; one that is not UTF-8 (which the
+    HTTP client could not pass on unchanged) is refused; Accept-Encoding is not passed on."""
+    running, backend = setup
+    auth = {"authorization": f"Bearer {OPEN}", "accept-encoding": "gzip"}
+    request = http_request("POST", b"/v1/chat/completions", ALLOWED, auth)
+    utf8 = request.replace(b"host: gateway", "host: gateway\r\nx-name: café".encode())
+    assert running.request(utf8).status == 200
+    assert backend.received[-1].header(b"x-name") == "café".encode()
+    assert backend.received[-1].header(b"accept-encoding") is None
+    latin1 = request.replace(b"host: gateway", b"host: gateway\r\nx-name: caf\xe9")
+    answer = running.request(latin1)
+    assert (answer.status, answer.error_code()) == (400, "invalid_header")
 
 
 def test_models_are_listed_per_key(setup: tuple[Daemon, CaptureBackend]) -> None:

@@ -233,20 +233,80 @@ def test_connections_over_the_cap_get_503(setup: tuple[Daemon, CaptureBackend]) 
     the ones within the cap are served."""
     running, _ = setup
     _baseline(running)
-    held = [_connect(running) for _ in range(MAX_CONNECTIONS + 20)]
+    held = [_connect(running) for _ in range(MAX_CONNECTIONS)]
+    for sock in held[-20:]:
+        # Sent at once, before the refusal is read: it still arrives (no reset).
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+    extra = [_connect(running) for _ in range(20)]
+    held += extra
     try:
+        for sock in extra:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
         refused = 0
-        for sock in held[-20:]:
-            raw = _answer(sock, 1)
-            if raw:
-                assert _status_and_code(raw) == (503, "too_many_connections")
-                refused += 1
-        assert refused >= 15
+        for sock in extra:
+            raw = _answer(sock, 2)
+            assert _status_and_code(raw) == (503, "too_many_connections")
+            refused += 1
+        assert refused == 20
     finally:
         for sock in held:
             sock.close()
     assert until(lambda: running.connections() < 20, HEADER_TIMEOUT + 5)
     _ok(running)
+
+
+def _health(sock: socket.socket) -> None:
+    sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert b" 200 " in _response(sock)[:20]
+
+
+def test_a_stray_line_break_does_not_keep_a_connection_forever(
+    setup: tuple[Daemon, CaptureBackend],
+) -> None:
+    """After a request, one "\\n" (which the parser skips without beginning a request) starts
+    the next head's clock: the connection is closed within header_timeout, not kept forever."""
+    running, _ = setup
+    with _connect(running) as sock:
+        _health(sock)
+        sock.sendall(b"\n")
+        started = time.monotonic()
+        assert closed(sock, HEADER_TIMEOUT + 2)
+        assert time.monotonic() - started < HEADER_TIMEOUT + 1
+
+
+def test_kept_alive_heads_are_measured_and_timed_too(
+    setup: tuple[Daemon, CaptureBackend],
+) -> None:
+    """The second request on a connection gets 431 for an oversized head and 408 for a slow
+    one, as the first would."""
+    running, _ = setup
+    with _connect(running) as sock:
+        _health(sock)
+        filler = b"".join(b"x-h%d: %s\r\n" % (i, b"a" * 1000) for i in range(12))
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n" + filler + b"\r\n")
+        assert _status_and_code(_answer(sock, 3)) == (431, "headers_too_large")
+    with _connect(running) as sock:
+        _health(sock)
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        assert _status_and_code(_answer(sock, HEADER_TIMEOUT + 2)) == (408, "timeout")
+
+
+def test_pipelined_requests_nobody_reads_do_not_grow_memory(
+    setup: tuple[Daemon, CaptureBackend],
+) -> None:
+    """A client that pipelines thousands of requests without reading the answers is cut off
+    once more than a few wait; the daemon's memory stays where it was."""
+    running, _ = setup
+    _, rss = _baseline(running)
+    burst = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 5000
+    for _ in range(3):
+        with _connect(running) as sock:
+            with contextlib.suppress(OSError):
+                for _ in range(20):
+                    sock.sendall(burst)
+            assert closed(sock, 5)
+    assert running.rss_kib() - rss < 16 * 1024
+    assert "too many pipelined requests" in running.log_text()
 
 
 def test_the_daemon_is_still_well(setup: tuple[Daemon, CaptureBackend]) -> None:

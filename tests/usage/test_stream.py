@@ -252,3 +252,25 @@ def test_usage_event_with_other_fields_is_stripped() -> None:
     meter = StreamUsage(strip_usage_event=True)
     assert [meter.feed(chunk) for chunk in chunks] == [b"", b"", DONE]
     assert meter.usage(prompt_estimate=0) == Usage(3, 4, 7, "backend", None)
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_an_event_without_end_is_not_held_or_rescanned(strip: bool) -> None:
+    """A backend that never ends its event (no blank line) gets relayed byte for byte without
+    the scanner holding or rescanning an ever longer tail; after the blank line that finally
+    comes, events are read again."""
+    import time
+
+    meter = StreamUsage(strip_usage_event=strip)
+    chunk = b"data: " + b"x" * 1000 + b"\n"
+    relayed = []
+    started = time.perf_counter()
+    for _ in range(10_000):  # 10 MB
+        relayed.append(meter.feed(chunk))
+    assert time.perf_counter() - started < 2.0
+    assert b"".join(relayed) == chunk * 10_000
+    end = b"\n" + b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n' + b"data: [DONE]\n\n"
+    relayed.append(meter.feed(end))
+    relayed.append(meter.finish())
+    assert b"".join(relayed) == chunk * 10_000 + end
+    assert meter.done
