@@ -22,6 +22,8 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (
     ("server", "idle_timeout"),
     ("server", "header_timeout"),
     ("server", "read_timeout"),
+    ("server", "send_timeout"),
+    ("server", "write_timeout"),
     ("server", "max_header_size"),
     ("server", "max_connections"),
     ("usage",),

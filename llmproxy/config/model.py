@@ -103,6 +103,11 @@ class ServerConfig(Section):
     """
     write_timeout: Duration = 0.0
     """Longest time to send one response; 0 means no limit, which long streams need."""
+    send_timeout: Duration = 60.0
+    """Longest time a response may wait for the client to take more of it (a client that stops
+    reading); then the connection is closed, and the backend request with it, so a client
+    cannot hold a GPU slot by not reading. 0 waits forever.
+    """
     idle_timeout: Duration = 75.0
     """How long an idle keep-alive client connection stays open."""
     max_header_size: Size = Field(default=64 * 1024, ge=1024)
@@ -117,9 +122,9 @@ class ServerConfig(Section):
     below the process's open-file limit.
     """
     body_buffer_limit: Size = Field(default=256 * 1024 * 1024, ge=1024)
-    """Most bytes of request bodies one gateway process holds while they are read and judged
-    (before the key's decision is made); a body that would go over is refused with 503
-    `server_busy` and `Retry-After`. Bodies of unknown keys are never read.
+    """Most bytes of request bodies one gateway process holds, counted as they arrive and until
+    their requests end (waiting for a backend included); a body that would go over is refused
+    with 503 `server_busy` and `Retry-After`. Bodies of unknown keys are never read.
     """
     trusted_proxies: tuple[str, ...] = ()
     """Addresses or CIDR ranges of the proxies in front of the gateway (load balancers, ingress).
@@ -217,9 +222,9 @@ class BackendConfig(Section):
     `priority` request field; a client's own value is replaced.
     """
     max_response_size: Size = Field(default=1024 * 1024, ge=1024)
-    """Most bytes of one non-streamed answer the gateway holds to read its `usage` exactly. The
-    answer is relayed as it arrives whatever its size; past this, usage is read from its last
-    64 KiB, where every OpenAI-compatible server puts it.
+    """Most bytes of one non-streamed answer the gateway holds to read its `usage`. The answer
+    is relayed as it arrives whatever its size; past this, the `usage` object is caught as it
+    goes by instead (a few KiB held).
     """
 
     @field_validator("headers")
@@ -347,11 +352,12 @@ class RoutingConfig(Section):
 class PassiveHealthConfig(Section):
     """``health_check.passive``: eject a backend after consecutive request failures.
 
-    A failure no client can cause — the connection refused or reset, a timeout, a broken
-    stream, a malformed answer — always counts. A 5xx answer counts only when it cannot be the
-    request's own doing: not when the same request also failed on another backend, and
-    towards an ejection only once `min_clients` different clients (keys, or addresses without
-    auth) met one in the same run of failures.
+    A failure no client can cause — the connection refused or reset, a broken stream, a
+    malformed answer — always counts. A 5xx answer or a timeout (which a long prompt or a long
+    non-streamed generation can cause) counts only when it cannot be the request's own doing:
+    not when the same request also failed on another backend, and towards an ejection only
+    once `min_clients` different clients (keys, or addresses without auth) met one in the same
+    run of failures.
     """
 
     enabled: bool = True

@@ -11,6 +11,9 @@ what the client did, not from when the application got round to asking:
   not after the block has been buffered whole);
 * ``server.read_timeout``: the body, from the end of the headers to its last byte; a request
   answered early (a 401 before its body was read) still has its body drained within it;
+* ``server.send_timeout``: a response the client stops taking (its socket buffer full) for
+  this long: the connection is dropped, and with it the backend request (a client that does
+  not read must not hold a GPU slot); ``server.write_timeout``: a whole response, when set;
 * ``server.idle_timeout``: a keep-alive connection between two requests (uvicorn's own);
 * ``server.max_connections``: connections open in this process; one more is answered 503 and
   closed;
@@ -49,6 +52,8 @@ class ConnectionLimits:
     body_timeout: float
     max_header_bytes: int
     max_connections: int
+    send_timeout: float = 60.0
+    write_timeout: float = 0.0
 
     @classmethod
     def of(cls, server: ServerConfig) -> ConnectionLimits:
@@ -57,6 +62,8 @@ class ConnectionLimits:
             body_timeout=server.read_timeout,
             max_header_bytes=server.max_header_size,
             max_connections=server.max_connections,
+            send_timeout=server.send_timeout,
+            write_timeout=server.write_timeout,
         )
 
 
@@ -129,10 +136,14 @@ class GatewayProtocol(HttpToolsProtocol):
         self._head_started = False  # the parser began a request in this head
         self._head_bytes = 0  # bytes of this head received in earlier reads
         self._read_len = 0  # bytes of the read being parsed
+        self._began_mid_read = False  # the head being parsed began inside the current read
         self._body_open = False  # headers done, the body's last byte not yet received
         self._head_deadline = 0.0  # 0: no head being waited for (or its clock not started)
         self._body_deadline = 0.0  # 0: no body being waited for
         self._refused = False  # answered with a refusal: lingering, discarding input
+        self._stalled_since = 0.0  # when the client stopped taking the response (0: it takes)
+        self._answering: object = None  # the cycle whose response was seen going out
+        self._answer_since = 0.0
         self._extensions: dict[str, object] = {ABORT: self._close}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -160,6 +171,7 @@ class GatewayProtocol(HttpToolsProtocol):
             # the parser skips without beginning a request) starts the next head's clock.
             self._begin_head()
         counted = self._in_head
+        self._began_mid_read = False
         self._read_len = len(data)
         self._unset_keepalive_if_required()
         try:
@@ -173,9 +185,12 @@ class GatewayProtocol(HttpToolsProtocol):
             return
         if self._in_head and not self._refused:
             # A head still arriving: its size so far (a header line not yet complete is not
-            # seen by the parser, so raw bytes count; a head that began inside this read
-            # counts what the parser took of it).
-            self._head_bytes = self._head_bytes + len(data) if counted else self._head_size()
+            # seen by the parser, so raw bytes count; a head that began inside this read,
+            # after the end of the last request, counts what the parser took of it).
+            if counted and not self._began_mid_read:
+                self._head_bytes += len(data)
+            else:
+                self._head_bytes = self._head_size()
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(headers_too_large(self.limits.max_header_bytes))
 
@@ -193,6 +208,7 @@ class GatewayProtocol(HttpToolsProtocol):
             # Pipelined: the next request began inside a read, after the previous one's end;
             # its clock starts now, or when the response going out is done.
             self._begin_head()
+            self._began_mid_read = True
         self._head_started = True
 
     def on_headers_complete(self) -> None:
@@ -233,8 +249,31 @@ class GatewayProtocol(HttpToolsProtocol):
         log.info("refusing a malformed HTTP request from %s: %s", self.client, msg)
         self._refuse(_BAD_REQUEST)
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._stalled_since = self.loop.time()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stalled_since = 0.0
+
     def check_deadlines(self, now: float) -> None:
         """Called by the sweep: act on a deadline that has passed."""
+        limits = self.limits
+        stalled = self._stalled_since
+        if stalled and limits.send_timeout and now - stalled >= limits.send_timeout:
+            log.info("dropping a connection from %s: it stopped reading", self.client)
+            self._abort()
+            return
+        if limits.write_timeout:
+            cycle = self.cycle
+            if cycle is not None and cycle.response_started and not cycle.response_complete:
+                if self._answering is not cycle:
+                    self._answering, self._answer_since = cycle, now
+                elif now - self._answer_since >= limits.write_timeout:
+                    log.info("dropping a connection from %s: server.write_timeout", self.client)
+                    self._abort()
+                    return
         if self._head_deadline and now >= self._head_deadline:
             self._head_deadline = 0.0
             if not self._response_done():
@@ -270,9 +309,14 @@ class GatewayProtocol(HttpToolsProtocol):
         transport.write(response)
         if transport.can_write_eof():
             transport.write_eof()
-            self.loop.call_later(LINGER, self._close)
+            self.loop.call_later(LINGER, self._abort)
         else:
             self._close()
+
+    def _abort(self) -> None:
+        """Close at once, dropping what is still buffered for the client (it is not reading)."""
+        self._close()
+        self.transport.abort()
 
     def _close(self) -> None:
         self._head_deadline = self._body_deadline = 0.0

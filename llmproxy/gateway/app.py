@@ -217,6 +217,7 @@ class GatewayApp:
         is_json = _check_shape(request, model_required)
         recorder = runtime.recorder  # None unless recording: all it costs when it is off
         arrival = recorder.sample() if recorder is not None and model_required else None
+        # The body's bytes count against the process's budget until the request ends.
         reader = BodyReader(runtime.body_budget)
         try:
             body = await reader.read(receive, request.headers, runtime.config.server.max_body_size)
@@ -230,8 +231,26 @@ class GatewayApp:
                 extra_headers = auth_step.metadata_headers(
                     runtime.config.auth.forward_metadata, identity
                 )
+            await self._forward(
+                runtime, request, receive, send, body, peek, identity, extra_headers, arrival
+            )
         finally:
             reader.release()
+
+    async def _forward(
+        self,
+        runtime: Runtime,
+        request: CanonicalRequest,
+        receive: Receive,
+        send: Send,
+        body: bytes,
+        peek: RequestPeek,
+        identity: Identity | None,
+        extra_headers: tuple[tuple[str, str], ...],
+        arrival: float | None,
+    ) -> None:
+        """The judged request: admitted against the key's limits, forwarded, accounted."""
+        model_required = request.endpoint in _MODEL_ENDPOINTS
         # Recorded as judged (the client's bytes), before the gateway's own edits.
         judged = body if arrival is not None else None
         strip_usage = False

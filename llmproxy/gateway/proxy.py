@@ -15,8 +15,9 @@ The rules that make this a gateway rather than a buffer:
   HTTP client is told not to normalise it again) and the judged body;
 * an answer the gateway cannot relay faithfully (a status outside 200–599, a malformed or
   oversized header block, broken framing) is a 502, never passed on or turned into a traceback;
-* a 5xx answer counts against a backend's health only when it cannot be the request's own doing
-  (see :func:`_judge_server_errors`); failures no client can cause always count.
+* a 5xx answer or a timeout counts against a backend's health only when it cannot be the
+  request's own doing (see :func:`_judge_suspect_failures`); failures no client can cause
+  always count.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 from yarl import URL
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmproxy.gateway")
 
 _SSE = "text/event-stream"
+
+Relayed = Literal["done", "timeout", "broken"]
+"""How a relay ended: the backend's own end, a silence past its timeout, or a broken answer."""
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
@@ -90,8 +94,10 @@ class ProxyRequest:
     hold_last: bool = False
     """Send the last chunk of a non-streamed answer with its end (``usage.acknowledge:
     durable`` holds that end until the usage record is written)."""
-    server_errors: list[Backend] | None = None
-    """Backends that answered this request with a 5xx (judged when the request ends)."""
+    suspect_failures: list[Backend] | None = None
+    """Backends that failed this request in a way the request itself may have caused: a 5xx
+    answer, or a timeout (a long prompt, a long non-streamed generation); judged when the
+    request ends (:func:`_judge_suspect_failures`)."""
 
     @property
     def request_id(self) -> str:
@@ -161,17 +167,25 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
                 last_error = retryable.error
         raise last_error
     finally:
-        if request.server_errors:
-            _judge_server_errors(runtime, request)
+        if request.suspect_failures:
+            _judge_suspect_failures(runtime, request)
 
 
-def _judge_server_errors(runtime: Runtime, request: ProxyRequest) -> None:
-    """Count this request's 5xx answers against the backends' health, unless the request itself
-    is the likely cause.
+def _suspect(request: ProxyRequest, backend: Backend) -> None:
+    if request.suspect_failures is None:
+        request.suspect_failures = []
+    request.suspect_failures.append(backend)
 
-    A 5xx can be a broken backend or a request the backend chokes on, and a client must not be
-    able to take a backend away from everyone by sending the second kind. So, once per backend
-    per request (retries on one backend are one failure):
+
+def _judge_suspect_failures(runtime: Runtime, request: ProxyRequest) -> None:
+    """Count this request's 5xx answers and timeouts against the backends' health, unless the
+    request itself is the likely cause.
+
+    A 5xx can be a broken backend or a request the backend chokes on; a timeout can be a hung
+    backend or a request that takes long by design (a huge prompt, ``max_tokens`` in the
+    thousands without streaming). A client must not be able to take a backend away from
+    everyone by sending the second kind. So, once per backend per request (retries on one
+    backend are one failure):
 
     * the request ended well on another backend: the ones that failed it are at fault, and
       counted like a refused connection;
@@ -179,7 +193,7 @@ def _judge_server_errors(runtime: Runtime, request: ProxyRequest) -> None:
     * the only backend tried failed it: counted, attributed to the client, so an ejection
       needs ``health_check.passive.min_clients`` different clients in the failure run.
     """
-    failed = list(dict.fromkeys(request.server_errors or ()))
+    failed = list(dict.fromkeys(request.suspect_failures or ()))
     succeeded = 0 < request.status < 500
     if not succeeded and len(failed) > 1:
         return
@@ -288,7 +302,7 @@ async def _attempt(
                 allow_redirects=False,
             )
         except TimeoutError:
-            _failed(runtime, backend, loop.time(), passive)
+            _suspect(request, backend)
             raise _Retryable(
                 GatewayError(
                     504, f"backend {backend.name} did not answer in time", "upstream_timeout"
@@ -318,22 +332,27 @@ async def _attempt(
             _failed(runtime, backend, loop.time(), passive)
             raise _Retryable(_invalid_answer(backend, f"a control character in header {bad!r}"))
         if status >= 500:
-            if request.server_errors is None:
-                request.server_errors = []
-            request.server_errors.append(backend)
+            _suspect(request, backend)
         if not final_attempt and runtime.retry_policy.retryable_status(status):
             raise _Retryable(
                 GatewayError(status, f"backend {backend.name} answered {status}", "upstream_error")
             )
         if response.content_type == _SSE:
-            consumed = await _relay_stream(backend, client.idle_timeout, response, request, send)
+            outcome = await _relay_stream(backend, client.idle_timeout, response, request, send)
         else:
             try:
-                consumed = await _relay_body(backend, client.hold_limit, response, request, send)
-            except _Retryable:
-                _failed(runtime, backend, loop.time(), passive)
+                outcome = await _relay_body(backend, client.hold_limit, response, request, send)
+            except _Retryable as retryable:
+                if retryable.error.status == 504:
+                    _suspect(request, backend)
+                else:
+                    _failed(runtime, backend, loop.time(), passive)
                 raise
-        if not consumed:
+        consumed = outcome == "done"
+        if outcome == "timeout":
+            _suspect(request, backend)
+            return
+        if outcome == "broken":
             _failed(runtime, backend, loop.time(), passive)
             return
         if status < 500:
@@ -365,9 +384,10 @@ async def _relay_body(
     response: aiohttp.ClientResponse,
     request: ProxyRequest,
     send: Send,
-) -> bool:
-    """Relay a non-streamed body as it arrives, reading its usage on the way; False when the
-    backend broke it off (the client's connection is then cut, never ended as if complete).
+) -> Relayed:
+    """Relay a non-streamed body as it arrives, reading its usage on the way; ``"timeout"`` or
+    ``"broken"`` when the backend stopped or broke it off (the client's connection is then cut,
+    never ended as if complete).
 
     The first chunk is read before the status line is sent, so a backend that fails at once is
     still retried. Chunks are relayed as they come (an NDJSON stream stays a stream); under
@@ -417,14 +437,14 @@ async def _relay_body(
         log.warning("backend %s broke off its answer: %s", backend.name, type(exc).__name__)
         if request.canonical.abort is not None:
             request.canonical.abort()
-        return False
+        return "timeout" if isinstance(exc, TimeoutError) else "broken"
     if reader is not None:
         reader.feed(pending)
         request.usage = reader.usage()
     request.bytes_sent += len(pending)
     request.complete = True
     await send({"type": "http.response.body", "body": pending, "more_body": False})
-    return True
+    return "done"
 
 
 async def _relay_stream(
@@ -433,9 +453,9 @@ async def _relay_stream(
     response: aiohttp.ClientResponse,
     request: ProxyRequest,
     send: Send,
-) -> bool:
-    """Relay an SSE body chunk by chunk; False when a mid-stream failure ended it with an
-    ``error`` event instead of the backend's own end."""
+) -> Relayed:
+    """Relay an SSE body chunk by chunk; ``"timeout"`` or ``"broken"`` when a mid-stream
+    failure ended it with an ``error`` event instead of the backend's own end."""
     connection = response.connection
     if connection is not None and connection.protocol is not None:
         # The first byte may take a long prefill; between chunks a shorter silence means trouble.
@@ -481,7 +501,7 @@ async def _relay_stream(
                 "more_body": False,
             }
         )
-        return False
+        return "timeout"
     except (aiohttp.ClientError, OSError) as exc:
         log.warning("backend %s broke the stream: %s", backend.name, type(exc).__name__)
         request.complete = True
@@ -495,7 +515,7 @@ async def _relay_stream(
                 "more_body": False,
             }
         )
-        return False
+        return "broken"
     request.complete = True
     if request.first_token_at is not None and scanner.events > 2:
         # The stream's mean gap between tokens: a slowed-down backend shows here at once.
@@ -505,7 +525,7 @@ async def _relay_stream(
     if tail:
         await send({"type": "http.response.body", "body": tail, "more_body": True})
     await send(_END)
-    return True
+    return "done"
 
 
 def _failed(

@@ -108,6 +108,7 @@ class _Options(_Box):
 
 
 _seen: list[str] = []
+_duplicate: list[str] = []  # the member the decode running now found twice
 """Judged members met by the decode running now, in order (see :func:`peek_body`). One list per
 process is enough: decoding is synchronous and only ever runs on the event loop's thread."""
 
@@ -115,6 +116,10 @@ process is enough: decoding is synchronous and only ever runs on the event loop'
 def _decode_hook(kind: type, value: Any) -> Any:
     if not issubclass(kind, _Box):
         raise NotImplementedError
+    if kind.member in _seen:
+        # Found at once: a body of a million duplicates is not decoded to its end.
+        _duplicate.append(kind.member)
+        raise ValueError(f"`{kind.member}` appears more than once")
     _seen.append(kind.member)
     if value is not None:
         kinds = kind.kinds
@@ -190,6 +195,7 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
             "invalid_body",
         )
     _seen.clear()
+    _duplicate.clear()
     try:
         judged = _DECODER.decode(body)
         options = judged.stream_options
@@ -200,6 +206,8 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
             asked = _OPTIONS_DECODER.decode(raw).include_usage
             include_usage = asked is not UNSET and asked.value is True
     except msgspec.ValidationError as exc:
+        if _duplicate:
+            raise _twice(_duplicate[0]) from None
         raise _invalid(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise GatewayError(
@@ -214,15 +222,6 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
             raise GatewayError(
                 400, f"the request body is not valid UTF-8 (byte {exc.start})", "invalid_json"
             ) from None
-    seen = _seen
-    if len(seen) > 1 and len(seen) != len(set(seen)):
-        twice = next(name for name in seen if seen.count(name) > 1)
-        raise GatewayError(
-            400,
-            f"the request body has the member `{twice}` more than once; send it once",
-            "duplicate_member",
-            param=twice,
-        )
     model, stream, max_tokens = judged.model, judged.stream, judged.max_tokens
     most, n = judged.max_completion_tokens, judged.n
     peek = RequestPeek(
@@ -240,6 +239,15 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
             400, "you must provide a model parameter", "missing_model", param="model"
         )
     return peek
+
+
+def _twice(member: str) -> GatewayError:
+    return GatewayError(
+        400,
+        f"the request body has the member `{member}` more than once; send it once",
+        "duplicate_member",
+        param=member,
+    )
 
 
 def _invalid(text: str) -> GatewayError:
@@ -260,15 +268,34 @@ def too_deep(body: bytes, limit: int) -> bool:
 
     Decoders recurse per level, so this runs before any of them. A body with no more than
     ``limit`` opening brackets cannot be deeper (the common case: two counts). Otherwise the
-    depth is measured with bytes operations that run in C: escaped backslashes and quotes go,
-    so the quotes left delimit strings; what is inside strings goes; the brackets left become
-    +1 / -1 steps whose running sum is the depth (about 25 ns a bracket).
+    depth is measured with operations that run in C: escaped backslashes and quotes go, so the
+    quotes left delimit strings; all but quotes and brackets go; strings with no bracket in
+    them go; the brackets left outside strings become +1 / -1 steps whose running sum is the
+    depth (about 25 ns a bracket). Strings that do hold brackets are cut out a slice at a
+    time, so memory stays bounded however many there are.
     """
     if body.count(b"{") + body.count(b"[") <= limit:
         return False
     structure = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
-    steps = b"".join(structure.split(b'"')[::2]).translate(_AS_STEPS)
-    return max(itertools.accumulate(memoryview(steps).cast("b")), default=0) > limit
+    # Removing "" takes out a string without brackets, or joins two adjacent strings: either
+    # way what lies outside strings is unchanged.
+    structure = structure.replace(b'""', b"")
+    depth = 0
+    inside = False
+    for start in range(0, len(structure), _SLICE):
+        parts = structure[start : start + _SLICE].split(b'"')
+        outside = b"".join(parts[1::2] if inside else parts[::2])
+        if len(parts) % 2 == 0:
+            inside = not inside  # the slice ends inside a string
+        steps = memoryview(outside.translate(_AS_STEPS)).cast("b")
+        if max(itertools.accumulate(steps, initial=depth)) > limit:
+            return True
+        depth += outside.count(b"[") + outside.count(b"{")
+        depth -= outside.count(b"]") + outside.count(b"}")
+    return False
+
+
+_SLICE = 64 * 1024
 
 
 _decode_members = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode

@@ -14,6 +14,7 @@ raising on a body it cannot read: accounting must never fail a request that the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -133,25 +134,33 @@ def string_value_at(data: bytes, pos: int) -> str | None:
         return None
 
 
-_TAIL_WINDOW = 64 * 1024
+_USAGE_KEY = b'"usage":'
+_CAPTURE = 4096
+"""Bytes kept after a ``"usage":`` key seen in a large answer (the object is ~200 bytes)."""
+_decode_usage_fields = msgspec.json.Decoder(UsageFields).decode
 
 
 class ResponseUsage:
     """The usage of a non-streamed answer, read while it is relayed chunk by chunk.
 
     Up to ``hold_limit`` bytes the body is kept and read whole by :func:`usage_from_body`, as
-    before relaying began. A larger body (a big embeddings batch) is not held: only its last
-    64 KiB are, where OpenAI-compatible servers put ``usage`` (after ``choices`` or ``data``);
-    ``finish_reason`` is then the last one in that window.
+    before relaying began. A larger body (a big embeddings batch, an answer with vLLM's
+    ``prompt_logprobs``, which comes *after* ``usage``) is not held: each ``"usage": {...}``
+    object is caught as it goes by (a few KiB at most are kept), and the last one that reads as
+    a usage object counts, as does the last ``finish_reason``. Inside JSON strings quotes are
+    escaped, so an unescaped ``"usage":`` is always a key.
     """
 
-    __slots__ = ("_hold_limit", "_parts", "_size", "_tail")
+    __slots__ = ("_capture", "_carry", "_found", "_hold_limit", "_parts", "_reason", "_size")
 
     def __init__(self, hold_limit: int) -> None:
         self._hold_limit = hold_limit
         self._parts: list[bytes] | None = []
         self._size = 0
-        self._tail = b""
+        self._carry = b""  # the end of the last chunk: a key may be cut between two chunks
+        self._capture: bytes | None = None  # from a "usage": key on, while it is being read
+        self._found: UsageFields | None = None
+        self._reason: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Look at the next chunk of the body."""
@@ -160,23 +169,61 @@ class ResponseUsage:
             self._parts.append(chunk)
             if self._size <= self._hold_limit:
                 return
-            self._tail = b"".join(self._parts)[-_TAIL_WINDOW:]
+            chunk = b"".join(self._parts)
             self._parts = None
-        else:
-            self._tail = (self._tail + chunk)[-_TAIL_WINDOW:]
+        self._scan(chunk)
+
+    def _scan(self, chunk: bytes) -> None:
+        if self._capture is not None:
+            self._capture += chunk[: _CAPTURE - len(self._capture)]
+            if len(self._capture) >= _CAPTURE:
+                self._settle_capture()
+        carried = len(self._carry)
+        data = self._carry + chunk
+        self._carry = data[-32:]
+        # Keys wholly inside the carried bytes were seen with the last chunk.
+        key = data.find(_USAGE_KEY, max(0, carried - len(_USAGE_KEY) + 1))
+        while key >= 0:
+            self._settle_capture()
+            after = key + len(_USAGE_KEY)
+            self._capture = data[after : after + _CAPTURE]
+            key = data.find(_USAGE_KEY, after)
+        if self._capture is not None and len(self._capture) >= _CAPTURE:
+            self._settle_capture()
+        reason = data.rfind(_FINISH_KEY)
+        if reason >= 0:
+            value = string_value_at(data, reason + len(_FINISH_KEY))
+            if value is not None:
+                self._reason = value
+
+    def _settle_capture(self) -> None:
+        captured, self._capture = self._capture, None
+        if not captured:
+            return
+        start = captured.find(b"{")
+        if start < 0 or captured[:start].strip():
+            return  # "usage": null, or not an object
+        depth = 0
+        for index in range(start, len(captured)):
+            byte = captured[index]
+            if byte == 0x7B:
+                depth += 1
+            elif byte == 0x7D:
+                depth -= 1
+                if depth == 0:
+                    with contextlib.suppress(msgspec.MsgspecError):
+                        self._found = _decode_usage_fields(captured[start : index + 1])
+                    return
 
     def usage(self) -> Usage | None:
         """The backend's usage, once the whole body went by; None when it reported none."""
         if self._parts is not None:
             return usage_from_body(b"".join(self._parts))
-        found = usage_from_body(self._tail)
-        if found is None or found.finish_reason is not None:
-            return found
-        key = self._tail.rfind(_FINISH_KEY)
-        reason = string_value_at(self._tail, key + len(_FINISH_KEY)) if key >= 0 else None
-        return Usage(
-            found.prompt_tokens, found.completion_tokens, found.total_tokens, "backend", reason
-        )
+        self._settle_capture()
+        if self._found is None:
+            return None
+        prompt, completion, total = self._found.counts()
+        return Usage(prompt, completion, total, "backend", self._reason)
 
 
 class _Part(msgspec.Struct):

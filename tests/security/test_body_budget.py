@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
+
 from tests.harness import gateway, make_config, mock_backend
 from tests.security.wire import read_response
 
@@ -57,3 +59,24 @@ async def test_bodies_over_the_process_budget_get_503_and_the_budget_comes_back(
                     break
                 await asyncio.sleep(0.02)
             assert gw.state.body_budget.held == 0  # a client that left gives its bytes back
+
+
+async def test_a_body_counts_until_its_request_ends() -> None:
+    """A body stays in the budget while its request waits and streams, not only while it is
+    read: requests queued behind a full backend cannot hold memory past the limit."""
+    async with mock_backend() as mock:
+        config = make_config([{"url": mock.url}], server={"body_buffer_limit": LIMIT})
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            body = {"model": "mock-model", "prompt": "x" * 1000, "stream": True, "max_tokens": 10}
+            async with session.post(
+                gw.url + "/v1/completions", json=body, headers={"x-mock-itl": "0.05"}
+            ) as streaming:
+                first = await streaming.content.readline()
+                assert first.startswith(b"data: ")
+                assert gw.state.body_budget.held >= 1000
+                await streaming.read()
+            for _ in range(50):
+                if gw.state.body_budget.held == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert gw.state.body_budget.held == 0

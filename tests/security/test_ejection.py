@@ -6,6 +6,7 @@ from everyone else; a backend that fails everyone is still taken out.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -22,6 +23,14 @@ def _poisoned(request: Received) -> bytes:
     """A backend that fails any request whose prompt says "poison", and serves the rest."""
     if b"poison" in request.body:
         return response(500, b'{"error": {"message": "internal error"}}')
+    return chat_answer(request)
+
+
+async def _slow_when_long(request: Received) -> bytes:
+    """A vLLM-like backend answering a non-streamed request only when generation ends: a
+    request for thousands of tokens takes long, whoever sends it."""
+    if b'"max_tokens": 5000' in request.body:
+        await asyncio.sleep(2.5)
     return chat_answer(request)
 
 
@@ -77,6 +86,32 @@ def test_a_request_that_fails_everywhere_counts_nowhere(tmp_path: Path) -> None:
                 assert running.request(_chat(key, "hello")).status == 200
             assert len(one.received) > before[0]
             assert len(two.received) > before[1]
+
+
+def test_long_generations_of_one_client_eject_nothing(tmp_path: Path) -> None:
+    """Requests that time out because of what they ask for (a long non-streamed generation)
+    are the request's doing: tried on both backends, counted against neither, and the other
+    clients are served at once throughout."""
+    with (
+        capture_backend(respond=_slow_when_long) as one,
+        capture_backend(respond=_slow_when_long) as two,
+    ):
+        config = _config([one.url, two.url])
+        backends = config["backends"]
+        assert isinstance(backends, list)
+        for backend in backends:
+            backend["first_byte_timeout"] = "1s"
+        with daemon(tmp_path, config) as running:
+            long = json.dumps({"model": "m", "messages": [], "max_tokens": 5000}).encode()
+            request = http_request(
+                "POST", b"/v1/chat/completions", long, {"authorization": f"Bearer {ATTACKER}"}
+            )
+            for _ in range(4):
+                reply = running.request(request, timeout=30)
+                assert (reply.status, reply.error_code()) == (504, "upstream_timeout")
+            for key in VICTIMS * 2:
+                assert running.request(_chat(key, "hello")).status == 200
+            assert "ejected" not in running.log_text().lower()
 
 
 def test_a_backend_failing_everyone_is_still_ejected(tmp_path: Path) -> None:

@@ -12,11 +12,22 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.security.daemon import Daemon, behind_gateway, closed, static_auth, until
-from tests.security.wire import CaptureBackend, http_request
+from tests.security.daemon import (
+    Daemon,
+    base_config,
+    behind_gateway,
+    capture_backend,
+    closed,
+    daemon,
+    free_port,
+    static_auth,
+    until,
+)
+from tests.security.wire import CaptureBackend, Received, http_request, response
 
 HEADER_TIMEOUT = 1.0
 READ_TIMEOUT = 1.0
@@ -291,6 +302,23 @@ def test_kept_alive_heads_are_measured_and_timed_too(
         assert _status_and_code(_answer(sock, HEADER_TIMEOUT + 2)) == (408, "timeout")
 
 
+def test_a_pipelined_head_after_a_large_body_is_not_taken_for_headers(
+    setup: tuple[Daemon, CaptureBackend],
+) -> None:
+    """A large body and the start of the next pipelined request in one read: the body's bytes
+    are not counted as the next head's, so both requests are served."""
+    running, _ = setup
+    body = json.dumps({"model": "m", "prompt": "x" * 100_000}).encode()
+    first = http_request("POST", b"/v1/completions", body, {"authorization": f"Bearer {KEY}"})
+    second = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+    with _connect(running) as sock:
+        sock.sendall(first + second[:20])
+        time.sleep(0.3)
+        sock.sendall(second[20:])
+        assert b" 200 " in _response(sock)[:20]
+        assert b" 200 " in _response(sock)[:20]
+
+
 def test_pipelined_requests_nobody_reads_do_not_grow_memory(
     setup: tuple[Daemon, CaptureBackend],
 ) -> None:
@@ -314,3 +342,37 @@ def test_the_daemon_is_still_well(setup: tuple[Daemon, CaptureBackend]) -> None:
     running, _ = setup
     _ok(running)
     assert "Traceback" not in running.log_text()
+
+
+def test_a_client_that_stops_reading_is_dropped_and_frees_the_backend(tmp_path: Path) -> None:
+    """A client that stops reading a large answer holds nothing for long: send_timeout after
+    its socket filled up, the connection is dropped and the backend request closed (the
+    in-flight gauge goes back to 0), so no GPU slot is held for a client that is not there."""
+    big = b"data: " + b"x" * 60_000 + b"\n\n"
+    stream = big * 400 + b"data: [DONE]\n\n"  # 24 MB of SSE
+
+    def answer(_request: Received) -> bytes:
+        return response(200, stream, b"text/event-stream")
+
+    with capture_backend(respond=answer) as backend:
+        config = base_config(backend.url, free_port(), server={"send_timeout": "1s"})
+        with daemon(tmp_path, config) as running:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", running.port))
+            body = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
+            sock.sendall(http_request("POST", b"/v1/chat/completions", body))
+            sock.recv(100)  # the status line, then nothing more is read
+
+            def in_flight() -> float:
+                metrics = running.request(http_request("GET", b"/metrics")).body.decode()
+                return sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in metrics.splitlines()
+                    if line.startswith("llmproxy_in_flight_requests{")
+                )
+
+            assert until(lambda: in_flight() == 1, 3)
+            assert until(lambda: in_flight() == 0, 6)
+            assert "stopped reading" in running.log_text()
+            sock.close()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,7 @@ class Received:
         return json.loads(self.body, object_pairs_hook=first)
 
 
-Responder = Callable[[Received], bytes]
+Responder = Callable[[Received], bytes | Awaitable[bytes]]
 
 
 def chat_answer(request: Received) -> bytes:
@@ -97,12 +98,23 @@ class CaptureBackend:
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
+    _connections: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._answer(reader, writer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ValueError):
             while True:
                 head = await reader.readuntil(CRLF + CRLF)
@@ -116,11 +128,13 @@ class CaptureBackend:
                 body = await reader.readexactly(length)
                 request = Received(method, target, headers, body)
                 self.received.append(request)
-                writer.write(self.respond(request))
+                answer = self.respond(request)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                writer.write(answer)
                 await writer.drain()
                 if self.close_after:
                     break
-        writer.close()
 
     async def __aenter__(self) -> CaptureBackend:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -130,6 +144,10 @@ class CaptureBackend:
     async def __aexit__(self, *_: object) -> None:
         assert self._server is not None
         self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 2)
 

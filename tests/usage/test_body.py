@@ -120,3 +120,27 @@ def test_choices_without_finish_reason() -> None:
     """A body whose choices carry no finish_reason gives None for it."""
     body = b'{"choices":[{"index":0}],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
     assert usage_from_body(body) == Usage(1, 1, 2, "backend", None)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_usage_of_a_large_answer_is_caught_on_the_way(chunk: int) -> None:
+    """Past the hold limit, the usage object is caught as it goes by, wherever it stands: vLLM
+    writes prompt_logprobs (which grow with the prompt) after usage, and a legacy logprobs
+    dict keyed by the token "usage" does not count."""
+    from llmproxy.usage import ResponseUsage
+
+    logprobs = ",".join(
+        f'{{"{n}": {{"logprob": -0.1, "decoded_token": "usage"}}}}' for n in range(30_000)
+    )
+    body = (
+        '{"id":"c","choices":[{"index":0,"message":{"content":"hi"},"logprobs":{"top_logprobs":'
+        '[{"usage": -1.5}]},"finish_reason":"length"}],'
+        '"usage":{"prompt_tokens":9000,"completion_tokens":1000,"total_tokens":10000,'
+        '"prompt_tokens_details":{"cached_tokens":0}},'
+        f'"prompt_logprobs":[null,{logprobs}]}}'
+    ).encode()
+    assert len(body) > 1 << 20
+    reader = ResponseUsage(hold_limit=64 * 1024)
+    for start in range(0, len(body), chunk):
+        reader.feed(body[start : start + chunk])
+    assert reader.usage() == Usage(9000, 1000, 10000, "backend", "length")
