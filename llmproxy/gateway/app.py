@@ -349,17 +349,6 @@ def _check_shape(request: CanonicalRequest, model_required: bool) -> bool:
                     "compressed request bodies are not accepted (content-encoding)",
                     "unsupported_media_type",
                 )
-    if not b"".join(value for _, value in headers).isascii():
-        for name, value in headers:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                # It could not be passed on byte for byte (the HTTP client writes UTF-8).
-                raise GatewayError(
-                    400,
-                    f"header {name.decode('latin-1')} is neither ASCII nor UTF-8",
-                    "invalid_header",
-                ) from None
     is_json = content_type is None or _is_json(content_type)
     if model_required and not is_json:
         raise GatewayError(

@@ -11,6 +11,8 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 
+from llmproxy.gateway.errors import GatewayError
+
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset(
@@ -87,9 +89,14 @@ def upstream_request_headers(
         if b"_" in name and name.replace(b"_", b"-") in drop:
             continue
         key = name.decode("latin-1")
-        # UTF-8 (checked on arrival): the HTTP client writes values as UTF-8, so the bytes
-        # the backend gets are the bytes the client sent.
-        value = raw_value.decode("utf-8", "replace")
+        try:
+            # The HTTP client writes values as UTF-8: decoded so, the bytes the backend gets
+            # are the bytes the client sent; a value that is not UTF-8 cannot be passed on.
+            value = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise GatewayError(
+                400, f"header {key} is neither ASCII nor UTF-8", "invalid_header"
+            ) from None
         out[key] = f"{out[key]}, {value}" if key in out else value
     if forwarded_for:
         out["x-forwarded-for"] = forwarded_for

@@ -44,7 +44,7 @@ from llmproxy.gateway.request_body import RequestPeek, with_priority
 from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.prefix import prompt_prefix
-from llmproxy.usage import ResponseUsage, StreamUsage, Usage
+from llmproxy.usage import ResponseUsage, StreamUsage, Usage, usage_from_body
 
 if TYPE_CHECKING:
     from llmproxy.daemon.runtime import Runtime
@@ -415,11 +415,18 @@ async def _relay_body(
         }
     )
     request.status = status
-    reader = ResponseUsage(hold_limit) if status < 300 else None
     content = response.content
+    if content.at_eof():
+        # Most answers arrive whole in the first read: sent with their end, in one message.
+        if status < 300:
+            request.usage = usage_from_body(pending)
+        request.bytes_sent = len(pending)
+        request.complete = True
+        await send({"type": "http.response.body", "body": pending, "more_body": False})
+        return "done"
+    reader = ResponseUsage(hold_limit) if status < 300 else None
     hold_last = request.hold_last
     try:
-        # Most answers arrive whole in the first read: sent with their end, in one message.
         while not content.at_eof():
             if hold_last:
                 chunk = await content.readany()
