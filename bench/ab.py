@@ -1,0 +1,132 @@
+"""``python -m bench.ab A=DIR B=DIR``: two builds of the gateway side by side, same load, one core.
+
+Runs between benchmark runs drift by 10-20 % on a shared machine, more than most changes
+cost. This runs two checkouts (``git worktree add /tmp/before <rev>``) at the same time, pinned
+to the same core and fed the same ``wrk`` load from another core, and reports each build's CPU
+per request and their ratio per round: what the change costs, with the machine's drift
+cancelled out. Needs ``wrk`` and ``taskset``; the mock backend runs on the load's core.
+
+    python -m bench.ab before=/tmp/before after=. --stream --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.targets import ensure_tools, free_port, render_gateway_config
+from bench.wrk import render_lua
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start(command: list[str], cpu: int, cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["taskset", "-c", str(cpu), *command],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("builds", nargs=2, help="NAME=DIR of a checkout, twice")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--stream", action="store_true", help="streamed requests (16 tokens)")
+    args = parser.parse_args()
+    wrk, _ = ensure_tools(want_nginx=False)
+    if wrk is None:
+        sys.exit("bench.ab needs wrk")
+    builds = dict(pair.split("=", 1) for pair in args.builds)
+    work = Path(tempfile.mkdtemp(prefix="llmproxy-ab-"))
+    mock_port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    mock = _start(
+        [sys.executable, "-m", "llmproxy", "mock-backend", "--port", str(mock_port)],
+        0,
+        Path.cwd(),
+        env,
+    )
+    script = work / "post.lua"
+    lua = render_lua(16)
+    if args.stream:
+        lua = lua.replace('"messages"', '"stream": true, "messages"', 1)
+    script.write_text(lua)
+    gateways: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    try:
+        for name, directory in builds.items():
+            port = free_port()
+            config = work / f"{name}.yaml"
+            config.write_text(render_gateway_config(port, mock_port, core=True))
+            checkout = Path(directory).resolve()
+            command = [sys.executable, "-m", "llmproxy", "serve", "--config", str(config)]
+            gateways[name] = (
+                _start(command, 1, checkout, {**env, "PYTHONPATH": str(checkout)}),
+                port,
+            )
+        time.sleep(3)
+        cpu: dict[str, list[float]] = {name: [] for name in builds}
+        for round_number in range(args.rounds + 1):
+            before = {name: _cpu_seconds(p.pid) for name, (p, _) in gateways.items()}
+            loads = {
+                name: subprocess.Popen(
+                    [
+                        "taskset",
+                        "-c",
+                        "0",
+                        wrk,
+                        "-t1",
+                        "-c32",
+                        f"-d{args.seconds}s",
+                        "-s",
+                        str(script),
+                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for name, (_, port) in gateways.items()
+            }
+            outputs = {name: load.communicate()[0] for name, load in loads.items()}
+            if round_number == 0:
+                continue  # warm-up
+            for name, (process, _) in gateways.items():
+                found = re.search(r"(\d+) requests in", outputs[name])
+                requests = int(found.group(1)) if found else 0
+                used = _cpu_seconds(process.pid) - before[name]
+                cpu[name].append(used / requests * 1e6 if requests else float("nan"))
+    finally:
+        for process, _ in gateways.values():
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+        mock.send_signal(signal.SIGTERM)
+        mock.wait(15)
+    first, second = builds
+    for name, values in cpu.items():
+        print(
+            f"{name:>10}: CPU µs/request per round {[round(v) for v in values]}, "
+            f"median {statistics.median(values):.0f}"
+        )
+    ratios = [b / a for a, b in zip(cpu[first], cpu[second], strict=True)]
+    print(
+        f"{second}/{first} per round {[round(r, 3) for r in ratios]}, "
+        f"median {statistics.median(ratios):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
