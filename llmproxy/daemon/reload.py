@@ -59,28 +59,6 @@ def _fingerprints(paths: frozenset[Path]) -> dict[Path, str]:
     return prints
 
 
-def carry_backend_state(old: Runtime, new: Runtime) -> None:
-    """Give backends that survive a reload (same name and URL) what was learnt about them.
-
-    Health, ejection, latency and the operator's drain flag would otherwise reset with every
-    config edit: an ejected backend would get traffic again, a drained one would be undrained.
-    In-flight counts stay with the old objects: the requests holding them decrement those.
-    """
-    previous = {(b.name, b.url): b for b in old.backends}
-    for backend in new.backends:
-        before = previous.get((backend.name, backend.url))
-        if before is None:
-            continue
-        backend.ttfb_ewma = before.ttfb_ewma
-        backend.itl_ewma = before.itl_ewma
-        backend.probe_healthy = before.probe_healthy
-        backend.ejected_until = before.ejected_until
-        backend.consecutive_failures = before.consecutive_failures
-        backend.requests_total = before.requests_total
-        backend.failures_total = before.failures_total
-        backend.draining = before.draining
-
-
 class Reloader:
     """The daemon's one reload path (the admin API's :class:`DaemonControl`)."""
 
@@ -173,7 +151,7 @@ class Reloader:
         if not changes:
             return self._outcome(True, dry_run, trigger, ())
         try:
-            runtime = Runtime(config, base_dir=self.base_dir)
+            runtime = Runtime(config, base_dir=self.base_dir, fleet=self.state.fleet)
         except (LuaError, AuthSetupError, ValueError) as exc:
             return self._refused(str(exc), dry_run, trigger, changes)
         if dry_run:
@@ -189,7 +167,6 @@ class Reloader:
             return self._refused(
                 f"the new config could not start: {exc}", dry_run, trigger, changes
             )
-        carry_backend_state(old, runtime)
         self.state.swap(runtime)
         self._version += 1
         self._files, self._prints = files, prints

@@ -31,8 +31,8 @@ from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.record.recorder import Recorder
-from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
-from llmproxy.routing.admission import AdmissionQueue
+from llmproxy.routing import HealthChecker, RetryPolicy, Router, make_balancer
+from llmproxy.routing.fleet import BackendFleet, BackendSettings
 from llmproxy.routing.signals import SignalScraper
 from llmproxy.usage.sink import UsageSink
 
@@ -61,45 +61,44 @@ class Runtime:
         *,
         base_dir: Path | None = None,
         rng: random.Random | None = None,
+        fleet: BackendFleet | None = None,
     ) -> None:
         """Build every object of the snapshot; raises on anything a bad config breaks.
 
         ``base_dir`` is where relative paths in the config (Lua files, the key store) live: the
-        config file's directory, or the working directory.
+        config file's directory, or the working directory. ``fleet`` is the process's backends
+        (a reload passes the current one); without it the snapshot is active at once.
         """
         self.config = config
         self.base_dir = base_dir or Path.cwd()
         self.rng = rng or random.Random()
-        self.backends = tuple(
-            Backend.create(
-                b.display_name,
-                b.url,
+        self.backend_settings = tuple(
+            BackendSettings(
                 weight=b.weight,
-                models=b.models,
+                models=frozenset(b.models) or None,
                 max_in_flight=b.max_in_flight,
                 send_priority=b.send_priority,
             )
             for b in config.backends
         )
+        # The process's backends where this process has them (live state is theirs, not this
+        # snapshot's); a runtime built on its own gets a fleet of its own.
+        shared = fleet is not None
+        self.fleet = fleet if fleet is not None else BackendFleet()
+        self.backends = self.fleet.backends_for(
+            [
+                ((b.display_name, b.url), settings)
+                for b, settings in zip(config.backends, self.backend_settings, strict=True)
+            ]
+        )
         routing = config.routing
         self.prefix_chars = routing.prefix_affinity.prefix_chars
-        admission = routing.admission
-        self.admission = AdmissionQueue(
-            admission.max_waiting,
-            admission.timeout,
-            reserved_slots=admission.reserved_slots,
-            reserved_priority=admission.reserved_priority,
-        )
-        self.router = Router(
-            self.backends,
-            make_balancer(
-                routing.load_balance_strategy,
-                self.rng,
-                backends=self.backends,
-                epsilon=routing.prefix_affinity.epsilon,
-            ),
-            [(chain.primary, list(chain.fallback)) for chain in routing.fallback],
-        )
+        self.admission = self.fleet.admission
+        self.router: Router
+        """Built when the snapshot becomes current (:meth:`activate`): it reads the settings."""
+        self._active = False
+        if not shared:
+            self.activate()
         retry = routing.retry
         self.retry_policy = RetryPolicy(
             enabled=retry.enabled,
@@ -165,6 +164,35 @@ class Runtime:
         self._signals: SignalScraper | None = None
         self._monitor_session: aiohttp.ClientSession | None = None
 
+    def activate(self) -> None:
+        """This snapshot becomes the process's: its backend settings and admission limits take
+        effect and its router is built. Once; a refused reload never gets here."""
+        if self._active:
+            return
+        self._active = True
+        self.fleet.adopt(zip(self.backends, self.backend_settings, strict=True))
+        routing = self.config.routing
+        admission = routing.admission
+        queue = self.fleet.admission
+        queue.max_waiting = admission.max_waiting
+        queue.timeout = admission.timeout
+        queue.reserved_slots = admission.reserved_slots
+        queue.reserved_priority = admission.reserved_priority
+        if not self.config.health_check.enabled:
+            # No probes any more: a verdict from probes that stopped must not keep a backend out.
+            for backend in self.backends:
+                backend.probe_healthy = True
+        self.router = Router(
+            self.backends,
+            make_balancer(
+                routing.load_balance_strategy,
+                self.rng,
+                backends=self.backends,
+                epsilon=routing.prefix_affinity.epsilon,
+            ),
+            [(chain.primary, list(chain.fallback)) for chain in routing.fallback],
+        )
+
     async def open(self) -> None:
         """Open connection pools, auth providers and health checks (inside the running loop)."""
         for client in self.clients.values():
@@ -222,16 +250,21 @@ class Runtime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def stop_monitoring(self) -> None:
+        """Stop the health probes and load-signal scrapes: they speak for the current snapshot
+        only, so a retired one stops them at once (its requests may run on for minutes)."""
+        if self._signals is not None:
+            signals, self._signals = self._signals, None
+            await signals.stop()
+        if self._health is not None:
+            health, self._health = self._health, None
+            await health.stop()
+
     async def close(self) -> None:
         """Stop health checks and close every pool (connections still open are closed too)."""
         if self._background:
             await asyncio.wait(self._background, timeout=5.0)
-        if self._signals is not None:
-            await self._signals.stop()
-            self._signals = None
-        if self._health is not None:
-            await self._health.stop()
-            self._health = None
+        await self.stop_monitoring()
         if self._monitor_session is not None:
             await self._monitor_session.close()
             self._monitor_session = None
@@ -273,6 +306,8 @@ class RuntimeState:
         recorder: Recorder | None = None,
     ) -> None:
         self.metrics = metrics or GatewayMetrics(CollectorRegistry())
+        self.fleet = runtime.fleet
+        """The process's backends and admission queue; every later snapshot is built on it."""
         self.body_budget = BodyBudget(runtime.config.server.body_buffer_limit)
         self.usage = usage
         self.access_log = access_log
@@ -299,6 +334,7 @@ class RuntimeState:
             self._close_later(runtime)
 
     def _adopt(self, runtime: Runtime) -> None:
+        runtime.activate()
         runtime.metrics = self.metrics
         self.body_budget.limit = runtime.config.server.body_buffer_limit
         runtime.body_budget = self.body_budget
@@ -320,10 +356,14 @@ class RuntimeState:
             self._close_later(old)
         else:
             self._retired.add(old)
+            self._later(old.stop_monitoring())
         return old
 
     def _close_later(self, runtime: Runtime) -> None:
-        task = asyncio.get_running_loop().create_task(runtime.close())
+        self._later(runtime.close())
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

@@ -37,8 +37,10 @@ class Backend:
     two config generations are different objects with different live state, and the balancers
     key their per-backend state on the object.
 
-    The identity fields (`name`, `url`, `weight`, `models`) are set once from config and must not
-    be reassigned; a reload builds new `Backend` objects instead.
+    A backend is owned by the process (:class:`~llmproxy.routing.fleet.BackendFleet`), not by a
+    config snapshot: `name` and `url` are its identity and never change; the settings (`weight`,
+    `models`, `max_in_flight`, `send_priority`) follow the current config, applied when a
+    reloaded snapshot becomes current, so live state is never copied or reset.
     """
 
     name: str
@@ -80,8 +82,7 @@ class Backend:
     requests_total: int = field(default=0, init=False)
     failures_total: int = field(default=0, init=False)
     # Set by an operator (``POST /backends/{name}/drain``) before maintenance: no new request is
-    # routed here, while the ones in flight finish. A reload carries it over to the new backend
-    # of the same name and url (daemon.reload.carry_backend_state).
+    # routed here, while the ones in flight finish. Kept across reloads like all live state.
     draining: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:

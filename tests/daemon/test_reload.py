@@ -429,3 +429,55 @@ async def test_a_file_providers_key_file_is_read_and_reloaded(tmp_path: Path) ->
         assert str(keys) in refused.error
         assert "entry 1" in refused.error
         assert await status(session, gw.url, "sk-file-two") == 200
+
+
+async def test_a_reload_keeps_the_slots_and_the_queue(tmp_path: Path) -> None:
+    """With max_in_flight 1, one request streaming and two waiting: a reload in between does not
+    hand out a second slot (the backend is the same object, its in-flight count too), the
+    waiters keep their order in the process's queue, and a reload that turns health probes off
+    clears a probe verdict that would otherwise keep the backend out."""
+    path = tmp_path / "config.yaml"
+    limited = {"max_in_flight": 1}
+    async with (
+        mock_backend(name="gpu", tokens=15, itl=0.02) as gpu,
+        _daemon(path, _data(gpu)) as (gw, reloader, _sink),
+        aiohttp.ClientSession() as session,
+    ):
+        data = _data(gpu)
+        data["backends"][0].update(limited)
+        _write(path, data)
+        assert (await reloader.reload()).ok
+        backend = gw.state.current.backends[0]
+        finished: list[str] = []
+
+        async def stream(name: str) -> None:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            body = {"model": "mock-model", "messages": [], "stream": True}
+            async with session.post(gw.url + CHAT, json=body, headers=headers) as response:
+                assert response.status == 200
+                await response.read()
+            finished.append(name)
+
+        first = asyncio.create_task(stream("first"))
+        await asyncio.sleep(0.1)
+        waiting = [asyncio.create_task(stream(name)) for name in ("second", "third")]
+        await asyncio.sleep(0.1)
+        assert backend.in_flight == 1
+        assert gw.state.current.admission.waiting == 2
+        data["routing"] = {"load_balance_strategy": "least_connections"}
+        _write(path, data)
+        assert (await reloader.reload()).ok
+        assert gw.state.current.backends[0] is backend  # the same live backend
+        peak = 0
+        while not all(task.done() for task in (first, *waiting)):
+            peak = max(peak, backend.in_flight)
+            await asyncio.sleep(0.005)
+        assert peak == 1
+        assert finished == ["first", "second", "third"]
+
+        backend.probe_healthy = False  # a verdict from probes of an earlier config
+        data["health_check"] = {"enabled": False}
+        data["routing"] = {}
+        _write(path, data)
+        assert (await reloader.reload()).ok
+        assert backend.probe_healthy

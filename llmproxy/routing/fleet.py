@@ -1,0 +1,84 @@
+"""The process's backends: live state that outlives every config snapshot.
+
+A backend's in-flight count, health (per model), latency EWMAs, drain flag and scraped load
+signals, and the admission queue of requests waiting for a slot, describe the servers and the
+requests in this process, not a config file. So they are owned here, once per process, and every
+:class:`~llmproxy.daemon.runtime.Runtime` snapshot reads the same objects: a reload cannot lose
+a running request's slot (and over-admit a GPU), reset an ejection, or let new requests overtake
+those already waiting. Nothing is copied from one snapshot to the next.
+
+A backend is the same backend across reloads while its identity, ``(name, url)``, is the same.
+Its settings from the config (weight, models, ``max_in_flight``, ``send_priority``) are applied
+when the snapshot that carries them becomes current, never while it is being built (a refused
+reload changes nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from llmproxy.routing.admission import AdmissionQueue
+from llmproxy.routing.backend import Backend
+
+Identity = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSettings:
+    """What a config says about one backend besides its identity."""
+
+    weight: int = 1
+    models: frozenset[str] | None = None
+    max_in_flight: int = 0
+    send_priority: bool = False
+
+    def apply(self, backend: Backend) -> None:
+        """Make ``backend`` follow these settings (when their snapshot becomes current)."""
+        backend.weight = self.weight
+        backend.models = self.models
+        backend.max_in_flight = self.max_in_flight
+        backend.send_priority = self.send_priority
+
+
+class BackendFleet:
+    """The backends of this process by identity, and its admission queue.
+
+    fleet = BackendFleet()
+    backends = fleet.backends_for(identities)     # existing objects where known
+    ...build a snapshot around them...
+    fleet.adopt(zip(backends, settings))          # when that snapshot becomes current
+    """
+
+    def __init__(self) -> None:
+        self._backends: dict[Identity, Backend] = {}
+        self.admission = AdmissionQueue()
+        """Requests waiting for a slot on any backend (its limits follow the current config)."""
+
+    def known(self, identity: Identity) -> Backend | None:
+        """The live backend with this identity, if the current snapshot has it."""
+        return self._backends.get(identity)
+
+    def backends_for(
+        self, wanted: Sequence[tuple[Identity, BackendSettings]]
+    ) -> tuple[Backend, ...]:
+        """A backend per identity: the live one where this process has it, else a new one
+        (with its settings already, as nothing else holds it yet)."""
+        out = []
+        for (name, url), settings in wanted:
+            backend = self._backends.get((name, url))
+            if backend is None:
+                backend = Backend.create(name, url)
+                settings.apply(backend)
+            out.append(backend)
+        return tuple(out)
+
+    def adopt(self, current: Iterable[tuple[Backend, BackendSettings]]) -> None:
+        """The snapshot holding ``current`` is now the process's: apply its settings and make
+        its backends the live ones (a backend it dropped lives on only in the requests that
+        still hold it)."""
+        backends: dict[Identity, Backend] = {}
+        for backend, settings in current:
+            settings.apply(backend)
+            backends[(backend.name, backend.url)] = backend
+        self._backends = backends
