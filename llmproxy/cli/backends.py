@@ -82,6 +82,18 @@ def backend_health(backend: Backend) -> str:
     return "available"
 
 
+def models_cell(backend: Backend) -> str:
+    """The models a backend lists, each one out on its own marked with how long it stays out;
+    models out on a backend that serves any model are listed after ``any``."""
+    out: dict[str, float] = backend.get("models_out") or {}
+    listed = list(backend.get("models") or [])
+    names = listed or ["any"]
+    names += [model for model in out if model not in listed]
+    return ", ".join(
+        f"{model} (out {format_duration(out[model])})" if model in out else model for model in names
+    )
+
+
 def backend_row(backend: Backend) -> tuple[str, ...]:
     """name, url, models, health, in flight, EWMA latency ms, error rate, ejected for, then the
     backend's own load (queue, KV cache use) and its share of prompt prefixes."""
@@ -91,7 +103,7 @@ def backend_row(backend: Backend) -> tuple[str, ...]:
     return (
         str(backend.get("name", "")),
         str(backend.get("url", "")),
-        ", ".join(backend.get("models") or []) or "any",
+        models_cell(backend),
         backend_health(backend),
         f"{in_flight}/{limit}" if limit else in_flight,
         format_ms(backend.get("ttfb_ewma_ms")),

@@ -167,7 +167,7 @@ class GatewayApp:
             await send_bytes(send, 200, _OK)
         elif endpoint == "/ready":
             now = asyncio.get_running_loop().time()
-            if any(backend.is_available(now) for backend in runtime.router.backends):
+            if any(not backend.is_down(now) for backend in runtime.router.backends):
                 await send_bytes(send, 200, _OK)
             else:
                 raise GatewayError(503, "no backend is healthy", "not_ready")
@@ -175,7 +175,7 @@ class GatewayApp:
             metrics = runtime.metrics
             now = asyncio.get_running_loop().time()
             for backend in runtime.router.backends:
-                metrics.backend_health(backend.name, backend.is_available(now))
+                metrics.backend_health(backend.name, not backend.is_down(now))
             body, content_type = metrics.render()
             await send_bytes(send, 200, body, content_type.encode())
         else:

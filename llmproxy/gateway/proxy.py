@@ -203,7 +203,7 @@ def _judge_suspect_failures(runtime: Runtime, request: ProxyRequest) -> None:
     for backend in failed:
         if succeeded and backend.name == request.backend:
             continue  # failed, then served the retry itself: a passing fault
-        _failed(runtime, backend, now, passive, client=client)
+        _failed(runtime, backend, now, passive, client=client, model=request.peek.model)
 
 
 async def _choose(
@@ -356,7 +356,7 @@ async def _attempt(
             _failed(runtime, backend, loop.time(), passive)
             return
         if status < 500:
-            backend.record_success()
+            backend.record_success(request.peek.model)
     finally:
         if response is not None:
             if consumed:
@@ -542,16 +542,21 @@ def _failed(
     passive: PassiveHealthConfig,
     *,
     client: str | None = None,
+    model: str | None = None,
 ) -> None:
-    """Count a failed request; passive ejection takes the backend out after a run of them.
+    """Count a failed request; passive ejection takes the backend (or, with ``model``, that
+    model on it) out after a run of them.
 
-    ``client`` names who a 5xx answer may be the doing of; None is a failure no client can
-    cause (a refused or reset connection, a timeout, a broken or invalid answer).
+    ``client`` names who a 5xx answer or timeout may be the doing of; None is a failure no
+    client can cause (a refused or reset connection, a broken or invalid answer).
     """
     threshold = passive.failure_threshold if passive.enabled else 0  # 0: never eject
-    ejected_until = backend.ejected_until
-    backend.record_failure(
-        now, threshold, passive.ejection_time, client=client, min_clients=passive.min_clients
-    )
-    if backend.ejected_until != ejected_until:
+    if backend.record_failure(
+        now,
+        threshold,
+        passive.ejection_time,
+        client=client,
+        min_clients=passive.min_clients,
+        model=model,
+    ):
         runtime.metrics.ejection(backend.name)

@@ -16,6 +16,51 @@ from dataclasses import dataclass, field
 DEFAULT_EWMA_ALPHA = 0.3
 
 
+@dataclass(slots=True)
+class FailureRun:
+    """A run of failed requests (one backend, or one model on it) and the ejection it led to.
+
+    ``clients`` are who met the 5xx answers and timeouts of the run (at most ``min_clients``
+    kept), ``unattributed`` whether it holds a failure no client can cause: see
+    :meth:`Backend.record_failure`.
+    """
+
+    consecutive: int = 0
+    clients: tuple[str, ...] = ()
+    unattributed: bool = False
+    ejected_until: float = 0.0
+    failures_total: int = 0
+
+    def fail(
+        self,
+        now: float,
+        threshold: int,
+        ejection_time: float,
+        client: str | None,
+        min_clients: int,
+    ) -> bool:
+        """Count one failure; True when it ejects."""
+        self.failures_total += 1
+        self.consecutive += 1
+        if client is None:
+            self.unattributed = True
+        elif client not in self.clients and len(self.clients) < min_clients:
+            self.clients = (*self.clients, client)
+        if 0 < threshold <= self.consecutive and (
+            self.unattributed or len(self.clients) >= min_clients
+        ):
+            self.ejected_until = now + ejection_time
+            self.reset()
+            return True
+        return False
+
+    def reset(self) -> None:
+        """A success (or an ejection) starts the count over."""
+        self.consecutive = 0
+        self.clients = ()
+        self.unattributed = False
+
+
 @dataclass(slots=True, eq=False)
 class Backend:
     """An inference server and the request path's view of how it is doing.
@@ -62,8 +107,6 @@ class Backend:
     # Written only by the active health checker; backends start healthy so that a gateway
     # with health checks disabled (or not yet run) still routes.
     probe_healthy: bool = field(default=True, init=False)
-    # Monotonic time before which passive ejection keeps this backend out of rotation.
-    ejected_until: float = field(default=0.0, init=False)
     # Load signals scraped from the backend's own /metrics (vLLM / SGLang names), for the
     # load-aware and prefix-affinity strategies: requests waiting for a slot, requests running,
     # and the KV cache's use (0..1, None until read). `signals_at` is the monotonic time of the
@@ -74,11 +117,12 @@ class Backend:
     running: int = field(default=0, init=False)
     kv_cache_usage: float | None = field(default=None, init=False)
     signals_at: float = field(default=0.0, init=False)
-    consecutive_failures: int = field(default=0, init=False)
-    # Who met the 5xx answers of the current run of failures (at most `min_clients` kept), and
-    # whether the run holds a failure no client can cause: see `record_failure`.
-    failing_clients: tuple[str, ...] = field(default=(), init=False)
-    unattributed_failure: bool = field(default=False, init=False)
+    # Passive health of the server as a whole (failures no single model explains) and, below,
+    # of each model on it.
+    server_health: FailureRun = field(default_factory=FailureRun, init=False)
+    # Health per model: a model that fails upstream is taken out on its own, and the backend's
+    # other models stay served (only failures of the whole server take the backend out).
+    model_health: dict[str, FailureRun] = field(default_factory=dict, init=False)
     requests_total: int = field(default=0, init=False)
     failures_total: int = field(default=0, init=False)
     # Set by an operator (``POST /backends/{name}/drain``) before maintenance: no new request is
@@ -123,9 +167,51 @@ class Backend:
 
     def is_available(self, now: float) -> bool:
         """Whether a new request may go here: not draining, passing its health probes and not
-        passively ejected at `now`.
+        passively ejected at `now` (as a whole server; see :meth:`available_for` for a model).
         """
-        return not self.draining and self.probe_healthy and now >= self.ejected_until
+        return not self.draining and self.probe_healthy and now >= self.server_health.ejected_until
+
+    @property
+    def ejected_until(self) -> float:
+        """Monotonic time before which passive ejection keeps the whole backend out."""
+        return self.server_health.ejected_until
+
+    @ejected_until.setter
+    def ejected_until(self, until: float) -> None:
+        self.server_health.ejected_until = until
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failures of the server in a row (the current run)."""
+        return self.server_health.consecutive
+
+    def available_for(self, model: str | None, now: float) -> bool:
+        """Whether a new request for ``model`` may go here: the server is available and that
+        model is not taken out by its own failures."""
+        if self.draining or not self.probe_healthy or now < self.server_health.ejected_until:
+            return False
+        if model is None or not self.model_health:
+            return True
+        run = self.model_health.get(model)
+        return run is None or now >= run.ejected_until
+
+    def models_out(self, now: float) -> dict[str, float]:
+        """The models taken out on their own at ``now``: model → seconds left."""
+        return {
+            model: round(run.ejected_until - now, 3)
+            for model, run in self.model_health.items()
+            if run.ejected_until > now
+        }
+
+    def is_down(self, now: float) -> bool:
+        """Down as a whole: its probe fails, it is ejected as a server, or every model it lists
+        is out on its own (a backend serving any model is never down by its models)."""
+        if not self.is_available(now):
+            return True
+        if self.models is None or not self.model_health:
+            return False
+        out = self.models_out(now)
+        return all(model in out for model in self.models)
 
     @property
     def error_rate(self) -> float:
@@ -167,11 +253,14 @@ class Backend:
             sample if previous is None else previous + self.ewma_alpha * (sample - previous)
         )
 
-    def record_success(self) -> None:
-        """Note a successful response: one success breaks a streak of failures."""
-        self.consecutive_failures = 0
-        self.failing_clients = ()
-        self.unattributed_failure = False
+    def record_success(self, model: str | None = None) -> None:
+        """Note a successful response: one success breaks a streak of failures (the server's,
+        and the model's)."""
+        self.server_health.reset()
+        if model is not None and self.model_health:
+            run = self.model_health.get(model)
+            if run is not None:
+                run.reset()
 
     def record_failure(
         self,
@@ -181,8 +270,14 @@ class Backend:
         *,
         client: str | None = None,
         min_clients: int = 1,
-    ) -> None:
-        """Note a failed request and eject the backend for `ejection_time` seconds at the threshold.
+        model: str | None = None,
+    ) -> bool:
+        """Note a failed request and eject the backend (or, with ``model``, that model on it)
+        for `ejection_time` seconds at the threshold; True when this failure ejected.
+
+        A failure of one request for ``model`` (a 5xx answer, a timeout) counts against that
+        model only; a failure of the server (connection refused or reset, an invalid answer)
+        counts against the backend.
 
         `client` is who met a 5xx answer (a key id or an address); None is a failure no client
         can cause (connection refused or reset, timeout, an invalid answer). A streak reaches
@@ -194,18 +289,11 @@ class Backend:
         `failure_threshold` of 0 or less disables passive ejection.
         """
         self.failures_total += 1
-        self.consecutive_failures += 1
-        if client is None:
-            self.unattributed_failure = True
-        elif client not in self.failing_clients and len(self.failing_clients) < min_clients:
-            self.failing_clients = (*self.failing_clients, client)
-        if 0 < failure_threshold <= self.consecutive_failures and (
-            self.unattributed_failure or len(self.failing_clients) >= min_clients
-        ):
-            self.ejected_until = now + ejection_time
-            self.consecutive_failures = 0
-            self.failing_clients = ()
-            self.unattributed_failure = False
+        if model is None:
+            run = self.server_health
+        else:
+            run = self.model_health.get(model) or self.model_health.setdefault(model, FailureRun())
+        return run.fail(now, failure_threshold, ejection_time, client, min_clients)
 
     def snapshot(self, now: float) -> dict[str, object]:
         """A JSON-ready view of identity and live state for status endpoints and the CLI."""
@@ -214,7 +302,8 @@ class Backend:
             "url": self.url,
             "weight": self.weight,
             "models": sorted(self.models) if self.models is not None else None,
-            "available": self.is_available(now),
+            "available": not self.is_down(now),
+            "models_out": self.models_out(now),
             "probe_healthy": self.probe_healthy,
             "draining": self.draining,
             "ejected_for_seconds": round(max(self.ejected_until - now, 0.0), 3),

@@ -127,7 +127,9 @@ class Router:
         candidates = [
             b
             for b in primaries
-            if b.is_available(now) and not b.full_for(reserve) and (not exclude or b not in exclude)
+            if b.available_for(model, now)
+            and not b.full_for(reserve)
+            and (not exclude or b not in exclude)
         ]
         if candidates:
             return self._balancer.pick(candidates, key)
@@ -135,7 +137,7 @@ class Router:
             for target in self._fallbacks.get(primary, ()):
                 if (
                     target.serves(model)
-                    and target.is_available(now)
+                    and target.available_for(model, now)
                     and not target.full_for(reserve)
                     and (not exclude or target not in exclude)
                 ):
@@ -146,7 +148,7 @@ class Router:
         """Whether some backend could serve `model` now but every such backend is full (for a
         request leaving `reserve` slots free): it should wait for a slot rather than fail."""
         serving = self._backends if model is None else self._by_model.get(model, self._any)
-        available = [b for b in serving if b.is_available(now)]
+        available = [b for b in serving if b.available_for(model, now)]
         return bool(available) and all(b.full_for(reserve) for b in available)
 
     def _resolve_fallbacks(self, chains: Iterable[FallbackChain]) -> dict[Backend, list[Backend]]:

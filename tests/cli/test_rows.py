@@ -453,3 +453,14 @@ def test_last_reload_ok() -> None:
 )
 def test_reload_lines(outcome: dict[str, Any], lines: list[str]) -> None:
     assert ops.reload_lines(outcome) == lines
+
+
+def test_models_out_are_marked_in_the_models_cell() -> None:
+    """A model out on its own shows with how long it stays out; the backend stays available."""
+    from llmproxy.cli.backends import models_cell
+
+    assert models_cell({"models": ["ok", "broken"], "models_out": {"broken": 25.0}}) == (
+        "ok, broken (out 25s)"
+    )
+    assert models_cell({"models": None, "models_out": {"x": 3.0}}) == "any, x (out 3s)"
+    assert models_cell({"models": None}) == "any"

@@ -416,7 +416,8 @@ async def test_drain_sends_new_requests_elsewhere_and_lets_in_flight_ones_finish
             assert listed[other]["available"]
             assert listed[other]["error_rate"] == 0.0
             assert set(listed[other]) == {
-                "name", "url", "weight", "models", "available", "probe_healthy", "draining",
+                "name", "url", "weight", "models", "available", "models_out", "probe_healthy",
+                "draining",
                 "ejected_for_seconds", "in_flight", "ttfb_ewma_ms", "error_rate",
                 "consecutive_failures", "requests_total", "failures_total", "max_in_flight",
                 "queue_waiting", "running", "kv_cache_usage", "signals_age_seconds",

@@ -116,3 +116,56 @@ async def test_ready_follows_active_health_checks() -> None:
             ) as response:
                 assert response.status == 503
                 assert (await response.json())["error"]["code"] == "no_backend_available"
+
+
+async def test_a_failing_model_leaves_the_backends_other_models_served() -> None:
+    """A model that fails upstream is taken out on its own: requests for the backend's other
+    model are still served, and the status shows which model is out."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["model"] == "broken":
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        return web.json_response(
+            {
+                "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post(CHAT, answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        config = make_config(
+            [{"url": f"http://127.0.0.1:{port}", "name": "two-models", "models": ["ok", "broken"]}],
+            health_check={
+                "enabled": False,
+                "passive": {"failure_threshold": 2, "min_clients": 1},
+            },
+            routing={"retry": {"enabled": False}},
+        )
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+
+            async def status(model: str) -> int:
+                body = {"model": model, "messages": []}
+                async with session.post(gw.url + CHAT, json=body) as response:
+                    return response.status
+
+            assert [await status("broken") for _ in range(2)] == [500, 500]
+            assert await status("broken") == 503  # out, on its own
+            assert [await status("ok") for _ in range(5)] == [200] * 5
+            backend = gw.runtime.backends[0]
+            now = asyncio.get_running_loop().time()
+            snapshot = backend.snapshot(now)
+            assert snapshot["available"] is True
+            models_out = snapshot["models_out"]
+            assert isinstance(models_out, dict)
+            assert set(models_out) == {"broken"}
+    finally:
+        await runner.cleanup()

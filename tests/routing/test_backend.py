@@ -149,6 +149,7 @@ def test_snapshot_reports_state() -> None:
         "weight": 3,
         "models": ["m1", "m2"],
         "available": False,
+        "models_out": {},
         "probe_healthy": True,
         "draining": False,
         "ejected_for_seconds": 20.0,
@@ -203,3 +204,22 @@ def test_enough_clients_or_one_unattributed_failure_eject() -> None:
     for _ in range(4):
         reset.record_failure(10.0, 5, 30.0, client="c", min_clients=3)
     assert reset.is_available(10.0)
+
+
+def test_a_failing_model_is_taken_out_alone() -> None:
+    """Failures counted against one model take that model out; the backend's other models stay
+    available; the backend is down only when every model it lists is out."""
+    backend = Backend.create("a", "http://a", models=("good", "bad"))
+    for _ in range(3):
+        backend.record_failure(10.0, 3, 30.0, model="bad")
+    assert not backend.available_for("bad", 11.0)
+    assert backend.available_for("good", 11.0)
+    assert backend.is_available(11.0)
+    assert not backend.is_down(11.0)
+    assert backend.models_out(11.0) == {"bad": 29.0}
+    for _ in range(3):
+        backend.record_failure(10.0, 3, 30.0, model="good")
+    assert backend.is_down(11.0)
+    assert backend.available_for("bad", 41.0)
+    backend.record_success("good")
+    assert backend.model_health["good"].consecutive == 0
