@@ -189,6 +189,30 @@ class ServerConfig(Section):
         return entries
 
 
+ProbeMode = Literal["path", "models"]
+
+
+class BackendHealthCheck(Section):
+    """``backends[].health_check``: how this backend is probed; unset keys take the global
+    ``health_check`` values."""
+
+    mode: ProbeMode | None = None
+    """`path`: GET `path`; `models`: GET `/v1/models` and expect a model list (any
+    OpenAI-compatible server answers it).
+    """
+    path: str | None = None
+    """Path requested (GET) by a probe in `path` mode."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Headers sent with each probe, beside the backend's `api_key` and `headers`."""
+    expect: tuple[int, ...] | None = None
+    """Statuses that count as healthy; empty means any 2xx."""
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return sendable_headers(headers)
+
+
 class BackendConfig(Section):
     """``backends[]``: one inference server."""
 
@@ -221,6 +245,8 @@ class BackendConfig(Section):
     """Send each request's priority (the key's `priority`, or the Lua decision's) in vLLM's
     `priority` request field; a client's own value is replaced.
     """
+    health_check: BackendHealthCheck = BackendHealthCheck()
+    """How this backend is probed, where it differs from the global `health_check`."""
     max_response_size: Size = Field(default=1024 * 1024, ge=1024)
     """Most bytes of one non-streamed answer the gateway holds to read its `usage`. The answer
     is relayed as it arrives whatever its size; past this, the `usage` object is caught as it
@@ -380,8 +406,16 @@ class HealthCheckConfig(Section):
     """Probe every backend periodically and route only to healthy ones."""
     interval: Duration = 10.0
     """Time between two probes of one backend."""
+    mode: ProbeMode = "path"
+    """`path`: GET `path`; `models`: GET `/v1/models` and expect a model list (any
+    OpenAI-compatible server answers it). A backend's `health_check` overrides it.
+    """
     path: str = "/health"
-    """Path requested (GET) on each backend by a probe."""
+    """Path requested (GET) on each backend by a probe in `path` mode. Probes carry the
+    backend's `api_key` and `headers`, so a health route behind a key (LiteLLM's) works.
+    """
+    expect: tuple[int, ...] = ()
+    """Statuses that count as healthy; empty means any 2xx."""
     timeout: Duration = 2.0
     """Longest wait for a probe's answer."""
     unhealthy_threshold: int = Field(default=3, ge=1)

@@ -22,7 +22,7 @@ from llmproxy.auth.build import AuthSetupError, build_pipeline
 from llmproxy.auth.extract import header_order
 from llmproxy.auth.lua import LuaError, LuaSandbox
 from llmproxy.auth.pipeline import AuthPipeline
-from llmproxy.config.model import Config
+from llmproxy.config.model import BackendConfig, Config, HealthCheckConfig
 from llmproxy.connections import ConnectionPools
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.body_read import BodyBudget
@@ -33,6 +33,7 @@ from llmproxy.metrics import GatewayMetrics
 from llmproxy.record.recorder import Recorder
 from llmproxy.routing import HealthChecker, RetryPolicy, Router, make_balancer
 from llmproxy.routing.fleet import BackendFleet, BackendSettings
+from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
 from llmproxy.usage.sink import UsageSink
 
@@ -222,6 +223,10 @@ class Runtime:
                 timeout=health.timeout,
                 unhealthy_threshold=health.unhealthy_threshold,
                 healthy_threshold=health.healthy_threshold,
+                probes={
+                    backend: probe_for(config, health, self.clients[backend.name].extra_headers)
+                    for backend, config in zip(self.backends, self.config.backends, strict=True)
+                },
             )
             await self._health.start()
 
@@ -275,6 +280,22 @@ class Runtime:
             await self.limits.close()
         await self.pools.close()
         self.lua.close()
+
+
+def probe_for(
+    backend: BackendConfig, health: HealthCheckConfig, sent: tuple[tuple[str, str], ...]
+) -> Probe:
+    """How ``backend`` is probed: its own ``health_check`` over the global one, with the
+    headers its requests carry (``sent``: its ``api_key`` and ``headers``) and the probe's."""
+    own = backend.health_check
+    mode = own.mode or health.mode
+    path = own.path or health.path
+    return Probe(
+        path=path if path.startswith("/") else "/" + path,
+        headers={**dict(sent), **{k.lower(): v for k, v in own.headers.items()}},
+        expect=own.expect if own.expect is not None else health.expect,
+        models=mode == "models",
+    )
 
 
 def runtime_problem(config: Config, base_dir: Path) -> str | None:

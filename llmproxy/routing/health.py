@@ -1,9 +1,15 @@
-"""Active health checks: probe every backend's health path on an interval.
+"""Active health checks: probe every backend on an interval, as that backend wants to be probed.
 
 Two halves: `ProbeStreak` is the pure rule that turns a run of probe results into healthy or
 unhealthy (hysteresis, so one dropped probe does not flap a backend), and `HealthChecker` is the
 I/O loop that sends the probes through an injected `aiohttp.ClientSession` and writes the verdict
-to `Backend.probe_healthy`. The checker is the only writer of that flag.
+to `Backend.probe_healthy`. The checker is the only writer of that flag (but for a reload that
+turns probes off, which clears it).
+
+Each backend has its own :class:`Probe`: the path (or the ``models`` mode, ``GET /v1/models``,
+which any OpenAI-compatible server answers), the statuses that count as healthy, and the
+headers — the backend's ``api_key`` and ``headers`` included, so a health route behind a key
+(a LiteLLM proxy's) is probed as the requests are sent.
 
 Passive ejection (failures seen on real requests) lives on `Backend` itself and is independent:
 a backend takes traffic only when it passes both.
@@ -13,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import aiohttp
+import msgspec
 
 from llmproxy.routing.backend import Backend
 
@@ -63,16 +70,44 @@ class ProbeStreak:
         return True
 
 
+MODELS_PATH = "/v1/models"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """How one backend is probed."""
+
+    path: str = "/health"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    expect: tuple[int, ...] = ()
+    """Statuses that count as healthy; empty means any 2xx."""
+    models: bool = False
+    """``models`` mode: ``GET /v1/models`` must answer a model list."""
+
+    def healthy_status(self, status: int) -> bool:
+        return status in self.expect if self.expect else 200 <= status < 300
+
+
+class _ModelList(msgspec.Struct):
+    data: list[object]
+
+
+_decode_model_list = msgspec.json.Decoder(_ModelList).decode
+
+
 class HealthChecker:
     """Probes `GET {backend.url}{path}` for every backend, all concurrently, every `interval`.
 
-        checker = HealthChecker(backends, session, interval=10.0, path="/health", timeout=2.0)
+        checker = HealthChecker(backends, session, interval=10.0, timeout=2.0,
+                                probes={backend: Probe(path="/health")})
         await checker.start()    # first round starts now, in a background task
         ...
         await checker.stop()     # on shutdown, before closing the session
 
-    A 2xx answer within `timeout` is a success; any other status, a timeout or a connection error
-    is a failure. Transitions are logged on the `llmproxy.routing` logger by backend name.
+    An answer within `timeout` with a healthy status (any 2xx, or the probe's `expect`) is a
+    success, and in ``models`` mode only when it is a model list; any other answer, a timeout or
+    a connection error is a failure. A backend without a probe of its own gets `Probe(path)`.
+    Transitions are logged on the `llmproxy.routing` logger by backend name.
     `probe_once()` runs a single round, which is how tests drive it without waiting.
     """
 
@@ -86,6 +121,7 @@ class HealthChecker:
         unhealthy_threshold: int = 3,
         healthy_threshold: int = 2,
         *,
+        probes: Mapping[Backend, Probe] | None = None,
         stop_timeout: float = 5.0,
     ) -> None:
         if interval <= 0 or timeout <= 0:
@@ -96,7 +132,8 @@ class HealthChecker:
         self._backends = tuple(backends)
         self._session = session
         self._interval = interval
-        self._path = path if path.startswith("/") else "/" + path
+        default = Probe(path=path if path.startswith("/") else "/" + path)
+        self._probes = {backend: (probes or {}).get(backend, default) for backend in backends}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._stop_timeout = stop_timeout
         self._streaks = {
@@ -156,27 +193,41 @@ class HealthChecker:
                 "backend %r is healthy again after %d successful probes of %s",
                 backend.name,
                 streak.healthy_threshold,
-                self._path,
+                self._where(backend),
             )
         else:
             logger.warning(
                 "backend %r marked unhealthy after %d failed probes of %s (last: %s); "
-                "check that the server is up and answers 2xx there",
+                "check that the server is up and answers there (backends[].health_check sets "
+                "the path, headers and expected statuses)",
                 backend.name,
                 streak.unhealthy_threshold,
-                self._path,
+                self._where(backend),
                 failure,
             )
 
+    def _where(self, backend: Backend) -> str:
+        probe = self._probes[backend]
+        return MODELS_PATH if probe.models else probe.path
+
     async def _probe(self, backend: Backend) -> str | None:
         """Return None for a healthy answer, else a short reason for the logs."""
+        probe = self._probes[backend]
         try:
             async with self._session.get(
-                backend.url + self._path, timeout=self._timeout, allow_redirects=False
+                backend.url + self._where(backend),
+                headers=probe.headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
-                if 200 <= response.status < 300:
-                    return None
-                return f"HTTP {response.status}"
+                if not probe.healthy_status(response.status):
+                    return f"HTTP {response.status}"
+                if probe.models:
+                    try:
+                        _decode_model_list(await response.read())
+                    except msgspec.MsgspecError:
+                        return "not a model list"
+                return None
         except TimeoutError:
             return f"no answer within {self._timeout.total}s"
         except (aiohttp.ClientError, OSError) as exc:

@@ -169,3 +169,51 @@ async def test_a_failing_model_leaves_the_backends_other_models_served() -> None
             assert set(models_out) == {"broken"}
     finally:
         await runner.cleanup()
+
+
+async def test_probes_carry_the_backends_key_and_follow_its_own_settings() -> None:
+    """A health route behind a key (LiteLLM's /health answers 500 without one) is probed with
+    the backend's api_key and stays up; a backend probed in `models` mode (GET /v1/models) with
+    its own override is up too; a probe that fails takes only its backend out."""
+    from aiohttp import web
+
+    probes: list[str | None] = []
+
+    async def health(request: web.Request) -> web.Response:
+        probes.append(request.headers.get("authorization"))
+        if request.headers.get("authorization") != "Bearer upstream-key":
+            return web.json_response({"error": "missing key"}, status=500)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with mock_backend(name="mock") as mock:
+            config = make_config(
+                [
+                    {"url": f"http://127.0.0.1:{port}", "name": "keyed", "api_key": "upstream-key"},
+                    {"url": mock.url, "name": "mock", "health_check": {"mode": "models"}},
+                    {"url": mock.url + "/nowhere", "name": "broken"},
+                ],
+                health_check={
+                    "enabled": True,
+                    "interval": "100ms",
+                    "unhealthy_threshold": 1,
+                    "healthy_threshold": 1,
+                },
+            )
+            async with gateway(config) as gw:
+                await asyncio.sleep(0.5)
+                keyed, models, broken = gw.runtime.backends
+                assert keyed.probe_healthy
+                assert models.probe_healthy
+                assert not broken.probe_healthy
+                assert probes
+                assert set(probes) == {"Bearer upstream-key"}
+    finally:
+        await runner.cleanup()
