@@ -31,7 +31,7 @@ from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.record.recorder import Recorder
-from llmproxy.routing import HealthChecker, RetryPolicy, Router, make_balancer
+from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
 from llmproxy.routing.fleet import BackendFleet, BackendSettings
 from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
@@ -164,6 +164,10 @@ class Runtime:
         self._health: HealthChecker | None = None
         self._signals: SignalScraper | None = None
         self._monitor_session: aiohttp.ClientSession | None = None
+
+    def count_fallback(self, primary: Backend) -> None:
+        """A fallback target serves a request in ``primary``'s stead (the router's callback)."""
+        self.metrics.fallback(primary.name)
 
     def activate(self) -> None:
         """This snapshot becomes the process's: its backend settings and admission limits take

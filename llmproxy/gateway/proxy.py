@@ -40,7 +40,7 @@ from llmproxy.gateway.headers import (
     unsendable_header,
     upstream_request_headers,
 )
-from llmproxy.gateway.request_body import RequestPeek, with_priority
+from llmproxy.gateway.request_body import RequestPeek, with_priority, without_priority
 from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.prefix import prompt_prefix
@@ -225,10 +225,13 @@ async def _choose(
     while True:
         now = loop.time()
         if ticket is not None or not admission.ahead(priority):
-            backend = router.route(model, now, exclude=tried, key=key, reserve=reserve)
+            fallen = runtime.count_fallback
+            backend = router.route(
+                model, now, exclude=tried, key=key, reserve=reserve, on_fallback=fallen
+            )
             if backend is None and tried:
                 # Every candidate was tried once: a transient fault may have passed on one.
-                backend = router.route(model, now, key=key, reserve=reserve)
+                backend = router.route(model, now, key=key, reserve=reserve, on_fallback=fallen)
             if backend is not None or not router.saturated(model, now, reserve):
                 return backend
         if ticket is None:
@@ -238,6 +241,12 @@ async def _choose(
         except AdmissionRefused as refused:
             runtime.metrics.limit_rejection("capacity")
             raise GatewayError(503, refused.message, "backend_capacity") from None
+
+
+def _may_set_priority(identity: Identity | None) -> bool:
+    """Whether the key may send its own ``priority`` (its metadata says
+    ``client_priority: true``); without auth nobody may."""
+    return identity is not None and identity.metadata.get("client_priority") is True
 
 
 def request_priority(identity: Identity | None) -> int:
@@ -293,6 +302,9 @@ async def _attempt(
             body = request.body
             if backend.send_priority and body and request.peek.model is not None:
                 body = with_priority(body, request.peek, priority)
+            elif request.peek.has_priority and not _may_set_priority(request.identity):
+                # The field belongs to the gateway: a client's own would jump vLLM's queue.
+                body = without_priority(body)
             response = await client.session.request(
                 canonical.method,
                 # encoded: the judged target goes out byte for byte, never re-normalised.

@@ -319,6 +319,14 @@ def with_priority(body: bytes, peek: RequestPeek, priority: int) -> bytes:
     return _encode(members)
 
 
+def without_priority(body: bytes) -> bytes:
+    """``body`` without its top-level ``priority`` (a client may not choose its own place in
+    vLLM's queue): the object re-encoded without it, every other value keeping its bytes."""
+    members = _decode_members(body)
+    members.pop("priority", None)
+    return _encode(members)
+
+
 _STREAM_OPTIONS_MEMBER = b'"stream_options":{"include_usage":true},'
 
 

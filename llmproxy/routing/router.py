@@ -10,7 +10,7 @@ It holds no I/O and reads the clock only through the `now` argument.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from llmproxy.routing.backend import Backend
 from llmproxy.routing.balancer import Balancer
@@ -114,10 +114,12 @@ class Router:
         exclude: Collection[Backend] = (),
         key: int | None = None,
         reserve: int = 0,
+        on_fallback: Callable[[Backend], None] | None = None,
     ) -> Backend | None:
         """Pick a backend for `model`, skipping `exclude` (backends already tried for a retry).
 
         Returns None when nothing that serves the model can take the request, fallbacks included.
+        When a fallback target is picked, `on_fallback` is told the primary it stands in for.
         """
         if model is None:
             serving, primaries = self._backends, self._all_primaries
@@ -141,6 +143,8 @@ class Router:
                     and not target.full_for(reserve)
                     and (not exclude or target not in exclude)
                 ):
+                    if on_fallback is not None:
+                        on_fallback(primary)
                     return target
         return None
 

@@ -83,6 +83,34 @@ async def test_the_keys_priority_is_sent_in_vllms_field() -> None:
     assert json.loads(echoed["body"])["priority"] == 0
 
 
+async def test_a_clients_own_priority_is_stripped_unless_its_key_may_set_it() -> None:
+    """With send_priority off, a client's "priority" does not reach vLLM, however it is spelt,
+    unless its key's metadata says client_priority: true."""
+    keys = [
+        {"key": "sk-plain", "name": "plain"},
+        {"key": "sk-trusted", "name": "trusted", "metadata": {"client_priority": True}},
+    ]
+    async with mock_backend() as mock:
+        config = make_config(
+            [{"url": mock.url, "name": "gpu"}],
+            auth={"enabled": True, "pipeline": [{"name": "k", "type": "static", "keys": keys}]},
+        )
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+
+            async def sent(key: str, raw: bytes) -> dict[str, Any]:
+                async with session.post(
+                    gw.url + "/v1/echo",
+                    data=raw,
+                    headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+                ) as response:
+                    echoed = await response.json()
+                return json.loads(echoed["body"])  # type: ignore[no-any-return]
+
+            for raw in (b'{"model":"m","priority":-50}', b'{"model":"m","priorit\\u0079":-50}'):
+                assert "priority" not in await sent("sk-plain", raw)
+            assert (await sent("sk-trusted", b'{"model":"m","priority":-50}'))["priority"] == -50
+
+
 async def _first_token_after(session: aiohttp.ClientSession, url: str, key: str) -> float:
     body = {"model": "mock-model", "messages": [], "stream": True}
     started = time.monotonic()

@@ -71,7 +71,8 @@ async def test_passive_ejection_stops_sending_to_a_failing_backend() -> None:
 
 
 async def test_fallback_chain_serves_when_primary_is_down() -> None:
-    """A weight-0 fallback backend takes the traffic only when the primary cannot."""
+    """A weight-0 fallback backend takes the traffic only when the primary cannot, and
+    llmproxy_fallbacks_total counts it against the primary it stood in for."""
     async with mock_backend(name="spare") as spare:
         config = make_config(
             [
@@ -82,6 +83,9 @@ async def test_fallback_chain_serves_when_primary_is_down() -> None:
         )
         async with gateway(config) as gw, aiohttp.ClientSession() as session:
             assert await _who(session, gw.url, "mock-model") == "spare"
+            async with session.get(gw.url + "/metrics") as response:
+                metrics = await response.text()
+            assert 'llmproxy_fallbacks_total{backend="primary"} 1.0' in metrics
 
 
 async def test_ready_follows_active_health_checks() -> None:
