@@ -30,7 +30,7 @@ from llmproxy.gateway.canonical import CanonicalRequest, canonical_request
 from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import find_header
 from llmproxy.gateway.models import list_models, retrieve_model
-from llmproxy.gateway.proxy import ProxyRequest, forward
+from llmproxy.gateway.proxy import HELD_END, ProxyRequest, forward
 from llmproxy.gateway.request_body import (
     EMPTY_PEEK,
     RequestPeek,
@@ -493,9 +493,11 @@ def _flat(metadata: Mapping[str, object]) -> dict[str, str | int | float | bool 
 
 class _HeldEnd:
     """The client's ``send``, holding back the end of the response until its usage record is
-    written (``usage.acknowledge: durable``): a stream's ``data: [DONE]`` event and what follows
-    it, or the whole body of an answer sent at once. Everything before is relayed as it comes,
-    so the time to first token is untouched; only the end waits a few milliseconds.
+    written (``usage.acknowledge: durable``): from the message the relay marks as the end (the
+    chunk whose events complete a stream's ``data: [DONE]``, as the stream's one SSE scanner
+    sees it, however the marker is cut) or the message that ends the body (a non-streamed
+    answer's last chunk), and what follows. Everything before is relayed as it comes, so the
+    time to first token is untouched; only the end waits a few milliseconds.
     """
 
     __slots__ = ("_send", "messages")
@@ -505,20 +507,11 @@ class _HeldEnd:
         self.messages: list[Message] = []
 
     async def __call__(self, message: Message) -> None:
-        if self.messages:
+        if self.messages or message.get(HELD_END) or (
+            message["type"] == "http.response.body" and not message.get("more_body", False)
+        ):
             self.messages.append(message)
             return
-        if message["type"] == "http.response.body":
-            if not message.get("more_body", False):
-                self.messages.append(message)
-                return
-            body: bytes = message.get("body", b"")
-            cut = body.find(b"data: [DONE]")
-            if cut >= 0:
-                if cut:
-                    await self._send({**message, "body": body[:cut]})
-                self.messages.append({**message, "body": body[cut:]})
-                return
         await self._send(message)
 
     async def release(self, written: asyncio.Future[None] | None) -> None:

@@ -54,6 +54,10 @@ log = logging.getLogger("llmproxy.gateway")
 
 _SSE = "text/event-stream"
 
+HELD_END = "llmproxy.held_end"
+"""Key of a body message that starts the end of a stream (its ``[DONE]``): held back under
+``usage.acknowledge: durable`` until the usage record is written (never sent to the server)."""
+
 Relayed = Literal["done", "timeout", "broken"]
 """How a relay ended: the backend's own end, a silence past its timeout, or a broken answer."""
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -496,17 +500,41 @@ async def _relay_stream(
     scanner = request.stream_usage = StreamUsage(strip_usage_event=request.strip_usage)
     chunks = response.content.iter_any()
     try:
+        hold_end = request.hold_last
         async for chunk in chunks:
             relayed = scanner.feed(chunk)
             if relayed:
                 request.first_token_at = asyncio.get_running_loop().time()
                 request.bytes_sent += len(relayed)
+                if hold_end and scanner.done:  # a stream whole in its first chunk
+                    hold_end = False
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": relayed,
+                            "more_body": True,
+                            HELD_END: True,
+                        }
+                    )
+                    break
                 await send({"type": "http.response.body", "body": relayed, "more_body": True})
                 break
         async for chunk in chunks:
             relayed = scanner.feed(chunk)
             if relayed:
                 request.bytes_sent += len(relayed)
+                if hold_end and scanner.done:
+                    # The chunk that completed [DONE]: the durable hold keeps it and the rest.
+                    hold_end = False
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": relayed,
+                            "more_body": True,
+                            HELD_END: True,
+                        }
+                    )
+                    continue
                 await send({"type": "http.response.body", "body": relayed, "more_body": True})
     except TimeoutError:
         log.warning("backend %s went silent mid-stream; ending the stream", backend.name)

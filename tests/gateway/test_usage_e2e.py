@@ -242,3 +242,56 @@ async def test_durable_acknowledge_ends_a_response_only_once_its_record_is_writt
                     assert b'"usage"' not in payload  # the event the gateway asked for
                 else:
                     assert b'"completion_tokens":5' in payload
+
+
+async def test_durable_holds_a_done_marker_cut_across_chunks(tmp_path: Path) -> None:
+    """Under durable, a stream whose `data: [DONE]` arrives cut in two chunks still ends only
+    once its record is written: the hold follows the stream's one SSE scanner, not a byte search
+    within one chunk."""
+    from aiohttp import web
+
+    events = [
+        b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,'
+        b'"total_tokens":4}}\n\n',
+        b"data: [DO",
+        b"NE]\n\n",
+    ]
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in events:
+            await response.write(piece)
+            await asyncio.sleep(0.05)  # each piece its own chunk
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        config = _config(f"http://127.0.0.1:{port}", acknowledge="durable")
+        async with _gateway(config, tmp_path) as (gw, sink), aiohttp.ClientSession() as session:
+            body = {"model": "m", "messages": [], "stream": True}
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with session.post(
+                gw.url + "/v1/chat/completions", json=body, headers=headers
+            ) as response:
+                received = b""
+                async for chunk in response.content.iter_any():
+                    received += chunk
+                    if b"data: [DONE]\n\n" in received:
+                        # The moment the client holds a complete [DONE]: already written.
+                        stored = sink.store.recent(10)
+                        assert len(stored) == 1
+                        assert stored[0].total_tokens == 4
+                        break
+                else:
+                    raise AssertionError(f"no [DONE] in {received!r}")
+    finally:
+        await runner.cleanup()
