@@ -296,7 +296,18 @@ class RetryConfig(Section):
     jitter: float = Field(default=0.2, ge=0.0, le=1.0)
     """Random spread of each wait, as a fraction of it (0.2 is ±20 %)."""
     retry_on_status: tuple[int, ...] = (429, 500, 502, 503, 504)
-    """Backend status codes that count as a failure worth retrying."""
+    """Backend status codes that count as a failure worth retrying. A 429 is never retried on
+    the backend that sent it; when no other backend can take the request, the 429 and its
+    `Retry-After` go to the client at once (its SDK retries; the gateway must not multiply).
+    """
+    budget_percent: float = Field(default=20.0, ge=0.0, le=100.0)
+    """Retries in flight at once, as a percentage of the requests in flight (Envoy's retry
+    budget): when a backend fails every request, retries cannot double the load on the rest.
+    """
+    min_retry_concurrency: int = Field(default=3, ge=0)
+    """Retries in flight that are always allowed, whatever `budget_percent` says (a quiet
+    gateway still retries).
+    """
 
 
 class FallbackConfig(Section):

@@ -507,8 +507,10 @@ class _HeldEnd:
         self.messages: list[Message] = []
 
     async def __call__(self, message: Message) -> None:
-        if self.messages or message.get(HELD_END) or (
-            message["type"] == "http.response.body" and not message.get("more_body", False)
+        if (
+            self.messages
+            or message.get(HELD_END)
+            or (message["type"] == "http.response.body" and not message.get("more_body", False))
         ):
             self.messages.append(message)
             return

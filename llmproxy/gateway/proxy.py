@@ -98,6 +98,10 @@ class ProxyRequest:
     hold_last: bool = False
     """Send the last chunk of a non-streamed answer with its end (``usage.acknowledge:
     durable`` holds that end until the usage record is written)."""
+    attempts: int = 0
+    """Backends tried so far (``x-llmproxy-attempts`` on the answer)."""
+    refused_by: set[Backend] | None = None
+    """Backends that answered 429: a retry never goes back to them."""
     suspect_failures: list[Backend] | None = None
     """Backends that failed this request in a way the request itself may have caused: a 5xx
     answer, or a timeout (a long prompt, a long non-streamed generation); judged when the
@@ -151,28 +155,50 @@ async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
         key = prefix_key(prefix) if prefix is not None else None
     priority = request_priority(request.identity)
     policy = runtime.retry_policy
+    retry = runtime.config.routing.retry
+    fleet = runtime.fleet
     tried: list[Backend] = []
     last_error = GatewayError(503, _no_backend_message(model), "no_backend_available")
     try:
         for attempt in range(policy.attempts):
             if attempt:
+                if not fleet.may_retry(retry.budget_percent, retry.min_retry_concurrency):
+                    # The retry budget is spent: failing fast beats doubling a struggling fleet.
+                    break
                 await asyncio.sleep(policy.delay(attempt, runtime.rng))
-            backend = await _choose(runtime, priority, model, tried, key)
+            backend = await _choose(runtime, priority, model, tried, key, request.refused_by)
             if backend is None:
                 break
             tried.append(backend)
+            request.attempts = attempt + 1
             if attempt:
                 runtime.metrics.retry(tried[-2].name)
+                fleet.retries_in_flight += 1
             final = attempt == policy.attempts - 1
             try:
-                await _attempt(runtime, backend, request, send, priority, final_attempt=final)
+                await _attempt(
+                    runtime, backend, request, send, priority, tried, final_attempt=final
+                )
                 return
             except _Retryable as retryable:
                 last_error = retryable.error
+            finally:
+                if attempt:
+                    fleet.retries_in_flight -= 1
+        last_error.headers = (*last_error.headers, _attempts_header(request.attempts))
         raise last_error
     finally:
         if request.suspect_failures:
             _judge_suspect_failures(runtime, request)
+
+
+_ATTEMPTS = tuple(str(n).encode() for n in range(32))
+
+
+def _attempts_header(attempts: int) -> tuple[bytes, bytes]:
+    """``x-llmproxy-attempts``: how many backends were tried for this answer."""
+    value = _ATTEMPTS[attempts] if attempts < len(_ATTEMPTS) else str(attempts).encode()
+    return (b"x-llmproxy-attempts", value)
 
 
 def _suspect(request: ProxyRequest, backend: Backend) -> None:
@@ -216,6 +242,7 @@ async def _choose(
     model: str | None,
     tried: list[Backend],
     key: int | None,
+    refused_by: set[Backend] | None = None,
 ) -> Backend | None:
     """The backend for this attempt; while every backend is full, wait in the admission queue
     (best priority first) instead of failing. A request does not take a free slot while one at
@@ -234,8 +261,16 @@ async def _choose(
                 model, now, exclude=tried, key=key, reserve=reserve, on_fallback=fallen
             )
             if backend is None and tried:
-                # Every candidate was tried once: a transient fault may have passed on one.
-                backend = router.route(model, now, key=key, reserve=reserve, on_fallback=fallen)
+                # Every candidate was tried once: a transient fault may have passed on one
+                # (never on one that answered 429: its own client-facing answer is that).
+                backend = router.route(
+                    model,
+                    now,
+                    exclude=refused_by or (),
+                    key=key,
+                    reserve=reserve,
+                    on_fallback=fallen,
+                )
             if backend is not None or not router.saturated(model, now, reserve):
                 return backend
         if ticket is None:
@@ -277,6 +312,7 @@ async def _attempt(
     request: ProxyRequest,
     send: Send,
     priority: int,
+    tried: list[Backend],
     *,
     final_attempt: bool,
 ) -> None:
@@ -350,9 +386,22 @@ async def _attempt(
         if status >= 500:
             _suspect(request, backend)
         if not final_attempt and runtime.retry_policy.retryable_status(status):
-            raise _Retryable(
-                GatewayError(status, f"backend {backend.name} answered {status}", "upstream_error")
-            )
+            retry_elsewhere = True
+            if status == 429:
+                # Never again to the backend that said "too many"; and when no other backend
+                # can take the request, its 429 (with Retry-After) goes to the client now.
+                if request.refused_by is None:
+                    request.refused_by = set()
+                request.refused_by.add(backend)
+                retry_elsewhere = runtime.router.can_serve_elsewhere(
+                    request.peek.model, loop.time(), tried
+                )
+            if retry_elsewhere:
+                raise _Retryable(
+                    GatewayError(
+                        status, f"backend {backend.name} answered {status}", "upstream_error"
+                    )
+                )
         if response.content_type == _SSE:
             outcome = await _relay_stream(backend, client.idle_timeout, response, request, send)
         else:
@@ -426,7 +475,9 @@ async def _relay_body(
             "type": "http.response.start",
             "status": status,
             "headers": client_response_headers(
-                response.raw_headers, request.request_id.encode("latin-1"), request.response_headers
+                response.raw_headers,
+                request.request_id.encode("latin-1"),
+                (*request.response_headers, _attempts_header(request.attempts)),
             ),
         }
     )
@@ -490,7 +541,7 @@ async def _relay_stream(
             "headers": client_response_headers(
                 response.raw_headers,
                 request.request_id.encode("latin-1"),
-                request.response_headers,
+                (*request.response_headers, _attempts_header(request.attempts)),
                 # Cut usage events, an error event on a broken stream: never the backend's length.
                 body_changes=True,
             ),

@@ -54,6 +54,16 @@ class BackendFleet:
         self._backends: dict[Identity, Backend] = {}
         self.admission = AdmissionQueue()
         """Requests waiting for a slot on any backend (its limits follow the current config)."""
+        self.retries_in_flight = 0
+        """Retry attempts running now (see :meth:`may_retry`)."""
+
+    def may_retry(self, budget_percent: float, min_concurrency: int) -> bool:
+        """Whether one more retry fits the retry budget: at most ``budget_percent`` of the
+        requests in flight (and always ``min_concurrency``) may be retries at once."""
+        if self.retries_in_flight < min_concurrency:
+            return True
+        in_flight = sum(backend.in_flight for backend in self._backends.values())
+        return self.retries_in_flight < in_flight * budget_percent / 100.0
 
     def known(self, identity: Identity) -> Backend | None:
         """The live backend with this identity, if the current snapshot has it."""

@@ -148,6 +148,19 @@ class Router:
                     return target
         return None
 
+    def can_serve_elsewhere(
+        self, model: str | None, now: float, exclude: Collection[Backend]
+    ) -> bool:
+        """Whether a backend outside ``exclude`` could serve ``model`` now (fallbacks
+        included), without picking one (a pick moves the balancer's state)."""
+        serving = self._backends if model is None else self._by_model.get(model, self._any)
+        candidates = list(serving)
+        for primary in serving:
+            candidates.extend(self._fallbacks.get(primary, ()))
+        return any(
+            b not in exclude and b.serves(model) and b.available_for(model, now) for b in candidates
+        )
+
     def saturated(self, model: str | None, now: float, reserve: int = 0) -> bool:
         """Whether some backend could serve `model` now but every such backend is full (for a
         request leaving `reserve` slots free): it should wait for a slot rather than fail."""

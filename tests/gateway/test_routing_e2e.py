@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import aiohttp
 
@@ -221,3 +222,74 @@ async def test_probes_carry_the_backends_key_and_follow_its_own_settings() -> No
                 assert set(probes) == {"Bearer upstream-key"}
     finally:
         await runner.cleanup()
+
+
+async def _app_backend(handler: Any) -> tuple[Any, str]:
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post(CHAT, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_a_429_from_the_only_backend_goes_back_at_once_with_retry_after() -> None:
+    """A 429 is not retried on the backend that sent it: with no other backend the client gets
+    it after one attempt, with the backend's Retry-After (the SDK retries; the gateway must not
+    multiply its 3 tries by 3); with another backend the request is served there."""
+    from aiohttp import web
+
+    hits = Counter[str]()
+
+    def limited(name: str) -> Any:
+        async def answer(_request: web.Request) -> web.Response:
+            hits[name] += 1
+            return web.json_response(
+                {"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "7"}
+            )
+
+        return answer
+
+    runner, busy = await _app_backend(limited("busy"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with gateway(make_config([{"url": busy, "name": "busy"}])) as gw:
+                body = {"model": "m", "messages": []}
+                async with session.post(gw.url + CHAT, json=body) as response:
+                    assert response.status == 429
+                    assert response.headers["retry-after"] == "7"
+                    assert response.headers["x-llmproxy-attempts"] == "1"
+                assert hits["busy"] == 1
+            async with mock_backend(name="free") as free:
+                config = make_config([{"url": busy, "name": "busy"}, {"url": free.url}])
+                async with gateway(config) as gw:
+                    for _ in range(4):
+                        assert await _who(session, gw.url, "mock-model") == "free"
+                assert hits["busy"] <= 3  # never twice for one request
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_retry_budget_bounds_retries() -> None:
+    """With a budget of 0 % and no minimum, a failed attempt is not retried: the client gets
+    the answer after one attempt, and x-llmproxy-attempts says so."""
+    async with mock_backend(name="ok") as ok:
+        config = make_config(
+            [{"url": "http://127.0.0.1:1", "name": "dead"}, {"url": ok.url, "name": "ok"}],
+            routing={
+                "load_balance_strategy": "round_robin",
+                "retry": {"budget_percent": 0, "min_retry_concurrency": 0},
+            },
+        )
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+            statuses = []
+            for _ in range(4):
+                body = {"model": "mock-model", "messages": []}
+                async with session.post(gw.url + CHAT, json=body) as response:
+                    statuses.append(response.status)
+                    assert response.headers["x-llmproxy-attempts"] == "1"
+            assert sorted(statuses) == [200, 200, 502, 502]
