@@ -35,6 +35,7 @@ from llmproxy.gateway.request_body import (
     EMPTY_PEEK,
     RequestPeek,
     peek_body,
+    peek_form,
     with_usage_requested,
 )
 from llmproxy.gateway.request_path import under
@@ -214,14 +215,14 @@ class GatewayApp:
     ) -> None:
         endpoint = request.endpoint
         model_required = endpoint in _MODEL_ENDPOINTS
-        is_json = _check_shape(request, model_required)
+        content_type = _check_shape(request, model_required)
         recorder = runtime.recorder  # None unless recording: all it costs when it is off
         arrival = recorder.sample() if recorder is not None and model_required else None
         # The body's bytes count against the process's budget until the request ends.
         reader = BodyReader(runtime.body_budget)
         try:
             body = await reader.read(receive, request.headers, runtime.config.server.max_body_size)
-            peek = peek_body(body, model_required=model_required) if is_json else EMPTY_PEEK
+            peek = _judge(body, content_type, model_required)
             identity = None
             extra_headers: tuple[tuple[str, str], ...] = ()
             if recognised is not None:
@@ -326,9 +327,19 @@ def _decide(
     )
 
 
-def _check_shape(request: CanonicalRequest, model_required: bool) -> bool:
+def _judge(body: bytes, content_type: bytes | None, model_required: bool) -> RequestPeek:
+    """The body's judged fields: JSON (no content type is JSON too), a multipart form's
+    ``model``, or nothing for other bodies (a key limited to some models is then refused)."""
+    if content_type is None or _is_json(content_type):
+        return peek_body(body, model_required=model_required)
+    if content_type.lower().startswith(b"multipart/form-data"):
+        return peek_form(body, content_type)
+    return EMPTY_PEEK
+
+
+def _check_shape(request: CanonicalRequest, model_required: bool) -> bytes | None:
     """Refuse a wrong method, content type or encoding before reading the body, and headers
-    the backend would see otherwise than judged; whether the body is to be judged as JSON."""
+    the backend would see otherwise than judged; the content type."""
     if model_required and request.method != "POST":
         raise GatewayError(405, f"{request.path} accepts POST only", "method_not_allowed")
     content_type: bytes | None = None
@@ -349,8 +360,7 @@ def _check_shape(request: CanonicalRequest, model_required: bool) -> bool:
                     "compressed request bodies are not accepted (content-encoding)",
                     "unsupported_media_type",
                 )
-    is_json = content_type is None or _is_json(content_type)
-    if model_required and not is_json:
+    if model_required and content_type is not None and not _is_json(content_type):
         raise GatewayError(
             415,
             f"content-type must be application/json, got {content_type.decode('latin-1')}"
@@ -358,7 +368,7 @@ def _check_shape(request: CanonicalRequest, model_required: bool) -> bool:
             else "content-type must be application/json",
             "unsupported_media_type",
         )
-    return is_json
+    return content_type
 
 
 async def _admit(

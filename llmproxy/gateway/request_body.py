@@ -21,6 +21,7 @@ skipped unbuilt. An ordinary body costs about 2 µs and is forwarded as its own 
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import msgspec
@@ -239,6 +240,43 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
             400, "you must provide a model parameter", "missing_model", param="model"
         )
     return peek
+
+
+_BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
+_FORM_NAME = re.compile(rb'\bname="([^"]*)"', re.IGNORECASE)
+_FORM_FIELDS = ("model", "stream")
+
+
+def peek_form(body: bytes, content_type: bytes) -> RequestPeek:
+    """The judged fields of a ``multipart/form-data`` body (``/v1/audio/transcriptions``):
+    its ``model`` (and ``stream``), so such requests are routed, allowed and billed by model
+    like JSON ones. A field sent twice is refused, as in JSON; a body whose form cannot be read
+    is refused with 400 (the backend would not read it either)."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        raise GatewayError(400, "a multipart body needs a boundary", "invalid_body")
+    delimiter = b"--" + found.group(1).strip()
+    fields: dict[str, bytes] = {}
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):
+            break  # the closing delimiter
+        head, separator, value = part.partition(b"\r\n\r\n")
+        if not separator:
+            raise GatewayError(400, "a multipart part has no header block", "invalid_body")
+        name = _FORM_NAME.search(head)
+        if name is None:
+            continue
+        field = name.group(1).decode("latin-1")
+        if field in _FORM_FIELDS:
+            if field in fields:
+                raise _twice(field)
+            fields[field] = value.removesuffix(b"\r\n")
+    try:
+        model = fields["model"].decode("utf-8") if "model" in fields else None
+    except UnicodeDecodeError:
+        raise GatewayError(400, "the form's model is not UTF-8", "invalid_body") from None
+    stream = fields.get("stream", b"").strip().lower() in (b"true", b"1")
+    return RequestPeek(model=model or None, stream=stream or None)
 
 
 def _twice(member: str) -> GatewayError:

@@ -293,3 +293,41 @@ async def test_the_retry_budget_bounds_retries() -> None:
                     statuses.append(response.status)
                     assert response.headers["x-llmproxy-attempts"] == "1"
             assert sorted(statuses) == [200, 200, 502, 502]
+
+
+async def test_a_multipart_request_is_routed_and_judged_by_its_model() -> None:
+    """A transcription (multipart form) goes to the backend serving its `model` field, and a
+    key limited to other models is refused; a form with `model` twice is refused."""
+    async with (
+        mock_backend(name="whisper", models=("whisper-1",)) as whisper,
+        mock_backend(name="llm", models=("llm",)) as llm,
+    ):
+        keys = [{"key": "sk-audio", "models": ["whisper-1"]}, {"key": "sk-text", "models": ["llm"]}]
+        config = make_config(
+            [
+                {"url": whisper.url, "name": "whisper", "models": ["whisper-1"]},
+                {"url": llm.url, "name": "llm", "models": ["llm"]},
+            ],
+            auth={"enabled": True, "pipeline": [{"name": "k", "type": "static", "keys": keys}]},
+        )
+        async with gateway(config) as gw, aiohttp.ClientSession() as session:
+
+            async def send(key: str, *fields: tuple[str, str]) -> aiohttp.ClientResponse:
+                form = aiohttp.FormData()
+                for name, value in fields:
+                    form.add_field(name, value)
+                form.add_field("file", b"RIFF....", filename="a.wav", content_type="audio/wav")
+                async with session.post(
+                    gw.url + "/v1/audio/transcriptions",
+                    data=form,
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as response:
+                    await response.read()
+                    return response
+
+            routed = await send("sk-audio", ("model", "whisper-1"))
+            assert routed.headers["x-mock-backend"] == "whisper"
+            refused = await send("sk-text", ("model", "whisper-1"))
+            assert refused.status == 403
+            twice = await send("sk-audio", ("model", "whisper-1"), ("model", "llm"))
+            assert twice.status == 400
