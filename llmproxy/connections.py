@@ -34,7 +34,8 @@ from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnecti
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from llmproxy.auth.providers._dsn import (
+from llmproxy.config.model import RedisConnection
+from llmproxy.dsn import (
     REDIS_DEFAULT_PORT,
     MySQLTarget,
     parse_mysql_dsn,
@@ -42,7 +43,6 @@ from llmproxy.auth.providers._dsn import (
     scrub_dsn,
     split_host_port,
 )
-from llmproxy.config.model import RedisConnection
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,10 @@ the provider's name), never sending it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+"""Header name/value pairs as the ASGI server and the HTTP client give them (names lowercase)."""
 
 # RFC 9110 §5.6.2 token: the characters a field name may have.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

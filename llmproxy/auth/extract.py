@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmproxy.gateway.headers import RawHeaders
+from llmproxy.http_fields import RawHeaders
 
 
 def header_order(header_names: Sequence[str]) -> tuple[bytes, ...]:

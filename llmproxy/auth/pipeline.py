@@ -12,7 +12,7 @@ never an allow. Lookups are cached per provider (:class:`LookupCache`); the deci
 status, expiry, quota, IP and model allowlists, then Lua — is made on every request, because it
 depends on the request (client address, model, headers) and on the clock.
 
-Every refusal is a :class:`GatewayError` carrying the OpenAI-style status and code, so the official
+Every refusal is an :class:`AuthRefused` carrying the OpenAI-style status and code, so the official
 clients raise ``AuthenticationError`` (401), ``PermissionDeniedError`` (403) or ``RateLimitError``
 (429, quota). Nothing here logs or returns the secret key.
 """
@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from llmproxy.apikey import PresentedKey, has_valid_checksum, is_llmproxy_key
 from llmproxy.auth.cache import LookupCache
 from llmproxy.auth.keydata import (
     KeyInfo,
@@ -34,11 +35,10 @@ from llmproxy.auth.keydata import (
     key_info,
     model_allowed,
 )
-from llmproxy.auth.keys import PresentedKey, has_valid_checksum, is_llmproxy_key
 from llmproxy.auth.lua import LuaError, LuaScript
 from llmproxy.auth.providers.base import KeyData, KeyProvider, ProviderError
+from llmproxy.auth.refusal import AuthRefused
 from llmproxy.config.model import AuthCacheConfig, AuthConfig, StatusCodeConfig
-from llmproxy.gateway.errors import GatewayError
 
 log = logging.getLogger("llmproxy.auth")
 
@@ -162,14 +162,14 @@ class AuthPipeline:
                 stage.cache.invalidate(sha256)
 
     async def authenticate(self, key: PresentedKey, request: AuthRequest) -> Identity:
-        """Both steps at once: the identity of an allowed request, or a :class:`GatewayError`."""
+        """Both steps at once: the identity of an allowed request, or a :class:`AuthRefused`."""
         return self.decide(await self.recognise(key, request.ip), request)
 
     async def recognise(self, key: PresentedKey, ip: str | None) -> Recognised:
         """Find the key (cached lookups) and check what does not depend on the request body:
-        its state and IP allowlist. Raises :class:`GatewayError` when the key may not pass."""
+        its state and IP allowlist. Raises :class:`AuthRefused` when the key may not pass."""
         if is_llmproxy_key(key.secret) and not has_valid_checksum(key.secret):
-            raise GatewayError(
+            raise AuthRefused(
                 401, "invalid API key: its checksum does not match", "invalid_api_key"
             )
         now = time.time()
@@ -193,7 +193,7 @@ class AuthPipeline:
 
     def decide(self, recognised: Recognised, request: AuthRequest) -> Identity:
         """Finish the judgement once the body is known: model allowlist, then each deciding
-        stage's Lua script, in order. Raises :class:`GatewayError` when refused."""
+        stage's Lua script, in order. Raises :class:`AuthRefused` when refused."""
         now = time.time()
         metadata: dict[str, object] = {}
         identity: Identity | None = None
@@ -218,7 +218,7 @@ class AuthPipeline:
             log.warning("auth provider %s failed for key %s: %s", provider.name, key.prefix, exc)
             if stage.skip_on_error:
                 raise _Skipped from None
-            raise GatewayError(
+            raise AuthRefused(
                 503,
                 f"authentication is unavailable: provider {provider.name} did not answer",
                 "auth_unavailable",
@@ -238,14 +238,14 @@ class AuthPipeline:
     ) -> Identity:
         info = known.info
         if not model_allowed(info, request.model):
-            raise GatewayError(
+            raise AuthRefused(
                 403,
                 f"this API key may not use the model `{request.model}`",
                 "model_not_allowed",
                 param="model",
             )
         if request.proxied and request.model is None and info.models is not None:
-            raise GatewayError(
+            raise AuthRefused(
                 403,
                 "this API key may only use the models it is allowed: name one in the `model` "
                 "member of a JSON body",
@@ -264,13 +264,13 @@ class AuthPipeline:
                 )
             except LuaError as exc:
                 log.error("auth script %s failed: %s", stage.script.name, exc)
-                raise GatewayError(
+                raise AuthRefused(
                     500, "the authentication script failed", "auth_script_error"
                 ) from None
             metadata.update(decision.metadata)
             if not decision.allow:
                 status = decision.status or 403
-                raise GatewayError(
+                raise AuthRefused(
                     status,
                     decision.message or "access denied",
                     "insufficient_quota" if status == 429 else "access_denied",
@@ -293,13 +293,13 @@ class AuthPipeline:
             if not rule.allow:
                 raise self._refusal(state)
         if not ip_allowed(info, ip):
-            raise GatewayError(
+            raise AuthRefused(
                 403, "this API key may not be used from this address", "ip_not_allowed"
             )
 
-    def _refusal(self, state: KeyState | str) -> GatewayError:
+    def _refusal(self, state: KeyState | str) -> AuthRefused:
         rule: StatusCodeConfig = getattr(self._status_codes, state)
-        return GatewayError(
+        return AuthRefused(
             rule.http_code, rule.message or "access denied", _CODES.get(state, "access_denied")
         )
 

@@ -38,8 +38,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from llmproxy.config.model import ServerConfig
+from llmproxy.errors import error_body
 from llmproxy.gateway.canonical import ABORT
-from llmproxy.gateway.errors import error_body
 
 log = logging.getLogger("llmproxy.listener")
 

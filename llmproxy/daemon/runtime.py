@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from prometheus_client import CollectorRegistry
@@ -27,6 +27,7 @@ from llmproxy.connections import ConnectionPools
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.body_read import BodyBudget
 from llmproxy.gateway.client_address import ProxyTrust
+from llmproxy.gateway.snapshot import Snapshot
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.metrics import GatewayMetrics
@@ -351,8 +352,9 @@ class RuntimeState:
         runtime.in_flight += 1
         return runtime
 
-    def release(self, runtime: Runtime) -> None:
-        """A request that held ``runtime`` finished; a retired snapshot closes with its last."""
+    def release(self, snapshot: Snapshot) -> None:
+        """A request that held ``snapshot`` finished; a retired snapshot closes with its last."""
+        runtime = cast(Runtime, snapshot)  # the request path holds what acquire() gave it
         runtime.in_flight -= 1
         if runtime.in_flight == 0 and runtime in self._retired:
             self._retired.discard(runtime)

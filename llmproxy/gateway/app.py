@@ -20,14 +20,13 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from llmproxy.auth.pipeline import Identity, Recognised
+from llmproxy.errors import GatewayError
 from llmproxy.gateway import auth_step, cors, limits_step
 from llmproxy.gateway.asgi import Message, Receive, Scope, Send
 from llmproxy.gateway.body_read import BodyReader, ClientGone
 from llmproxy.gateway.canonical import CanonicalRequest, canonical_request
-from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.headers import find_header
 from llmproxy.gateway.models import list_models, retrieve_model
 from llmproxy.gateway.proxy import HELD_END, ProxyRequest, forward
@@ -40,14 +39,13 @@ from llmproxy.gateway.request_body import (
 )
 from llmproxy.gateway.request_path import under
 from llmproxy.gateway.responses import send_bytes, send_error
+from llmproxy.gateway.snapshot import Snapshot as Runtime
+from llmproxy.gateway.snapshot import Snapshots as RuntimeState
 from llmproxy.metrics import mean_inter_token
 from llmproxy.record.capture import Captured
 from llmproxy.record.format import Outcome
 from llmproxy.usage import Usage, estimate_prompt_tokens
 from llmproxy.usage.record import UsageRecord
-
-if TYPE_CHECKING:
-    from llmproxy.daemon.runtime import Runtime, RuntimeState
 
 log = logging.getLogger("llmproxy.gateway")
 

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.extract import extract_key
-from llmproxy.auth.keys import PresentedKey
 from llmproxy.auth.pipeline import AuthRequest, Identity, Recognised
-from llmproxy.gateway.errors import GatewayError
-from llmproxy.gateway.headers import RawHeaders
+from llmproxy.auth.refusal import AuthRefused
+from llmproxy.errors import GatewayError
 from llmproxy.gateway.request_path import under
-from llmproxy.http_fields import header_value_problem
-
-if TYPE_CHECKING:
-    from llmproxy.daemon.runtime import Runtime
+from llmproxy.gateway.snapshot import Snapshot as Runtime
+from llmproxy.http_fields import RawHeaders, header_value_problem
 
 log = logging.getLogger("llmproxy.auth")
 
@@ -50,9 +47,8 @@ async def recognise(runtime: Runtime, key: PresentedKey, client_ip: str | None) 
     assert pipeline is not None
     try:
         return await pipeline.recognise(key, client_ip)
-    except GatewayError as error:
-        runtime.metrics.auth_decision("none", "error" if error.status >= 500 else "denied")
-        raise
+    except AuthRefused as refused:
+        raise _refusal(runtime, refused) from None
 
 
 def decide(
@@ -81,11 +77,22 @@ def decide(
     )
     try:
         identity = pipeline.decide(recognised, request)
-    except GatewayError as error:
-        runtime.metrics.auth_decision("none", "error" if error.status >= 500 else "denied")
-        raise
+    except AuthRefused as refused:
+        raise _refusal(runtime, refused) from None
     runtime.metrics.auth_decision(identity.provider, "allowed")
     return identity
+
+
+def _refusal(runtime: Runtime, refused: AuthRefused) -> GatewayError:
+    """Auth's refusal as the answer the client gets (and counted)."""
+    runtime.metrics.auth_decision("none", "error" if refused.status >= 500 else "denied")
+    return GatewayError(
+        refused.status,
+        refused.message,
+        refused.code,
+        param=refused.param,
+        headers=refused.headers,
+    )
 
 
 def metadata_headers(forward: Mapping[str, str], identity: Identity) -> tuple[tuple[str, str], ...]:

@@ -11,9 +11,10 @@ recognised (or that need none) get this far; the time a body may take is the lis
 
 from __future__ import annotations
 
+from llmproxy.errors import GatewayError
 from llmproxy.gateway.asgi import Receive
-from llmproxy.gateway.errors import GatewayError
-from llmproxy.gateway.headers import RawHeaders, find_header
+from llmproxy.gateway.headers import find_header
+from llmproxy.http_fields import RawHeaders
 
 
 class ClientGone(Exception):

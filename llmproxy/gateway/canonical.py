@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 import msgspec
 
+from llmproxy.errors import GatewayError
 from llmproxy.gateway.asgi import Scope
 from llmproxy.gateway.client_address import ClientAddress, ProxyTrust
-from llmproxy.gateway.errors import GatewayError
-from llmproxy.gateway.headers import RawHeaders
 from llmproxy.gateway.request_path import PathRefused, canonical_path
+from llmproxy.http_fields import RawHeaders
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 

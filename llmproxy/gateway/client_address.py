@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from llmproxy.gateway.headers import RawHeaders
+from llmproxy.http_fields import RawHeaders
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

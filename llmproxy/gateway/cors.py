@@ -6,8 +6,8 @@ Only requests that carry an ``Origin`` pay for this, and only when ``server.cors
 from __future__ import annotations
 
 from llmproxy.config.model import CORSConfig
+from llmproxy.errors import GatewayError
 from llmproxy.gateway.asgi import Message, Send
-from llmproxy.gateway.errors import GatewayError
 from llmproxy.gateway.responses import send_error
 
 

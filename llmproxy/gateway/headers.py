@@ -11,9 +11,8 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 
-from llmproxy.gateway.errors import GatewayError
-
-RawHeaders = Sequence[tuple[bytes, bytes]]
+from llmproxy.errors import GatewayError
+from llmproxy.http_fields import RawHeaders
 
 HOP_BY_HOP = frozenset(
     {

@@ -17,15 +17,12 @@ import logging
 import math
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from llmproxy.auth.keydata import KeyLimits
 from llmproxy.config.model import PerKeyRateSpec
-from llmproxy.gateway.errors import GatewayError
+from llmproxy.errors import GatewayError
+from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.limits import Admission, KeyPolicy, LimitStore, LimitsUnavailable, Rate, rate_of
-
-if TYPE_CHECKING:
-    from llmproxy.daemon.runtime import Runtime
 
 log = logging.getLogger("llmproxy.limits")
 

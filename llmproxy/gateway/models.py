@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
 
-if TYPE_CHECKING:
-    from llmproxy.daemon.runtime import Runtime
+from llmproxy.gateway.snapshot import Snapshot as Runtime
 
 log = logging.getLogger("llmproxy.gateway")
 

@@ -25,30 +25,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import aiohttp
 from yarl import URL
 
 from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PassiveHealthConfig
+from llmproxy.errors import GatewayError, sse_error_event
 from llmproxy.gateway.asgi import Send
 from llmproxy.gateway.canonical import CanonicalRequest
-from llmproxy.gateway.errors import GatewayError, sse_error_event
 from llmproxy.gateway.headers import (
     client_response_headers,
     unsendable_header,
     upstream_request_headers,
 )
 from llmproxy.gateway.request_body import RequestPeek, with_priority, without_priority
+from llmproxy.gateway.snapshot import Snapshot as Runtime
+from llmproxy.routing import Backend
 from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.prefix import prompt_prefix
 from llmproxy.usage import ResponseUsage, StreamUsage, Usage, usage_from_body
-
-if TYPE_CHECKING:
-    from llmproxy.daemon.runtime import Runtime
-    from llmproxy.routing import Backend
 
 log = logging.getLogger("llmproxy.gateway")
 

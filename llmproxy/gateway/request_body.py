@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from llmproxy.gateway.errors import GatewayError
+from llmproxy.errors import GatewayError
 
 MAX_DEPTH = 64
 """Deepest nesting of objects and arrays accepted in a request body."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from llmproxy.errors import GatewayError
 from llmproxy.gateway.asgi import Send
-from llmproxy.gateway.errors import GatewayError
 
 JSON = b"application/json"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Final, Self
 
-from llmproxy.auth.keys import (
+from llmproxy.apikey import (
     display_prefix,
     generate_key,
     has_valid_checksum,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmproxy.auth.keys import (
+from llmproxy.apikey import (
     KEY_LENGTH,
     PresentedKey,
     display_prefix,

@@ -10,7 +10,7 @@ from decimal import Decimal
 import lupa.lua54
 import pytest
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.lua import (
     LuaCompileError,
     LuaDecision,

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from llmproxy.auth.keys import has_valid_checksum
+from llmproxy.apikey import has_valid_checksum
 from tests.e2e.daemon import LLMPROXY, free_port, running
 
 

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from llmproxy.auth.keys import generate_key, key_sha256
+from llmproxy.apikey import generate_key, key_sha256
 from llmproxy.keystore import KeyStore
 from tests.harness import gateway, make_config, mock_backend
 

@@ -156,7 +156,7 @@ async def test_streams_settle_to_what_was_streamed_and_release_slots() -> None:
 
 
 def _digest(key: str) -> str:
-    from llmproxy.auth.keys import key_sha256
+    from llmproxy.apikey import key_sha256
 
     return key_sha256(key)[:12]
 

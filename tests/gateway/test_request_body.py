@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmproxy.gateway.errors import GatewayError
+from llmproxy.errors import GatewayError
 from llmproxy.gateway.request_body import (
     MAX_DEPTH,
     RequestPeek,

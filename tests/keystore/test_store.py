@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmproxy.auth.keys import display_prefix, has_valid_checksum, key_sha256
+from llmproxy.apikey import display_prefix, has_valid_checksum, key_sha256
 from llmproxy.keystore import (
     SCHEMA_VERSION,
     KeyNotFound,

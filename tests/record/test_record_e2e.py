@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from llmproxy.auth.keys import key_sha256
+from llmproxy.apikey import key_sha256
 from llmproxy.config.loader import load_config
 from llmproxy.config.model import Config
 from llmproxy.daemon.reload import Reloader

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 
 
 def without_secret(data: Mapping[str, object], key: PresentedKey) -> dict[str, object]:

@@ -7,7 +7,7 @@ malformed reply). Deciding what the data means (status, expiry, quota, Lua) is t
 not the provider's.
 
 Providers never log or return the secret key; they receive a
-:class:`~llmproxy.auth.keys.PresentedKey` and use ``secret`` only to query their store, or
+:class:`~llmproxy.apikey.PresentedKey` and use ``secret`` only to query their store, or
 ``sha256`` when the store keeps hashes.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 
 KeyData = Mapping[str, object]
 """What a provider knows about one key: a flat mapping of JSON-like values."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from llmproxy.auth.keys import PresentedKey, digests_equal
+from llmproxy.apikey import PresentedKey, digests_equal
 from llmproxy.auth.providers.base import KeyData, ProviderError
 from llmproxy.keystore import KeyStore, KeyStoreError
 

@@ -1,6 +1,6 @@
 """The ``database`` provider: a key's data in a row of a SQL table.
 
-Drivers and the DSNs they take (see :mod:`llmproxy.auth.providers._dsn` for every form):
+Drivers and the DSNs they take (see :mod:`llmproxy.dsn` for every form):
 
 - ``postgres`` / ``postgresql`` (asyncpg): ``postgres://user:pass@host:5432/db``;
 - ``mysql`` / ``mariadb`` (aiomysql): ``mysql://user:pass@host:3306/db`` or the seed's Go form
@@ -34,18 +34,18 @@ from urllib.parse import unquote, urlsplit
 import aiomysql
 import asyncpg
 
-from llmproxy.auth.keys import PresentedKey
-from llmproxy.auth.providers._dsn import (
-    parse_mysql_dsn,
-    postgres_dsn,
-    sqlite_path,
-    sqlite_readonly_uri,
-)
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers._redact import scrub, without_secret
 from llmproxy.auth.providers._sql import Dialect, KeyQuery, custom_query, json_like, table_query
 from llmproxy.auth.providers.base import KeyData, ProviderError
 from llmproxy.config.model import DatabaseConnection
 from llmproxy.connections import ConnectionPools, PoolError
+from llmproxy.dsn import (
+    parse_mysql_dsn,
+    postgres_dsn,
+    sqlite_path,
+    sqlite_readonly_uri,
+)
 
 _DIALECTS: dict[str, Dialect] = {
     "postgres": "postgres",

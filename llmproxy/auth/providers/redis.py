@@ -26,7 +26,7 @@ import msgspec
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers._redact import scrub, without_secret
 from llmproxy.auth.providers.base import KeyData, ProviderError
 from llmproxy.config.model import RedisConnection

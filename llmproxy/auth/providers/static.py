@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from llmproxy.auth.keys import PresentedKey, digests_equal, display_prefix, key_sha256
+from llmproxy.apikey import PresentedKey, digests_equal, display_prefix, key_sha256
 from llmproxy.auth.providers.base import KeyData
 from llmproxy.config.model import StaticKey
 

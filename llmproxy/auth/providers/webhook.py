@@ -31,7 +31,7 @@ import aiohttp
 import msgspec
 
 from llmproxy import __version__
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers._redact import scrub, without_secret
 from llmproxy.auth.providers.base import KeyData, ProviderError
 from llmproxy.config.model import WebhookConnection

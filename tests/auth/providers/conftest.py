@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.connections import ConnectionPools
 
 POSTGRES_DSN = "postgres://postgres@127.0.0.1:5432/test"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmproxy.auth.keys import PresentedKey, key_sha256
+from llmproxy.apikey import PresentedKey, key_sha256
 from llmproxy.auth.providers.base import KeyData, KeyProvider, ProviderError
 from llmproxy.auth.providers.builtin import BuiltinProvider
 from llmproxy.keystore import KeyStore

@@ -14,7 +14,7 @@ import aiomysql
 import asyncpg
 import pytest
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers.base import ProviderError
 from llmproxy.auth.providers.database import DatabaseProvider
 from llmproxy.config.model import DatabaseConnection

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmproxy.auth.providers._dsn import (
+from llmproxy.dsn import (
     MySQLTarget,
     parse_mysql_dsn,
     postgres_dsn,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers.base import KeyProvider, ProviderError
 from llmproxy.auth.providers.database import DatabaseProvider
 from llmproxy.auth.providers.redis import RedisProvider

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers._redact import scrub, without_secret
 
 SECRET = "sk-llmp-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers.base import ProviderError
 from llmproxy.auth.providers.redis import RedisProvider
 from llmproxy.config.model import RedisConnection

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from llmproxy.auth.keys import PresentedKey
+from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers.base import ProviderError
 from llmproxy.auth.providers.webhook import MAX_REPLY_BYTES, WebhookProvider
 from llmproxy.config.model import WebhookConnection

@@ -1,0 +1,78 @@
+"""What the request path reads of a config snapshot, and of the process that owns them.
+
+The daemon builds the snapshot (:class:`llmproxy.daemon.runtime.Runtime`) and swaps it on a
+reload; the request path only reads it. Stating what it reads as protocols keeps the
+dependency pointing one way — the daemon knows the gateway, the gateway does not know the
+daemon — and lists, in one place, everything a request can depend on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from llmproxy.auth.pipeline import AuthPipeline
+from llmproxy.config.model import Config
+from llmproxy.gateway.access_log import AccessLog
+from llmproxy.gateway.body_read import BodyBudget
+from llmproxy.gateway.client_address import ProxyTrust
+from llmproxy.gateway.upstream import UpstreamClient
+from llmproxy.limits import LimitStore, Rate
+from llmproxy.metrics import GatewayMetrics
+from llmproxy.record.recorder import Recorder
+from llmproxy.routing import Backend, RetryPolicy, Router
+from llmproxy.routing.admission import AdmissionQueue
+from llmproxy.routing.fleet import BackendFleet
+from llmproxy.usage.sink import UsageSink
+
+
+class Snapshot(Protocol):
+    """One config turned into live objects, held by a request from its start to its end."""
+
+    config: Config
+    metrics: GatewayMetrics
+    usage: UsageSink | None
+    access_log: AccessLog | None
+    recorder: Recorder | None
+    router: Router
+    fleet: BackendFleet
+    admission: AdmissionQueue
+    clients: dict[str, UpstreamClient]
+    retry_policy: RetryPolicy
+    rng: random.Random
+    prefix_chars: int
+    auth: AuthPipeline | None
+    auth_header_names: tuple[bytes, ...]
+    auth_skip_paths: tuple[str, ...]
+    secret_headers: frozenset[bytes]
+    limits: LimitStore | None
+    global_rate: Rate | None
+    counts_tokens: bool
+    body_budget: BodyBudget
+    proxy_trust: ProxyTrust
+    proxy_paths: tuple[str, ...]
+    proxy_path_set: frozenset[str]
+    model_list_cache: tuple[float, tuple[str, ...]] | None
+
+    def count_fallback(self, primary: Backend) -> None:
+        """A fallback target serves a request in ``primary``'s stead."""
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the request path (its end is waited for on close)."""
+
+
+class Snapshots(Protocol):
+    """The process's current snapshot, taken per request."""
+
+    def acquire(self) -> Snapshot:
+        """The snapshot a new request uses to its end; pair with :meth:`release`."""
+
+    def release(self, snapshot: Snapshot) -> None:
+        """A request that held ``snapshot`` finished."""
+
+    async def open(self) -> None:
+        """Start what the process runs (at the server's startup)."""
+
+    async def close(self) -> None:
+        """Stop it (at the server's shutdown)."""
