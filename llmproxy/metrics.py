@@ -42,6 +42,7 @@ from prometheus_client import (
     values,
 )
 
+from llmproxy.finish import Finished
 from llmproxy.private_files import private_directory
 
 __all__ = [
@@ -319,6 +320,30 @@ class GatewayMetrics:
         return NO_MODEL if not model else OTHER
 
     # -- request path ------------------------------------------------------------------------
+
+    def finished(self, done: Finished) -> None:
+        """The metrics sink: count one ended request (see :mod:`llmproxy.finish`)."""
+        model = done.model
+        if model and done.served:
+            # A model a backend actually served may become a label value (within bounds: a
+            # backend that serves any name must not let clients mint series); one a client
+            # merely named stays "other".
+            self.learn_model(model)
+        completion = done.completion_tokens
+        self.request_finished(
+            done.backend,
+            model,
+            done.endpoint,
+            done.status,
+            done.duration,
+            done.ttft,
+            done.prompt_tokens,
+            completion,
+        )
+        if done.ttft is not None:
+            gap = mean_inter_token(done.duration, done.ttft, completion)
+            if gap is not None:
+                self.inter_token(done.backend, model, gap)
 
     def request_finished(
         self,

@@ -24,6 +24,7 @@ from llmproxy.auth.lua import LuaError, LuaSandbox
 from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import BackendConfig, Config, HealthCheckConfig
 from llmproxy.connections import ConnectionPools
+from llmproxy.finish import Sink
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.body_read import BodyBudget
 from llmproxy.gateway.client_address import ProxyTrust
@@ -31,11 +32,13 @@ from llmproxy.gateway.snapshot import Snapshot
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.metrics import GatewayMetrics
+from llmproxy.record.finish import recording_sink
 from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
 from llmproxy.routing.fleet import BackendFleet, BackendSettings
 from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
+from llmproxy.usage.finish import usage_sink
 from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
@@ -156,6 +159,9 @@ class Runtime:
         """The process's usage sink (records, outbox, webhook delivery), when there is one."""
         self.access_log: AccessLog | None = None
         """The process's access log, when ``logging.access_log`` is on."""
+        self.finish_sinks: tuple[Sink, ...] = ()
+        """Metrics, access log, recorder, usage: what reads each ended request (composed by
+        :class:`RuntimeState`, see :func:`finish_sinks`)."""
         self.recorder: Recorder | None = None
         """The process's traffic recorder while ``record.enabled`` (None: one check per request
         is all recording costs when it is off)."""
@@ -303,6 +309,25 @@ def probe_for(
     )
 
 
+def finish_sinks(
+    metrics: GatewayMetrics | None,
+    access_log: AccessLog | None,
+    recording: Sink | None,
+    usage: Sink | None,
+) -> tuple[Sink, ...]:
+    """The finish sinks, in order: a new one is a module of its package and a line here."""
+    sinks: list[Sink] = []
+    if metrics is not None:
+        sinks.append(metrics.finished)
+    if access_log is not None:
+        sinks.append(access_log.finished)
+    if recording is not None:
+        sinks.append(recording)
+    if usage is not None:
+        sinks.append(usage)
+    return tuple(sinks)
+
+
 def runtime_problem(config: Config, base_dir: Path) -> str | None:
     """Why ``config`` cannot become a runtime (a Lua syntax error, an unreadable script, a provider
     refusing its settings), or None. Builds a snapshot without connecting anything.
@@ -338,6 +363,8 @@ class RuntimeState:
         self.usage = usage
         self.access_log = access_log
         self.recorder = recorder or Recorder(self.metrics)
+        self._recording = recording_sink(self.recorder)
+        self._usage_sink = usage_sink(usage) if usage is not None else None
         if usage is not None:
             self.metrics.watch_usage(usage)
         self._adopt(runtime)
@@ -370,6 +397,12 @@ class RuntimeState:
         record = runtime.config.record
         self.recorder.configure(record, runtime.base_dir)
         runtime.recorder = self.recorder if record.enabled else None
+        runtime.finish_sinks = finish_sinks(
+            self.metrics if runtime.config.metrics.enabled else None,
+            self.access_log,
+            self._recording if record.enabled else None,
+            self._usage_sink,
+        )
         runtime.counts_tokens = (
             self.usage is not None or runtime.config.metrics.enabled or runtime.limits_enabled
         )

@@ -19,6 +19,8 @@ from typing import IO, Any, Literal
 
 import msgspec
 
+from llmproxy.finish import Finished
+
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -60,6 +62,29 @@ class AccessLog:
     def stop(self) -> None:
         """Write what is queued, then stop the thread."""
         self._listener.stop()
+
+    def finished(self, done: Finished) -> None:
+        """The access-log sink: one line per ended request (see :mod:`llmproxy.finish`)."""
+        self.write(
+            {
+                "time": time.time(),
+                "request_id": done.request_id,
+                "client_ip": done.client_ip,
+                "method": done.method,
+                "path": done.endpoint,
+                "key_name": done.key_name,
+                "key_prefix": done.key_prefix,
+                "model": done.model,
+                "backend": done.backend,
+                "status": done.status,
+                "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.completion_tokens,
+                "ttft_ms": done.ttft * 1000 if done.ttft is not None else None,
+                "duration_ms": done.duration * 1000,
+                "bytes": done.bytes_sent,
+                "cancelled": done.cancelled,
+            }
+        )
 
     def write(self, entry: dict[str, Any]) -> None:
         """Queue one request's line (cheap: no formatting here)."""

@@ -18,8 +18,6 @@ import itertools
 import logging
 import os
 import re
-import time
-from collections.abc import Mapping
 
 from llmproxy.auth.pipeline import Identity, Recognised
 from llmproxy.errors import GatewayError
@@ -27,9 +25,10 @@ from llmproxy.gateway import auth_step, cors, limits_step
 from llmproxy.gateway.asgi import Message, Receive, Scope, Send
 from llmproxy.gateway.body_read import BodyReader, ClientGone
 from llmproxy.gateway.canonical import CanonicalRequest, canonical_request
+from llmproxy.gateway.exchange import Exchange
 from llmproxy.gateway.headers import find_header
 from llmproxy.gateway.models import list_models, retrieve_model
-from llmproxy.gateway.proxy import HELD_END, ProxyRequest, forward
+from llmproxy.gateway.proxy import HELD_END, forward
 from llmproxy.gateway.request_body import (
     EMPTY_PEEK,
     RequestPeek,
@@ -41,11 +40,7 @@ from llmproxy.gateway.request_path import under
 from llmproxy.gateway.responses import send_bytes, send_error
 from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.gateway.snapshot import Snapshots as RuntimeState
-from llmproxy.metrics import mean_inter_token
-from llmproxy.record.capture import Captured
-from llmproxy.record.format import Outcome
-from llmproxy.usage import Usage, estimate_prompt_tokens
-from llmproxy.usage.record import UsageRecord
+from llmproxy.usage import estimate_prompt_tokens
 
 log = logging.getLogger("llmproxy.gateway")
 
@@ -250,57 +245,69 @@ class GatewayApp:
     ) -> None:
         """The judged request: admitted against the key's limits, forwarded, accounted."""
         model_required = request.endpoint in _MODEL_ENDPOINTS
-        # Recorded as judged (the client's bytes), before the gateway's own edits.
-        judged = body if arrival is not None else None
-        strip_usage = False
-        if peek.streaming and model_required and runtime.counts_tokens and not peek.include_usage:
-            # Usage is needed to settle budgets and to bill: ask the backend for it, and hide
-            # the usage event from a client that did not ask for it.
-            body = with_usage_requested(body, peek)
-            strip_usage = True
-        prompt_estimate = (
-            estimate_prompt_tokens(body, runtime.config.rate_limit.chars_per_token)
-            if model_required
-            else 0
-        )
-        settlement = (
-            await _admit(runtime, identity, peek, prompt_estimate) if identity is not None else None
-        )
-        proxy_request = ProxyRequest(
+        exchange = Exchange(
             canonical=request,
             body=body,
             peek=peek,
             identity=identity,
             extra_headers=extra_headers,
-            response_headers=settlement.headers if settlement is not None else (),
-            strip_usage=strip_usage,
+            arrival=arrival,
+            # Recorded as judged (the client's bytes), before the gateway's own edits.
+            judged_body=body if arrival is not None else None,
         )
-        watch = _DisconnectWatch(receive, proxy_request)
-        started = asyncio.get_running_loop().time()
+        if peek.streaming and model_required and runtime.counts_tokens and not peek.include_usage:
+            # Usage is needed to settle budgets and to bill: ask the backend for it, and hide
+            # the usage event from a client that did not ask for it.
+            exchange.body = with_usage_requested(body, peek)
+            exchange.strip_usage = True
+        if model_required:
+            exchange.prompt_estimate = estimate_prompt_tokens(
+                exchange.body, runtime.config.rate_limit.chars_per_token
+            )
+        if identity is not None:
+            settlement = await _admit(runtime, identity, peek, exchange.prompt_estimate)
+            if settlement is not None:
+                exchange.settlement = settlement
+                exchange.response_headers = settlement.headers
+        watch = _DisconnectWatch(receive, exchange)
+        loop = asyncio.get_running_loop()
+        exchange.started = loop.time()
         usage = runtime.usage
         held = None
         if usage is not None and usage.durable:
             held = _HeldEnd(send)
-            proxy_request.hold_last = True
+            exchange.hold_last = True
         try:
-            await forward(runtime, proxy_request, held or send)
+            await forward(runtime, exchange, held or send)
         except asyncio.CancelledError:
             # Cut before its end: by the client leaving, or by a forced shutdown (re-raised).
-            proxy_request.cancelled = True
+            exchange.cancelled = True
             if not watch.fired:
                 raise
             log.debug("client left; upstream request %s closed", request.request_id)
         except GatewayError as error:
-            proxy_request.status = error.status
+            exchange.status = error.status
             raise
         finally:
             watch.stop()
-            used = proxy_request.used_usage(prompt_estimate)
-            if settlement is not None:
-                settlement.settle(runtime, used.total_tokens if used is not None else 0)
-            written = _account(runtime, proxy_request, started, used, arrival, judged)
+            written = _finish(runtime, exchange, loop.time())
         if held is not None and held.messages:
             await held.release(written)
+
+
+def _finish(runtime: Runtime, exchange: Exchange, now: float) -> asyncio.Future[None] | None:
+    """The finish phase, whatever the outcome: settle the limits to what was used, then hand
+    the ended request to each finish sink. The future is the durable usage record's."""
+    used = exchange.used_usage()
+    if exchange.settlement is not None:
+        exchange.settlement.settle(runtime, used.total_tokens if used is not None else 0)
+    finished = exchange.finished(now, used)
+    written = None
+    for sink in runtime.finish_sinks:
+        result = sink(finished)
+        if result is not None:
+            written = result
+    return written
 
 
 def _decide(
@@ -384,121 +391,6 @@ async def _admit(
     return await limits_step.admit(runtime, identity.key_id, policy, reserve)
 
 
-def _account(
-    runtime: Runtime,
-    request: ProxyRequest,
-    started: float,
-    used: Usage | None,
-    arrival: float | None = None,
-    original: bytes | None = None,
-) -> asyncio.Future[None] | None:
-    """Metrics, access log, usage record and (when sampled: ``arrival`` is set) the recording
-    line of one proxied request, whatever its outcome.
-
-    Under ``usage.acknowledge: durable``, the future that is done once the record is written.
-    """
-    canonical = request.canonical
-    path = canonical.endpoint
-    duration = asyncio.get_running_loop().time() - started
-    ttft = request.first_token_at - started if request.first_token_at is not None else None
-    status = request.status or 499  # nothing sent: the client left first (nginx's convention)
-    prompt = used.prompt_tokens if used is not None else 0
-    completion = used.completion_tokens if used is not None else 0
-    model = request.peek.model or ""
-    if runtime.config.metrics.enabled:
-        metrics = runtime.metrics
-        if model and 0 < request.status < 300:
-            # A model a backend actually served may become a label value (within bounds: a
-            # backend that serves any name must not let clients mint series); one a client
-            # merely named stays "other".
-            metrics.learn_model(model)
-        metrics.request_finished(
-            request.backend, model, path, status, duration, ttft, prompt, completion
-        )
-        if ttft is not None:
-            gap = mean_inter_token(duration, ttft, completion)
-            if gap is not None:
-                metrics.inter_token(request.backend, model, gap)
-    ttft_ms = ttft * 1000 if ttft is not None else None
-    identity = request.identity
-    if runtime.access_log is not None:
-        runtime.access_log.write(
-            {
-                "time": time.time(),
-                "request_id": canonical.request_id,
-                "client_ip": canonical.client_ip,
-                "method": canonical.method,
-                "path": path,
-                "key_name": identity.name if identity is not None else "",
-                "key_prefix": identity.key_prefix if identity is not None else "",
-                "model": model,
-                "backend": request.backend,
-                "status": status,
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "ttft_ms": ttft_ms,
-                "duration_ms": duration * 1000,
-                "bytes": request.bytes_sent,
-                "cancelled": request.cancelled,
-            }
-        )
-    if arrival is not None and original is not None and runtime.recorder is not None:
-        runtime.recorder.submit(
-            Captured(
-                arrival=arrival,
-                endpoint=path,
-                model=model,
-                stream=request.peek.streaming,
-                key_id=identity.key_id if identity is not None else "",
-                body=original,
-                outcome=Outcome(
-                    status=status,
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                    ttft_ms=ttft_ms,
-                    duration_ms=duration * 1000,
-                    cancelled=request.cancelled,
-                ),
-            )
-        )
-    if runtime.usage is None:
-        return None
-    # Built in one call, without a dict of fields: this runs for every request.
-    record = UsageRecord(
-        request_id=canonical.request_id,
-        model=model,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=used.total_tokens if used is not None else 0,
-        usage_source=used.source if used is not None else "counted",
-        finish_reason=used.finish_reason if used is not None else None,
-        backend=request.backend,
-        endpoint=path,
-        stream=request.peek.streaming,
-        status=status,
-        latency_ms=duration * 1000,
-        ttft_ms=ttft_ms,
-        cancelled=request.cancelled,
-        key_id=identity.key_id if identity is not None else "",
-        key_name=identity.name if identity is not None else "",
-        key_prefix=identity.key_prefix if identity is not None else "",
-        user_id=identity.user_id if identity is not None else "",
-        metadata=_flat(identity.metadata) if identity is not None else {},
-    )
-    if runtime.usage.durable:
-        return runtime.usage.submit_durable(record)
-    runtime.usage.submit(record)
-    return None
-
-
-def _flat(metadata: Mapping[str, object]) -> dict[str, str | int | float | bool | None]:
-    """Usage records carry flat metadata; anything nested is written as text."""
-    return {
-        name: value if value is None or isinstance(value, str | int | float | bool) else str(value)
-        for name, value in metadata.items()
-    }
-
-
 class _HeldEnd:
     """The client's ``send``, holding back the end of the response until its usage record is
     written (``usage.acknowledge: durable``): from the message the relay marks as the end (the
@@ -552,7 +444,7 @@ class _DisconnectWatch:
 
     __slots__ = ("_request", "_task", "_watcher", "fired")
 
-    def __init__(self, receive: Receive, request: ProxyRequest) -> None:
+    def __init__(self, receive: Receive, request: Exchange) -> None:
         self.fired = False
         self._request = request
         self._task = asyncio.current_task()

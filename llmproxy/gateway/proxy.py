@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
@@ -34,19 +33,19 @@ from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PassiveHealthConfig
 from llmproxy.errors import GatewayError, sse_error_event
 from llmproxy.gateway.asgi import Send
-from llmproxy.gateway.canonical import CanonicalRequest
+from llmproxy.gateway.exchange import Exchange
 from llmproxy.gateway.headers import (
     client_response_headers,
     unsendable_header,
     upstream_request_headers,
 )
-from llmproxy.gateway.request_body import RequestPeek, with_priority, without_priority
+from llmproxy.gateway.request_body import with_priority, without_priority
 from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.routing import Backend
 from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.prefix import prompt_prefix
-from llmproxy.usage import ResponseUsage, StreamUsage, Usage, usage_from_body
+from llmproxy.usage import ResponseUsage, StreamUsage, usage_from_body
 
 log = logging.getLogger("llmproxy.gateway")
 
@@ -61,71 +60,6 @@ Relayed = Literal["done", "timeout", "broken"]
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
-@dataclass(slots=True)
-class ProxyRequest:
-    """What the forwarder needs of one client request."""
-
-    canonical: CanonicalRequest
-    """The request as judged: method, raw target, headers, client address, request id."""
-    body: bytes
-    peek: RequestPeek
-    identity: Identity | None = None
-    """Who the request belongs to, when auth is on."""
-    extra_headers: tuple[tuple[str, str], ...] = ()
-    """Per-request upstream headers (forwarded decision metadata)."""
-    response_headers: tuple[tuple[bytes, bytes], ...] = ()
-    """Extra headers for the client's response (the rate-limit headers)."""
-    strip_usage: bool = False
-    """The gateway asked for the usage event; the client did not, so it is removed."""
-    usage: Usage | None = None
-    """A non-streamed response's usage, when the backend reported it."""
-    stream_usage: StreamUsage | None = None
-    """The scanner of the streamed response relayed to the client."""
-    backend: str = ""
-    """Name of the backend that answered (the last one tried)."""
-    status: int = 0
-    """Status sent to the client by the forwarder (0: nothing was sent)."""
-    first_token_at: float | None = None
-    """Loop time of the first streamed body chunk (time to first token)."""
-    complete: bool = False
-    """Set just before the last byte is sent, so a later ``http.disconnect`` is not a cancel."""
-    cancelled: bool = False
-    """The client left before the response was complete."""
-    bytes_sent: int = 0
-    """Body bytes relayed to the client (for the access log)."""
-    hold_last: bool = False
-    """Send the last chunk of a non-streamed answer with its end (``usage.acknowledge:
-    durable`` holds that end until the usage record is written)."""
-    attempts: int = 0
-    """Backends tried so far (``x-llmproxy-attempts`` on the answer)."""
-    refused_by: set[Backend] | None = None
-    """Backends that answered 429: a retry never goes back to them."""
-    suspect_failures: list[Backend] | None = None
-    """Backends that failed this request in a way the request itself may have caused: a 5xx
-    answer, or a timeout (a long prompt, a long non-streamed generation); judged when the
-    request ends (:func:`_judge_suspect_failures`)."""
-
-    @property
-    def request_id(self) -> str:
-        return self.canonical.request_id
-
-    @property
-    def client_id(self) -> str:
-        """Who sent it, for health attribution: the key, else the client's address."""
-        if self.identity is not None:
-            return self.identity.key_id
-        return self.canonical.client_ip or ""
-
-    def used_usage(self, prompt_estimate: int) -> Usage | None:
-        """What this request consumed: the backend's count, or what was streamed; None when
-        nothing reached the client (the backend was never reached, or it refused)."""
-        if self.usage is not None:
-            return self.usage
-        if self.stream_usage is not None and self.status < 300:
-            return self.stream_usage.usage(prompt_estimate)
-        return None
-
-
 class _Retryable(Exception):
     """A failure before anything reached the client: another attempt may succeed."""
 
@@ -134,7 +68,7 @@ class _Retryable(Exception):
         self.error = error
 
 
-async def forward(runtime: Runtime, request: ProxyRequest, send: Send) -> None:
+async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
     """Serve ``request`` from the best backend, retrying and failing over as configured.
 
     Raises :class:`GatewayError` when no backend can answer; the caller turns it into the error
@@ -199,13 +133,13 @@ def _attempts_header(attempts: int) -> tuple[bytes, bytes]:
     return (b"x-llmproxy-attempts", value)
 
 
-def _suspect(request: ProxyRequest, backend: Backend) -> None:
+def _suspect(request: Exchange, backend: Backend) -> None:
     if request.suspect_failures is None:
         request.suspect_failures = []
     request.suspect_failures.append(backend)
 
 
-def _judge_suspect_failures(runtime: Runtime, request: ProxyRequest) -> None:
+def _judge_suspect_failures(runtime: Runtime, request: Exchange) -> None:
     """Count this request's 5xx answers and timeouts against the backends' health, unless the
     request itself is the likely cause.
 
@@ -307,7 +241,7 @@ def _no_backend_message(model: str | None) -> str:
 async def _attempt(
     runtime: Runtime,
     backend: Backend,
-    request: ProxyRequest,
+    request: Exchange,
     send: Send,
     priority: int,
     tried: list[Backend],
@@ -445,7 +379,7 @@ async def _relay_body(
     backend: Backend,
     hold_limit: int,
     response: aiohttp.ClientResponse,
-    request: ProxyRequest,
+    request: Exchange,
     send: Send,
 ) -> Relayed:
     """Relay a non-streamed body as it arrives, reading its usage on the way; ``"timeout"`` or
@@ -523,7 +457,7 @@ async def _relay_stream(
     backend: Backend,
     idle_timeout: float | None,
     response: aiohttp.ClientResponse,
-    request: ProxyRequest,
+    request: Exchange,
     send: Send,
 ) -> Relayed:
     """Relay an SSE body chunk by chunk; ``"timeout"`` or ``"broken"`` when a mid-stream

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import Config
+from llmproxy.finish import Sink
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.body_read import BodyBudget
 from llmproxy.gateway.client_address import ProxyTrust
@@ -54,6 +55,7 @@ class Snapshot(Protocol):
     proxy_paths: tuple[str, ...]
     proxy_path_set: frozenset[str]
     model_list_cache: tuple[float, tuple[str, ...]] | None
+    finish_sinks: tuple[Sink, ...]
 
     def count_fallback(self, primary: Backend) -> None:
         """A fallback target serves a request in ``primary``'s stead."""

@@ -8,10 +8,10 @@
 Both end in a :class:`Usage`, whose ``source`` says how exact it is.
 """
 
+from llmproxy.finish import UsageSource
 from llmproxy.usage.extract import (
     ResponseUsage,
     Usage,
-    UsageSource,
     estimate_prompt_tokens,
     usage_from_body,
 )

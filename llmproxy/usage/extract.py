@@ -18,11 +18,11 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
-UsageSource = Literal["backend", "counted", "estimated"]
+from llmproxy.finish import UsageSource
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 

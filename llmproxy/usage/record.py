@@ -27,7 +27,8 @@ from typing import Any
 
 import msgspec
 
-from llmproxy.usage.extract import Usage, UsageSource
+from llmproxy.finish import UsageSource
+from llmproxy.usage.extract import Usage
 
 MetadataValue = str | int | float | bool | None
 

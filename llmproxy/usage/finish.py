@@ -1,0 +1,53 @@
+"""The usage sink: one :class:`~llmproxy.usage.record.UsageRecord` per ended request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from llmproxy.finish import Finished, Sink
+from llmproxy.usage.record import UsageRecord
+from llmproxy.usage.sink import UsageSink
+
+
+def usage_sink(sink: UsageSink) -> Sink:
+    """The finish sink writing to ``sink``; under ``usage.acknowledge: durable`` it returns
+    the future the response's end waits for."""
+
+    def finished(done: Finished) -> asyncio.Future[None] | None:
+        # Built in one call, without a dict of fields: this runs for every request.
+        record = UsageRecord(
+            request_id=done.request_id,
+            model=done.model,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            total_tokens=done.total_tokens,
+            usage_source=done.usage_source,
+            finish_reason=done.finish_reason,
+            backend=done.backend,
+            endpoint=done.endpoint,
+            stream=done.stream,
+            status=done.status,
+            latency_ms=done.duration * 1000,
+            ttft_ms=done.ttft * 1000 if done.ttft is not None else None,
+            cancelled=done.cancelled,
+            key_id=done.key_id,
+            key_name=done.key_name,
+            key_prefix=done.key_prefix,
+            user_id=done.user_id,
+            metadata=_flat(done.metadata),
+        )
+        if sink.durable:
+            return sink.submit_durable(record)
+        sink.submit(record)
+        return None
+
+    return finished
+
+
+def _flat(metadata: Mapping[str, object]) -> dict[str, str | int | float | bool | None]:
+    """Usage records carry flat metadata; anything nested is written as text."""
+    return {
+        name: value if value is None or isinstance(value, str | int | float | bool) else str(value)
+        for name, value in metadata.items()
+    }
