@@ -40,6 +40,7 @@ _CONTENT_KEY = b'content":'  # also matches "reasoning_content":
 _OTHER_TEXT_KEYS = (b'"text":', b'"arguments":', b'"reasoning":', b'"name":')
 _CHOICES_KEY = b'"choices":'
 _DONE = b"[DONE]"
+_ERROR_EVENT = b'data: {"error"'
 
 
 class _Choice(msgspec.Struct):
@@ -73,6 +74,7 @@ class StreamUsage:
     - ``finish_reason``: the last non-null ``finish_reason`` seen (of the last choice in an event).
     - ``events``: data events relayed, not counting ``[DONE]`` (nor a stripped usage event).
     - ``done``: ``data: [DONE]`` was seen — the backend ended the stream properly.
+    - ``error``: the first error event (``event: error``, or a ``{"error": ...}`` chunk).
     """
 
     __slots__ = (
@@ -84,6 +86,7 @@ class StreamUsage:
         "_tail",
         "_usage",
         "done",
+        "error",
         "events",
         "finish_reason",
     )
@@ -99,6 +102,7 @@ class StreamUsage:
         self.finish_reason: str | None = None
         self.events = 0
         self.done = False
+        self.error: bytes | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         """Take the next upstream chunk; return the bytes to send to the client now."""
@@ -258,13 +262,27 @@ class StreamUsage:
         if payload.strip() == _DONE:
             self.done = True
             return False
+        if event.startswith(b"event: error") and self.error is None:
+            self.error = payload  # the gateway's (and OpenAI's) mid-stream failure
         return self._json_event(payload + b"\n")
+
+    @property
+    def content_events(self) -> int:
+        """Events that carried generated text (content, reasoning, tool calls), so far."""
+        return self._content_events
+
+    @property
+    def reported_completion(self) -> int | None:
+        """The completion tokens of the backend's last ``usage`` object, if it sent one."""
+        return None if self._usage is None else self._usage[1]
 
     def _json_event(self, data: bytes) -> bool:
         """Account for a data event, given as the event itself or as its data; True if it is a
         usage-only event. ``data`` ends with a newline or a complete JSON value, so that there
         are bytes to look at after any key found in it."""
         self.events += 1
+        if data.startswith(_ERROR_EVENT) and self.error is None:
+            self.error = data  # a backend's {"error": ...} chunk: the stream failed
         # vLLM and OpenAI put finish_reason last in a choice and usage after the choices, so
         # finish_reason is found near the end and usage is looked for only after it.
         # (Literal bytes below, not the module's constants: this runs for every event.)

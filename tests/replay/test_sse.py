@@ -67,7 +67,7 @@ def test_completion_text_reasoning_and_tool_calls_are_content() -> None:
         [
             (_event({"choices": [{"index": 0, "text": "abc"}]}), 1.0),
             (_chat(None, reasoning_content="hmm"), 2.0),
-            (_chat(None, tool_calls=[{"index": 0}]), 3.0),
+            (_chat(None, tool_calls=[{"index": 0, "function": {"name": "f"}}]), 3.0),
         ]
     )
     assert scan.content_events == 3
