@@ -11,27 +11,30 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from llmproxy.config.model import Config
+from pydantic import BaseModel
 
-# Sections that live as long as the process (listener, worker processes, usage sink, metrics
-# registry, admin socket): a change to them is refused by a reload and needs a restart.
-RESTART_ONLY: tuple[tuple[str, ...], ...] = (
-    ("server", "listen"),
-    ("server", "workers"),
-    ("server", "tls"),
-    ("server", "idle_timeout"),
-    ("server", "header_timeout"),
-    ("server", "read_timeout"),
-    ("server", "send_timeout"),
-    ("server", "write_timeout"),
-    ("server", "max_header_size"),
-    ("server", "max_connections"),
-    ("usage",),
-    ("usage_hook",),
-    ("metrics",),
-    ("logging", "format"),
-    ("logging", "access_log"),
-    ("admin",),
+from llmproxy.config.model import Config, restart_only
+
+
+def _restart_only_paths(
+    model: type[BaseModel], prefix: tuple[str, ...]
+) -> Iterator[tuple[str, ...]]:
+    """Every key marked :data:`~llmproxy.config.model.RESTART_ONLY`, as a path of config keys."""
+    for name, field in model.model_fields.items():
+        path = (*prefix, field.alias or name)
+        if restart_only(field):
+            yield path
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _restart_only_paths(field.annotation, path)
+
+
+# Keys that live as long as the process (listener, worker processes, usage sink, metrics
+# registry, admin socket): a change to them is refused by a reload and needs a restart. The
+# listen addresses are compared as the effective address, :attr:`Config.listen_address`.
+RESTART_ONLY: tuple[tuple[str, ...], ...] = tuple(
+    path
+    for path in _restart_only_paths(Config, ())
+    if path not in {("listen",), ("server", "listen")}
 )
 
 _SECRET_WORDS = ("token", "secret", "password", "dsn", "api_key", "hmac", "headers")
@@ -46,8 +49,6 @@ def restart_needed(old: Config, new: Config) -> tuple[str, ...]:
         lines.append(f"listen address: {old.listen_address} → {new.listen_address}")
     old_data, new_data = _data(old), _data(new)
     for path in RESTART_ONLY:
-        if path == ("server", "listen"):
-            continue  # compared as the effective address above
         before, after = _at(old_data, path), _at(new_data, path)
         if before != after:
             lines.extend(_changes(path, before, after))

@@ -10,10 +10,11 @@ accepted as a whole. Nothing here performs I/O.
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from llmproxy.config.errors import PathValueError
 from llmproxy.config.units import parse_duration, parse_size
@@ -24,6 +25,18 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 """Bytes, written as ``10MiB``, ``512KB`` or a plain number of bytes."""
+
+
+RESTART_ONLY: Final[JsonDict] = {"restart_only": True}
+"""``Field(json_schema_extra=RESTART_ONLY)``: a key a running daemon cannot change (the
+listener, the worker processes, the usage sink, the metrics registry, the admin socket). The
+reload diff refuses a change to it and the configuration reference says so, both from this."""
+
+
+def restart_only(field: Any) -> bool:
+    """Whether a model field carries :data:`RESTART_ONLY`."""
+    extra = getattr(field, "json_schema_extra", None)
+    return isinstance(extra, dict) and extra.get("restart_only") is True
 
 
 def sendable_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -88,35 +101,35 @@ class CORSConfig(Section):
 class ServerConfig(Section):
     """``server``: the client-facing listener."""
 
-    listen: str | None = None
+    listen: str | None = Field(default=None, json_schema_extra=RESTART_ONLY)
     """Address to listen on (`host:port`, or `:port` for every interface); overrides the top-level
     `listen` when set.
     """
-    header_timeout: Duration = Field(default=10.0, gt=0)
+    header_timeout: Duration = Field(default=10.0, gt=0, json_schema_extra=RESTART_ONLY)
     """Longest time a client may take to send a request's whole header block, counted from a
     new connection's accept (or, on a kept-alive connection, from the request's first byte);
     then 408 and the connection is closed. A connection that sends nothing is closed.
     """
-    read_timeout: Duration = 60.0
+    read_timeout: Duration = Field(default=60.0, json_schema_extra=RESTART_ONLY)
     """Longest time a client may take to send a request's body, counted from the end of its
     headers; then 408 and the connection is closed. 0 waits forever.
     """
-    write_timeout: Duration = 0.0
+    write_timeout: Duration = Field(default=0.0, json_schema_extra=RESTART_ONLY)
     """Longest time to send one response; 0 means no limit, which long streams need."""
-    send_timeout: Duration = 60.0
+    send_timeout: Duration = Field(default=60.0, json_schema_extra=RESTART_ONLY)
     """Longest time a response may wait for the client to take more of it (a client that stops
     reading); then the connection is closed, and the backend request with it, so a client
     cannot hold a GPU slot by not reading. 0 waits forever.
     """
-    idle_timeout: Duration = 75.0
+    idle_timeout: Duration = Field(default=75.0, json_schema_extra=RESTART_ONLY)
     """How long an idle keep-alive client connection stays open."""
-    max_header_size: Size = Field(default=64 * 1024, ge=1024)
+    max_header_size: Size = Field(default=64 * 1024, ge=1024, json_schema_extra=RESTART_ONLY)
     """Largest request header block (request line included), counted as it arrives: one byte
     more is refused with 431 and the connection closed.
     """
     max_body_size: Size = 10 * 1024 * 1024
     """Largest request body accepted; larger requests are refused with 413."""
-    max_connections: int = Field(default=4096, ge=1)
+    max_connections: int = Field(default=4096, ge=1, json_schema_extra=RESTART_ONLY)
     """Most client connections one gateway process keeps open; one more is answered 503 and
     closed. Every proxied request also holds a connection to a backend, so keep twice this
     below the process's open-file limit.
@@ -160,9 +173,9 @@ class ServerConfig(Section):
     """Reload when the config file or a Lua file it references changes (SIGHUP and
     `llmproxy reload` work either way).
     """
-    workers: int = Field(default=1, ge=1, le=256)
+    workers: int = Field(default=1, ge=1, le=256, json_schema_extra=RESTART_ONLY)
     """Gateway processes sharing the port; one process uses one CPU core."""
-    tls: TLSConfig = TLSConfig()
+    tls: TLSConfig = Field(default=TLSConfig(), json_schema_extra=RESTART_ONLY)
     """HTTPS for the listener."""
     cors: CORSConfig = CORSConfig()
     """Browser (CORS) access."""
@@ -877,9 +890,9 @@ class LoggingConfig(Section):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level that is logged."""
-    format: Literal["text", "json"] = "text"
+    format: Literal["text", "json"] = Field(default="text", json_schema_extra=RESTART_ONLY)
     """`text` for people, `json` for log collectors."""
-    access_log: bool = False
+    access_log: bool = Field(default=False, json_schema_extra=RESTART_ONLY)
     """Log one line per request."""
 
 
@@ -914,7 +927,7 @@ class AdminConfig(Section):
 class Config(Section):
     """The whole file. ``listen`` is the seed's top-level listen address."""
 
-    listen: str = ":8000"
+    listen: str = Field(default=":8000", json_schema_extra=RESTART_ONLY)
     """Address to listen on, as in the seed config; `server.listen` wins when set."""
     server: ServerConfig = ServerConfig()
     """The client-facing listener."""
@@ -928,19 +941,19 @@ class Config(Section):
     """API keys and who may use the gateway."""
     rate_limit: RateLimitConfig = RateLimitConfig()
     """Request and token rate limits."""
-    usage_hook: UsageHookConfig = UsageHookConfig()
+    usage_hook: UsageHookConfig = Field(default=UsageHookConfig(), json_schema_extra=RESTART_ONLY)
     """Delivery of usage records to a webhook."""
-    usage: UsageConfig = UsageConfig()
+    usage: UsageConfig = Field(default=UsageConfig(), json_schema_extra=RESTART_ONLY)
     """Local storage of usage records."""
     record: RecordConfig = RecordConfig()
     """Traffic recording for replay."""
     api_keys: tuple[StaticKey, ...] = ()
     """Keys served by a `file` provider."""
-    metrics: MetricsConfig = MetricsConfig()
+    metrics: MetricsConfig = Field(default=MetricsConfig(), json_schema_extra=RESTART_ONLY)
     """Prometheus metrics."""
     logging: LoggingConfig = LoggingConfig()
     """Logging."""
-    admin: AdminConfig = AdminConfig()
+    admin: AdminConfig = Field(default=AdminConfig(), json_schema_extra=RESTART_ONLY)
     """The local admin socket."""
 
     @property

@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
-from llmproxy.config.model import Config
+from llmproxy.config.model import Config, restart_only
 from llmproxy.config.units import parse_duration, parse_size
 
 _INTRO = """\
@@ -92,7 +92,10 @@ def _render_section(title: str, path: str, model: type[BaseModel]) -> str:
         key = field.alias or name
         child = _child_section(path, key, field.annotation)
         kind = _type_text(field, child[0] if child else None)
-        cells = [f"`{key}`", kind, _default_text(field), _prose(field.description or "")]
+        prose = _prose(field.description or "")
+        if restart_only(field):
+            prose += " A reload cannot change it: restart the daemon."
+        cells = [f"`{key}`", kind, _default_text(field), prose]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 

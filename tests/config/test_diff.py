@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmproxy.config.diff import describe_changes, restart_needed
+from llmproxy.config.reference import render_reference
 from llmproxy.config.model import Config
 
 
@@ -102,3 +103,18 @@ def test_live_sections_do_not_need_a_restart() -> None:
         logging={"level": "debug"},
     )
     assert restart_needed(_config(), new) == ()
+
+
+def test_the_reference_and_the_reload_read_one_restart_marker() -> None:
+    """A key marked restart-only in the model is refused by a reload and documented as such."""
+    new = _config(logging={"format": "json", "access_log": True}, server={"max_connections": 9})
+    needed = restart_needed(_config(), new)
+    assert "logging.format: 'text' → 'json'" in needed
+    assert "logging.access_log: False → True" in needed
+    assert "server.max_connections: 4096 → 9" in needed
+    reference = render_reference()
+    for row in reference.splitlines():
+        if row.startswith(("| `workers` |", "| `access_log` |", "| `max_connections` |")):
+            assert "restart the daemon" in row
+        if row.startswith(("| `level` |", "| `max_body_size` |")):
+            assert "restart" not in row
