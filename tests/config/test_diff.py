@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from llmproxy.config.diff import describe_changes, restart_needed
-from llmproxy.config.reference import render_reference
 from llmproxy.config.model import Config
+from llmproxy.config.reference import render_reference
 
 
 def _config(**sections: Any) -> Config:
@@ -112,9 +112,20 @@ def test_the_reference_and_the_reload_read_one_restart_marker() -> None:
     assert "logging.format: 'text' → 'json'" in needed
     assert "logging.access_log: False → True" in needed
     assert "server.max_connections: 4096 → 9" in needed
-    reference = render_reference()
-    for row in reference.splitlines():
-        if row.startswith(("| `workers` |", "| `access_log` |", "| `max_connections` |")):
-            assert "restart the daemon" in row
-        if row.startswith(("| `level` |", "| `max_body_size` |")):
-            assert "restart" not in row
+    server, logging = (
+        _section(render_reference(), "server"),
+        _section(render_reference(), "logging"),
+    )
+    for key in ("workers", "max_connections", "listen"):
+        assert "restart the daemon" in _row(server, key)
+    assert "restart the daemon" in _row(logging, "access_log")
+    assert "restart" not in _row(logging, "level")
+    assert "restart" not in _row(server, "max_body_size")
+
+
+def _section(reference: str, name: str) -> str:
+    return reference.split(f"## `{name}`\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _row(section: str, key: str) -> str:
+    return next(row for row in section.splitlines() if row.startswith(f"| `{key}` |"))
