@@ -54,8 +54,11 @@ from bench.fleet_workload import (
 )
 from bench.stats import nan_to_null
 from bench.targets import StartError
+from llmproxy.routing.strategies import Strategy
 
-STRATEGIES = ("round_robin", "least_connections", "load_aware", "prefix_affinity")
+# Compared by default: latency_based is left out because a fleet of equal replicas gives it
+# nothing to tell apart, so it reads as round robin with noise.
+STRATEGIES = tuple(strategy for strategy in Strategy if strategy is not Strategy.LATENCY_BASED)
 SAMPLE_INTERVAL = 0.5
 LEAD_TIME = 0.5
 """Seconds between building a run's requests and its first send: the clock starts warm."""
@@ -174,9 +177,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     strategies = [] if args.strategies == "none" else args.strategies.split(",")
-    unknown = set(strategies) - set(STRATEGIES)
+    unknown = set(strategies) - set(Strategy)
     if unknown:
-        parser.error(f"--strategies: unknown {', '.join(sorted(unknown))}; from {STRATEGIES}")
+        known = ", ".join(Strategy)
+        parser.error(f"--strategies: unknown {', '.join(sorted(unknown))}; from {known}")
     args.strategies = strategies
     if args.quick:
         args.duration, args.warmup = 8.0, 2.0

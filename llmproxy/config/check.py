@@ -60,7 +60,7 @@ def summarize(config: Config) -> list[str]:
     retry = routing.retry
     retries = f"up to {retry.max_retries} retries" if retry.enabled else "no retries"
     fallbacks = f", {len(routing.fallback)} fallback chain(s)" if routing.fallback else ""
-    lines.append(f"routing: {routing.load_balance_strategy}, {retries}{fallbacks}")
+    lines.append(f"routing: {routing.load_balance_strategy.value}, {retries}{fallbacks}")
     lines += _features(config)
     return lines
 

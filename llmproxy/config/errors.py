@@ -19,6 +19,7 @@ import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -254,11 +255,15 @@ def _keys_of(model: type[BaseModel]) -> list[str]:
 
 
 def _choices(annotation: Any) -> str | None:
-    if get_origin(annotation) is not Literal:
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        values: tuple[Any, ...] = tuple(member.value for member in annotation)
+    elif get_origin(annotation) is Literal:
+        values = get_args(annotation)
+    else:
         return None
     return ", ".join(
         value if isinstance(value, str) and _SIMPLE_KEY.fullmatch(value) else repr(value)
-        for value in get_args(annotation)
+        for value in values
     )
 
 
@@ -301,7 +306,7 @@ def _message(detail: ErrorDetails, where: _Located) -> str:
         key = str(where.raw[-1])
         close = difflib.get_close_matches(key, _keys_of(where.owner), n=1) if where.owner else []
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         choices = _choices(where.annotation) or str(ctx.get("expected", "")).replace("'", "")
         return f"expected one of {choices}, got {got}"
     if kind in _EXPECTED:

@@ -19,6 +19,7 @@ from pydantic.config import JsonDict
 from llmproxy.config.errors import PathValueError
 from llmproxy.config.units import parse_duration, parse_size
 from llmproxy.http_fields import header_name_problem, header_value_problem
+from llmproxy.routing.strategies import Strategy, strategy_reference
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written as ``10s``, ``500ms``, ``1m`` or a plain number of seconds."""
@@ -380,13 +381,10 @@ class AdmissionConfig(Section):
 class RoutingConfig(Section):
     """``routing``: how a backend is chosen."""
 
-    load_balance_strategy: Literal[
-        "round_robin", "least_connections", "latency_based", "load_aware", "prefix_affinity"
-    ] = "round_robin"
-    """How a backend is picked: weighted round robin, fewest open connections, lowest recent
-    latency, least loaded by the backends' own queue and KV cache (`load_aware`), or the backend
-    that holds the prompt's prefix in its cache, within bounded load (`prefix_affinity`).
-    """
+    load_balance_strategy: Strategy = Field(
+        default=Strategy.ROUND_ROBIN,
+        description=f"How a backend is picked. {strategy_reference()}.",
+    )
     prefix_affinity: PrefixAffinityConfig = PrefixAffinityConfig()
     """Settings of the `prefix_affinity` strategy."""
     load_signals: LoadSignalsConfig = LoadSignalsConfig()

@@ -14,6 +14,7 @@ import re
 import sys
 import types
 from collections.abc import Callable, Iterator
+from enum import Enum
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator
@@ -142,6 +143,8 @@ def _annotation_text(annotation: Any) -> str:
         return " or ".join(_annotation_text(arm) for arm in args)
     if origin is Literal:
         return "one of " + ", ".join(f"`{json.dumps(value)}`" for value in args)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "one of " + ", ".join(f"`{json.dumps(member.value)}`" for member in annotation)
     if origin is tuple:
         return f"list of {_annotation_text(args[0])}s"
     if origin is dict:

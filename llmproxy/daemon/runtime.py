@@ -34,10 +34,11 @@ from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.record.finish import recording_sink
 from llmproxy.record.recorder import Recorder
-from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, make_balancer
+from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, strategy_spec
 from llmproxy.routing.fleet import BackendFleet, BackendSettings
 from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
+from llmproxy.routing.strategies import BalancerInputs
 from llmproxy.usage.finish import usage_sink
 from llmproxy.usage.sink import UsageSink
 
@@ -48,7 +49,6 @@ _ALWAYS_SECRET = frozenset({b"authorization", b"x-api-key", b"proxy-authorizatio
 
 
 # Strategies that read the backends' own load: their scrape is on whatever load_signals says.
-_SIGNAL_STRATEGIES = frozenset({"load_aware", "prefix_affinity"})
 
 USAGE_SYNC_INTERVAL = 1.0
 """Seconds between two copies of the usage sink's counters into the metrics."""
@@ -97,6 +97,8 @@ class Runtime:
             ]
         )
         routing = config.routing
+        self.strategy = strategy_spec(routing.load_balance_strategy)
+        self.routes_by_prefix = self.strategy.prefix_key
         self.prefix_chars = routing.prefix_affinity.prefix_chars
         self.admission = self.fleet.admission
         self.router: Router
@@ -196,11 +198,8 @@ class Runtime:
                 backend.probe_healthy = True
         self.router = Router(
             self.backends,
-            make_balancer(
-                routing.load_balance_strategy,
-                self.rng,
-                backends=self.backends,
-                epsilon=routing.prefix_affinity.epsilon,
+            self.strategy.build(
+                BalancerInputs(self.backends, self.rng, routing.prefix_affinity.epsilon)
             ),
             [(chain.primary, list(chain.fallback)) for chain in routing.fallback],
         )
@@ -215,7 +214,7 @@ class Runtime:
             self.limits = await build_store(self.config.rate_limit, self.pools)
         routing = self.config.routing
         signals = routing.load_signals
-        if signals.enabled or routing.load_balance_strategy in _SIGNAL_STRATEGIES:
+        if signals.enabled or self.strategy.load_signals:
             self._signals = SignalScraper(
                 self.backends,
                 self._monitor(),

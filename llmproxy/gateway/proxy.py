@@ -81,7 +81,7 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
             404, f"The model `{model}` does not exist.", "model_not_found", param="model"
         )
     key = None
-    if router.needs_key and request.body:
+    if runtime.routes_by_prefix and request.body:
         # Only for prefix_affinity: which prompt prefix this is, so it goes where it is cached.
         prefix = prompt_prefix(request.body, runtime.prefix_chars)
         key = prefix_key(prefix) if prefix is not None else None

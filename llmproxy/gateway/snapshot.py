@@ -42,6 +42,7 @@ class Snapshot(Protocol):
     clients: dict[str, UpstreamClient]
     retry_policy: RetryPolicy
     rng: random.Random
+    routes_by_prefix: bool
     prefix_chars: int
     auth: AuthPipeline | None
     auth_header_names: tuple[bytes, ...]

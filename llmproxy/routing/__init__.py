@@ -5,16 +5,21 @@ Everything on the request path here is pure and synchronous; only `HealthChecker
 
 from llmproxy.routing.backend import Backend
 from llmproxy.routing.balancer import (
-    STRATEGIES,
     Balancer,
     LatencyBased,
     LeastConnections,
     SmoothWeightedRoundRobin,
-    make_balancer,
 )
 from llmproxy.routing.health import HealthChecker, ProbeStreak
 from llmproxy.routing.retry import DEFAULT_RETRY_STATUSES, RetryPolicy
 from llmproxy.routing.router import FallbackChain, Router
+from llmproxy.routing.strategies import (
+    STRATEGIES,
+    Strategy,
+    StrategySpec,
+    make_balancer,
+    strategy_spec,
+)
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
@@ -29,5 +34,8 @@ __all__ = [
     "RetryPolicy",
     "Router",
     "SmoothWeightedRoundRobin",
+    "Strategy",
+    "StrategySpec",
     "make_balancer",
+    "strategy_spec",
 ]

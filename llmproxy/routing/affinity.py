@@ -80,7 +80,6 @@ class LoadAware:
     """
 
     __slots__ = ("_rng",)
-    needs_key = False
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng if rng is not None else random.Random()
@@ -174,7 +173,6 @@ class PrefixAffinity:
     """
 
     __slots__ = ("_epsilon", "_fallback", "_homes", "_max_keys", "_owned", "_ring")
-    needs_key = True
 
     def __init__(
         self,

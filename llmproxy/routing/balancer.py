@@ -15,28 +15,19 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Protocol
 
-from llmproxy.routing.affinity import DEFAULT_EPSILON, LoadAware, PrefixAffinity, two_of
+from llmproxy.routing.affinity import two_of
 from llmproxy.routing.backend import Backend
-
-STRATEGIES: Final = (
-    "round_robin",
-    "least_connections",
-    "latency_based",
-    "load_aware",
-    "prefix_affinity",
-)
 
 
 class Balancer(Protocol):
     """Chooses one backend from a non-empty, already filtered candidate list.
 
     ``key`` is the request's prompt-prefix key (`llmproxy.routing.affinity.prefix_key`) for the
-    strategies that use one (`needs_key`); the others ignore it.
+    strategies that use one (``prefix_key`` in `llmproxy.routing.strategies`); the others ignore
+    it.
     """
-
-    needs_key: bool
 
     def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         """Return the chosen candidate, or None only when `candidates` is empty."""
@@ -59,8 +50,6 @@ class SmoothWeightedRoundRobin:
     def __init__(self) -> None:
         self._current: dict[Backend, int] = {}
         self._turn = 0
-
-    needs_key = False
 
     def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         if not candidates:
@@ -107,8 +96,6 @@ class LeastConnections:
 
     def __init__(self) -> None:
         self._turn = 0
-
-    needs_key = False
 
     def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         best: Backend | None = None
@@ -157,8 +144,6 @@ class LatencyBased:
         self._rng = rng if rng is not None else random.Random()
         self._explore = explore
 
-    needs_key = False
-
     def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         count = len(candidates)
         if count == 0:
@@ -185,30 +170,3 @@ def _cheaper_or_equal(a: Backend, b: Backend) -> bool:
             return a.in_flight < b.in_flight
         return a_ewma is None
     return a_ewma * (a.in_flight + 1) <= b_ewma * (b.in_flight + 1)
-
-
-def make_balancer(
-    strategy: str,
-    rng: random.Random | None = None,
-    *,
-    backends: Sequence[Backend] = (),
-    epsilon: float = DEFAULT_EPSILON,
-) -> Balancer:
-    """Build the balancer named by `routing.strategy` in the config.
-
-    `rng` makes randomised strategies reproducible in tests; production passes nothing.
-    `backends` (all of them, for the hash ring) and `epsilon` are for `prefix_affinity`.
-    """
-    if strategy == "load_aware":
-        return LoadAware(rng)
-    if strategy == "prefix_affinity":
-        return PrefixAffinity(backends, epsilon=epsilon, rng=rng)
-    if strategy == "round_robin":
-        return SmoothWeightedRoundRobin()
-    if strategy == "least_connections":
-        return LeastConnections()
-    if strategy == "latency_based":
-        return LatencyBased(rng)
-    raise ValueError(
-        f"routing.strategy: unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}"
-    )

@@ -102,11 +102,6 @@ class Router:
         shares = getattr(self._balancer, "shares", None)
         return shares() if callable(shares) else {}
 
-    @property
-    def needs_key(self) -> bool:
-        """Whether the strategy wants the request's prompt-prefix key (`route`'s ``key``)."""
-        return self._balancer.needs_key
-
     def route(
         self,
         model: str | None,

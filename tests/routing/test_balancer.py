@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
+from llmproxy.config.model import RoutingConfig
+from llmproxy.config.reference import render_reference
 from llmproxy.routing import (
     Backend,
     Balancer,
@@ -17,6 +19,7 @@ from llmproxy.routing import (
     SmoothWeightedRoundRobin,
     make_balancer,
 )
+from llmproxy.routing.strategies import STRATEGIES, Strategy, strategy_spec
 
 
 def backends(**weights: int) -> list[Backend]:
@@ -211,6 +214,24 @@ def test_make_balancer_by_name() -> None:
     assert isinstance(make_balancer("latency_based", random.Random(0)), LatencyBased)
     with pytest.raises(ValueError, match="round_robin, least_connections, latency_based"):
         make_balancer("random")
+
+
+def test_one_table_of_strategies_feeds_config_and_docs() -> None:
+    """Every strategy the config accepts has a spec that builds a balancer that picks, and the
+    configuration reference describes it; only the load-reading ones ask for signals."""
+    pool = backends(a=1, b=1)
+    reference = render_reference()
+    for strategy in Strategy:
+        spec = STRATEGIES[strategy]
+        assert make_balancer(strategy, random.Random(0), backends=pool).pick(pool) in pool
+        assert f"`{strategy}`: {spec.summary}" in reference
+        config = RoutingConfig.model_validate({"load_balance_strategy": strategy.value})
+        assert strategy_spec(config.load_balance_strategy) is spec
+    assert {s for s, spec in STRATEGIES.items() if spec.load_signals} == {
+        Strategy.LOAD_AWARE,
+        Strategy.PREFIX_AFFINITY,
+    }
+    assert [s for s, spec in STRATEGIES.items() if spec.prefix_key] == [Strategy.PREFIX_AFFINITY]
 
 
 def test_latency_rejects_bad_explore() -> None:
