@@ -43,6 +43,7 @@ from llmproxy.cli.output import (
     stdout_console,
 )
 from llmproxy.cli.parsing import parse_expiry, parse_list, parse_metadata
+from llmproxy.keyfields import CLEARABLE, doc
 
 app = typer.Typer(
     help="Manage API keys in the daemon's builtin key store.",
@@ -168,34 +169,16 @@ def key_path(ref: str) -> str:
     return f"/keys/{quote(ref, safe='')}"
 
 
-class Clearable(StrEnum):
-    """Fields ``keys update --clear`` sets back to "none" (no limit, any model, never expires)."""
-
-    user_id = "user-id"
-    models = "models"
-    allowed_ips = "allowed-ips"
-    quota = "quota"
-    rpm = "rpm"
-    tpm = "tpm"
-    max_concurrent = "max-concurrent"
-    priority = "priority"
-    expires = "expires"
-    metadata = "metadata"
+CLEAR_CHOICES: tuple[str, ...] = tuple(CLEARABLE)
+"""``keys update --clear`` choices: the command-line names of the fields that have a "none"."""
 
 
-CLEARED: dict[Clearable, tuple[str, object]] = {
-    Clearable.user_id: ("user_id", ""),
-    Clearable.models: ("models", []),
-    Clearable.allowed_ips: ("allowed_ips", []),
-    Clearable.quota: ("total_quota", None),
-    Clearable.rpm: ("rpm", None),
-    Clearable.tpm: ("tpm", None),
-    Clearable.max_concurrent: ("max_concurrent", None),
-    Clearable.priority: ("priority", None),
-    Clearable.expires: ("expires_at", None),
-    Clearable.metadata: ("metadata", {}),
-}
-"""API field and its "none" value for each ``--clear`` choice."""
+def clear_choices(values: list[str] | None) -> list[str] | None:
+    """``--clear`` values, each one of :data:`CLEAR_CHOICES` (a usage error otherwise)."""
+    for value in values or ():
+        if value not in CLEARABLE:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(CLEAR_CHOICES)}")
+    return values
 
 
 class Settable(StrEnum):
@@ -258,7 +241,7 @@ def update_body(
     *,
     name: str | None,
     status: Settable | None,
-    clear: list[Clearable],
+    clear: Sequence[str],
     metadata: dict[str, object] | None,
     current_metadata: Mapping[str, object] | None,
     reset_used_quota: bool,
@@ -274,14 +257,12 @@ def update_body(
     if status is not None:
         body["status"] = status.value
     for choice in clear:
-        field, empty = CLEARED[choice]
-        if field in body:
-            raise typer.BadParameter(
-                f"{choice.value} is both set and cleared", param_hint="--clear"
-            )
-        body[field] = empty
+        field = CLEARABLE[choice]
+        if field.name in body:
+            raise typer.BadParameter(f"{choice} is both set and cleared", param_hint="--clear")
+        body[field.name] = field.cleared()
     if metadata is not None:
-        base = {} if Clearable.metadata in clear else dict(current_metadata or {})
+        base = {} if "metadata" in clear else dict(current_metadata or {})
         body["metadata"] = {**base, **metadata}
     if reset_used_quota:
         body["used_quota"] = 0
@@ -290,31 +271,22 @@ def update_body(
 
 # Options ---------------------------------------------------------------------------------------
 
-UserIdOption = Annotated[
-    str | None, typer.Option("--user-id", help="Owner the key's usage is billed to.")
-]
+UserIdOption = Annotated[str | None, typer.Option("--user-id", help=doc("user_id"))]
 ModelsOption = Annotated[
     str | None,
-    typer.Option("--models", help="Models the key may use, comma-separated (default: any)."),
+    typer.Option("--models", help=doc("models") + " Comma-separated."),
 ]
 AllowedIpsOption = Annotated[
     str | None,
-    typer.Option(
-        "--allowed-ips",
-        help="Client addresses or CIDR ranges the key may be used from, comma-separated.",
-    ),
+    typer.Option("--allowed-ips", help=doc("allowed_ips") + " Comma-separated."),
 ]
-QuotaOption = Annotated[
-    int | None, typer.Option("--quota", min=1, help="Tokens the key may use in total.")
-]
-RpmOption = Annotated[int | None, typer.Option("--rpm", min=0, help="Requests per minute.")]
-TpmOption = Annotated[int | None, typer.Option("--tpm", min=0, help="Tokens per minute.")]
+QuotaOption = Annotated[int | None, typer.Option("--quota", min=1, help=doc("total_quota"))]
+RpmOption = Annotated[int | None, typer.Option("--rpm", min=0, help=doc("rpm"))]
+TpmOption = Annotated[int | None, typer.Option("--tpm", min=0, help=doc("tpm"))]
 MaxConcurrentOption = Annotated[
-    int | None, typer.Option("--max-concurrent", min=0, help="Requests in flight at once.")
+    int | None, typer.Option("--max-concurrent", min=0, help=doc("max_concurrent"))
 ]
-PriorityOption = Annotated[
-    int | None, typer.Option("--priority", help="Priority relative to other keys.")
-]
+PriorityOption = Annotated[int | None, typer.Option("--priority", help=doc("priority"))]
 ExpiresOption = Annotated[
     str | None,
     typer.Option(
@@ -339,7 +311,7 @@ RefArgument = Annotated[str, typer.Argument(help="Key id, display prefix or uniq
 
 @app.command("add", epilog=EXIT_CODES_EPILOG)
 def add(
-    name: Annotated[str, typer.Option("--name", help="Label shown in usage and the CLI.")],
+    name: Annotated[str, typer.Option("--name", help=doc("name"))],
     user_id: UserIdOption = None,
     models: ModelsOption = None,
     allowed_ips: AllowedIpsOption = None,
@@ -503,10 +475,16 @@ def update(
         Settable | None, typer.Option("--status", help="Switch the key on or off.")
     ] = None,
     clear: Annotated[
-        list[Clearable] | None,
+        list[str] | None,
         typer.Option(
             "--clear",
-            help="Unset a field (no limit, any model, never expires); repeat for more.",
+            metavar="FIELD",
+            callback=clear_choices,
+            autocompletion=lambda incomplete: [
+                name for name in CLEAR_CHOICES if name.startswith(incomplete)
+            ],
+            help="Unset a field (no limit, any model, never expires); repeat for more. "
+            f"FIELD is one of {', '.join(CLEAR_CHOICES)}.",
             show_default=False,
         ),
     ] = None,
@@ -552,7 +530,7 @@ def update(
         raise typer.BadParameter("nothing to change: give at least one option to set")
     target = Target(config, socket, admin_url, token)
     with daemon_session(target, json_output=json_output) as client:
-        if extra is not None and Clearable.metadata not in cleared:
+        if extra is not None and "metadata" not in cleared:
             # --metadata adds to what the key has, which only the daemon knows.
             key = client.get(key_path(ref)).get("key") or {}
             ref = str(key.get("id") or ref)

@@ -19,6 +19,7 @@ from pydantic.config import JsonDict
 from llmproxy.config.errors import PathValueError
 from llmproxy.config.units import parse_duration, parse_size
 from llmproxy.http_fields import header_name_problem, header_value_problem
+from llmproxy.keyfields import doc
 from llmproxy.routing.strategies import Strategy, strategy_reference
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -510,36 +511,27 @@ class WebhookConnection(Section):
 
 
 class StaticKey(Section):
-    """One key inline in a ``static`` provider, or in top-level ``api_keys``."""
+    """One key inline in a ``static`` provider, or in top-level ``api_keys``.
+
+    The fields and their descriptions are :mod:`llmproxy.keyfields`'s; the types here are wider
+    where the seed's files were (a numeric ``status``, an ISO ``expires_at``).
+    """
 
     key: str
     """The API key clients present."""
-    name: str = ""
-    """Label shown in usage records and the CLI."""
-    user_id: str = ""
-    """Owner the key's usage is billed to."""
-    status: str | int = "active"
-    """Key state; only `active` keys are let in."""
-    total_quota: int | None = None
-    """Tokens the key may use in total; unset means no quota."""
-    used_quota: int = 0
-    """Tokens already used, counted against `total_quota`."""
-    expires_at: str | int | None = None
-    """Expiry as an ISO 8601 date or time, or a Unix timestamp; unset never expires."""
-    models: tuple[str, ...] = ()
-    """Models the key may use; empty means any."""
-    allowed_ips: tuple[str, ...] = ()
-    """Client addresses or CIDR ranges the key may be used from; empty means any."""
-    rpm: int | None = None
-    """Requests per minute for this key, instead of `rate_limit.per_key`."""
-    tpm: int | None = None
-    """Tokens per minute for this key."""
-    max_concurrent: int | None = None
-    """Requests this key may have in flight at once."""
-    priority: int | None = None
-    """Priority of this key's requests relative to other keys."""
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    """Free-form data handed to the decision script and the usage records."""
+    name: str = Field(default="", description=doc("name"))
+    user_id: str = Field(default="", description=doc("user_id"))
+    status: str | int = Field(default="active", description=doc("status"))
+    total_quota: int | None = Field(default=None, description=doc("total_quota"))
+    used_quota: int = Field(default=0, description=doc("used_quota"))
+    expires_at: str | int | None = Field(default=None, description=doc("expires_at"))
+    models: tuple[str, ...] = Field(default=(), description=doc("models"))
+    allowed_ips: tuple[str, ...] = Field(default=(), description=doc("allowed_ips"))
+    rpm: int | None = Field(default=None, description=doc("rpm"))
+    tpm: int | None = Field(default=None, description=doc("tpm"))
+    max_concurrent: int | None = Field(default=None, description=doc("max_concurrent"))
+    priority: int | None = Field(default=None, description=doc("priority"))
+    metadata: dict[str, Any] = Field(default_factory=dict, description=doc("metadata"))
 
     @field_validator("user_id")
     @classmethod

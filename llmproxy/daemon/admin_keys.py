@@ -16,7 +16,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -32,59 +32,23 @@ from llmproxy.daemon.admin_http import (
     query_text,
 )
 from llmproxy.daemon.runtime import Runtime, RuntimeState
-from llmproxy.keystore import SETTABLE_FIELDS, KeyNotFound, KeyRecord, KeyStore, KeyStoreError
+from llmproxy.keyfields import ADD_FIELDS, FIELDS
+from llmproxy.keystore import KeyNotFound, KeyRecord, KeyStore, KeyStoreError
 
 log = logging.getLogger("llmproxy.admin")
 
 _T = TypeVar("_T")
-
-ADD_FIELDS: Final = frozenset(
-    {
-        "name",
-        "user_id",
-        "models",
-        "allowed_ips",
-        "total_quota",
-        "rpm",
-        "tpm",
-        "max_concurrent",
-        "priority",
-        "expires_at",
-        "metadata",
-    }
-)
-"""What ``POST /keys`` accepts (``KeyStore.add``'s arguments); only ``name`` is required."""
-
-_CLEARED: Final[Mapping[str, object]] = {
-    "user_id": "",
-    "models": (),
-    "allowed_ips": (),
-    "metadata": {},
-}
-"""What ``null`` means for a field that is "empty" rather than "unset" in the store."""
 
 
 def key_json(record: KeyRecord) -> dict[str, object]:
     """A stored key as the API shows it: every field but the hash."""
     return {
         "id": record.id,
-        "name": record.name,
         "prefix": record.prefix,
-        "user_id": record.user_id,
-        "status": record.status,
+        **record.fields(),
         "created_at": record.created_at,
         "updated_at": record.updated_at,
-        "expires_at": record.expires_at,
         "revoked_at": record.revoked_at,
-        "models": list(record.models),
-        "allowed_ips": list(record.allowed_ips),
-        "total_quota": record.total_quota,
-        "used_quota": record.used_quota,
-        "rpm": record.rpm,
-        "tpm": record.tpm,
-        "max_concurrent": record.max_concurrent,
-        "priority": record.priority,
-        "metadata": dict(record.metadata),
     }
 
 
@@ -100,8 +64,10 @@ def store_fields(body: Mapping[str, object], allowed: frozenset[str]) -> dict[st
     fields: dict[str, object] = {}
     for name, value in body.items():
         if value is None:
-            fields[name] = _CLEARED.get(name)
-        elif name == "expires_at" and isinstance(value, str):
+            # null clears a field to its "none"; for one that has none the store refuses it.
+            field = FIELDS.get(name)
+            fields[name] = field.cleared() if field is not None and field.clearable else None
+        elif FIELDS[name].kind == "time" and isinstance(value, str):
             try:
                 fields[name] = parse_timestamp(value)
             except ValueError as exc:
@@ -177,7 +143,7 @@ class KeysApi:
         return json_response({"keys": [key_json(r) for r in records]})
 
     async def add_key(self, request: web.Request) -> web.Response:
-        fields = store_fields(await json_object(request), ADD_FIELDS)
+        fields = store_fields(await json_object(request), frozenset(ADD_FIELDS))
         name = fields.pop("name", None)
         if not isinstance(name, str) or not name.strip():
             raise invalid("name: required, as non-empty text")
@@ -195,7 +161,7 @@ class KeysApi:
         return json_response({"key": key_json(record)})
 
     async def update_key(self, request: web.Request) -> web.Response:
-        changes = store_fields(await json_object(request), frozenset(SETTABLE_FIELDS))
+        changes = store_fields(await json_object(request), frozenset(FIELDS))
         store = await self._open_store()
         ref = request.match_info["ref"]
         record = await _call(lambda: store.update(resolve_key(store, ref).id, **changes))

@@ -5,8 +5,9 @@ the gateway reads it through the ``builtin`` auth provider, which keeps every ke
 key's SHA-256 and display prefix are stored, never the secret.
 """
 
+from llmproxy.keyfields import SETTABLE_FIELDS, STATUSES, KeyStatus
 from llmproxy.keystore.errors import KeyNotFound, KeyStoreError
-from llmproxy.keystore.record import SETTABLE_FIELDS, STATUSES, KeyRecord, KeyStatus
+from llmproxy.keystore.record import KeyRecord
 from llmproxy.keystore.schema import SCHEMA_VERSION
 from llmproxy.keystore.store import KeyStore, new_key_id
 

@@ -24,7 +24,7 @@ import sqlite3
 import string
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -37,17 +37,15 @@ from llmproxy.apikey import (
     is_llmproxy_key,
     key_sha256,
 )
+from llmproxy.keyfields import ADD_FIELDS, FIELDS, KEY_FIELDS, check_fields
 from llmproxy.keystore.errors import KeyNotFound, KeyStoreError
-from llmproxy.keystore.record import KeyRecord, check_fields
+from llmproxy.keystore.record import STORE_FIELDS, KeyRecord
 from llmproxy.keystore.schema import migrate
 from llmproxy.private_files import private_file
 
 _ID_ALPHABET: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
 _ID_LENGTH: Final = 12
-_COLUMNS: Final = (
-    "id, sha256, prefix, name, user_id, status, created_at, updated_at, expires_at, revoked_at, "
-    "models, allowed_ips, total_quota, used_quota, rpm, tpm, max_concurrent, priority, metadata"
-)
+_COLUMNS: Final = ", ".join((*STORE_FIELDS, *FIELDS))
 
 
 def new_key_id() -> str:
@@ -56,35 +54,21 @@ def new_key_id() -> str:
 
 
 def _record(row: sqlite3.Row) -> KeyRecord:
-    return KeyRecord(
-        id=row["id"],
-        sha256=row["sha256"],
-        prefix=row["prefix"],
-        name=row["name"],
-        user_id=row["user_id"],
-        status=row["status"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-        models=tuple(json.loads(row["models"])),
-        allowed_ips=tuple(json.loads(row["allowed_ips"])),
-        total_quota=row["total_quota"],
-        used_quota=row["used_quota"],
-        rpm=row["rpm"],
-        tpm=row["tpm"],
-        max_concurrent=row["max_concurrent"],
-        priority=row["priority"],
-        metadata=MappingProxyType(json.loads(row["metadata"])),
-    )
+    values = {name: row[name] for name in STORE_FIELDS}
+    for field in KEY_FIELDS:
+        value = row[field.name]
+        if field.kind == "list":
+            value = tuple(json.loads(value))
+        elif field.kind == "mapping":
+            value = MappingProxyType(json.loads(value))
+        values[field.name] = value
+    return KeyRecord(**values)
 
 
 def _column_value(field: str, value: object) -> object:
     """A checked field value as SQLite stores it: lists and metadata become JSON text."""
-    if isinstance(value, tuple):
-        return json.dumps(list(value))
-    if field == "metadata":
-        return json.dumps(value)
+    if FIELDS[field].stored_as_json:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
     return value
 
 
@@ -191,79 +175,24 @@ class KeyStore:
 
     # Writes --------------------------------------------------------------------------------
 
-    def add(
-        self,
-        *,
-        name: str,
-        user_id: str = "",
-        models: Iterable[str] = (),
-        allowed_ips: Iterable[str] = (),
-        expires_at: float | None = None,
-        total_quota: int | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        max_concurrent: int | None = None,
-        priority: int | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> tuple[str, KeyRecord]:
-        """Issue a new key: returns its secret — the only time it exists — and its record."""
-        secret = generate_key()
-        record = self.import_key(
-            secret,
-            name=name,
-            user_id=user_id,
-            models=models,
-            allowed_ips=allowed_ips,
-            expires_at=expires_at,
-            total_quota=total_quota,
-            rpm=rpm,
-            tpm=tpm,
-            max_concurrent=max_concurrent,
-            priority=priority,
-            metadata=metadata,
-        )
-        return secret, record
+    def add(self, *, name: str, **fields: object) -> tuple[str, KeyRecord]:
+        """Issue a new key: returns its secret — the only time it exists — and its record.
 
-    def import_key(
-        self,
-        secret: str,
-        *,
-        name: str,
-        user_id: str = "",
-        models: Iterable[str] = (),
-        allowed_ips: Iterable[str] = (),
-        expires_at: float | None = None,
-        total_quota: int | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        max_concurrent: int | None = None,
-        priority: int | None = None,
-        metadata: Mapping[str, object] | None = None,
-    ) -> KeyRecord:
+        ``fields`` are any of :data:`~llmproxy.keyfields.ADD_FIELDS` (``user_id``, ``models``,
+        ``rpm``…), checked by their rules.
+        """
+        secret = generate_key()
+        return secret, self.import_key(secret, name=name, **fields)
+
+    def import_key(self, secret: str, *, name: str, **fields: object) -> KeyRecord:
         """Store a key that already exists elsewhere (migrating from another store), by its hash.
 
         Any shape is accepted; a key claiming llmproxy's format must carry a valid checksum.
         """
         _check_secret(secret)
-        return self._insert(
-            secret,
-            {
-                "name": name,
-                "user_id": user_id,
-                "models": models,
-                "allowed_ips": allowed_ips,
-                "expires_at": expires_at,
-                "total_quota": total_quota,
-                "rpm": rpm,
-                "tpm": tpm,
-                "max_concurrent": max_concurrent,
-                "priority": priority,
-                "metadata": metadata,
-            },
-        )
+        return self._insert(secret, check_fields({"name": name, **fields}, ADD_FIELDS))
 
-    def _insert(self, secret: str, fields: Mapping[str, object]) -> KeyRecord:
-        checked = check_fields(fields)
+    def _insert(self, secret: str, checked: Mapping[str, object]) -> KeyRecord:
         sha256 = key_sha256(secret)
         now = time.time()
         with self._writing() as connection:
