@@ -195,7 +195,7 @@ def test_invalid_values_are_refused(
     assert store.get(record.id) == record
     if set(changes) <= {"total_quota", "rpm", "tpm", "max_concurrent", "allowed_ips", "models"}:
         with pytest.raises(ValueError, match=message):
-            store.add(name="bad", **changes)  # type: ignore[arg-type]
+            store.add(name="bad", **changes)
         assert len(store.list()) == 1
 
 
