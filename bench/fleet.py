@@ -1,15 +1,19 @@
 """``python -m bench.fleet``: what fleet-aware routing buys over round robin, on 4 mock GPUs.
 
 Starts mock replicas with a simulated GPU (batch slots with a FIFO queue, prefill per uncached
-prompt token, an LRU prefix cache sized for about two tenants) and, for each routing strategy in
-turn, a gateway in front of them. Each strategy gets the same open-loop multi-tenant workload
-(tenants with long system prompts and growing conversations, Poisson arrivals sized to keep ~75 %
-of the fleet's slots busy when nothing is cached), from cold caches. It reports time to first
-token, the replicas' prefix cache hit rate (from their vLLM counters), queues and peak batch size,
-and checks the targets of issue 9. A report, not a test: it exits 0 when a target is missed.
+prompt token, an LRU prefix cache sized for about two tenants) and, for each workload and each
+routing strategy in turn, a gateway in front of them (every backend capped at the mock's slots).
+Each strategy gets the same open-loop multi-tenant workload (tenants with long system prompts and
+growing conversations, Poisson arrivals sized to keep ~75 % of the fleet's slots busy when nothing
+is cached), from cold caches: ``uniform`` (8 tenants with the same share) and ``skewed`` (one
+tenant sends half the requests, system prompts of 1,500+ words). It reports time to first token,
+the replicas' prefix cache hit rate (from their vLLM counters), queues and peak in flight, and
+checks the targets of issues 9 and 14 per workload. A report, not a test: it exits 0 when a
+target is missed.
 
-    python -m bench.fleet                          # 4 strategies × 30 s
+    python -m bench.fleet                          # 2 workloads × 4 strategies × 30 s
     python -m bench.fleet --quick                  # a smoke run of a few seconds each
+    python -m bench.fleet --workload skewed        # only the skewed workload
     python -m bench.fleet --slowdown --json out.json
     python -m bench.fleet --strategies none --slowdown   # only the slowdown scenario
     python -m bench.fleet --strategies none --priority   # only the priority scenario
@@ -44,6 +48,7 @@ from bench.fleet_targets import (
     start_replicas,
 )
 from bench.fleet_workload import (
+    WORKLOADS,
     Shape,
     Turn,
     arrival_rate,
@@ -72,6 +77,7 @@ _T = TypeVar("_T")
 class Plan:
     """Everything a run is sized from, printed first so a reader can redo the arithmetic."""
 
+    workload: str
     fleet: Fleet
     shape: Shape
     load: float
@@ -94,10 +100,11 @@ def make_plan(
     cache_tenants: float = 2.0,
     block_chars: int = 64,
     seed: int = 1,
-    shape: Shape | None = None,
+    workload: str = "uniform",
 ) -> Plan:
-    """Size the arrival rate and the prefix caches from the fleet and the workload."""
-    shape = shape or Shape(answer_tokens=tokens)
+    """Size the arrival rate and the prefix caches from the fleet and the workload (a name of
+    :data:`~bench.fleet_workload.WORKLOADS`; its answers are ``tokens`` long)."""
+    shape = dataclasses.replace(WORKLOADS[workload], answer_tokens=tokens)
     prompt = mean_prompt_tokens(shape, seed)
     service = service_seconds(
         prompt_tokens=prompt, tokens=tokens, itl=itl, prefill_per_token=prefill_per_token
@@ -108,7 +115,7 @@ def make_plan(
         prefix_cache_blocks=cache_blocks_for(shape, cache_tenants, block_chars),
     )  # fmt: skip
     rate = arrival_rate(replicas=replicas, slots=slots, load=load, service=service)
-    return Plan(fleet, shape, load, prompt, service, rate, cache_tenants)
+    return Plan(workload, fleet, shape, load, prompt, service, rate, cache_tenants)
 
 
 def describe(plan: Plan, duration: float) -> list[str]:
@@ -116,14 +123,29 @@ def describe(plan: Plan, duration: float) -> list[str]:
     fleet, shape = plan.fleet, plan.shape
     prefill = fleet.prefill_per_token * plan.mean_prompt_tokens
     decode = fleet.itl * (fleet.tokens - 1)
+    if shape.system_words is None:
+        system = f"{shape.system_chars[0]}–{shape.system_chars[1]} chars"
+    else:
+        system = f"{shape.system_words[0]:,}–{shape.system_words[1]:,} words"
+    conversations = sorted({shape.conversations_of(t) for t in range(shape.tenants)}, reverse=True)
+    if shape.heavy_share:
+        tenants = (
+            f"{shape.tenants} tenants, tenant 0 sends {shape.heavy_share:.0%} of the requests "
+            f"({conversations[0]} conversations), the others {shape.share(1):.1%} each "
+            f"({conversations[-1]} conversations)"
+        )
+    else:
+        tenants = (
+            f"{shape.tenants} tenants with the same share, {conversations[0]} conversations each"
+        )
     return [
-        f"fleet: {fleet.replicas} mock replicas × {fleet.slots} slots, {fleet.tokens} tokens "
+        f"fleet: {fleet.replicas} mock replicas × {fleet.slots} slots (gateway max_in_flight "
+        f"{fleet.slots}), {fleet.tokens} tokens "
         f"{fleet.itl * 1000:g} ms apart, prefill {fleet.prefill_per_token * 1000:g} ms per "
         f"uncached token, prefix cache {fleet.prefix_cache_blocks} blocks of "
         f"{fleet.block_chars} chars (≈ {plan.cache_tenants:g} tenants' prompts)",
-        f"workload: {shape.tenants} tenants, system prompts of {shape.system_chars[0]}–"
-        f"{shape.system_chars[1]} chars, {shape.conversations} conversations each of up to "
-        f"{shape.turns} turns; mean prompt {plan.mean_prompt_tokens:,.0f} tokens",
+        f"workload {plan.workload}: {tenants}; system prompts of {system}, conversations of up "
+        f"to {shape.turns} turns; mean prompt {plan.mean_prompt_tokens:,.0f} tokens",
         f"rate: {plan.load:.0%} × {fleet.replicas * fleet.slots} slots / {plan.service:.2f} s "
         f"per request uncached (prefill {prefill:.2f} s + decode {decode:.2f} s) = "
         f"{plan.rate:.1f} req/s, Poisson; ≈ {plan.rate * duration:,.0f} requests per strategy",
@@ -139,6 +161,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--warmup", type=float, default=5.0, help="first seconds left out of TTFT and hit rate"
     )
     parser.add_argument("--quick", action="store_true", help="8 s per strategy (smoke run)")
+    parser.add_argument(
+        "--workload", default=",".join(WORKLOADS), help="comma-separated workloads, or 'none'"
+    )
     parser.add_argument(
         "--strategies", default=",".join(STRATEGIES), help="comma-separated, or 'none'"
     )
@@ -182,6 +207,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         known = ", ".join(Strategy)
         parser.error(f"--strategies: unknown {', '.join(sorted(unknown))}; from {known}")
     args.strategies = strategies
+    workloads = [] if args.workload == "none" else args.workload.split(",")
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(
+            f"--workload: unknown {', '.join(sorted(unknown))}; from {', '.join(WORKLOADS)}"
+        )
+    args.workload = list(dict.fromkeys(workloads))
     if args.quick:
         args.duration, args.warmup = 8.0, 2.0
     if not 0 <= args.warmup < args.duration:
@@ -192,44 +224,65 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
-    plan = make_plan(
-        replicas=args.replicas, slots=args.slots, tokens=args.tokens, itl=args.itl,
+    sizing = partial(
+        make_plan, replicas=args.replicas, slots=args.slots, tokens=args.tokens, itl=args.itl,
         prefill_per_token=args.prefill_per_token, load=args.load,
         cache_tenants=args.cache_tenants, seed=args.seed,
     )  # fmt: skip
-    console.print("[bold]llmproxy fleet benchmark[/] (issue 9: fleet-aware routing)")
-    for line in describe(plan, args.duration):
-        console.print("  " + line, highlight=False)
-    requests = schedule(plan.shape, plan.rate, args.duration, args.seed)
-    runs: dict[str, report.StrategyRun] = {}
+    plans = {name: sizing(workload=name) for name in [*args.workload, "uniform"]}
+    # The slowdown and priority scenarios run on the uniform workload's fleet.
+    base = plans["uniform"]
+    console.print("[bold]llmproxy fleet benchmark[/] (issues 9 and 14: fleet-aware routing)")
+    runs: dict[str, dict[str, report.StrategyRun]] = {}
     slowdown: report.Slowdown | None = None
     prioritized: priority.PriorityRun | None = None
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmproxy-fleet-") as tmp:
         workdir = Path(tmp)
-        with start_replicas(workdir, plan.fleet) as replicas:
+        with start_replicas(workdir, base.fleet) as replicas:
             console.print("  replicas: " + ", ".join(f"{r.name} {r.url}" for r in replicas))
-            for strategy in args.strategies:
-                console.print(f"[bold]{strategy}[/] …")
-                runs[strategy] = _strategy(workdir, replicas, plan, strategy, requests, args)
-                _print_run(console, runs[strategy])
+            for workload in args.workload if args.strategies else []:
+                plan = plans[workload]
+                console.print(f"[bold]workload {workload}[/]")
+                for line in describe(plan, args.duration):
+                    console.print("  " + line, highlight=False)
+                requests = schedule(plan.shape, plan.rate, args.duration, args.seed)
+                runs[workload] = {}
+                for strategy in args.strategies:
+                    console.print(f"[bold]{workload} · {strategy}[/] …")
+                    run = _strategy(workdir, replicas, plan, strategy, requests, args)
+                    runs[workload][strategy] = run
+                    _print_run(console, run)
             if args.slowdown:
-                console.print("[bold]slowdown[/] (load_aware) …")
-                slowdown = _slowdown(workdir, replicas, plan, args)
+                console.print("[bold]slowdown[/] (load_aware, uniform workload) …")
+                slowdown = _slowdown(workdir, replicas, base, args)
             if args.priority:
-                prioritized = _priority(console, workdir, replicas, plan, args)
-    checks = report.verdicts(runs, slowdown)
+                prioritized = _priority(console, workdir, replicas, base, args)
+    checks = [
+        check for workload, by_strategy in runs.items()
+        for check in report.verdicts(by_strategy, workload=workload)
+    ]  # fmt: skip
+    checks += report.slowdown_verdicts(slowdown)
     if prioritized is not None:
         priority.print_table(console, prioritized)
         checks += priority.verdicts(prioritized)
     report.print_report(console, runs, checks, slowdown)
+    elapsed = time.perf_counter() - began
+    console.print(f"run time {elapsed:.0f} s", highlight=False)
     if args.json:
         document = {
-            "plan": dataclasses.asdict(plan),
             "settings": {k: v for k, v in vars(args).items() if k != "json"},
-            "runs": {name: _run_json(run) for name, run in runs.items()},
+            "workloads": {
+                workload: {
+                    "plan": dataclasses.asdict(plans[workload]),
+                    "runs": {name: _run_json(run) for name, run in by_strategy.items()},
+                }
+                for workload, by_strategy in runs.items()
+            },
             "slowdown": dataclasses.asdict(slowdown) if slowdown else None,
             "priority": _priority_json(prioritized) if prioritized else None,
             "targets": checks,
+            "seconds": elapsed,
         }
         args.json.write_text(json.dumps(nan_to_null(document), indent=2, default=str) + "\n")
         console.print(f"results written to {args.json}")
@@ -262,6 +315,7 @@ def _renderer(
         signals_interval=SAMPLE_INTERVAL,
         prefix_chars=args.prefix_chars,
         epsilon=args.epsilon,
+        max_in_flight=args.slots,
         plain=args.plain_config,
     )
 
@@ -318,6 +372,7 @@ async def _measure(
             prefix_hits=hits,
             queued_peak=end["queued_peak"],
             peak_running=max(begin["peak_running"], end["peak_running"]),
+            peak_in_flight=max(begin["peak_in_flight"], end["peak_in_flight"]),
         )
         for replica, begin, end, (queries, hits) in zip(
             replicas, before, after, counters, strict=True
@@ -327,7 +382,13 @@ async def _measure(
 
 
 def _fleet_knobs(plan: Plan) -> dict[str, float]:
-    return {"itl": plan.fleet.itl, "prefill_per_token": plan.fleet.prefill_per_token}
+    """The replica knobs a phase sets: the workload's cache size besides the speeds."""
+    fleet = plan.fleet
+    return {
+        "itl": fleet.itl,
+        "prefill_per_token": fleet.prefill_per_token,
+        "prefix_cache_blocks": fleet.prefix_cache_blocks,
+    }
 
 
 async def _prepare(session: aiohttp.ClientSession, urls: list[str], **knobs: float) -> None:
@@ -377,7 +438,7 @@ def _slowdown(
 
     async def run(url: str) -> report.Slowdown:
         async with client.client_session() as session:
-            await _prepare(session, urls, itl=plan.fleet.itl, prefill_per_token=prefill)
+            await _prepare(session, urls, **{**_fleet_knobs(plan), "prefill_per_token": prefill})
             cue, stop = asyncio.Event(), asyncio.Event()
 
             async def slow_down() -> None:
@@ -446,7 +507,8 @@ def _print_run(console: Console, run: report.StrategyRun) -> None:
     console.print(
         f"  TTFT p50 {run.ttft_p50_ms:,.0f} ms  p99 {run.ttft_p99_ms:,.0f} ms  "
         f"hit rate {run.hit_rate:.0%}  max queue {run.max_queue}  "
-        f"peak running {run.peak_running}  done {run.completed}/{run.sent}  "
+        f"peak running {run.peak_running}  peak in flight {run.peak_in_flight}  "
+        f"done {run.completed}/{run.sent}  "
         f"errors {run.errors}  send lag p99 {run.send_lag_p99_ms:.1f} ms",
         highlight=False,
     )
@@ -458,6 +520,7 @@ def _run_json(run: report.StrategyRun) -> dict[str, Any]:
         hit_rate=run.hit_rate,
         max_queue=run.max_queue,
         peak_running=run.peak_running,
+        peak_in_flight=run.peak_in_flight,
         over_slots=run.over_slots,
     )
     for replica, numbers in zip(run.replicas, data["replicas"], strict=True):

@@ -23,8 +23,10 @@ Verdict = dict[str, Any]
 
 BASELINE = "round_robin"
 AFFINITY = "prefix_affinity"
-TTFT_P50_RATIO = 3.0
-TTFT_P99_RATIO = 2.0
+TTFT_P50_RATIO = 5.0
+TTFT_P99_RATIO = 3.0
+"""Issue 14: on every workload, prefix affinity keeps TTFT p50 at least 5× and p99 at least 3×
+lower than round robin's."""
 SLOWDOWN_KEEP = 0.5
 """The slowed replica "loses most of its new traffic": its share after is at most half of
 its share before."""
@@ -42,10 +44,17 @@ class Replica:
     prefix_hits: float = 0.0
     queued_peak: int = 0
     peak_running: int = 0
+    peak_in_flight: int = 0
+    """The most requests the replica had at once, running or queued: what the gateway sent it."""
 
     @property
     def hit_rate(self) -> float:
         return self.prefix_hits / self.prefix_queries if self.prefix_queries else math.nan
+
+    @property
+    def peak(self) -> int:
+        """The most requests it held at once (running, or queued for a slot)."""
+        return max(self.peak_running, self.peak_in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +91,14 @@ class StrategyRun:
         return max((r.peak_running for r in self.replicas), default=0)
 
     @property
+    def peak_in_flight(self) -> int:
+        return max((r.peak for r in self.replicas), default=0)
+
+    @property
     def over_slots(self) -> int:
-        """How far the busiest replica went above its slots (0: never)."""
-        return max((r.peak_running - r.slots for r in self.replicas if r.slots), default=0)
+        """How far the busiest replica's peak in flight (running or queued) went above its slots
+        (0 or less: never)."""
+        return max((r.peak - r.slots for r in self.replicas if r.slots), default=0)
 
 
 def summarize(
@@ -199,9 +213,9 @@ def _check(name: str, goal: str, value: float, met: bool | None, unit: str = "")
     return {"target": name, "goal": goal, "value": value, "unit": unit, "met": met}
 
 
-def verdicts(runs: Mapping[str, StrategyRun], slowdown: Slowdown | None) -> list[Verdict]:
-    """The issue's targets for this benchmark; ``met`` is None when what they compare was not
-    run (a strategy the gateway refused, or no ``--slowdown``)."""
+def verdicts(runs: Mapping[str, StrategyRun], *, workload: str = "") -> list[Verdict]:
+    """The issues' targets for one workload's runs; ``met`` is None when what they compare was
+    not run (a strategy the gateway refused). ``workload`` prefixes the targets' names."""
     base, affinity = runs.get(BASELINE), runs.get(AFFINITY)
     both = base is not None and affinity is not None and not (base.not_run or affinity.not_run)
     p50 = p99 = hits = math.nan
@@ -211,6 +225,7 @@ def verdicts(runs: Mapping[str, StrategyRun], slowdown: Slowdown | None) -> list
         hits = (affinity.hit_rate - base.hit_rate) * 100
     ran = [run for run in runs.values() if not run.not_run]
     over = max((run.over_slots for run in ran), default=0)
+    label = f"{workload}: " if workload else ""
     checks = [
         _check(
             f"{AFFINITY} TTFT p50 lower than {BASELINE}'s", f">= {TTFT_P50_RATIO:g}×", p50,
@@ -225,14 +240,21 @@ def verdicts(runs: Mapping[str, StrategyRun], slowdown: Slowdown | None) -> list
             None if math.isnan(hits) else hits > 0, "points",
         ),
         _check(
-            "no replica above its slots (most running minus slots)", "<= 0", float(over),
+            "no replica above its slots (most in flight minus slots)", "<= 0", float(over),
             over <= 0 if ran else None,
         ),
     ]  # fmt: skip
+    for check in checks:
+        check["target"] = label + check["target"]
+    return checks
+
+
+def slowdown_verdicts(slowdown: Slowdown | None) -> list[Verdict]:
+    """The slowdown target; ``met`` is None without ``--slowdown``."""
     kept = math.nan
     if slowdown is not None and not slowdown.not_run and slowdown.share_before:
         kept = slowdown.share_after / slowdown.share_before
-    checks.append(
+    return [
         _check(
             "slowed replica's share of new requests, 5 s after / 5 s before (load_aware)",
             f"<= {SLOWDOWN_KEEP:g}",
@@ -240,8 +262,7 @@ def verdicts(runs: Mapping[str, StrategyRun], slowdown: Slowdown | None) -> list
             None if math.isnan(kept) else kept <= SLOWDOWN_KEEP,
             "×",
         )
-    )
-    return checks
+    ]
 
 
 def _ms(value: float) -> str:
@@ -252,27 +273,41 @@ def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0%}"
 
 
-def _print_tables(console: Console, runs: Mapping[str, StrategyRun]) -> None:
-    """The strategy table and the per-replica table."""
-    table = Table(title="Strategies (same workload, caches flushed before each)")
-    columns = ["strategy", "TTFT p50 ms", "TTFT p99 ms", "total p50 ms", "hit rate"]
-    columns += ["max queue", "peak running / slots", "tenant affinity", "done", "errors"]
+def _ratio(base: float, value: float) -> str:
+    return "-" if math.isnan(base) or math.isnan(value) or not value else f"{base / value:.1f}×"
+
+
+def _print_tables(console: Console, workload: str, runs: Mapping[str, StrategyRun]) -> None:
+    """One workload's strategy table and per-replica table."""
+    title = f"Workload {workload}: strategies (same requests, caches flushed before each)"
+    table = Table(title=title if workload else title.split(": ", 1)[1].capitalize())
+    columns = ["strategy", "TTFT p50 ms", "TTFT p99 ms", f"p50 / p99 vs {BASELINE}"]
+    columns += ["total p50 ms", "hit rate", "max queue", "peak in flight / slots"]
+    columns += ["tenant affinity", "done", "errors"]
     for column in columns:
         table.add_column(column, justify="left" if column == "strategy" else "right")
+    base = runs.get(BASELINE)
     for run in runs.values():
         if run.not_run:
             table.add_row(run.strategy, f"[yellow]not run: {run.not_run}[/]")
             continue
         slots = max((r.slots for r in run.replicas), default=0)
+        ratios = "-"
+        if base is not None and not base.not_run:
+            p50 = _ratio(base.ttft_p50_ms, run.ttft_p50_ms)
+            ratios = f"{p50} / {_ratio(base.ttft_p99_ms, run.ttft_p99_ms)}"
         table.add_row(
-            run.strategy, _ms(run.ttft_p50_ms), _ms(run.ttft_p99_ms), _ms(run.total_p50_ms),
-            _pct(run.hit_rate), str(run.max_queue), f"{run.peak_running} / {slots or '∞'}",
-            _pct(run.tenant_affinity), f"{run.completed}/{run.sent}",
+            run.strategy, _ms(run.ttft_p50_ms), _ms(run.ttft_p99_ms), ratios,
+            _ms(run.total_p50_ms), _pct(run.hit_rate), str(run.max_queue),
+            f"{run.peak_in_flight} / {slots or '∞'}", _pct(run.tenant_affinity),
+            f"{run.completed}/{run.sent}",
             str(run.errors) + (f" {run.error_kinds}" if run.errors else ""),
         )  # fmt: skip
     console.print(table)
 
-    per_replica = Table(title="Per replica: requests, hit rate, max queue, peak running")
+    per_replica = Table(
+        title="Per replica: requests · hit rate · max queue · peak running · peak in flight"
+    )
     per_replica.add_column("strategy")
     names = [r.name for run in runs.values() for r in run.replicas]
     for name in dict.fromkeys(names):
@@ -281,6 +316,7 @@ def _print_tables(console: Console, runs: Mapping[str, StrategyRun]) -> None:
         if not run.not_run:
             cells = [
                 f"{r.requests} · {_pct(r.hit_rate)} · q{r.queued_peak} · {r.peak_running}"
+                f" · {r.peak}"
                 for r in run.replicas
             ]
             per_replica.add_row(run.strategy, *cells)
@@ -289,13 +325,15 @@ def _print_tables(console: Console, runs: Mapping[str, StrategyRun]) -> None:
 
 def print_report(
     console: Console,
-    runs: Mapping[str, StrategyRun],
+    runs: Mapping[str, Mapping[str, StrategyRun]],
     checks: Sequence[Verdict],
     slowdown: Slowdown | None,
 ) -> None:
-    """The strategy table, the per-replica table, the slowdown shares and the verdicts."""
-    if runs:
-        _print_tables(console, runs)
+    """Per workload (``runs``: workload → strategy → run) the strategy table and the
+    per-replica table; then the slowdown shares and the verdicts."""
+    for workload, by_strategy in runs.items():
+        if by_strategy:
+            _print_tables(console, workload, by_strategy)
 
     if slowdown is not None:
         if slowdown.not_run:

@@ -59,20 +59,29 @@ def render_gateway_config(
     signals_interval: float = 0.5,
     prefix_chars: int = 2048,
     epsilon: float = 0.25,
+    max_in_flight: int = 0,
     plain: bool = False,
 ) -> str:
-    """The gateway config (JSON is YAML): the replicas by name, ``strategy``, load signals scraped
-    every ``signals_interval`` seconds, and nothing that is not routing (no usage records, admin
-    API, config watching or health probes). ``plain`` leaves the fleet-aware routing keys out,
-    for a gateway that predates them (only its older strategies then run)."""
+    """The gateway config (JSON is YAML): the replicas by name, each capped at ``max_in_flight``
+    requests (the mock's slots: the excess waits in the gateway's admission queue, as in front
+    of vLLM's ``max_num_seqs``; 0: no cap), ``strategy``, load signals scraped every
+    ``signals_interval`` seconds, and nothing that is not routing (no usage records, admin API,
+    config watching or health probes). ``plain`` leaves the fleet-aware routing keys and the cap
+    out, for a gateway that predates them (only its older strategies then run)."""
     routing: dict[str, object] = {"load_balance_strategy": strategy}
+    backends: list[dict[str, object]] = [
+        {"url": replica.url, "name": replica.name} for replica in replicas
+    ]
     if not plain:
         routing["load_signals"] = {"enabled": True, "interval": signals_interval}
         routing["prefix_affinity"] = {"prefix_chars": prefix_chars, "epsilon": epsilon}
+        if max_in_flight:
+            for backend in backends:
+                backend["max_in_flight"] = max_in_flight
     config: dict[str, object] = {
         "listen": f"127.0.0.1:{listen_port}",
         "server": {"workers": 1, "watch_config": False},
-        "backends": [{"url": replica.url, "name": replica.name} for replica in replicas],
+        "backends": backends,
         "routing": routing,
         "usage": {"enabled": False},
         "admin": {"enabled": False},

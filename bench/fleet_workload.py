@@ -1,10 +1,15 @@
-"""The multi-tenant workload of the fleet benchmark, and the arithmetic that sizes it. Pure.
+"""The multi-tenant workloads of the fleet benchmark, and the arithmetic that sizes them. Pure.
 
 Tenants each have a long system prompt of their own and several conversations going on at once;
 each request of a conversation repeats the system prompt and every earlier turn, then adds one new
 user turn — the traffic where a replica's prefix cache pays off, if the gateway keeps sending a
 tenant to the replica that holds its prefix. The assistant turns in the history are exactly what
 the mock answers (:func:`llmproxy.mock.completion_text`), as a real client would send back.
+
+Two shapes (:data:`WORKLOADS`): ``uniform``, where every tenant sends the same share, and
+``skewed``, where one tenant sends half the requests (with as many more conversations, so each
+conversation grows at the same pace) and every system prompt is 1,500 words or more: a tenant too
+busy for one replica, whose overflow must land where its prefix gets cached too.
 
 Everything is a function of a seed: every strategy of one run replays the same requests at the
 same times, so their numbers compare like for like.
@@ -29,6 +34,7 @@ _WORDS = (
     "explain", "example", "format", "table", "markdown", "tone", "friendly", "apology",
 )  # fmt: skip
 """Filler vocabulary of the generated prompts (their content does not matter, their bytes do)."""
+_MEAN_WORD_CHARS = sum(len(word) for word in _WORDS) / len(_WORDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +48,43 @@ class Shape:
     """User turns after which a conversation ends and a new one takes its place."""
     system_chars: tuple[int, int] = (4000, 8000)
     """Length range of a tenant's system prompt (each tenant draws one)."""
+    system_words: tuple[int, int] | None = None
+    """Length range of a tenant's system prompt in words; when set, instead of ``system_chars``."""
+    heavy_share: float = 0.0
+    """Share of all requests sent by tenant 0 (the others share the rest evenly); 0: every
+    tenant sends the same share."""
     user_chars: tuple[int, int] = (100, 400)
     """Length range of one user turn."""
     answer_tokens: int = 32
     """Tokens of each assistant turn: the mock's ``tokens`` knob, as the history repeats them."""
+
+    def __post_init__(self) -> None:
+        if self.tenants < 1 or self.conversations < 1 or self.turns < 1:
+            raise ValueError("tenants, conversations and turns must be >= 1")
+        if not 0.0 <= self.heavy_share < 1.0 or (self.heavy_share and self.tenants < 2):
+            raise ValueError(f"heavy_share must be in [0, 1) with 2+ tenants: {self.heavy_share}")
+
+    def share(self, tenant: int) -> float:
+        """The share of all requests ``tenant`` sends."""
+        if not self.heavy_share:
+            return 1 / self.tenants
+        if tenant == 0:
+            return self.heavy_share
+        return (1 - self.heavy_share) / (self.tenants - 1)
+
+    def conversations_of(self, tenant: int) -> int:
+        """Conversations ``tenant`` has going on at once: ``conversations`` for a tenant of the
+        smallest share, more in proportion for a busier one (so every conversation advances at
+        about the same pace: a tenant with more traffic has more users, not faster ones)."""
+        least = min(self.share(t) for t in range(self.tenants))
+        return max(1, round(self.conversations * self.share(tenant) / least))
+
+    @property
+    def mean_system_chars(self) -> float:
+        """A system prompt's expected length in characters."""
+        if self.system_words is None:
+            return sum(self.system_chars) / 2
+        return sum(self.system_words) / 2 * (_MEAN_WORD_CHARS + 1)
 
     @property
     def mean_turn_chars(self) -> float:
@@ -97,18 +136,26 @@ def _words(rng: random.Random, chars: int, opening: str = "") -> str:
     return " ".join(text)[:chars]
 
 
+def _word_count(rng: random.Random, words: int, opening: str) -> str:
+    return " ".join([opening, *(rng.choice(_WORDS) for _ in range(words - len(opening.split())))])
+
+
 def system_prompts(shape: Shape, seed: int) -> list[str]:
     """One distinct system prompt per tenant; different from their first characters on, so two
     tenants never share a cache block."""
     rng = random.Random(f"{seed}:system")
-    return [
-        _words(rng, rng.randint(*shape.system_chars), f"Tenant {tenant}: you are the assistant of")
-        for tenant in range(shape.tenants)
-    ]
+    prompts = []
+    for tenant in range(shape.tenants):
+        opening = f"Tenant {tenant}: you are the assistant of"
+        if shape.system_words is None:
+            prompts.append(_words(rng, rng.randint(*shape.system_chars), opening))
+        else:
+            prompts.append(_word_count(rng, rng.randint(*shape.system_words), opening))
+    return prompts
 
 
 def turns(shape: Shape, seed: int) -> Iterator[Turn]:
-    """The endless request sequence: a uniformly chosen tenant, one of its conversations (picked
+    """The endless request sequence: a tenant drawn by its share, one of its conversations (picked
     uniformly), that conversation's next turn. Independent of time, so the same seed gives the
     same requests at any arrival rate."""
     rng = random.Random(f"{seed}:turns")
@@ -116,12 +163,17 @@ def turns(shape: Shape, seed: int) -> Iterator[Turn]:
     answer = completion_text(shape.answer_tokens)
     # Per tenant, per conversation slot: (serial number, history after the system prompt).
     live: list[list[tuple[int, list[tuple[str, str]]] | None]] = [
-        [None] * shape.conversations for _ in range(shape.tenants)
+        [None] * shape.conversations_of(tenant) for tenant in range(shape.tenants)
     ]
     serial = 0
     while True:
-        tenant = rng.randrange(shape.tenants)
-        slot = rng.randrange(shape.conversations)
+        if shape.heavy_share and rng.random() < shape.heavy_share:
+            tenant = 0
+        elif shape.heavy_share:
+            tenant = 1 + rng.randrange(shape.tenants - 1)
+        else:
+            tenant = rng.randrange(shape.tenants)
+        slot = rng.randrange(len(live[tenant]))
         current = live[tenant][slot]
         if current is None or len(current[1]) >= 2 * shape.turns:
             current = (serial, [])
@@ -174,8 +226,17 @@ def arrival_rate(*, replicas: int, slots: int, load: float, service: float) -> f
 
 def cache_blocks_for(shape: Shape, tenants: float, block_chars: int) -> int:
     """Prefix cache blocks that hold about ``tenants`` tenants' working set: the system prompt
-    plus the history of each live conversation, which is on average half-way through its turns.
+    plus the history of each live conversation, which is on average half-way through its turns
+    (with a heavy tenant, the mean over the tenants: its many conversations count for more).
     """
-    system = sum(shape.system_chars) / 2
-    history = shape.conversations * (shape.turns + 1) / 2 * shape.mean_turn_chars
-    return round(tenants * (system + history) / block_chars)
+    conversations = sum(shape.conversations_of(t) for t in range(shape.tenants)) / shape.tenants
+    history = conversations * (shape.turns + 1) / 2 * shape.mean_turn_chars
+    return round(tenants * (shape.mean_system_chars + history) / block_chars)
+
+
+WORKLOADS: dict[str, Shape] = {
+    "uniform": Shape(),
+    "skewed": Shape(heavy_share=0.5, system_words=(1500, 2000)),
+}
+"""The workload shapes by name, as ``--workload`` takes them (``answer_tokens`` is then set to
+the fleet's ``tokens``)."""

@@ -6,10 +6,12 @@ drives a tiny schedule through the real client against an in-process mock, to ch
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import time
+from collections import Counter
 from itertools import islice
 
 import pytest
@@ -24,6 +26,7 @@ from bench.fleet_report import (
     print_report,
     share_between,
     slowdown_result,
+    slowdown_verdicts,
     summarize,
     tenant_affinity,
     verdicts,
@@ -31,6 +34,7 @@ from bench.fleet_report import (
 from bench.fleet_targets import Fleet, render_gateway_config
 from bench.fleet_targets import Replica as Process
 from bench.fleet_workload import (
+    WORKLOADS,
     Shape,
     arrival_rate,
     arrival_times,
@@ -56,9 +60,24 @@ def test_service_time_and_rate() -> None:
 
 def test_plan_is_consistent() -> None:
     plan = make_plan()
+    assert plan.workload == "uniform"
     assert plan.rate * plan.service == pytest.approx(0.75 * 4 * 8)
     assert 1500 < plan.mean_prompt_tokens < 2500  # ~6k chars of system prompt plus history
     assert plan.fleet.prefix_cache_blocks == cache_blocks_for(plan.shape, 2.0, 64)
+
+
+def test_skewed_plan_is_sized_on_its_own_uncached_prompts() -> None:
+    """The skewed workload's longer prompts make a request hold a slot longer uncached, so its
+    rate is lower for the same 75 % of the slots; its caches hold about two mean tenants."""
+    plan = make_plan(workload="skewed", tokens=16)
+    uniform = make_plan(tokens=16)
+    assert plan.shape.heavy_share == 0.5
+    assert plan.shape.answer_tokens == 16
+    assert plan.rate * plan.service == pytest.approx(0.75 * 4 * 8)
+    assert plan.mean_prompt_tokens > 1500 * 7 / 4  # 1,500+ words of about 7 chars with a space
+    assert plan.rate < uniform.rate
+    assert plan.fleet.prefix_cache_blocks == cache_blocks_for(plan.shape, 2.0, 64)
+    assert plan.fleet.prefix_cache_blocks > uniform.fleet.prefix_cache_blocks
 
 
 def test_cache_size_counts_system_prompt_and_live_histories() -> None:
@@ -80,9 +99,10 @@ def test_workload_is_deterministic_per_seed() -> None:
     assert [turn for _, turn in planned] == list(islice(turns(shape, seed=3), len(planned)))
 
 
-def test_conversations_grow_by_one_exchange() -> None:
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+def test_conversations_grow_by_one_exchange(workload: str) -> None:
     """Each request of a conversation repeats the previous one, its answer, and one new turn."""
-    shape = Shape(answer_tokens=5)
+    shape = dataclasses.replace(WORKLOADS[workload], answer_tokens=5)
     answer = completion_text(5)
     last: dict[int, tuple[tuple[str, str], ...]] = {}
     seen_growth = 0
@@ -107,6 +127,44 @@ def test_system_prompts_are_long_and_distinct_from_the_first_block() -> None:
     assert len(prompts) == 8
     assert all(4000 <= len(p) <= 8000 for p in prompts)
     assert len({p[:64] for p in prompts}) == 8  # no two tenants share a cache block
+
+
+def test_skewed_workload_one_tenant_sends_half() -> None:
+    """Tenant 0 sends half the requests, the seven others the rest evenly; it has seven times
+    their conversations, so each conversation grows at the same pace."""
+    shape = WORKLOADS["skewed"]
+    assert [shape.conversations_of(t) for t in range(8)] == [21] + [3] * 7
+    assert sum(shape.share(t) for t in range(8)) == pytest.approx(1.0)
+    sample = list(islice(turns(shape, seed=1), 8000))
+    counts = Counter(turn.tenant for turn in sample)
+    assert counts[0] / len(sample) == pytest.approx(0.5, abs=0.02)
+    for tenant in range(1, 8):
+        assert counts[tenant] / len(sample) == pytest.approx(0.5 / 7, abs=0.01)
+    assert len({t.conversation for t in sample if t.tenant == 0}) > 7 * len(
+        {t.conversation for t in sample if t.tenant == 1}
+    )
+    assert Counter(t.turn for t in sample if t.tenant == 0)[8] > 0  # they do reach their end
+    uniform = Counter(turn.tenant for turn in islice(turns(WORKLOADS["uniform"], seed=1), 8000))
+    assert max(uniform.values()) / 8000 < 0.15
+
+
+def test_skewed_system_prompts_have_1500_words_or_more() -> None:
+    shape = WORKLOADS["skewed"]
+    prompts = system_prompts(shape, seed=1)
+    assert len(prompts) == 8
+    assert all(1500 <= len(p.split()) <= 2000 for p in prompts)
+    assert len({p[:64] for p in prompts}) == 8
+    assert sum(map(len, prompts)) / 8 == pytest.approx(shape.mean_system_chars, rel=0.1)
+    for turn in islice(turns(shape, seed=1), 200):  # every request repeats its tenant's
+        assert turn.messages[0] == ("system", prompts[turn.tenant])
+        assert len(turn.messages[0][1].split()) >= 1500
+
+
+def test_shape_rejects_impossible_shares() -> None:
+    with pytest.raises(ValueError, match="heavy_share"):
+        Shape(heavy_share=1.0)
+    with pytest.raises(ValueError, match="heavy_share"):
+        Shape(tenants=1, heavy_share=0.5)
 
 
 def test_arrivals_are_poisson_at_the_rate() -> None:
@@ -141,15 +199,17 @@ def test_replica_command_matches_the_mock_flags() -> None:
 def test_gateway_config_is_valid(strategy: str) -> None:
     """The generated config passes the gateway's own model, with the fleet-aware keys."""
     replicas = [Process(f"gpu-{i}", 9000 + i) for i in range(4)]
-    raw = json.loads(render_gateway_config(8000, replicas, strategy))
+    raw = json.loads(render_gateway_config(8000, replicas, strategy, max_in_flight=8))
     config = Config.model_validate(raw)
     assert config.routing.load_balance_strategy == strategy
     assert [b.name for b in config.backends] == ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
+    assert [b.max_in_flight for b in config.backends] == [8] * 4  # the mock's slots
     assert raw["routing"]["load_signals"] == {"enabled": True, "interval": 0.5}
     assert raw["routing"]["prefix_affinity"] == {"prefix_chars": 2048, "epsilon": 0.25}
     assert not config.health_check.enabled
     plain = json.loads(render_gateway_config(8000, replicas, strategy, plain=True))
     assert set(plain["routing"]) == {"load_balance_strategy"}
+    assert all("max_in_flight" not in backend for backend in plain["backends"])
 
 
 def test_cli() -> None:
@@ -157,9 +217,16 @@ def test_cli() -> None:
     assert (args.duration, args.warmup, args.slowdown) == (8.0, 2.0, True)
     assert args.strategies == ["round_robin", "prefix_affinity"]
     assert parse_args(["--strategies", "none"]).strategies == []
+    assert parse_args([]).workload == ["uniform", "skewed"]
+    assert parse_args(["--workload", "skewed"]).workload == ["skewed"]
+    assert parse_args(["--workload", "none"]).workload == []
     alone = parse_args(["--strategies", "none", "--priority"])
     assert (alone.strategies, alone.priority) == ([], True)
-    for bad in (["--strategies", "random"], ["--duration", "3", "--warmup", "5"]):
+    for bad in (
+        ["--strategies", "random"],
+        ["--duration", "3", "--warmup", "5"],
+        ["--workload", "zipf"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(bad)
 
@@ -192,14 +259,17 @@ def _result(
 def test_summarize_leaves_the_warmup_out_of_latencies() -> None:
     results = [_result(0.5, 0, 9.0)] + [_result(2 + i, 0, (i + 1) / 100) for i in range(100)]
     results.append(_result(3.0, 1, None, replica="gpu-1", error="HTTP 503"))
-    replicas = [Replica("gpu-0", 8, 100, 1000.0, 600.0, 2, 8), Replica("gpu-1", 8, 1, 10.0, 0.0)]
+    replicas = [
+        Replica("gpu-0", 8, 100, 1000.0, 600.0, 2, 8, peak_in_flight=10),
+        Replica("gpu-1", 8, 1, 10.0, 0.0),
+    ]
     run = summarize("round_robin", results, replicas, warmup=1.0)
     assert (run.sent, run.completed, run.errors) == (102, 101, 1)
     assert run.error_kinds == {"HTTP 503": 1}
     assert run.ttft_p50_ms == pytest.approx(505.0)
     assert run.ttft_p99_ms == pytest.approx(990.1)
     assert run.hit_rate == pytest.approx(600 / 1010)
-    assert (run.max_queue, run.peak_running, run.over_slots) == (2, 8, 0)
+    assert (run.max_queue, run.peak_running, run.peak_in_flight, run.over_slots) == (2, 8, 10, 2)
 
 
 def test_tenant_affinity() -> None:
@@ -237,7 +307,7 @@ def test_targets_met_and_missed() -> None:
         {"s": [(0.0, 0), (5.0, 25), (10.0, 30)], "f": [(0.0, 0), (5.0, 75), (10.0, 170)]},
         "s", factor=3, at=5.0, window=5.0,
     )  # fmt: skip
-    checks = verdicts(runs, slowdown)
+    checks = verdicts(runs) + slowdown_verdicts(slowdown)
     assert [c["met"] for c in checks] == [True, False, True, True, True]
     values = [c["value"] for c in checks]
     assert values == [
@@ -246,13 +316,24 @@ def test_targets_met_and_missed() -> None:
     ]  # fmt: skip
 
 
+def test_targets_are_issue_14s_ratios_per_workload() -> None:
+    """p50 at least 5× and p99 at least 3× lower than round robin's, judged and named per
+    workload; 4.9× misses, 5× meets."""
+    checks = verdicts(_runs((490.0, 1500.0, 0.3), (100.0, 500.0, 0.7)), workload="skewed")
+    assert [c["met"] for c in checks] == [False, True, True, True]
+    assert all(c["target"].startswith("skewed: ") for c in checks)
+    assert [c["goal"] for c in checks[:2]] == [">= 5×", ">= 3×"]
+    checks = verdicts(_runs((500.0, 1490.0, 0.3), (100.0, 500.0, 0.7)))
+    assert [c["met"] for c in checks] == [True, False, True, True]
+
+
 def test_targets_not_run_and_over_slots() -> None:
     runs = _runs((900.0, 1400.0, 0.3), (100.0, 500.0, 0.7))
     runs["prefix_affinity"] = StrategyRun("prefix_affinity", not_run="gateway did not start")
     runs["round_robin"] = StrategyRun(
-        "round_robin", replicas=(Replica("gpu-0", 8, peak_running=9),)
+        "round_robin", replicas=(Replica("gpu-0", 8, peak_running=8, peak_in_flight=9),)
     )
-    met = [c["met"] for c in verdicts(runs, None)]
+    met = [c["met"] for c in verdicts(runs) + slowdown_verdicts(None)]
     assert met == [None, None, None, False, None]
 
 
@@ -262,11 +343,16 @@ def test_report_prints_table_and_verdicts() -> None:
     out = io.StringIO()
     console = Console(file=out, width=200, color_system=None)
     slowdown = slowdown_result({"s": [(0.0, 0), (5.0, 5)]}, "s", factor=3, at=5.0, window=5.0)
-    print_report(console, runs, verdicts(runs, slowdown), slowdown)
+    checks = verdicts(runs, workload="skewed") + slowdown_verdicts(slowdown)
+    print_report(console, {"skewed": runs}, checks, slowdown)
     text = out.getvalue()
+    assert "Workload skewed" in text
+    assert "9.0× / 2.8×" in text  # prefix_affinity's p50 and p99, lower than round robin's by
     assert "prefix_affinity" in text
     assert "not run: gateway did not start: boom" in text
-    assert text.count("MET") >= 4
+    assert "MET    skewed: prefix_affinity TTFT p50" in text  # 9× against a goal of 5×
+    assert "MISSED skewed: prefix_affinity TTFT p99" in text  # 2.8× against a goal of 3×
+    assert "MET    skewed: no replica above its slots" in text
     assert "share per sample" in text
 
 
