@@ -342,8 +342,12 @@ class PrefixAffinityConfig(Section):
     the backend: a tenant's system prompt and a conversation's first turns.
     """
     epsilon: float = Field(default=0.25, ge=0.0)
-    """Load bound: a backend above (1 + epsilon) × the average in-flight count, or with a queue,
-    passes the request on to the next one on the ring.
+    """Load bound: a backend above (1 + epsilon) × the average in-flight count (unless it has
+    free slots under its `max_in_flight`, or else a KV cache with room), at its limit or with a
+    queue passes the request on to the next one on the ring. It bounds demand too: a prefix whose
+    backend gets more than (1 + epsilon) × the average share of recent requests moves to the
+    least asked one, if it stays the lighter of the two (a light tenant leaves a heavy one's
+    replica).
     """
 
 

@@ -34,6 +34,13 @@ KV_ROOM: Final = 0.8
 """KV cache use below which a backend without a queue still has room for a prefix it holds."""
 DEFAULT_MAX_KEYS: Final = 100_000
 """Prompt prefixes whose home backend is remembered (LRU): a few MB at most."""
+HEAT_HALF_LIFE: Final = 1024
+"""Requests after which a prefix's past requests count half in its demand: long enough that a
+light key's count is not noise, short enough that a tenant whose traffic fades stops counting."""
+_GROWTH: Final = 2.0 ** (1.0 / HEAT_HALF_LIFE)
+_RESCALE_AT: Final = 1e200
+_REBALANCE_AFTER: Final = 64.0
+"""Recent requests (decayed) before demand moves any key: the first few are noise."""
 
 
 def _point(text: bytes) -> int:
@@ -154,6 +161,17 @@ class HashRing:
                     return
 
 
+class _Home:
+    """Where one prompt prefix lives, and how much it is asked for (its decayed request count,
+    in the owner's growing scale: see `PrefixAffinity`)."""
+
+    __slots__ = ("backend", "heat")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.heat = 0.0
+
+
 class PrefixAffinity:
     """`prefix_affinity`: each prompt prefix has a home backend, kept within bounded load.
 
@@ -163,16 +181,35 @@ class PrefixAffinity:
     system prompts evicts them in turn. The homes live in a bounded LRU table (``max_keys``
     entries: the only memory affinity uses besides the ring).
 
+    Keys are not equal, though: one tenant may send half the traffic. Each key's demand (its
+    requests, decayed with a half-life of `HEAT_HALF_LIFE` requests) is summed per home; when a
+    request's home carries more than ``(1 + epsilon)`` × the average demand, its key moves to
+    the least demanded allowed backend if it stays lighter than the home it left — so a light
+    tenant leaves the replica a heavy one fills (whose cache churn would evict its prompt), and
+    the heavy one, which would only make another replica the hot one, stays. The move costs the
+    light key one uncached prefill; the condition makes moving it back impossible until demand
+    itself changes, so keys do not ping-pong.
+
     A request goes to its key's home while the home is within the load bound (in-flight count
-    at most ``(1 + epsilon)`` × the average unless its KV cache shows room, no queue, not at
-    `max_in_flight`, see `_fits`); otherwise it
-    spills to the next backend on the ring that is, without moving the home, so the key comes
-    back when the burst passes. When every backend is over the bound the load-aware rule picks.
-    Candidates are the backends the router allows now (model, health, retry exclusion). Without
-    a prefix key (no prompt) the load-aware rule picks too.
+    at most ``(1 + epsilon)`` × the average unless it shows room of its own — free slots under
+    its `max_in_flight`, or a KV cache with room —, no queue, not at `max_in_flight`: see
+    `_fits`); otherwise it spills to the next backend on the ring that is, without moving the
+    home, so the key comes back when the burst passes. When every backend is over the bound
+    the load-aware rule picks. Candidates are the backends the router allows now (model,
+    health, retry exclusion). Without a prefix key (no prompt) the load-aware rule picks too.
     """
 
-    __slots__ = ("_epsilon", "_fallback", "_homes", "_max_keys", "_owned", "_ring")
+    __slots__ = (
+        "_demand",
+        "_epsilon",
+        "_fallback",
+        "_homes",
+        "_max_keys",
+        "_owned",
+        "_ring",
+        "_scale",
+        "_total",
+    )
 
     def __init__(
         self,
@@ -189,8 +226,13 @@ class PrefixAffinity:
         self._epsilon = epsilon
         self._fallback = LoadAware(rng)
         self._max_keys = max(1, max_keys)
-        self._homes: OrderedDict[int, Backend] = OrderedDict()
+        self._homes: OrderedDict[int, _Home] = OrderedDict()
         self._owned: dict[Backend, int] = {backend: 0 for backend in backends}
+        # Demand in a growing scale: a request adds `_scale`, and `_scale` grows by
+        # `_GROWTH` per request, which decays every older count at once (no per-key clock).
+        self._demand: dict[Backend, float] = {backend: 0.0 for backend in backends}
+        self._total = 0.0
+        self._scale = 1.0
 
     def shares(self) -> dict[str, float]:
         """The share of known prompt prefixes homed on each backend (the ring's, before any)."""
@@ -198,6 +240,12 @@ class PrefixAffinity:
         if not total:
             return self._ring.shares()
         return {backend.name: owned / total for backend, owned in self._owned.items()}
+
+    def demand(self) -> dict[str, float]:
+        """Each backend's share of the recent requests of the prefixes homed on it."""
+        if not self._total:
+            return {backend.name: 0.0 for backend in self._demand}
+        return {backend.name: heat / self._total for backend, heat in self._demand.items()}
 
     def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         if not candidates:
@@ -217,41 +265,103 @@ class PrefixAffinity:
         return self._fallback.pick(candidates)
 
     def _home(self, key: int, allowed: set[Backend]) -> Backend | None:
-        """The key's home, homing a new key on the first allowed backend with room for it."""
+        """The key's home after counting this request, homing a new key on the first allowed
+        backend with room for it, or moving it off a home that is in demand (`_rebalance`)."""
         homes = self._homes
         home = homes.get(key)
-        if home is not None:
+        if home is None:
+            backend = self._place(key, allowed)
+            if backend is None:
+                return None
+            home = homes[key] = _Home(backend)
+            self._owned[backend] = self._owned.get(backend, 0) + 1
+            if len(homes) > self._max_keys:
+                self._forget(homes.popitem(last=False)[1])
+        else:
             homes.move_to_end(key)
-            return home
+        self._count(home)
+        if self._owned[home.backend] > 1:
+            self._rebalance(home, allowed)
+        return home.backend
+
+    def _place(self, key: int, allowed: set[Backend]) -> Backend | None:
+        """A new key's home: the first allowed backend clockwise with fewer than its even share
+        of the keys (a cache holds so many prompts; epsilon is for load)."""
         owned = self._owned
-        # Keys are spread evenly (a cache holds so many prompts); epsilon is for load.
-        limit = math.ceil((len(homes) + 1) / max(len(owned), 1))
+        limit = math.ceil((len(self._homes) + 1) / max(len(owned), 1))
         for backend in self._ring.walk(key):
             if backend in allowed and owned.get(backend, 0) < limit:
-                home = backend
-                break
-        if home is None:
-            return None
-        homes[key] = home
-        owned[home] = owned.get(home, 0) + 1
-        if len(homes) > self._max_keys:
-            _, evicted = homes.popitem(last=False)
-            owned[evicted] -= 1
-        return home
+                return backend
+        return None
+
+    def _count(self, home: _Home) -> None:
+        scale = self._scale
+        home.heat += scale
+        self._demand[home.backend] = self._demand.get(home.backend, 0.0) + scale
+        self._total += scale
+        self._scale = scale * _GROWTH
+        if self._scale > _RESCALE_AT:
+            self._rescale()
+
+    def _rebalance(self, home: _Home, allowed: set[Backend]) -> None:
+        """Move ``home``'s key to the least demanded allowed backend when its home carries more
+        than ``(1 + epsilon)`` × the average demand and the key, moved, leaves the target still
+        lighter than the home (so the move lowers the hottest and cannot be undone by the same
+        rule). Waits for `_REBALANCE_AFTER` requests of evidence."""
+        demand = self._demand
+        if self._total < _REBALANCE_AFTER * self._scale:
+            return
+        current = home.backend
+        mean = self._total / len(demand)
+        if demand[current] <= (1.0 + self._epsilon) * mean:
+            return
+        target = min(
+            (b for b in allowed if b is not current and b in demand), key=demand.__getitem__,
+            default=None,
+        )  # fmt: skip
+        if target is None or demand[target] + home.heat >= demand[current] - home.heat:
+            return
+        demand[current] -= home.heat
+        demand[target] += home.heat
+        self._owned[current] -= 1
+        self._owned[target] = self._owned.get(target, 0) + 1
+        home.backend = target
+
+    def _forget(self, home: _Home) -> None:
+        """Drop an evicted key's count and demand from its backend."""
+        self._owned[home.backend] -= 1
+        self._demand[home.backend] -= home.heat
+        self._total -= home.heat
+
+    def _rescale(self) -> None:
+        """Bring the growing scale back to 1 before it overflows (every ~10^5 requests)."""
+        factor = self._scale
+        for home in self._homes.values():
+            home.heat /= factor
+        for backend in self._demand:
+            self._demand[backend] = 0.0
+        for home in self._homes.values():
+            self._demand[home.backend] = self._demand.get(home.backend, 0.0) + home.heat
+        self._total = sum(self._demand.values())
+        self._scale = 1.0
 
 
 def _fits(backend: Backend, bound: int) -> bool:
     """Within the load bound: nothing queued, not at its own limit, and under ``bound`` in flight
-    unless its own signals show room (KV cache below `KV_ROOM`).
+    unless it shows room of its own: free slots under a declared `max_in_flight`, or else a KV
+    cache below `KV_ROOM`.
 
     The average-based bound alone misjudges GPU servers at light load: with two requests in
     flight per replica it would send a prefix away from a replica with six free batch slots, and
-    the request would pay a whole uncached prefill elsewhere. A replica that reports its KV cache
-    is judged by it, and by its queue, which is what the request would actually wait on.
+    the request would pay a whole uncached prefill elsewhere. A backend with `max_in_flight` is
+    judged by the gateway's own count against it (exact and current, where a scraped KV reading
+    is up to an interval old and, read just after a burst, sends prefixes away from slots that
+    have freed); one without, by its KV cache use; and either by its queue, which is what the
+    request would actually wait on.
     """
     if backend.queue_waiting > 0 or backend.full_for():
         return False
-    if backend.in_flight < bound:
+    if backend.in_flight < bound or backend.max_in_flight > 0:
         return True
     kv = backend.kv_cache_usage
     return kv is not None and kv < KV_ROOM

@@ -7,7 +7,14 @@ from collections import Counter
 
 import pytest
 
-from llmproxy.routing.affinity import HashRing, LoadAware, PrefixAffinity, load_score, prefix_key
+from llmproxy.routing.affinity import (
+    HEAT_HALF_LIFE,
+    HashRing,
+    LoadAware,
+    PrefixAffinity,
+    load_score,
+    prefix_key,
+)
 from llmproxy.routing.backend import Backend
 from llmproxy.routing.prefix import prompt_prefix
 
@@ -209,6 +216,86 @@ def test_a_home_with_kv_cache_room_keeps_its_prefix_past_the_average_bound() -> 
     assert strategy.pick(fleet, key) is home
     home.kv_cache_usage = 0.9
     assert strategy.pick(fleet, key) is not home
+
+
+def test_a_home_with_free_declared_slots_keeps_its_prefix_whatever_its_last_scrape() -> None:
+    """With ``max_in_flight`` set, the gateway's own count against it is the room: a KV reading
+    taken during a burst that has since passed does not send the prefix to an uncached replica;
+    at the limit it spills."""
+    fleet = _fleet()
+    for backend in fleet:
+        backend.max_in_flight = 8
+    strategy = PrefixAffinity(fleet, epsilon=0.25, rng=random.Random(10))
+    key = _keys(1)[0]
+    home = strategy.pick(fleet, key)
+    assert home is not None
+    home.in_flight = 7  # over the average bound (3), one slot free
+    home.kv_cache_usage = 1.0  # scraped when all eight were running
+    assert strategy.pick(fleet, key) is home
+    home.in_flight = 8
+    assert strategy.pick(fleet, key) is not home
+
+
+def test_a_light_prefix_leaves_the_home_a_heavy_one_fills() -> None:
+    """One tenant sends half the requests: the light tenant sharing its home moves to the least
+    demanded backend (its prompt would be evicted by the heavy one's churn), the heavy one stays,
+    and nothing moves back or on as the same demand continues."""
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, rng=random.Random(11))
+    keys = _keys(8)
+    homes = {key: strategy.pick(fleet, key) for key in keys}
+    heavy = keys[0]
+    heavy_home = homes[heavy]
+    assert heavy_home is not None
+    partner = next(k for k in keys[1:] if homes[k] is heavy_home)
+    rng = random.Random(12)
+    for _ in range(400):
+        key = heavy if rng.random() < 0.5 else rng.choice(keys[1:])
+        strategy.pick(fleet, key)
+    after = {key: strategy.pick(fleet, key) for key in keys}
+    assert after[heavy] is heavy_home
+    assert after[partner] is not heavy_home
+    assert list(after.values()).count(heavy_home) == 1  # the heavy tenant alone
+    demand = strategy.demand()
+    assert demand[heavy_home.name] == pytest.approx(0.5, abs=0.1)
+    assert sum(demand.values()) == pytest.approx(1.0)
+    for _ in range(400):
+        key = heavy if rng.random() < 0.5 else rng.choice(keys[1:])
+        strategy.pick(fleet, key)
+    assert {key: strategy.pick(fleet, key) for key in keys} == after
+
+
+def test_even_demand_moves_no_prefix() -> None:
+    """Tenants with the same share stay where they were homed: noise is not a reason to pay a
+    cold prefill."""
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, rng=random.Random(13))
+    keys = _keys(8)
+    homes = {key: strategy.pick(fleet, key) for key in keys}
+    rng = random.Random(14)
+    for _ in range(5000):
+        strategy.pick(fleet, rng.choice(keys))
+    assert {key: strategy.pick(fleet, key) for key in keys} == homes
+
+
+def test_demand_decays_and_survives_rescaling() -> None:
+    """A tenant that stops sending stops counting (half-life in requests), and the scale that
+    does the decay is brought back before it overflows without changing any share."""
+    fleet = _fleet()
+    strategy = PrefixAffinity(fleet, rng=random.Random(15))
+    old, new = _keys(2)
+    for _ in range(200):
+        strategy.pick(fleet, old)
+    for _ in range(HEAT_HALF_LIFE * 6):
+        strategy.pick(fleet, new)
+    home_of_old = strategy.pick(fleet, old)
+    assert home_of_old is not None
+    shares = strategy.demand()
+    assert shares[home_of_old.name] < 0.05
+    before = strategy.demand()
+    strategy._rescale()
+    assert strategy.demand() == pytest.approx(before)
+    assert strategy._scale == 1.0
 
 
 def test_load_aware_avoids_the_slower_of_two_equally_loaded_backends() -> None:
