@@ -12,6 +12,7 @@ cancelled out. Needs ``wrk`` and ``taskset``; the mock backend runs on the load'
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -47,6 +48,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--stream", action="store_true", help="streamed requests (16 tokens)")
+    parser.add_argument(
+        "--full", action="store_true", help="usage records and metrics on (default: the core)"
+    )
     args = parser.parse_args()
     wrk, _ = ensure_tools(want_nginx=False)
     if wrk is None:
@@ -71,7 +75,10 @@ def main() -> None:
         for name, directory in builds.items():
             port = free_port()
             config = work / f"{name}.yaml"
-            config.write_text(render_gateway_config(port, mock_port, core=True))
+            rendered = json.loads(render_gateway_config(port, mock_port, core=not args.full))
+            if args.full:  # each build's records in the scratch directory, not its checkout
+                rendered["usage"] = {"database": str(work / f"{name}-usage.db")}
+            config.write_text(json.dumps(rendered, indent=2) + "\n")
             checkout = Path(directory).resolve()
             command = [sys.executable, "-m", "llmproxy", "serve", "--config", str(config)]
             gateways[name] = (
