@@ -15,6 +15,7 @@ import redis.asyncio
 from llmproxy.config.model import RedisConnection
 from llmproxy.connections import ConnectionPools
 from llmproxy.limits import Admission, MemoryLimitStore, RedisLimitStore
+from llmproxy.limits.shared import SharedLimits, SharedLimitStore
 from tests.private_redis import PrivateRedis
 
 SHARED_REDIS = "127.0.0.1:6379"
@@ -79,14 +80,29 @@ async def redis_stores(
             await store.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture
+def shared_table(tmp_path: Path) -> Path:
+    """A daemon's limit table for two workers (a small one, so rebuilds are reachable)."""
+    path = tmp_path / "limits.table"
+    SharedLimits.create(path, workers=2, capacity=1024)
+    return path
+
+
+@pytest.fixture(params=["memory", "shared", "redis"])
 def store(
-    request: pytest.FixtureRequest, redis_stores: list[RedisLimitStore]
-) -> MemoryLimitStore | RedisLimitStore:
-    """The same behaviour is pinned for both stores."""
+    request: pytest.FixtureRequest, redis_stores: list[RedisLimitStore], shared_table: Path
+) -> Iterator[MemoryLimitStore | SharedLimitStore | RedisLimitStore]:
+    """The same behaviour is pinned for every store."""
     if request.param == "memory":
-        return MemoryLimitStore()
-    return redis_stores[0]
+        yield MemoryLimitStore()
+    elif request.param == "shared":
+        handle = SharedLimits.attach(shared_table, worker=0)
+        try:
+            yield SharedLimitStore(handle)
+        finally:
+            handle.close()
+    else:
+        yield redis_stores[0]
 
 
 async def eventually(condition: Callable[[], bool | Awaitable[bool]], within: float = 3.0) -> None:
