@@ -151,7 +151,12 @@ class Reloader:
         if not changes:
             return self._outcome(True, dry_run, trigger, ())
         try:
-            runtime = Runtime(config, base_dir=self.base_dir, fleet=self.state.fleet)
+            runtime = Runtime(
+                config,
+                base_dir=self.base_dir,
+                fleet=self.state.fleet,
+                daemon_limits=self.state.daemon_limits,
+            )
         except (LuaError, AuthSetupError, ValueError) as exc:
             return self._refused(str(exc), dry_run, trigger, changes)
         if dry_run:

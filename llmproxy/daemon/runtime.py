@@ -31,6 +31,7 @@ from llmproxy.gateway.client_address import ProxyTrust
 from llmproxy.gateway.snapshot import Snapshot
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
+from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.record.finish import recording_sink
 from llmproxy.record.recorder import Recorder
@@ -67,12 +68,15 @@ class Runtime:
         base_dir: Path | None = None,
         rng: random.Random | None = None,
         fleet: BackendFleet | None = None,
+        daemon_limits: SharedLimits | None = None,
     ) -> None:
         """Build every object of the snapshot; raises on anything a bad config breaks.
 
         ``base_dir`` is where relative paths in the config (Lua files, the key store) live: the
         config file's directory, or the working directory. ``fleet`` is the process's backends
         (a reload passes the current one); without it the snapshot is active at once.
+        ``daemon_limits`` is the daemon's limit table when it has several workers: in-memory
+        limits are then decided on it, for the whole daemon.
         """
         self.config = config
         self.base_dir = base_dir or Path.cwd()
@@ -145,6 +149,7 @@ class Runtime:
         )
         limits = config.rate_limit
         self.limits: LimitStore | None = None  # built in open(): a Redis store needs the loop
+        self.daemon_limits = daemon_limits
         self.global_rate: Rate | None = rate_of(limits.global_) if limits.enabled else None
         self.model_list_cache: tuple[float, tuple[str, ...]] | None = None
         self.metrics: GatewayMetrics = _NO_METRICS
@@ -211,7 +216,9 @@ class Runtime:
         if self.auth is not None:
             await self.auth.open()
         if self.config.rate_limit.enabled and self.limits is None:
-            self.limits = await build_store(self.config.rate_limit, self.pools)
+            self.limits = await build_store(
+                self.config.rate_limit, self.pools, shared=self.daemon_limits
+            )
         routing = self.config.routing
         signals = routing.load_signals
         if signals.enabled or self.strategy.load_signals:
@@ -358,6 +365,8 @@ class RuntimeState:
         self.metrics = metrics or GatewayMetrics(CollectorRegistry())
         self.fleet = runtime.fleet
         """The process's backends and admission queue; every later snapshot is built on it."""
+        self.daemon_limits = runtime.daemon_limits
+        """The daemon's limit table (several workers), which every later snapshot decides on."""
         self.body_budget = BodyBudget(runtime.config.server.body_buffer_limit)
         self.usage = usage
         self.access_log = access_log

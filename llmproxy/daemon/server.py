@@ -31,6 +31,7 @@ from llmproxy.daemon.reload import Reloader
 from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.app import GatewayApp
+from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.record.recorder import Recorder
 from llmproxy.usage.sink import UsageSink
@@ -185,6 +186,7 @@ async def serve(
     reload_all: Callable[[], None] | None = None,
     listen: str | None = None,
     worker: int | None = None,
+    limits_table: Path | None = None,
 ) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them).
 
@@ -193,14 +195,18 @@ async def serve(
     admin socket when the config enables it (one worker of several opens it); ``reload_all``
     tells the other workers when a reload asked of this one succeeded. ``listen`` overrides the
     config's listen address (``serve --listen``), in reloads too. ``worker`` is this process's
-    index among several (``server.workers``): it records traffic to a file of its own.
+    index among several (``server.workers``): it records traffic to a file of its own, and
+    decides in-memory limits on the daemon's ``limits_table`` (see :mod:`llmproxy.limits.shared`).
     """
     base_dir = base_dir or Path.cwd()
     if listen:
         config = with_listen(config, listen)
     metrics = GatewayMetrics()  # the process-wide registry that /metrics serves
+    daemon_limits = None
+    if limits_table is not None:
+        daemon_limits = SharedLimits.attach(limits_table, worker or 0)
     state = RuntimeState(
-        Runtime(config, base_dir=base_dir),
+        Runtime(config, base_dir=base_dir, daemon_limits=daemon_limits),
         metrics=metrics,
         usage=UsageSink(config, base_dir) if config.usage.enabled else None,
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
@@ -228,6 +234,8 @@ async def serve(
         await reloader.stop()
         if admin_server is not None:
             await admin_server.close()
+        if daemon_limits is not None:
+            daemon_limits.close()
 
 
 async def serve_demo(listen: str, mock_port: int, base_dir: Path) -> None:

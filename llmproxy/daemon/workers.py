@@ -2,7 +2,9 @@
 
 One Python process uses one core; the kernel spreads new connections over the workers' sockets.
 The supervisor only starts the workers, restarts one that dies unexpectedly, and passes SIGTERM /
-SIGINT on; it handles no traffic itself.
+SIGINT on; it handles no traffic itself. It creates the daemon's limit table
+(:mod:`llmproxy.limits.shared`) before the first worker starts; a worker started in a dead one's
+place gives back what that one held in it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from types import FrameType
 
 from llmproxy.config.model import Config
 from llmproxy.daemon.listen import parse_listen
+from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import mark_dead, prepare_multiprocess
 
 log = logging.getLogger("llmproxy.daemon")
@@ -40,7 +43,12 @@ def reuse_port_socket(address: str) -> socket.socket:
 
 
 def _worker_main(
-    config: Config, base_dir: Path, config_path: Path | None, listen: str | None, index: int
+    config: Config,
+    base_dir: Path,
+    config_path: Path | None,
+    listen: str | None,
+    index: int,
+    limits_table: Path,
 ) -> None:
     from llmproxy.daemon import server
 
@@ -58,6 +66,7 @@ def _worker_main(
             reload_all=_signal_supervisor if index == 0 else None,
             listen=listen,
             worker=index,
+            limits_table=limits_table,
         )
     )
 
@@ -77,10 +86,15 @@ def supervise(
     stopping = False
     # Every worker writes its metrics to files in one directory; any of them renders the sum.
     prepare_multiprocess(base_dir / "run" / "prometheus")
+    # In-memory limits are the daemon's, not each worker's: one table they all decide on.
+    limits_table = base_dir / "run" / f"limits-{os.getpid()}.table"
+    SharedLimits.create(limits_table, workers=config.server.workers)
 
     def start(index: int) -> BaseProcess:
         process = context.Process(
-            target=_worker_main, args=(config, base_dir, config_path, listen, index), daemon=False
+            target=_worker_main,
+            args=(config, base_dir, config_path, listen, index, limits_table),
+            daemon=False,
         )
         process.start()
         return process
@@ -117,4 +131,5 @@ def supervise(
             time.sleep(_RESTART_PAUSE)
             workers[index] = start(index)
         if stopping and not any(process.is_alive() for process in workers):
+            limits_table.unlink(missing_ok=True)
             return 0

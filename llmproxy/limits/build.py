@@ -1,6 +1,7 @@
 """The limit store a configuration asks for.
 
-``storage: memory`` counts in this process; ``storage: redis`` shares counts through Redis, behind
+``storage: memory`` counts in this process (in the daemon's shared table when it has several
+workers); ``storage: redis`` shares counts through Redis, behind
 the ``redis_failure`` policy::
 
     store = await build_store(config.rate_limit, pools)   # in Runtime.open(), inside the loop
@@ -20,16 +21,20 @@ from llmproxy.limits.admission import LimitStore
 from llmproxy.limits.failover import FailoverLimitStore
 from llmproxy.limits.memory import MemoryLimitStore
 from llmproxy.limits.redis import RedisLimitStore
+from llmproxy.limits.shared import SharedLimits, SharedLimitStore
 
 
-async def build_store(config: RateLimitConfig, pools: ConnectionPools) -> LimitStore:
-    """A :class:`MemoryLimitStore`, or a :class:`FailoverLimitStore` over Redis.
+async def build_store(
+    config: RateLimitConfig, pools: ConnectionPools, *, shared: SharedLimits | None = None
+) -> LimitStore:
+    """A :class:`MemoryLimitStore` (a :class:`SharedLimitStore` on ``shared``, the daemon's
+    table, when the daemon has several workers), or a :class:`FailoverLimitStore` over Redis.
 
     Raises :class:`~llmproxy.connections.PoolError` for a Redis address that cannot be used and
     ``ValueError`` for ``storage: redis`` without a ``redis`` section.
     """
     if config.storage == "memory":
-        return MemoryLimitStore()
+        return MemoryLimitStore() if shared is None else SharedLimitStore(shared)
     if config.redis is None:
         raise ValueError("rate_limit.storage redis needs a rate_limit.redis section")
     client = await pools.redis(config.redis)

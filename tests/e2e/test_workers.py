@@ -1,0 +1,143 @@
+"""``server.workers: 2``: the workers enforce limits for the daemon, not each its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+
+from tests.e2e.daemon import free_port, running
+
+URL = "http://127.0.0.1:{port}/v1/chat/completions"
+BODY = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _config(tmp_path: Path, port: int, backend_port: int, limits: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{port}"
+            server: {{workers: 2}}
+            backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
+            health_check: {{enabled: false}}
+            admin: {{enabled: false}}
+            auth:
+              enabled: true
+              pipeline: [{{name: keys, type: static, keys: [{{key: sk-one}}]}}]
+            rate_limit:
+              enabled: true
+              storage: memory
+            """
+        )
+        + textwrap.indent(limits, "  ")
+    )
+    return path
+
+
+async def _one_per_connection(port: int, count: int, headers: dict[str, str]) -> Counter[str]:
+    """``count`` requests at once, each on a connection of its own (the kernel spreads new
+    connections over the workers); counts statuses and which worker answered."""
+    seen: Counter[str] = Counter()
+
+    async def one() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(URL.format(port=port), json=BODY, headers=headers) as response,
+        ):
+            await response.read()
+            seen[str(response.status)] += 1
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return seen
+
+
+def _workers_of(supervisor: subprocess.Popen[bytes]) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    out = subprocess.run(
+        ["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True, check=False
+    ).stdout
+    workers = []
+    for pid in out.split():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if b"resource_tracker" not in command:
+            workers.append(int(pid))
+    return workers
+
+
+def test_a_per_minute_key_limit_holds_for_the_daemon(tmp_path: Path) -> None:
+    """A key allowed 10 requests a minute gets exactly 10 of 40, spread over both workers (each
+    worker alone would have admitted 10: 20 in all before the daemon's table)."""
+    backend_port, port = free_port(), free_port()
+    limits = "per_key: {enabled: true, requests_per_minute: 10, burst_size: 10}\n"
+    config = _config(tmp_path, port, backend_port, limits)
+    with (
+        running(
+            ["mock-backend", "--port", str(backend_port), "--tokens", "1"],
+            f"http://127.0.0.1:{backend_port}/health",
+        ),
+        running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
+    ):
+        workers = _workers_of(daemon)
+        assert len(workers) == 2
+        headers = {"Authorization": "Bearer sk-one"}
+        statuses = asyncio.run(_one_per_connection(port, 40, headers))
+        assert statuses == {"200": 10, "429": 30}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+    assert not list((tmp_path / "run").glob("limits-*.table"))  # the supervisor removed it
+
+
+def test_concurrency_slots_hold_for_the_daemon_and_a_killed_worker_gives_them_back(
+    tmp_path: Path,
+) -> None:
+    """``max_concurrent: 2`` across both workers: of 8 slow requests at once 2 run. A worker
+    killed with -9 while holding slots gives them back when its replacement starts."""
+    backend_port, port = free_port(), free_port()
+    limits = "per_key: {enabled: true, max_concurrent: 2}\n"
+    config = _config(tmp_path, port, backend_port, limits)
+    headers = {"Authorization": "Bearer sk-one"}
+    with (
+        running(
+            ["mock-backend", "--port", str(backend_port), "--tokens", "20", "--itl", "0.1"],
+            f"http://127.0.0.1:{backend_port}/health",
+        ),
+        running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
+    ):
+        statuses = asyncio.run(_one_per_connection(port, 8, headers))
+        assert statuses == {"200": 2, "429": 6}
+
+        async def hold_then_kill() -> Counter[str]:
+            slow = asyncio.gather(
+                *(_one_per_connection(port, 1, headers) for _ in range(2)),
+                return_exceptions=True,
+            )
+            await asyncio.sleep(0.8)  # both slots taken, generations running
+            for pid in _workers_of(daemon):
+                os.kill(pid, signal.SIGKILL)
+            await slow
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.3)
+                if len(_workers_of(daemon)) == 2:
+                    try:
+                        got = await _one_per_connection(port, 2, headers)
+                    except aiohttp.ClientError:
+                        continue
+                    if got.get("200") == 2:
+                        return got
+            raise AssertionError("the slots of the killed workers never came back")
+
+        assert asyncio.run(hold_then_kill()) == {"200": 2}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
