@@ -66,6 +66,9 @@ _HEADER_SIZE: Final = 64
 _ROW: Final = struct.Struct("<Qddddqqqd")
 """hash, requests bucket (tokens, at), tokens bucket (tokens, at), in flight, used, reserved,
 idle at. A bucket's time is NaN while the key has none (a fresh, full bucket)."""
+_ROW_SIZE: Final = _ROW.size
+_KEY: Final = struct.Struct("<Q")
+_MAX_HINTS: Final = 100_000
 _CELL: Final = struct.Struct("<qq")
 """One worker's share of a row: leases in flight, quota reserved."""
 _EMPTY: Final = 0
@@ -141,11 +144,20 @@ class SharedLimits:
     @contextmanager
     def locked(self) -> Iterator[mmap.mmap]:
         """The table, exclusively (``flock``: released by the kernel if this process dies)."""
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.lock()
         try:
             yield self._map
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.unlock()
+
+    def lock(self) -> mmap.mmap:
+        """Take the table's lock and return the table (the hot path's :meth:`locked`, without
+        a generator); pair with :meth:`unlock` in a ``finally``."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self._map
+
+    def unlock(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def recover(self) -> int:
         """Subtract this worker index's cells from the rows and clear them: a worker that died
@@ -195,6 +207,9 @@ class SharedLimitStore:
     def __init__(self, shared: SharedLimits, *, clock: Callable[[], float] = time.monotonic):
         self._shared = shared
         self._clock = clock
+        self._rows: dict[str, tuple[int, int]] = {}
+        """key id → (hash, the row it was last found in): a hint, checked against the row's
+        hash on use (a rebuild moves rows)."""
         self._leases: dict[str, tuple[int, Hold]] = {}
         self._lease_ids = itertools.count(1)
         self._prefix = f"{LOCAL_LEASE_PREFIX}w{shared.worker}."
@@ -210,12 +225,12 @@ class SharedLimitStore:
 
     async def admit(self, key_id: str, policy: KeyPolicy, reserve_tokens: int) -> Admission:
         """Check every dimension first, then take from all of them — or from none."""
-        key = _hash(key_id)
         lease = f"{self._prefix}{next(self._lease_ids)}" if policy.needs_lease else None
         shared = self._shared
-        with shared.locked() as table:
-            slot = self._find(table, key, insert=True)
-            offset = shared._row_offset(slot)
+        table = shared.lock()
+        try:
+            key, slot = self._row(table, key_id)
+            offset = _HEADER_SIZE + slot * _ROW_SIZE
             state = _load(table, offset)
             answer, hold = admit_state(state, policy, reserve_tokens, self._clock(), lease)
             _store(table, offset, key, state)
@@ -223,9 +238,26 @@ class SharedLimitStore:
                 cell = shared._cell_offset(shared.worker, slot)
                 in_flight, reserved = _CELL.unpack_from(table, cell)
                 _CELL.pack_into(table, cell, in_flight + 1, reserved + max(hold.quota, 0))
+        finally:
+            shared.unlock()
         if hold is not None and lease is not None:
             self._leases[lease] = (key, hold)
         return answer
+
+    def _row(self, table: mmap.mmap, key_id: str) -> tuple[int, int]:
+        """(hash, row) of ``key_id``, creating its row when it has none (lock held)."""
+        hint = self._rows.get(key_id)
+        if hint is not None:
+            key, slot = hint
+            if _KEY.unpack_from(table, _HEADER_SIZE + slot * _ROW_SIZE)[0] == key:
+                return hint
+        else:
+            key = _hash(key_id)
+        slot = self._find(table, key, insert=True)
+        if len(self._rows) >= _MAX_HINTS:
+            self._rows.clear()
+        self._rows[key_id] = (key, slot)
+        return key, slot
 
     async def settle(
         self, key_id: str, policy: KeyPolicy, lease: str, reserved_tokens: int, used_tokens: int
@@ -236,17 +268,28 @@ class SharedLimitStore:
             return
         key, hold = record
         shared = self._shared
-        with shared.locked() as table:
-            slot = self._find(table, key, insert=False)
-            if slot < 0:  # given back already (a recovery by another handle of this worker)
-                return
-            offset = shared._row_offset(slot)
+        table = shared.lock()
+        try:
+            hint = self._rows.get(key_id)
+            if (
+                hint is not None
+                and hint[0] == key
+                and _KEY.unpack_from(table, _HEADER_SIZE + hint[1] * _ROW_SIZE)[0] == key
+            ):
+                slot = hint[1]
+            else:
+                slot = self._find(table, key, insert=False)
+                if slot < 0:  # given back already (a recovery by another handle of this worker)
+                    return
+            offset = _HEADER_SIZE + slot * _ROW_SIZE
             state = _load(table, offset)
             settle_state(state, hold, used_tokens, self._clock())
             _store(table, offset, key, state)
             cell = shared._cell_offset(shared.worker, slot)
             in_flight, reserved = _CELL.unpack_from(table, cell)
             _CELL.pack_into(table, cell, in_flight - 1, reserved - max(hold.quota, 0))
+        finally:
+            shared.unlock()
 
     async def quota_used(self, key_id: str) -> int:
         """Tokens counted against ``key_id``'s quota by the daemon."""
@@ -274,7 +317,7 @@ class SharedLimitStore:
         slot = key & mask
         free = -1
         for _ in range(shared.capacity):
-            found = struct.unpack_from("<Q", table, shared._row_offset(slot))[0]
+            found = _KEY.unpack_from(table, shared._row_offset(slot))[0]
             if found == key:
                 return slot
             if found == _EMPTY:
@@ -301,7 +344,7 @@ class SharedLimitStore:
         kept: list[tuple[bytes, list[bytes]]] = []
         for slot in range(shared.capacity):
             offset = shared._row_offset(slot)
-            key = struct.unpack_from("<Q", table, offset)[0]
+            key = _KEY.unpack_from(table, offset)[0]
             if key == _EMPTY:
                 continue
             if is_idle(_load(table, offset), now):
@@ -315,9 +358,9 @@ class SharedLimitStore:
         table[_HEADER_SIZE:end] = bytes(end - _HEADER_SIZE)
         mask = shared.capacity - 1
         for row, cells in kept:
-            key = struct.unpack_from("<Q", row)[0]
+            key = _KEY.unpack_from(row)[0]
             slot = key & mask
-            while struct.unpack_from("<Q", table, shared._row_offset(slot))[0] != _EMPTY:
+            while _KEY.unpack_from(table, shared._row_offset(slot))[0] != _EMPTY:
                 slot = (slot + 1) & mask
             offset = shared._row_offset(slot)
             table[offset : offset + _ROW.size] = row
