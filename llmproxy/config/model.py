@@ -10,6 +10,7 @@ accepted as a whole. Nothing here performs I/O.
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -26,6 +27,16 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written as ``10s``, ``500ms``, ``1m`` or a plain number of seconds."""
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def parse_workers(value: object) -> object:
+    """``auto`` → the CPUs this process may run on; anything else is left to the int check."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return value
+
+
+Workers = Annotated[int, BeforeValidator(parse_workers)]
 """Bytes, written as ``10MiB``, ``512KB`` or a plain number of bytes."""
 
 
@@ -175,8 +186,11 @@ class ServerConfig(Section):
     """Reload when the config file or a Lua file it references changes (SIGHUP and
     `llmproxy reload` work either way).
     """
-    workers: int = Field(default=1, ge=1, le=256, json_schema_extra=RESTART_ONLY)
-    """Gateway processes sharing the port; one process uses one CPU core."""
+    workers: Workers = Field(default=1, ge=1, le=256, json_schema_extra=RESTART_ONLY)
+    """Gateway processes sharing the port; one process uses one CPU core. `auto`: one per CPU
+    this process may run on (its affinity mask, so a container's cpuset counts, not the host's
+    cores). Limits, in-memory as well, hold for the daemon as a whole.
+    """
     tls: TLSConfig = Field(default=TLSConfig(), json_schema_extra=RESTART_ONLY)
     """HTTPS for the listener."""
     cors: CORSConfig = CORSConfig()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -191,3 +192,12 @@ def test_alias_loop_is_reported() -> None:
     """An alias that refers back into its own anchor is an error, not a recursion crash."""
     [message] = problems("backends: &loop\n  - *loop\n")
     assert message == "config.yaml:1: backends[0]: an alias refers back to its own anchor (a loop)"
+
+
+def test_workers_auto_is_one_per_usable_cpu() -> None:
+    """``server.workers: auto`` counts the CPUs this process may run on (a container's cpuset,
+    not the host's cores); a word that is not auto is refused with file:line."""
+    config = parse_config('backends: [{url: "http://127.0.0.1:1"}]\nserver: {workers: auto}\n')
+    assert config.server.workers == len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match="workers"):
+        parse_config('backends: [{url: "http://127.0.0.1:1"}]\nserver: {workers: many}\n')
