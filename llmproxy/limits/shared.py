@@ -8,8 +8,7 @@ arithmetic as the memory store (:func:`~llmproxy.limits.memory.admit_state` on a
 
 Why this design rather than a limiter process the workers ask: a decision is a few microseconds of
 Python on a row; a round trip to another process would cost more than the decision, twice per
-request. Why ``flock``: the kernel releases it when its holder dies, even by ``kill -9``, so a dead
-worker cannot wedge the others (a ``multiprocessing.Lock`` would stay taken).
+request. The mapping and its ``flock`` are :mod:`llmproxy.mapped`'s.
 
 What a dead worker held is given back: besides the row's totals, each worker has a cell per row
 with the leases it holds (slots in flight, quota reserved); a worker starting in a dead one's place
@@ -27,16 +26,14 @@ tombstones); a table still that full after a rebuild refuses new keys with
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import math
 import mmap
-import os
 import struct
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Final
 
@@ -51,7 +48,7 @@ from llmproxy.limits.memory import (
     settle_state,
     take_global,
 )
-from llmproxy.private_files import FILE_MODE, private_directory
+from llmproxy.mapped import MappedFile, create_mapped
 
 DEFAULT_CAPACITY: Final = 1 << 16
 """Rows of the table: keys with limit state at once (about 5 MB, plus 1 MB per worker)."""
@@ -88,19 +85,16 @@ def table_size(capacity: int, workers: int) -> int:
 class SharedLimits:
     """One process's handle on the daemon's table: the mapping, the lock, its worker index."""
 
-    __slots__ = ("_fd", "_map", "capacity", "path", "worker", "workers")
+    __slots__ = ("_file", "_map", "capacity", "path", "worker", "workers")
 
-    def __init__(self, path: Path, fd: int, worker: int) -> None:
-        self.path = path
-        self._fd = fd
-        size = os.fstat(fd).st_size
-        self._map = mmap.mmap(fd, size)
+    def __init__(self, mapped: MappedFile, worker: int) -> None:
+        self._file = mapped
+        self._map = mapped.map
+        self.path = mapped.path
         magic, capacity, workers, _, _, _ = _HEADER.unpack_from(self._map, 0)
-        if magic != _MAGIC or size != table_size(capacity, workers):
-            self._map.close()
-            raise ValueError(f"{path} is not a limit table of this llmproxy")
+        if magic != _MAGIC or mapped.size != table_size(capacity, workers):
+            raise ValueError(f"{mapped.path} is not a limit table of this llmproxy")
         if not 0 <= worker < workers:
-            self._map.close()
             raise ValueError(f"worker {worker} of a table for {workers}")
         self.capacity: int = capacity
         self.workers: int = workers
@@ -112,52 +106,36 @@ class SharedLimits:
         supervisor to hand to its workers."""
         if capacity & (capacity - 1) or capacity < 8:
             raise ValueError(f"capacity must be a power of two >= 8, got {capacity}")
-        private_directory(path.parent)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        try:
-            os.ftruncate(fd, table_size(capacity, workers))  # zeros: every row empty
-            header = _HEADER.pack(_MAGIC, capacity, workers, _NAN, _NAN, 0)
-            os.pwrite(fd, header, 0)
-        finally:
-            os.close(fd)
-        os.replace(scratch, path)
+        header = _HEADER.pack(_MAGIC, capacity, workers, _NAN, _NAN, 0)
+        create_mapped(path, table_size(capacity, workers), header)
 
     @classmethod
     def attach(cls, path: Path, worker: int) -> SharedLimits:
         """Open the table as worker ``worker``, giving back what a dead predecessor held."""
-        fd = os.open(path, os.O_RDWR)
+        mapped = MappedFile(path)
         try:
-            shared = cls(path, fd, worker)
+            shared = cls(mapped, worker)
         except BaseException:
-            os.close(fd)
+            mapped.close()
             raise
         shared.recover()
         return shared
 
     def close(self) -> None:
         """Unmap and close (the file stays for the other workers; the supervisor removes it)."""
-        if not self._map.closed:
-            self._map.close()
-            os.close(self._fd)
+        self._file.close()
 
-    @contextmanager
-    def locked(self) -> Iterator[mmap.mmap]:
-        """The table, exclusively (``flock``: released by the kernel if this process dies)."""
-        self.lock()
-        try:
-            yield self._map
-        finally:
-            self.unlock()
+    def locked(self) -> AbstractContextManager[mmap.mmap]:
+        """The table, exclusively."""
+        return self._file.locked()
 
     def lock(self) -> mmap.mmap:
         """Take the table's lock and return the table (the hot path's :meth:`locked`, without
         a generator); pair with :meth:`unlock` in a ``finally``."""
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self._map
+        return self._file.lock()
 
     def unlock(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._file.unlock()
 
     def recover(self) -> int:
         """Subtract this worker index's cells from the rows and clear them: a worker that died
