@@ -34,6 +34,8 @@ from llmproxy.gateway.app import GatewayApp
 from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.record.recorder import Recorder
+from llmproxy.routing.fleet import BackendFleet
+from llmproxy.routing.shared_slots import SharedSlots
 from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
@@ -187,6 +189,7 @@ async def serve(
     listen: str | None = None,
     worker: int | None = None,
     limits_table: Path | None = None,
+    slots_table: Path | None = None,
 ) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them).
 
@@ -196,7 +199,9 @@ async def serve(
     tells the other workers when a reload asked of this one succeeded. ``listen`` overrides the
     config's listen address (``serve --listen``), in reloads too. ``worker`` is this process's
     index among several (``server.workers``): it records traffic to a file of its own, and
-    decides in-memory limits on the daemon's ``limits_table`` (see :mod:`llmproxy.limits.shared`).
+    decides in-memory limits on the daemon's ``limits_table`` (see :mod:`llmproxy.limits.shared`)
+    and counts backend slots and queues for them on its ``slots_table``
+    (:mod:`llmproxy.routing.shared_slots`).
     """
     base_dir = base_dir or Path.cwd()
     if listen:
@@ -205,8 +210,14 @@ async def serve(
     daemon_limits = None
     if limits_table is not None:
         daemon_limits = SharedLimits.attach(limits_table, worker or 0)
+    slots = SharedSlots.attach(slots_table, worker or 0) if slots_table is not None else None
     state = RuntimeState(
-        Runtime(config, base_dir=base_dir, daemon_limits=daemon_limits),
+        Runtime(
+            config,
+            base_dir=base_dir,
+            fleet=BackendFleet(shared=slots) if slots is not None else None,
+            daemon_limits=daemon_limits,
+        ),
         metrics=metrics,
         usage=UsageSink(config, base_dir) if config.usage.enabled else None,
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
@@ -236,6 +247,8 @@ async def serve(
             await admin_server.close()
         if daemon_limits is not None:
             daemon_limits.close()
+        if slots is not None:
+            slots.close()
 
 
 async def serve_demo(listen: str, mock_port: int, base_dir: Path) -> None:

@@ -23,6 +23,7 @@ from llmproxy.config.model import Config
 from llmproxy.daemon.listen import parse_listen
 from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import mark_dead, prepare_multiprocess
+from llmproxy.routing.shared_slots import SharedSlots
 
 log = logging.getLogger("llmproxy.daemon")
 
@@ -49,6 +50,7 @@ def _worker_main(
     listen: str | None,
     index: int,
     limits_table: Path,
+    slots_table: Path,
 ) -> None:
     from llmproxy.daemon import server
 
@@ -67,6 +69,7 @@ def _worker_main(
             listen=listen,
             worker=index,
             limits_table=limits_table,
+            slots_table=slots_table,
         )
     )
 
@@ -89,11 +92,14 @@ def supervise(
     # In-memory limits are the daemon's, not each worker's: one table they all decide on.
     limits_table = base_dir / "run" / f"limits-{os.getpid()}.table"
     SharedLimits.create(limits_table, workers=config.server.workers)
+    # So are backend slots (max_in_flight) and the order of the requests waiting for one.
+    slots_table = base_dir / "run" / f"slots-{os.getpid()}.table"
+    SharedSlots.create(slots_table, workers=config.server.workers)
 
     def start(index: int) -> BaseProcess:
         process = context.Process(
             target=_worker_main,
-            args=(config, base_dir, config_path, listen, index, limits_table),
+            args=(config, base_dir, config_path, listen, index, limits_table, slots_table),
             daemon=False,
         )
         process.start()
@@ -132,4 +138,5 @@ def supervise(
             workers[index] = start(index)
         if stopping and not any(process.is_alive() for process in workers):
             limits_table.unlink(missing_ok=True)
+            slots_table.unlink(missing_ok=True)
             return 0

@@ -176,15 +176,17 @@ async def _choose(
     key: int | None,
     refused_by: set[Backend] | None = None,
 ) -> Backend | None:
-    """The backend for this attempt; while every backend is full, wait in the admission queue
-    (best priority first) instead of failing. A request does not take a free slot while one at
-    least as important waits, and leaves the reserved slots to the important ones."""
+    """The backend for this attempt, its slot taken (:meth:`Backend.try_begin`: pair with
+    ``end()``); while every backend is full, wait in the admission queue (best priority first)
+    instead of failing. A request does not take a free slot while one at least as important
+    waits, and leaves the reserved slots to the important ones."""
     router = runtime.router
     admission = runtime.admission
     reserve = admission.reserve_for(priority)
     loop = asyncio.get_running_loop()
     ticket: int | None = None
     deadline = 0.0
+    looked_again = False
     while True:
         now = loop.time()
         if ticket is not None or not admission.ahead(priority):
@@ -203,7 +205,16 @@ async def _choose(
                     reserve=reserve,
                     on_fallback=fallen,
                 )
+            if backend is not None and not backend.try_begin(reserve):
+                continue  # another worker took the last slot since it was read: route again
+            if backend is None and not router.saturated(model, now, reserve) and not looked_again:
+                # Full when routed, not full now: another worker freed a slot between the two
+                # reads. Route once more rather than answer 503 with a slot free.
+                looked_again = True
+                continue
             if backend is not None or not router.saturated(model, now, reserve):
+                if ticket is not None:
+                    admission.left()
                 return backend
         if ticket is None:
             deadline = now + admission.timeout
@@ -248,28 +259,29 @@ async def _attempt(
     *,
     final_attempt: bool,
 ) -> None:
-    client = runtime.clients[backend.name]
-    passive = runtime.config.health_check.passive
-    loop = asyncio.get_running_loop()
-    canonical = request.canonical
-    headers = upstream_request_headers(
-        canonical.headers,
-        runtime.secret_headers,
-        (*client.extra_headers, *request.extra_headers)
-        if request.extra_headers
-        else client.extra_headers,
-        canonical.upstream_id,
-        canonical.client.forwarded_for,
-        trusted_forwarding=canonical.client.via_trusted_proxy,
-    )
-    backend.begin()
+    # The slot was taken when the backend was chosen (_choose); the finally below gives it back,
+    # so nothing that can raise comes before it.
     metrics = runtime.metrics
     metrics.in_flight(backend.name, 1)
-    request.backend = backend.name
-    started = loop.time()
     response: aiohttp.ClientResponse | None = None
     consumed = False
     try:
+        client = runtime.clients[backend.name]
+        passive = runtime.config.health_check.passive
+        loop = asyncio.get_running_loop()
+        canonical = request.canonical
+        request.backend = backend.name
+        started = loop.time()
+        headers = upstream_request_headers(
+            canonical.headers,
+            runtime.secret_headers,
+            (*client.extra_headers, *request.extra_headers)
+            if request.extra_headers
+            else client.extra_headers,
+            canonical.upstream_id,
+            canonical.client.forwarded_for,
+            trusted_forwarding=canonical.client.via_trusted_proxy,
+        )
         try:
             body = request.body
             if backend.send_priority and body and request.peek.model is not None:

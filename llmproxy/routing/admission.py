@@ -12,6 +12,12 @@ never a silent hang.
 
 Capacity can also appear without a request ending (a reload, an ejected backend coming back):
 the head of the queue looks again every `HEAD_RECHECK` seconds, so the queue never stalls.
+
+With several workers (``shared``, the daemon's slot table) the order is the daemon's: tickets are
+drawn from the table, each worker publishes its best waiter there, a request does not go ahead of
+a waiter at least as important in any worker, and the local head routes again only when it is
+the daemon's best — at once when its own worker frees a slot, within
+:data:`~llmproxy.routing.shared_slots.POLL` seconds when another one does.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import asyncio
 import heapq
 import itertools
 from typing import Final
+
+from llmproxy.routing.shared_slots import POLL, SharedSlots
 
 DEFAULT_PRIORITY: Final = 0
 """The priority of a key that has none (vLLM's default)."""
@@ -47,8 +55,11 @@ class AdmissionQueue:
 
     __slots__ = (
         "_entries",
+        "_handoffs",
         "_heap",
+        "_recheck",
         "_sequence",
+        "_shared",
         "max_waiting",
         "rejected",
         "reserved_priority",
@@ -63,6 +74,7 @@ class AdmissionQueue:
         *,
         reserved_slots: int = 0,
         reserved_priority: int = DEFAULT_PRIORITY,
+        shared: SharedSlots | None = None,
     ) -> None:
         self.max_waiting = max_waiting
         self.timeout = timeout
@@ -73,6 +85,11 @@ class AdmissionQueue:
         self._heap: list[tuple[int, int, int, asyncio.Future[None]]] = []
         self._sequence = itertools.count()
         self._entries = itertools.count()
+        self._shared = shared
+        self._recheck = HEAD_RECHECK if shared is None else POLL
+        self._handoffs = 0
+        """Waiters woken by release() that have not run yet: while one is pending, the slot is
+        theirs, and no waiter looking again on its own may take it."""
         self.rejected = 0
 
     @property
@@ -85,13 +102,18 @@ class AdmissionQueue:
         return 0 if priority <= self.reserved_priority else self.reserved_slots
 
     def ahead(self, priority: int) -> bool:
-        """Whether a request at least as important as ``priority`` is waiting."""
+        """Whether a request at least as important as ``priority`` is waiting (in any worker)."""
         head = self._head()
-        return head is not None and head[0] <= priority
+        if head is not None and head[0] <= priority:
+            return True
+        if self._shared is None:
+            return False
+        elsewhere = self._shared.best_elsewhere()
+        return elsewhere is not None and elsewhere[0] <= priority
 
     async def wait(self, priority: int, *, ticket: int | None, deadline: float) -> int:
         """Wait until this request may route again; returns its ticket (pass it back to keep
-        its place when it waits again).
+        its place when it waits again, or call :meth:`left` once it waits no more).
 
         Raises :class:`AdmissionRefused` when ``max_waiting`` requests already wait, or at
         ``deadline`` (loop time).
@@ -104,10 +126,15 @@ class AdmissionQueue:
                     f"every backend is at capacity and {self.max_waiting} requests are already "
                     "waiting; try again later",
                 )
-            ticket = next(self._sequence)
+            ticket = next(self._sequence) if self._shared is None else self._shared.draw_ticket()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._heap, (priority, ticket, next(self._entries), future))
+        self._publish()
+        # Returned to route again: this worker's published head stays (the request is still
+        # first) until it waits again or calls left(), so no other worker slips in between.
+        again = False
+        woken = False
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -121,28 +148,71 @@ class AdmissionQueue:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                     # that arrives as the future completes, and a client that left would hold
                     # its place.
-                    async with asyncio.timeout(min(remaining, HEAD_RECHECK)):
+                    async with asyncio.timeout(min(remaining, self._recheck)):
                         await asyncio.shield(future)
+                    self._handoffs -= 1  # woken by release(): the handed slot is ours to try
+                    woken = again = True
                     return ticket
                 except TimeoutError:
-                    if loop.time() < deadline and self._is_head(future):
+                    if (
+                        loop.time() < deadline
+                        and not self._handoffs
+                        and self._is_head(future)
+                        and self._first(ticket)
+                    ):
+                        again = True
                         return ticket  # look again: capacity may have come without a wake-up
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # woken, but the client left: the turn goes to the next waiter
-            raise
+                    self._publish()  # still here: keep this worker's head fresh
         finally:
+            if future.done() and not future.cancelled() and not woken:
+                # Woken, but leaving (the client left, or the deadline came first): the turn
+                # goes to the next waiter.
+                self._handoffs -= 1
+                self.release()
             if not future.done():
                 future.cancel()  # it left the queue: release() skips it
+            if not again:
+                self._publish()
+
+    def left(self) -> None:
+        """A request that waited routed again and waits no more (it got a backend, or none can
+        serve it): with several workers, this worker's published head moves on."""
+        self._publish()
 
     def release(self) -> None:
-        """A slot freed up: wake the best waiter still waiting."""
+        """A slot freed up: wake the best waiter still waiting (with several workers, only when it
+        is the daemon's best; a better one elsewhere finds the slot itself)."""
         heap = self._heap
+        if self._shared is not None:
+            head = self._head()
+            if head is None or not self._first(head[1], head[0]):
+                return
         while heap:
             *_, future = heapq.heappop(heap)
             if not future.done():
+                # Its place stays published until it has routed (it calls left() or waits
+                # again): another worker's waiter must not take the slot in between, nor a
+                # waiter of this one that looks again on its own (see _handoffs).
                 future.set_result(None)
+                self._handoffs += 1
                 return
+
+    def _first(self, ticket: int, priority: int | None = None) -> bool:
+        """Whether this worker's head (``ticket``) goes before every other worker's."""
+        if self._shared is None:
+            return True
+        if priority is None:
+            head = self._head()
+            if head is None:
+                return True
+            priority = head[0]
+        elsewhere = self._shared.best_elsewhere()
+        return elsewhere is None or (priority, ticket) < elsewhere
+
+    def _publish(self) -> None:
+        if self._shared is not None:
+            head = self._head()
+            self._shared.publish(None if head is None else (head[0], head[1]))
 
     def _is_head(self, future: asyncio.Future[None]) -> bool:
         head = self._head()

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from llmproxy.routing.shared_slots import SlotCounter
+
 DEFAULT_EWMA_ALPHA = 0.3
 
 
@@ -101,6 +103,10 @@ class Backend:
     send_priority: bool = False
 
     in_flight: int = field(default=0, init=False)
+    # The daemon's count of this backend's slots when several workers share it (None: this
+    # process's `in_flight` is the count), and how many of them this process holds.
+    slots: SlotCounter | None = field(default=None, init=False)
+    shared_held: int = field(default=0, init=False)
     # Seconds; None until the first response starts, which the latency balancer treats as
     # "explore me" rather than as fast or slow.
     ttfb_ewma: float | None = field(default=None, init=False)
@@ -222,8 +228,24 @@ class Backend:
 
     def full_for(self, reserve: int = 0) -> bool:
         """At its ``max_in_flight`` (less ``reserve`` slots left for important requests, see
-        admission): no such request may go here until one ends."""
-        return 0 < self.max_in_flight <= self.in_flight + reserve
+        admission): no such request may go here until one ends. With several workers the count
+        is the daemon's."""
+        limit = self.max_in_flight
+        if limit <= 0:
+            return False
+        slots = self.slots
+        return limit <= (self.in_flight if slots is None else slots.taken()) + reserve
+
+    def try_begin(self, reserve: int = 0) -> bool:
+        """:meth:`begin` if a slot is free: with several workers the check and the take are one
+        step for the daemon (two workers cannot both take the last slot); False when full."""
+        slots = self.slots
+        if slots is not None and self.max_in_flight > 0:
+            if not slots.try_take(self.max_in_flight, reserve):
+                return False
+            self.shared_held += 1
+        self.begin()
+        return True
 
     def begin(self) -> None:
         """Count a request as sent; pair every call with `end()` in a `finally`."""
@@ -234,6 +256,9 @@ class Backend:
         """Count a request as finished (never below zero, so a double `end()` cannot wedge it)."""
         if self.in_flight > 0:
             self.in_flight -= 1
+        if self.shared_held > 0 and self.slots is not None:
+            self.shared_held -= 1
+            self.slots.give()
 
     def record_first_byte(self, seconds: float) -> None:
         """Fold one time-to-first-byte sample into the latency EWMA the latency balancer reads."""

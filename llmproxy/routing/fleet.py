@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from llmproxy.routing.admission import AdmissionQueue
 from llmproxy.routing.backend import Backend
+from llmproxy.routing.shared_slots import SharedSlots
 
 Identity = tuple[str, str]
 
@@ -50,9 +51,12 @@ class BackendFleet:
     fleet.adopt(zip(backends, settings))          # when that snapshot becomes current
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedSlots | None = None) -> None:
         self._backends: dict[Identity, Backend] = {}
-        self.admission = AdmissionQueue()
+        self.shared = shared
+        """The daemon's slot table when it has several workers: capped backends count their
+        slots there, and the admission queue keeps one order across the workers."""
+        self.admission = AdmissionQueue(shared=shared)
         """Requests waiting for a slot on any backend (its limits follow the current config)."""
         self.retries_in_flight = 0
         """Retry attempts running now (see :meth:`may_retry`)."""
@@ -80,6 +84,8 @@ class BackendFleet:
             if backend is None:
                 backend = Backend.create(name, url)
                 settings.apply(backend)
+                if self.shared is not None:
+                    backend.slots = self.shared.counter(name, url)
             out.append(backend)
         return tuple(out)
 

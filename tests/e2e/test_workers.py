@@ -141,3 +141,69 @@ def test_concurrency_slots_hold_for_the_daemon_and_a_killed_worker_gives_them_ba
         assert asyncio.run(hold_then_kill()) == {"200": 2}
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
+
+
+def test_max_in_flight_holds_for_the_daemon_and_waiters_keep_their_order(
+    tmp_path: Path,
+) -> None:
+    """A backend capped at ``max_in_flight: 1`` behind 2 workers never runs 2 requests at once
+    (the mock's own peak), and requests that arrive one after another on connections of their
+    own (so both workers queue some) are served in arrival order."""
+    backend_port, port = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{port}"
+            server: {{workers: 2}}
+            backends:
+              - {{url: "http://127.0.0.1:{backend_port}", models: [mock-model], max_in_flight: 1}}
+            health_check: {{enabled: false}}
+            admin: {{enabled: false}}
+            """
+        )
+    )
+    backend_url = f"http://127.0.0.1:{backend_port}"
+    with (
+        running(
+            ["mock-backend", "--port", str(backend_port), "--tokens", "4", "--itl", "0.05"],
+            f"{backend_url}/health",
+        ),
+        running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
+    ):
+
+        async def run() -> tuple[list[int], dict[str, int]]:
+            finished: list[int] = []
+
+            async def one(index: int) -> None:
+                await asyncio.sleep(index * 0.04)  # arrival order: 0, 1, 2, ...
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(URL.format(port=port), json=BODY) as response,
+                ):
+                    await response.read()
+                    assert response.status == 200
+                    finished.append(index)
+
+            # Warm both workers first (a worker's first request pays for lazy setup, which
+            # would reorder arrivals 40 ms apart before the gateway sees them).
+            for _ in range(8):
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(URL.format(port=port), json=BODY) as response,
+                ):
+                    assert response.status == 200
+            finished.clear()
+            async with aiohttp.ClientSession() as session:
+                await session.post(f"{backend_url}/mock/reset")
+                await asyncio.gather(*(one(index) for index in range(8)))
+                async with session.get(f"{backend_url}/mock/stats") as response:
+                    stats: dict[str, int] = await response.json()
+            return finished, stats
+
+        finished, stats = asyncio.run(run())
+        assert stats["peak_in_flight"] == 1
+        assert stats["requests"] == 8
+        assert finished == sorted(finished)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
