@@ -90,7 +90,11 @@ def _provider(
     if entry.type == "static":
         return StaticProvider(entry.name, entry.keys)
     if entry.type == "builtin":
-        return BuiltinProvider(entry.name, base_dir / config.auth.builtin_db)
+        return BuiltinProvider(
+            entry.name,
+            base_dir / config.auth.builtin_db,
+            refresh_interval=config.auth.builtin_refresh_interval,
+        )
     if entry.type == "redis":
         assert entry.redis is not None  # the model requires it
         return RedisProvider(entry.name, entry.redis, pools)

@@ -19,6 +19,7 @@ clients raise ``AuthenticationError`` (401), ``PermissionDeniedError`` (403) or 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ from llmproxy.auth.keydata import (
 )
 from llmproxy.auth.lua import LuaError, LuaScript
 from llmproxy.auth.providers.base import KeyData, KeyProvider, ProviderError
+from llmproxy.auth.providers.builtin import BuiltinProvider
 from llmproxy.auth.refusal import AuthRefused
 from llmproxy.config.model import AuthCacheConfig, AuthConfig, StatusCodeConfig
 
@@ -141,6 +143,10 @@ class AuthPipeline:
         self._status_codes = config.status_codes
         self.uses_lua = any(stage.script is not None for stage in self.stages)
         """Whether any decision script runs (only then are request headers collected for it)."""
+        self.keys_seen = 0
+        """The daemon's count of key store writes this pipeline has loaded (several workers:
+        see :mod:`llmproxy.notices`)."""
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Connect every provider."""
@@ -154,6 +160,30 @@ class AuthPipeline:
                 await stage.provider.close()
             except Exception:
                 log.exception("closing auth provider %s failed", stage.provider.name)
+
+    async def refresh_keys(self, seen: int) -> None:
+        """Load the key store again (another worker wrote it) and forget cached lookups; the
+        requests that notice the change together wait for one reload."""
+        task = self._refreshing
+        if task is None:
+            task = self._refreshing = asyncio.ensure_future(self._refresh_keys(seen))
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._refreshing is task:
+                self._refreshing = None
+
+    async def _refresh_keys(self, seen: int) -> None:
+        for stage in self.stages:
+            if isinstance(stage.provider, BuiltinProvider):
+                try:
+                    await stage.provider.reload_now()
+                except ProviderError as exc:
+                    # Its poll retries (the store's version moved); failing every request
+                    # until then would turn a read error into an outage.
+                    log.warning("key store changed but not reloaded yet: %s", exc)
+        self.invalidate()
+        self.keys_seen = seen
 
     def invalidate(self, sha256: str | None = None) -> None:
         """Forget cached lookups of one key (after a revoke or an update), or of all keys."""

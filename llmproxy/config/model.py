@@ -680,6 +680,10 @@ class AuthConfig(Section):
     """Cache of auth decisions."""
     builtin_db: str = "llmproxy-keys.db"
     """SQLite file of the `builtin` key store."""
+    builtin_refresh_interval: Duration = Field(default=1.0, gt=0)
+    """How often the `builtin` store is checked for writes made outside this daemon (another
+    gateway sharing the file); writes through the admin API reach every worker at once.
+    """
     status_codes: StatusCodesConfig = StatusCodesConfig()
     """The answer for each key state."""
     forward_metadata: dict[str, str] = Field(default_factory=dict)

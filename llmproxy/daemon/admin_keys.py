@@ -34,6 +34,7 @@ from llmproxy.daemon.admin_http import (
 from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.keyfields import ADD_FIELDS, FIELDS
 from llmproxy.keystore import KeyNotFound, KeyRecord, KeyStore, KeyStoreError
+from llmproxy.notices import Notice
 
 log = logging.getLogger("llmproxy.admin")
 
@@ -215,6 +216,12 @@ class KeysApi:
                 log.warning("key %s written but not reloaded yet: %s", record.id, exc)
         if runtime.auth is not None:
             runtime.auth.invalidate(record.sha256)
+        notices = self._state.notices
+        if notices is not None:
+            # The other workers load the store again before their next request; this one has.
+            seen = notices.bump(Notice.KEYS)
+            if runtime.auth is not None:
+                runtime.auth.keys_seen = seen
 
 
 async def _call(work: Callable[[], _T]) -> _T:

@@ -156,6 +156,7 @@ class Reloader:
                 base_dir=self.base_dir,
                 fleet=self.state.fleet,
                 daemon_limits=self.state.daemon_limits,
+                notices=self.state.notices,
             )
         except (LuaError, AuthSetupError, ValueError) as exc:
             return self._refused(str(exc), dry_run, trigger, changes)

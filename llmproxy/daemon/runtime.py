@@ -33,6 +33,7 @@ from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
 from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import GatewayMetrics
+from llmproxy.notices import DaemonNotices, Notice
 from llmproxy.record.finish import recording_sink
 from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, strategy_spec
@@ -69,6 +70,7 @@ class Runtime:
         rng: random.Random | None = None,
         fleet: BackendFleet | None = None,
         daemon_limits: SharedLimits | None = None,
+        notices: DaemonNotices | None = None,
     ) -> None:
         """Build every object of the snapshot; raises on anything a bad config breaks.
 
@@ -76,7 +78,8 @@ class Runtime:
         config file's directory, or the working directory. ``fleet`` is the process's backends
         (a reload passes the current one); without it the snapshot is active at once.
         ``daemon_limits`` is the daemon's limit table when it has several workers: in-memory
-        limits are then decided on it, for the whole daemon.
+        limits are then decided on it, for the whole daemon; ``notices`` its counters of changes
+        every worker acts on before its next request.
         """
         self.config = config
         self.base_dir = base_dir or Path.cwd()
@@ -150,6 +153,7 @@ class Runtime:
         limits = config.rate_limit
         self.limits: LimitStore | None = None  # built in open(): a Redis store needs the loop
         self.daemon_limits = daemon_limits
+        self.notices = notices
         self.global_rate: Rate | None = rate_of(limits.global_) if limits.enabled else None
         self.model_list_cache: tuple[float, tuple[str, ...]] | None = None
         self.metrics: GatewayMetrics = _NO_METRICS
@@ -214,6 +218,8 @@ class Runtime:
         for client in self.clients.values():
             client.open()
         if self.auth is not None:
+            if self.notices is not None:  # read first: a change during the load is seen later
+                self.auth.keys_seen = self.notices.read(Notice.KEYS)
             await self.auth.open()
         if self.config.rate_limit.enabled and self.limits is None:
             self.limits = await build_store(
@@ -366,6 +372,7 @@ class RuntimeState:
         self.fleet = runtime.fleet
         """The process's backends and admission queue; every later snapshot is built on it."""
         self.daemon_limits = runtime.daemon_limits
+        self.notices = runtime.notices
         """The daemon's limit table (several workers), which every later snapshot decides on."""
         self.body_budget = BodyBudget(runtime.config.server.body_buffer_limit)
         self.usage = usage

@@ -29,13 +29,12 @@ from llmproxy.daemon.listen import parse_listen
 from llmproxy.daemon.listener import ConnectionLimits, protocol
 from llmproxy.daemon.reload import Reloader
 from llmproxy.daemon.runtime import Runtime, RuntimeState
+from llmproxy.daemon.tables import TablePaths, WorkerTables
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.app import GatewayApp
-from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.record.recorder import Recorder
 from llmproxy.routing.fleet import BackendFleet
-from llmproxy.routing.shared_slots import SharedSlots
 from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
@@ -188,8 +187,7 @@ async def serve(
     reload_all: Callable[[], None] | None = None,
     listen: str | None = None,
     worker: int | None = None,
-    limits_table: Path | None = None,
-    slots_table: Path | None = None,
+    tables: TablePaths | None = None,
 ) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (on ``sockets`` when a supervisor bound them).
 
@@ -199,24 +197,21 @@ async def serve(
     tells the other workers when a reload asked of this one succeeded. ``listen`` overrides the
     config's listen address (``serve --listen``), in reloads too. ``worker`` is this process's
     index among several (``server.workers``): it records traffic to a file of its own, and
-    decides in-memory limits on the daemon's ``limits_table`` (see :mod:`llmproxy.limits.shared`)
-    and counts backend slots and queues for them on its ``slots_table``
-    (:mod:`llmproxy.routing.shared_slots`).
+    shares limits, backend slots and key changes with the others through the daemon's
+    ``tables`` (:mod:`llmproxy.daemon.tables`).
     """
     base_dir = base_dir or Path.cwd()
     if listen:
         config = with_listen(config, listen)
     metrics = GatewayMetrics()  # the process-wide registry that /metrics serves
-    daemon_limits = None
-    if limits_table is not None:
-        daemon_limits = SharedLimits.attach(limits_table, worker or 0)
-    slots = SharedSlots.attach(slots_table, worker or 0) if slots_table is not None else None
+    shared = WorkerTables.attach(tables, worker or 0) if tables is not None else None
     state = RuntimeState(
         Runtime(
             config,
             base_dir=base_dir,
-            fleet=BackendFleet(shared=slots) if slots is not None else None,
-            daemon_limits=daemon_limits,
+            fleet=BackendFleet(shared=shared.slots) if shared is not None else None,
+            daemon_limits=shared.limits if shared is not None else None,
+            notices=shared.notices if shared is not None else None,
         ),
         metrics=metrics,
         usage=UsageSink(config, base_dir) if config.usage.enabled else None,
@@ -245,10 +240,8 @@ async def serve(
         await reloader.stop()
         if admin_server is not None:
             await admin_server.close()
-        if daemon_limits is not None:
-            daemon_limits.close()
-        if slots is not None:
-            slots.close()
+        if shared is not None:
+            shared.close()
 
 
 async def serve_demo(listen: str, mock_port: int, base_dir: Path) -> None:

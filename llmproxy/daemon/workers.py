@@ -2,9 +2,9 @@
 
 One Python process uses one core; the kernel spreads new connections over the workers' sockets.
 The supervisor only starts the workers, restarts one that dies unexpectedly, and passes SIGTERM /
-SIGINT on; it handles no traffic itself. It creates the daemon's limit table
-(:mod:`llmproxy.limits.shared`) before the first worker starts; a worker started in a dead one's
-place gives back what that one held in it.
+SIGINT on; it handles no traffic itself. It creates the daemon's shared tables
+(:mod:`llmproxy.daemon.tables`) before the first worker starts; a worker started in a dead one's
+place gives back what that one held in them.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from types import FrameType
 
 from llmproxy.config.model import Config
 from llmproxy.daemon.listen import parse_listen
-from llmproxy.limits.shared import SharedLimits
+from llmproxy.daemon.tables import TablePaths
 from llmproxy.metrics import mark_dead, prepare_multiprocess
-from llmproxy.routing.shared_slots import SharedSlots
 
 log = logging.getLogger("llmproxy.daemon")
 
@@ -49,8 +48,7 @@ def _worker_main(
     config_path: Path | None,
     listen: str | None,
     index: int,
-    limits_table: Path,
-    slots_table: Path,
+    tables: TablePaths,
 ) -> None:
     from llmproxy.daemon import server
 
@@ -68,8 +66,7 @@ def _worker_main(
             reload_all=_signal_supervisor if index == 0 else None,
             listen=listen,
             worker=index,
-            limits_table=limits_table,
-            slots_table=slots_table,
+            tables=tables,
         )
     )
 
@@ -89,17 +86,13 @@ def supervise(
     stopping = False
     # Every worker writes its metrics to files in one directory; any of them renders the sum.
     prepare_multiprocess(base_dir / "run" / "prometheus")
-    # In-memory limits are the daemon's, not each worker's: one table they all decide on.
-    limits_table = base_dir / "run" / f"limits-{os.getpid()}.table"
-    SharedLimits.create(limits_table, workers=config.server.workers)
-    # So are backend slots (max_in_flight) and the order of the requests waiting for one.
-    slots_table = base_dir / "run" / f"slots-{os.getpid()}.table"
-    SharedSlots.create(slots_table, workers=config.server.workers)
+    # Limits, backend slots and key changes are the daemon's, not each worker's.
+    tables = TablePaths.create(base_dir / "run", config.server.workers)
 
     def start(index: int) -> BaseProcess:
         process = context.Process(
             target=_worker_main,
-            args=(config, base_dir, config_path, listen, index, limits_table, slots_table),
+            args=(config, base_dir, config_path, listen, index, tables),
             daemon=False,
         )
         process.start()
@@ -137,6 +130,5 @@ def supervise(
             time.sleep(_RESTART_PAUSE)
             workers[index] = start(index)
         if stopping and not any(process.is_alive() for process in workers):
-            limits_table.unlink(missing_ok=True)
-            slots_table.unlink(missing_ok=True)
+            tables.remove()
             return 0

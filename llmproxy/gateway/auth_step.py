@@ -19,6 +19,7 @@ from llmproxy.errors import GatewayError
 from llmproxy.gateway.request_path import under
 from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.http_fields import RawHeaders, header_value_problem
+from llmproxy.notices import Notice
 
 log = logging.getLogger("llmproxy.auth")
 
@@ -45,6 +46,11 @@ async def recognise(runtime: Runtime, key: PresentedKey, client_ip: str | None) 
     """The first step, on the headers alone; raises :class:`GatewayError` when refused."""
     pipeline = runtime.auth
     assert pipeline is not None
+    notices = runtime.notices
+    if notices is not None:
+        changed = notices.read(Notice.KEYS)
+        if changed != pipeline.keys_seen:  # another worker wrote the key store: load it first
+            await pipeline.refresh_keys(changed)
     try:
         return await pipeline.recognise(key, client_ip)
     except AuthRefused as refused:

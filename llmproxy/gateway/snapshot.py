@@ -21,6 +21,7 @@ from llmproxy.gateway.client_address import ProxyTrust
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate
 from llmproxy.metrics import GatewayMetrics
+from llmproxy.notices import DaemonNotices
 from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, RetryPolicy, Router
 from llmproxy.routing.admission import AdmissionQueue
@@ -49,6 +50,7 @@ class Snapshot(Protocol):
     auth_skip_paths: tuple[str, ...]
     secret_headers: frozenset[bytes]
     limits: LimitStore | None
+    notices: DaemonNotices | None
     global_rate: Rate | None
     counts_tokens: bool
     body_budget: BodyBudget

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.daemon import free_port, running
+from tests.e2e.daemon import LLMPROXY, free_port, running
 
 URL = "http://127.0.0.1:{port}/v1/chat/completions"
 BODY = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
@@ -205,5 +206,54 @@ def test_max_in_flight_holds_for_the_daemon_and_waiters_keep_their_order(
         assert stats["peak_in_flight"] == 1
         assert stats["requests"] == 8
         assert finished == sorted(finished)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+
+
+def test_a_revoked_key_is_refused_by_every_worker_on_the_next_request(tmp_path: Path) -> None:
+    """A key revoked through the admin socket (served by one worker) is refused by both workers
+    from the very next request, not after the other worker's next poll of the key store."""
+    backend_port, port = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{port}"
+            server: {{workers: 2}}
+            backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
+            health_check: {{enabled: false}}
+            admin: {{socket: run/admin.sock}}
+            auth:
+              enabled: true
+              storage: builtin
+              builtin_db: run/keys.db
+              builtin_refresh_interval: 30s
+            """
+        )
+    )
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [*LLMPROXY, *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return done.stdout
+
+    with (
+        running(
+            ["mock-backend", "--port", str(backend_port), "--tokens", "1"],
+            f"http://127.0.0.1:{backend_port}/health",
+        ),
+        running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
+    ):
+        added = json.loads(cli("keys", "add", "--name", "leaver", "--json"))
+        secret = added["secret"]
+        headers = {"Authorization": f"Bearer {secret}"}
+        assert asyncio.run(_one_per_connection(port, 16, headers)) == {"200": 16}
+        cli("keys", "revoke", "leaver", "--yes")
+        assert asyncio.run(_one_per_connection(port, 16, headers)) == {"401": 16}
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
