@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.table import Table
 
 from llmproxy.cli.connection import (
     AdminUrlOption,
@@ -85,6 +86,14 @@ def status_lines(status: Document, now: float) -> list[StatusLine]:
     last, last_style = reload_summary(reloads.get("last"), now)
     usage, usage_style = usage_summary(status.get("usage"))
     uptime = status.get("uptime_seconds")
+    workers = status.get("workers")
+    if workers:
+        alive = sum(1 for worker in workers if worker.get("alive"))
+        in_flight += (
+            f" (all {len(workers)} workers)"
+            if alive == len(workers)
+            else (f" ({alive} of {len(workers)} workers answering)")
+        )
     return [
         ("version", str(status.get("version") or NONE), ""),
         ("pid", str(status.get("pid") or NONE), ""),
@@ -103,6 +112,29 @@ def status_lines(status: Document, now: float) -> list[StatusLine]:
     ]
 
 
+def worker_table(workers: list[Document]) -> Table:
+    """``status --workers``: one row per worker (a gone one says so)."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("worker", "pid", "state", "in flight", "config", "reloads", "usage queued"):
+        table.add_column(
+            column, justify="right" if column in {"in flight", "usage queued"} else "left"
+        )
+    for worker in workers:
+        reloads: Document = worker.get("reloads") or {}
+        alive = bool(worker.get("alive"))
+        table.add_row(
+            str(worker.get("index")),
+            str(worker.get("pid") or NONE),
+            "serving" if alive else "[red]gone[/red]",
+            format_count(worker.get("in_flight")) if alive else NONE,
+            f"version {worker.get('config_version', NONE)}",
+            f"{format_count(reloads.get('ok') or 0)} ok, "
+            f"{format_count(reloads.get('failed') or 0)} failed",
+            format_count(worker.get("usage_queued")) if alive else NONE,
+        )
+    return table
+
+
 def reload_lines(outcome: Document) -> list[str]:
     """What a successful reload (or dry run) changed, for people."""
     changes = [str(change) for change in outcome.get("changes") or []]
@@ -114,13 +146,22 @@ def reload_lines(outcome: Document) -> list[str]:
         return [f"{head}; a reload would change:", *(f"  - {change}" for change in changes)]
     if not changes:
         return [f"no changes: the file matches the running config (version {version})"]
-    return [f"reloaded: config version {version}", *(f"  - {change}" for change in changes)]
+    lines = [f"reloaded: config version {version}", *(f"  - {change}" for change in changes)]
+    for worker in outcome.get("workers") or []:
+        if not worker.get("reloaded"):
+            lines.append(f"worker {worker.get('index')} has not reloaded yet")
+        elif not worker.get("ok"):
+            lines.append(f"worker {worker.get('index')} refused the new config")
+    return lines
 
 
 # Commands --------------------------------------------------------------------------------------
 
 
 def status(
+    workers: Annotated[
+        bool, typer.Option("--workers", help="One line per worker process as well.")
+    ] = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     socket: SocketOption = None,
@@ -134,7 +175,14 @@ def status(
     if json_output:
         print_json(answer)
         return
-    stdout_console().print(labelled(status_lines(answer, time.time())), soft_wrap=True)
+    console = stdout_console()
+    console.print(labelled(status_lines(answer, time.time())), soft_wrap=True)
+    if workers:
+        rows = answer.get("workers")
+        if rows:
+            console.print(worker_table(list(rows)))
+        else:
+            console.print("one process: no other workers", highlight=False)
 
 
 def reload(

@@ -39,6 +39,7 @@ from llmproxy.daemon.admin_http import (
 from llmproxy.daemon.admin_keys import KeysApi
 from llmproxy.daemon.admin_socket import admin_socket_path, bind_admin_socket, peer_uid
 from llmproxy.daemon.admin_usage import UsageApi
+from llmproxy.daemon.board import WorkerBoard
 from llmproxy.daemon.control import DaemonControl
 from llmproxy.daemon.listen import parse_listen
 from llmproxy.daemon.runtime import Runtime, RuntimeState
@@ -50,14 +51,20 @@ SHUTDOWN_TIMEOUT: Final = 2.0
 """Longest wait in :meth:`AdminServer.close` for admin requests in progress."""
 
 
+RELOAD_WAIT = 10.0
+"""Seconds a reload through the admin API waits for the other workers to have reloaded."""
+
+
 def admin_app(
     state: RuntimeState,
     control: DaemonControl,
     *,
     token: str | None = None,
     owner_uid: int | None = None,
+    board: WorkerBoard | None = None,
 ) -> web.Application:
-    """The admin API over ``state`` and ``control``.
+    """The admin API over ``state`` and ``control`` (and, with several workers, the ``board``
+    every worker publishes its numbers on).
 
     ``token`` is what a request arriving over TCP must present (None refuses every TCP request);
     ``owner_uid`` is the only uid let in over a Unix socket (default: this process's).
@@ -65,7 +72,7 @@ def admin_app(
     closing = asyncio.Event()
     keys = KeysApi(state)
     usage = UsageApi(state, closing)
-    daemon = _DaemonApi(state, control)
+    daemon = _DaemonApi(state, control, board)
     app = web.Application(
         middlewares=[_errors, _guard(token, os.getuid() if owner_uid is None else owner_uid)]
     )
@@ -177,9 +184,12 @@ def _retired(state: RuntimeState) -> set[Runtime]:
 class _DaemonApi:
     """``/status``, ``/reload`` and ``/backends``."""
 
-    def __init__(self, state: RuntimeState, control: DaemonControl) -> None:
+    def __init__(
+        self, state: RuntimeState, control: DaemonControl, board: WorkerBoard | None
+    ) -> None:
         self._state = state
         self._control = control
+        self._board = board
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_get("/status", self.status)
@@ -195,6 +205,16 @@ class _DaemonApi:
         retired = _retired(state)
         counts = control.reload_counts()
         sink = state.usage
+        in_flight = state.in_flight()
+        workers = None
+        if self._board is not None:
+            # Every worker's cell; this one's own numbers are live, the others' at most
+            # PUBLISH_EVERY old. A gone worker is listed, never summed.
+            cells = self._board.cells()
+            workers = [cell.as_json() for cell in cells]
+            in_flight += sum(
+                cell.in_flight for cell in cells if cell.alive and cell.index != self._board.worker
+            )
         return json_response(
             {
                 "version": __version__,
@@ -204,7 +224,8 @@ class _DaemonApi:
                 "config_path": control.config_path,
                 "config_version": control.config_version(),
                 "listen": runtime.config.listen_address,
-                "in_flight": runtime.in_flight + sum(r.in_flight for r in retired),
+                "in_flight": in_flight,
+                "workers": workers,
                 "retired_snapshots": len(retired),
                 "reloads": {
                     "ok": counts.ok,
@@ -229,6 +250,7 @@ class _DaemonApi:
         dry_run = body.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise invalid(f"dry_run: expected true or false, got {dry_run!r}")
+        asked_at = time.time()
         outcome = await self._control.reload(dry_run=dry_run, trigger="admin")
         if not outcome.ok:
             raise AdminError(
@@ -237,7 +259,21 @@ class _DaemonApi:
                 "config_invalid",
                 extra={"outcome": outcome.as_json()},
             )
-        return json_response(outcome.as_json())
+        answer = outcome.as_json()
+        if self._board is not None and not dry_run and outcome.changes:
+            # The other workers reload on the supervisor's SIGHUP: answer once they have.
+            others = await self._board.wait_for_reloads(asked_at, within=RELOAD_WAIT)
+            answer["workers"] = [
+                {
+                    "index": cell.index,
+                    "pid": cell.pid,
+                    "reloaded": cell.last_reload_at >= asked_at,
+                    "ok": cell.last_reload_ok,
+                    "config_version": cell.config_version,
+                }
+                for cell in others
+            ]
+        return json_response(answer)
 
     async def backends(self, _request: web.Request) -> web.Response:
         now = asyncio.get_running_loop().time()
@@ -286,11 +322,17 @@ class AdminServer:
     """
 
     def __init__(
-        self, state: RuntimeState, control: DaemonControl, *, owner_uid: int | None = None
+        self,
+        state: RuntimeState,
+        control: DaemonControl,
+        *,
+        owner_uid: int | None = None,
+        board: WorkerBoard | None = None,
     ) -> None:
         self._state = state
         self._control = control
         self._owner_uid = owner_uid
+        self._board = board
         self._runner: web.AppRunner | None = None
         self._socket_path: Path | None = None
         self._socket_id: tuple[int, int] | None = None
@@ -324,6 +366,7 @@ class AdminServer:
             self._control,
             token=admin.token if admin.listen else None,
             owner_uid=self._owner_uid,
+            board=self._board,
         )
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()

@@ -388,6 +388,14 @@ class RuntimeState:
         self._closing: set[asyncio.Task[None]] = set()
         self._usage_sync: asyncio.Task[None] | None = None
 
+    def in_flight(self) -> int:
+        """Requests this process is serving now, on the current snapshot and retired ones."""
+        return self.current.in_flight + sum(r.in_flight for r in self._retired)
+
+    def retired_count(self) -> int:
+        """Retired snapshots still serving requests that began on them."""
+        return len(self._retired)
+
     def acquire(self) -> Runtime:
         """The snapshot a new request will use to its end; pair with :meth:`release`."""
         runtime = self.current

@@ -24,6 +24,7 @@ from llmproxy.config.model import (
     HealthCheckConfig,
     UsageConfig,
 )
+from llmproxy.daemon.board import keep_publishing
 from llmproxy.daemon.control import ReloadOutcome
 from llmproxy.daemon.listen import parse_listen
 from llmproxy.daemon.listener import ConnectionLimits, protocol
@@ -230,13 +231,22 @@ async def serve(
         from llmproxy.daemon.admin_api import AdminServer
 
         # Bound before the listener: a second daemon on the same socket stops here, cleanly.
-        admin_server = AdminServer(state, reloader)
+        admin_server = AdminServer(
+            state, reloader, board=shared.board if shared is not None else None
+        )
         await admin_server.start(config, base_dir)
     if config_path is not None and config.server.watch_config:
         reloader.watch()
+    publishing = None
+    if shared is not None:
+        publishing = asyncio.get_running_loop().create_task(
+            keep_publishing(shared.board, state, reloader)
+        )
     try:
         await server.serve(sockets=sockets)
     finally:
+        if publishing is not None:
+            publishing.cancel()
         await reloader.stop()
         if admin_server is not None:
             await admin_server.close()

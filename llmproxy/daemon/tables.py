@@ -9,7 +9,8 @@ place gives back what that one held). One table per job, each with its own lock:
 - slots (:mod:`llmproxy.routing.shared_slots`): each capped backend's slots, and the order of
   the requests waiting for one;
 - notices (:mod:`llmproxy.notices`): changes every worker acts on before its next request
-  (key store writes).
+  (key store writes);
+- board (:mod:`llmproxy.daemon.board`): each worker's vital numbers, for ``llmproxy status``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmproxy.daemon.board import WorkerBoard
 from llmproxy.limits.shared import SharedLimits
 from llmproxy.notices import DaemonNotices
 from llmproxy.routing.shared_slots import SharedSlots
@@ -30,6 +32,7 @@ class TablePaths:
     limits: Path
     slots: Path
     notices: Path
+    board: Path
 
     @classmethod
     def create(cls, run_dir: Path, workers: int) -> TablePaths:
@@ -40,14 +43,16 @@ class TablePaths:
             limits=run_dir / f"limits-{pid}.table",
             slots=run_dir / f"slots-{pid}.table",
             notices=run_dir / f"notices-{pid}.table",
+            board=run_dir / f"board-{pid}.table",
         )
         SharedLimits.create(paths.limits, workers=workers)
         SharedSlots.create(paths.slots, workers=workers)
         DaemonNotices.create(paths.notices)
+        WorkerBoard.create(paths.board, workers)
         return paths
 
     def remove(self) -> None:
-        for path in (self.limits, self.slots, self.notices):
+        for path in (self.limits, self.slots, self.notices, self.board):
             path.unlink(missing_ok=True)
 
 
@@ -58,23 +63,27 @@ class WorkerTables:
     limits: SharedLimits
     slots: SharedSlots
     notices: DaemonNotices
+    board: WorkerBoard
 
     @classmethod
     def attach(cls, paths: TablePaths, worker: int) -> WorkerTables:
-        limits = SharedLimits.attach(paths.limits, worker)
+        opened: list[SharedLimits | SharedSlots | DaemonNotices | WorkerBoard] = []
         try:
-            slots = SharedSlots.attach(paths.slots, worker)
-            try:
-                notices = DaemonNotices.attach(paths.notices)
-            except BaseException:
-                slots.close()
-                raise
+            opened.append(SharedLimits.attach(paths.limits, worker))
+            opened.append(SharedSlots.attach(paths.slots, worker))
+            opened.append(DaemonNotices.attach(paths.notices))
+            opened.append(WorkerBoard.attach(paths.board, worker))
         except BaseException:
-            limits.close()
+            for handle in opened:
+                handle.close()
             raise
-        return cls(limits, slots, notices)
+        limits, slots, notices, board = opened
+        assert isinstance(limits, SharedLimits)
+        assert isinstance(slots, SharedSlots)
+        assert isinstance(notices, DaemonNotices)
+        assert isinstance(board, WorkerBoard)
+        return cls(limits, slots, notices, board)
 
     def close(self) -> None:
-        self.limits.close()
-        self.slots.close()
-        self.notices.close()
+        for handle in (self.limits, self.slots, self.notices, self.board):
+            handle.close()

@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -255,5 +256,80 @@ def test_a_revoked_key_is_refused_by_every_worker_on_the_next_request(tmp_path: 
         assert asyncio.run(_one_per_connection(port, 16, headers)) == {"200": 16}
         cli("keys", "revoke", "leaver", "--yes")
         assert asyncio.run(_one_per_connection(port, 16, headers)) == {"401": 16}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+
+
+def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
+    """``status`` counts the streams open in both workers and lists each worker; ``reload``
+    answers once both have reloaded."""
+    backend_port, port = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    text = textwrap.dedent(
+        f"""\
+        listen: "127.0.0.1:{port}"
+        server: {{workers: 2, watch_config: false}}
+        backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model], weight: 1}}]
+        health_check: {{enabled: false}}
+        admin: {{socket: run/admin.sock}}
+        """
+    )
+    config.write_text(text)
+
+    def cli(*args: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [*LLMPROXY, *args, "--json", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        answer: dict[str, Any] = json.loads(done.stdout)
+        return answer
+
+    with (
+        running(
+            ["mock-backend", "--port", str(backend_port), "--tokens", "30", "--itl", "0.1"],
+            f"http://127.0.0.1:{backend_port}/health",
+        ),
+        running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
+    ):
+
+        async def streams_open() -> dict[str, Any]:
+            body = {**BODY, "stream": True}
+
+            async def one() -> None:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(URL.format(port=port), json=body) as response,
+                ):
+                    await response.read()
+
+            slow = [asyncio.create_task(one()) for _ in range(12)]
+            await asyncio.sleep(1.0)  # every stream open, 3 s from their end
+            status = await asyncio.to_thread(cli, "status")
+            await asyncio.gather(*slow)
+            return status
+
+        deadline = time.monotonic() + 20
+        while not all(w["alive"] for w in cli("status")["workers"]):  # both listening
+            assert time.monotonic() < deadline, "a worker never came up"
+            time.sleep(0.2)
+        status = asyncio.run(streams_open())
+        assert status["in_flight"] == 12
+        workers = status["workers"]
+        assert [w["index"] for w in workers] == [0, 1]
+        assert all(w["alive"] for w in workers)
+        assert sum(w["in_flight"] for w in workers) == 12
+        assert all(w["in_flight"] > 0 for w in workers)  # both served some
+
+        config.write_text(text.replace("weight: 1", "weight: 2"))
+        reloaded = cli("reload")
+        assert reloaded["ok"]
+        assert [(w["index"], w["reloaded"], w["ok"]) for w in reloaded["workers"]] == [
+            (1, True, True)
+        ]
+        after = cli("status")
+        assert [w["config_version"] for w in after["workers"]] == [2, 2]
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
