@@ -297,6 +297,8 @@ class _DaemonApi:
     def _set_draining(self, request: web.Request, draining: bool) -> web.Response:
         backend = self._backend(request.match_info["name"])
         backend.draining = draining
+        if backend.slots is not None:  # several workers: every one before its next request
+            backend.slots.set_draining(draining)
         log.info(
             "backend %s %s by the admin API", backend.name, "drained" if draining else "undrained"
         )

@@ -89,6 +89,7 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
     policy = runtime.retry_policy
     retry = runtime.config.routing.retry
     fleet = runtime.fleet
+    fleet.sync()  # a drain made through another worker applies here before this request routes
     tried: list[Backend] = []
     last_error = GatewayError(503, _no_backend_message(model), "no_backend_available")
     try:

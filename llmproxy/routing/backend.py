@@ -332,7 +332,10 @@ class Backend:
             "probe_healthy": self.probe_healthy,
             "draining": self.draining,
             "ejected_for_seconds": round(max(self.ejected_until - now, 0.0), 3),
-            "in_flight": self.in_flight,
+            # Capped backends with several workers: the daemon's count, not this worker's.
+            "in_flight": self.in_flight
+            if self.slots is None or self.max_in_flight <= 0
+            else self.slots.taken(),
             "ttfb_ewma_ms": None if self.ttfb_ewma is None else round(self.ttfb_ewma * 1000, 1),
             "error_rate": round(self.error_rate, 4),
             "consecutive_failures": self.consecutive_failures,

@@ -60,6 +60,21 @@ class BackendFleet:
         """Requests waiting for a slot on any backend (its limits follow the current config)."""
         self.retries_in_flight = 0
         """Retry attempts running now (see :meth:`may_retry`)."""
+        self._drains_seen = 0
+
+    def sync(self) -> None:
+        """Take over drains made by another worker since the last request (several workers;
+        one read of shared memory when nothing changed)."""
+        shared = self.shared
+        if shared is None:
+            return
+        changes = shared.drain_changes()
+        if changes == self._drains_seen:
+            return
+        self._drains_seen = changes
+        for backend in self._backends.values():
+            if backend.slots is not None:
+                backend.draining = backend.slots.draining()
 
     def may_retry(self, budget_percent: float, min_concurrency: int) -> bool:
         """Whether one more retry fits the retry budget: at most ``budget_percent`` of the
@@ -86,6 +101,7 @@ class BackendFleet:
                 settings.apply(backend)
                 if self.shared is not None:
                     backend.slots = self.shared.counter(name, url)
+                    backend.draining = backend.slots.draining()
             out.append(backend)
         return tuple(out)
 

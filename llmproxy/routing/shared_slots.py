@@ -17,8 +17,13 @@ published head not refreshed for :data:`STALE_AFTER` seconds (its worker died) i
 A dead worker's slots come back when its replacement attaches: each worker's share of each
 backend's count is kept in a cell of its own and subtracted then.
 
-Layout: header (magic, backends, workers, ticket counter), one row per backend identity (hash of
-name and url, slots taken), one cell per (worker, backend), one head per worker.
+A drain (``llmproxy backends drain``, served by one worker) is a flag on the backend's row and a
+count of drain changes; every worker compares the count with its own at the start of each request
+(one read) and takes the flags over when it moved.
+
+Layout: header (magic, backends, workers, ticket counter, drain changes), one row per backend
+identity (hash of name and url, slots taken, draining), one cell per (worker, backend), one head
+per worker.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ POLL: Final = 0.01
 """Seconds between two looks of a waiter whose slot may be freed by another worker."""
 STALE_AFTER: Final = 1.0
 _MAGIC: Final = b"llmpslt1"
-_HEADER: Final = struct.Struct("<8sIIQ")  # magic, backend rows, workers, tickets drawn
+_HEADER: Final = struct.Struct("<8sIIQQ")  # magic, rows, workers, tickets drawn, drain changes
 _TICKETS_AT: Final = 16
+_DRAINS_AT: Final = 24
 _HEADER_SIZE: Final = 64
-_ROW: Final = struct.Struct("<Qq")  # identity hash, slots taken
+_ROW: Final = struct.Struct("<Qqq")  # identity hash, slots taken, draining (0/1)
 _COUNT: Final = struct.Struct("<q")
 _HEAD: Final = struct.Struct("<qqqd")  # waiting (0/1), priority, ticket, refreshed at
 _U64: Final = struct.Struct("<Q")
@@ -69,7 +75,7 @@ class SharedSlots:
         self._file = mapped
         self._map = mapped.map
         self.path = mapped.path
-        magic, backends, workers, _ = _HEADER.unpack_from(self._map, 0)
+        magic, backends, workers, _, _ = _HEADER.unpack_from(self._map, 0)
         if magic != _MAGIC or mapped.size != slots_table_size(backends, workers):
             raise ValueError(f"{mapped.path} is not a slot table of this llmproxy")
         if not 0 <= worker < workers:
@@ -81,7 +87,7 @@ class SharedSlots:
     @classmethod
     def create(cls, path: Path, workers: int, backends: int = DEFAULT_BACKENDS) -> None:
         """Create a fresh table (owner-only), for the supervisor to hand to its workers."""
-        header = _HEADER.pack(_MAGIC, backends, workers, 0)
+        header = _HEADER.pack(_MAGIC, backends, workers, 0, 0)
         create_mapped(path, slots_table_size(backends, workers), header)
 
     @classmethod
@@ -122,12 +128,17 @@ class SharedSlots:
                 if found == key:
                     break
                 if found == 0:
-                    _ROW.pack_into(table, self._row(row), key, 0)
+                    _ROW.pack_into(table, self._row(row), key, 0, 0)
                     break
                 row = (row + 1) % self.backends
             else:
                 raise ValueError(f"more than {self.backends} backends in the slot table")
         return SlotCounter(self, row)
+
+    def drain_changes(self) -> int:
+        """How many times a backend was drained or undrained in the daemon (no lock)."""
+        changes: int = _U64.unpack_from(self._map, _DRAINS_AT)[0]
+        return changes
 
     # The waiting order.
 
@@ -175,15 +186,26 @@ class SharedSlots:
 
 
 class SlotCounter:
-    """One backend's slots in the daemon's table."""
+    """One backend's slots, and its drain flag, in the daemon's table."""
 
-    __slots__ = ("_cell", "_file", "_map", "_total")
+    __slots__ = ("_cell", "_draining", "_file", "_map", "_total")
 
     def __init__(self, shared: SharedSlots, row: int) -> None:
         self._file = shared._file
         self._map: mmap.mmap = shared._map
         self._total = shared._row(row) + 8
+        self._draining = shared._row(row) + 16
         self._cell = shared._cell(shared.worker, row)
+
+    def draining(self) -> bool:
+        """Whether the daemon drains this backend (no lock)."""
+        return bool(_COUNT.unpack_from(self._map, self._draining)[0])
+
+    def set_draining(self, draining: bool) -> None:
+        """Drain or undrain it for every worker (each applies it before its next request)."""
+        with self._file.locked() as table:
+            _COUNT.pack_into(table, self._draining, int(draining))
+            _U64.pack_into(table, _DRAINS_AT, _U64.unpack_from(table, _DRAINS_AT)[0] + 1)
 
     def taken(self) -> int:
         """Slots taken by every worker now (read without the lock: a hint for routing; the

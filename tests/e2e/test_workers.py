@@ -333,3 +333,61 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
         assert [w["config_version"] for w in after["workers"]] == [2, 2]
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
+
+
+def test_a_drain_applies_in_every_worker(tmp_path: Path) -> None:
+    """``backends drain`` through the admin socket (one worker): no worker sends the drained
+    backend a new request from then on; ``undrain`` brings it back in both."""
+    first_port, second_port, port = free_port(), free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{port}"
+            server: {{workers: 2}}
+            backends:
+              - {{url: "http://127.0.0.1:{first_port}", name: first, models: [mock-model]}}
+              - {{url: "http://127.0.0.1:{second_port}", name: second, models: [mock-model]}}
+            health_check: {{enabled: false}}
+            admin: {{socket: run/admin.sock}}
+            """
+        )
+    )
+
+    def cli(*args: str) -> None:
+        subprocess.run(
+            [*LLMPROXY, *args, "--config", str(config)], capture_output=True, timeout=30, check=True
+        )
+
+    async def served_by(count: int) -> Counter[str]:
+        seen: Counter[str] = Counter()
+
+        async def one() -> None:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(URL.format(port=port), json=BODY) as response,
+            ):
+                await response.read()
+                seen[response.headers["x-mock-backend"]] += 1
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        return seen
+
+    with (
+        running(
+            ["mock-backend", "--port", str(first_port), "--tokens", "1", "--name", "first"],
+            f"http://127.0.0.1:{first_port}/health",
+        ),
+        running(
+            ["mock-backend", "--port", str(second_port), "--tokens", "1", "--name", "second"],
+            f"http://127.0.0.1:{second_port}/health",
+        ),
+        running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
+    ):
+        assert set(asyncio.run(served_by(16))) == {"first", "second"}
+        cli("backends", "drain", "first")
+        assert asyncio.run(served_by(24)) == {"second": 24}
+        cli("backends", "undrain", "first")
+        assert set(asyncio.run(served_by(16))) == {"first", "second"}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0

@@ -153,3 +153,32 @@ async def test_a_dead_workers_waiter_stops_counting(table: Path) -> None:
     assert not AdmissionQueue(shared=two).ahead(0)
     one.close()
     two.close()
+
+
+def test_a_drain_in_one_worker_applies_in_the_others(table: Path) -> None:
+    """A drain is a flag in the table; another worker takes it over at its next sync (the start
+    of its next request), and so does a worker that builds the backend afterwards."""
+    one, two = SharedSlots.attach(table, 0), SharedSlots.attach(table, 1)
+    fleets = [BackendFleet(shared=one), BackendFleet(shared=two)]
+    identity = (("gpu", "http://10.0.0.1:8000"), BackendSettings())
+    first, second = (fleet.backends_for([identity])[0] for fleet in fleets)
+    for fleet, backend in zip(fleets, (first, second), strict=True):
+        fleet.adopt([(backend, BackendSettings())])
+    assert first.slots is not None
+    first.draining = True
+    first.slots.set_draining(True)
+    assert not _draining(second)
+    fleets[1].sync()
+    assert _draining(second)
+    (later,) = BackendFleet(shared=two).backends_for([identity])
+    assert later.draining
+    first.slots.set_draining(False)
+    fleets[1].sync()
+    assert not _draining(second)
+    one.close()
+    two.close()
+
+
+def _draining(backend: Backend) -> bool:
+    """Read through a call: the flag changes under mypy's narrowing."""
+    return backend.draining
