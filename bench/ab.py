@@ -28,8 +28,18 @@ from bench.wrk import render_lua
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of ``pid`` and its children (a supervisor's workers)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(proc.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _start(command: list[str], cpu: int, cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -51,6 +61,13 @@ def main() -> None:
     parser.add_argument(
         "--full", action="store_true", help="usage records and metrics on (default: the core)"
     )
+    parser.add_argument("--workers", type=int, default=1, help="server.workers of both builds")
+    parser.add_argument(
+        "--shared-state",
+        action="store_true",
+        help="per-key limits (memory storage) and a max_in_flight on the backend: what several "
+        "workers share",
+    )
     args = parser.parse_args()
     wrk, _ = ensure_tools(want_nginx=False)
     if wrk is None:
@@ -69,6 +86,12 @@ def main() -> None:
     lua = render_lua(16)
     if args.stream:
         lua = lua.replace('"messages"', '"stream": true, "messages"', 1)
+    if args.shared_state:
+        lua = lua.replace(
+            'wrk.headers["Content-Type"]',
+            'wrk.headers["Authorization"] = "Bearer sk-ab"\nwrk.headers["Content-Type"]',
+            1,
+        )
     script.write_text(lua)
     gateways: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
@@ -78,6 +101,23 @@ def main() -> None:
             rendered = json.loads(render_gateway_config(port, mock_port, core=not args.full))
             if args.full:  # each build's records in the scratch directory, not its checkout
                 rendered["usage"] = {"database": str(work / f"{name}-usage.db")}
+            rendered["server"] = {"workers": args.workers, "watch_config": False}
+            if args.shared_state:
+                rendered["backends"][0]["max_in_flight"] = 10_000
+                rendered["auth"] = {
+                    "enabled": True,
+                    "pipeline": [{"name": "keys", "type": "static", "keys": [{"key": "sk-ab"}]}],
+                }
+                rendered["rate_limit"] = {
+                    "enabled": True,
+                    "storage": "memory",
+                    "per_key": {
+                        "enabled": True,
+                        "requests_per_second": 1e9,
+                        "burst_size": 1_000_000,
+                        "max_concurrent": 10_000,
+                    },
+                }
             config.write_text(json.dumps(rendered, indent=2) + "\n")
             checkout = Path(directory).resolve()
             command = [sys.executable, "-m", "llmproxy", "serve", "--config", str(config)]
@@ -85,7 +125,7 @@ def main() -> None:
                 _start(command, 1, checkout, {**env, "PYTHONPATH": str(checkout)}),
                 port,
             )
-        time.sleep(3)
+        time.sleep(3 + 2 * (args.workers > 1))
         cpu: dict[str, list[float]] = {name: [] for name in builds}
         for round_number in range(args.rounds + 1):
             before = {name: _cpu_seconds(p.pid) for name, (p, _) in gateways.items()}
