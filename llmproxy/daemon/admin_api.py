@@ -71,7 +71,7 @@ def admin_app(
     """
     closing = asyncio.Event()
     keys = KeysApi(state)
-    usage = UsageApi(state, closing)
+    usage = UsageApi(state, closing, every_worker=board is not None)
     daemon = _DaemonApi(state, control, board)
     app = web.Application(
         middlewares=[_errors, _guard(token, os.getuid() if owner_uid is None else owner_uid)]

@@ -2,7 +2,9 @@
 
 Recent records and summaries are read from the usage sink's SQLite file, in a worker thread; so
 they show what is written, about ``WRITE_LINGER`` behind the request path. The live stream reads
-the sink's in-process bus instead and sees a record the moment its request settles.
+the sink's in-process bus instead and sees a record the moment its request settles — with one
+process. With several workers the bus holds only this worker's records, so the stream follows the
+usage file every worker writes (:data:`TAIL_INTERVAL`), and shows every worker's requests.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ aiohttp does not cancel a handler when its client disconnects, and a stream with
 would otherwise hold its bus subscription until the next keep-alive write fails.
 """
 
+TAIL_INTERVAL: Final = 0.1
+"""How often the stream of a daemon with several workers reads the records written since."""
+
 MAX_RECENT: Final = 10_000
 """Most records one ``/usage/recent`` answer holds."""
 
@@ -54,9 +59,13 @@ def record_matches(record: UsageRecord, key: str | None, model: str | None) -> b
 class UsageApi:
     """The ``/usage`` handlers; ``closing`` is set when the admin server stops."""
 
-    def __init__(self, state: RuntimeState, closing: asyncio.Event) -> None:
+    def __init__(
+        self, state: RuntimeState, closing: asyncio.Event, *, every_worker: bool = False
+    ) -> None:
         self._state = state
         self._closing = closing
+        self._every_worker = every_worker
+        """Several workers write the usage file: the stream follows it rather than the bus."""
 
     def register(self, router: web.UrlDispatcher) -> None:
         """Add the ``/usage`` routes."""
@@ -126,6 +135,8 @@ class UsageApi:
         """NDJSON, one record per line as requests settle; an empty line after 15 s of quiet."""
         sink = self._sink()
         key, model = query_text(request, "key"), query_text(request, "model")
+        if self._every_worker:
+            return await self._follow_file(request, key, model)
         loop = asyncio.get_running_loop()
         # Subscribe before the headers go out: a client that saw them sees every later record.
         with contextlib.closing(sink.bus.subscribe()) as subscription:
@@ -149,6 +160,36 @@ class UsageApi:
                         last_write = loop.time()
             except ConnectionResetError:
                 pass  # the client left between two checks
+        return response
+
+    async def _follow_file(
+        self, request: web.Request, key: str | None, model: str | None
+    ) -> web.StreamResponse:
+        """The stream for several workers: every record any of them writes, read from the usage
+        file every TAIL_INTERVAL (about WRITE_LINGER + TAIL_INTERVAL behind the requests)."""
+        store = self._store()
+        loop = asyncio.get_running_loop()
+        # The place before the headers go out: a client that saw them sees every later record.
+        seq = await asyncio.to_thread(store.last_seq)
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        last_write = loop.time()
+        try:
+            while not self._closing.is_set() and not _client_gone(request):
+                seq, records = await asyncio.to_thread(store.after, seq)
+                lines = [r.to_json() + b"\n" for r in records if record_matches(r, key, model)]
+                if lines:
+                    await response.write(b"".join(lines))
+                    last_write = loop.time()
+                elif loop.time() - last_write >= KEEPALIVE_INTERVAL:
+                    await response.write(b"\n")
+                    last_write = loop.time()
+                if not records:
+                    await asyncio.sleep(TAIL_INTERVAL)
+        except ConnectionResetError:
+            pass  # the client left between two checks
         return response
 
 

@@ -335,6 +335,23 @@ class UsageOutbox:
         """How many records wait in the dead letters (cached, O(1))."""
         return self._dead
 
+    def last_seq(self) -> int:
+        """The newest stored record's place (0 when there is none)."""
+        with self._lock:
+            row = self._db.execute("SELECT max(seq) FROM usage").fetchone()
+        return int(row[0] or 0)
+
+    def after(self, seq: int, limit: int = 1000) -> tuple[int, list[UsageRecord]]:
+        """Records stored after ``seq``, oldest first, and the place of the last one returned
+        (``seq`` when none): what every process writing this file settled since."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, body FROM usage WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+        if not rows:
+            return seq, []
+        return int(rows[-1][0]), [UsageRecord.from_json(body) for _, body in rows]
+
     def recent(
         self,
         limit: int = 100,

@@ -30,7 +30,7 @@ def _config(tmp_path: Path, port: int, backend_port: int, limits: str) -> Path:
             server: {{workers: 2}}
             backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
             health_check: {{enabled: false}}
-            admin: {{enabled: false}}
+            admin: {{socket: run/admin.sock}}
             auth:
               enabled: true
               pipeline: [{{name: keys, type: static, keys: [{{key: sk-one}}]}}]
@@ -59,6 +59,33 @@ async def _one_per_connection(port: int, count: int, headers: dict[str, str]) ->
 
     await asyncio.gather(*(one() for _ in range(count)))
     return seen
+
+
+def _admin_socket(tmp_path: Path) -> Path:
+    """The admin socket once worker 0 has bound it (worker 1 may answer /health first)."""
+    socket = tmp_path / "run" / "admin.sock"
+    deadline = time.monotonic() + 20
+    while not socket.exists():
+        assert time.monotonic() < deadline, "the admin socket never appeared"
+        time.sleep(0.1)
+    return socket
+
+
+def _all_workers_up(config: Path) -> None:
+    """Wait until every worker has published on the daemon's board (all are serving)."""
+    deadline = time.monotonic() + 20
+    while True:
+        done = subprocess.run(
+            [*LLMPROXY, "status", "--json", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode == 0 and all(w["alive"] for w in json.loads(done.stdout)["workers"]):
+            return
+        assert time.monotonic() < deadline, "the workers never all came up"
+        time.sleep(0.2)
 
 
 def _workers_of(supervisor: subprocess.Popen[bytes]) -> list[int]:
@@ -92,6 +119,7 @@ def test_a_per_minute_key_limit_holds_for_the_daemon(tmp_path: Path) -> None:
     ):
         workers = _workers_of(daemon)
         assert len(workers) == 2
+        _all_workers_up(config)  # both serve: each alone would admit the whole 10
         headers = {"Authorization": "Bearer sk-one"}
         statuses = asyncio.run(_one_per_connection(port, 40, headers))
         assert statuses == {"200": 10, "429": 30}
@@ -116,6 +144,7 @@ def test_concurrency_slots_hold_for_the_daemon_and_a_killed_worker_gives_them_ba
         ),
         running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
     ):
+        _all_workers_up(config)
         statuses = asyncio.run(_one_per_connection(port, 8, headers))
         assert statuses == {"200": 2, "429": 6}
 
@@ -161,7 +190,7 @@ def test_max_in_flight_holds_for_the_daemon_and_waiters_keep_their_order(
             backends:
               - {{url: "http://127.0.0.1:{backend_port}", models: [mock-model], max_in_flight: 1}}
             health_check: {{enabled: false}}
-            admin: {{enabled: false}}
+            admin: {{socket: run/admin.sock}}
             """
         )
     )
@@ -173,6 +202,7 @@ def test_max_in_flight_holds_for_the_daemon_and_waiters_keep_their_order(
         ),
         running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
     ):
+        _all_workers_up(config)
 
         async def run() -> tuple[list[int], dict[str, int]]:
             finished: list[int] = []
@@ -250,6 +280,8 @@ def test_a_revoked_key_is_refused_by_every_worker_on_the_next_request(tmp_path: 
         ),
         running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
     ):
+        _admin_socket(tmp_path)
+        _all_workers_up(config)
         added = json.loads(cli("keys", "add", "--name", "leaver", "--json"))
         secret = added["secret"]
         headers = {"Authorization": f"Bearer {secret}"}
@@ -311,6 +343,7 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
             await asyncio.gather(*slow)
             return status
 
+        _admin_socket(tmp_path)
         deadline = time.monotonic() + 20
         while not all(w["alive"] for w in cli("status")["workers"]):  # both listening
             assert time.monotonic() < deadline, "a worker never came up"
@@ -384,10 +417,63 @@ def test_a_drain_applies_in_every_worker(tmp_path: Path) -> None:
         ),
         running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
     ):
+        _admin_socket(tmp_path)
+        _all_workers_up(config)
         assert set(asyncio.run(served_by(16))) == {"first", "second"}
         cli("backends", "drain", "first")
         assert asyncio.run(served_by(24)) == {"second": 24}
         cli("backends", "undrain", "first")
         assert set(asyncio.run(served_by(16))) == {"first", "second"}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+
+
+def test_usage_tail_shows_the_requests_of_every_worker(tmp_path: Path) -> None:
+    """The admin API's live usage stream (``llmproxy usage tail``) carries a record for each
+    of 16 requests spread over both workers, not only those of the worker serving the socket."""
+    backend_port, port = free_port(), free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{port}"
+            server: {{workers: 2}}
+            backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
+            health_check: {{enabled: false}}
+            admin: {{socket: run/admin.sock}}
+            usage: {{database: run/usage.db}}
+            """
+        )
+    )
+    with (
+        running(
+            ["mock-backend", "--port", str(backend_port), "--tokens", "3"],
+            f"http://127.0.0.1:{backend_port}/health",
+        ),
+        running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
+    ):
+        socket = _admin_socket(tmp_path)
+        _all_workers_up(config)
+
+        async def tail_while_serving() -> list[dict[str, Any]]:
+            connector = aiohttp.UnixConnector(path=str(socket))
+            seen: list[dict[str, Any]] = []
+            async with (
+                aiohttp.ClientSession(connector=connector) as admin,
+                admin.get("http://daemon/usage/stream") as stream,
+            ):
+                assert stream.status == 200
+                statuses = await _one_per_connection(port, 16, {})
+                assert statuses == {"200": 16}
+                async with asyncio.timeout(10):
+                    while len(seen) < 16:
+                        line = await stream.content.readline()
+                        if line.strip():
+                            seen.append(json.loads(line))
+            return seen
+
+        records = asyncio.run(tail_while_serving())
+        assert len(records) == 16
+        assert {r["completion_tokens"] for r in records} == {3}
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
