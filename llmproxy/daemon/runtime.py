@@ -208,7 +208,12 @@ class Runtime:
         self.router = Router(
             self.backends,
             self.strategy.build(
-                BalancerInputs(self.backends, self.rng, routing.prefix_affinity.epsilon)
+                BalancerInputs(
+                    self.backends,
+                    self.rng,
+                    routing.prefix_affinity.epsilon,
+                    homes=self.fleet.homes,
+                )
             ),
             [(chain.primary, list(chain.fallback)) for chain in routing.fallback],
         )

@@ -210,7 +210,9 @@ async def serve(
         Runtime(
             config,
             base_dir=base_dir,
-            fleet=BackendFleet(shared=shared.slots) if shared is not None else None,
+            fleet=BackendFleet(shared=shared.slots, homes=shared.homes)
+            if shared is not None
+            else None,
             daemon_limits=shared.limits if shared is not None else None,
             notices=shared.notices if shared is not None else None,
         ),

@@ -10,7 +10,8 @@ place gives back what that one held). One table per job, each with its own lock:
   the requests waiting for one;
 - notices (:mod:`llmproxy.notices`): changes every worker acts on before its next request
   (key store writes);
-- board (:mod:`llmproxy.daemon.board`): each worker's vital numbers, for ``llmproxy status``.
+- board (:mod:`llmproxy.daemon.board`): each worker's vital numbers, for ``llmproxy status``;
+- homes (:mod:`llmproxy.routing.shared_homes`): `prefix_affinity`'s prefix homes and demand.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from llmproxy.daemon.board import WorkerBoard
 from llmproxy.limits.shared import SharedLimits
 from llmproxy.notices import DaemonNotices
-from llmproxy.routing.shared_slots import SharedSlots
+from llmproxy.routing.shared_homes import HomesFile, create_homes
+from llmproxy.routing.shared_slots import DEFAULT_BACKENDS, SharedSlots
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,7 @@ class TablePaths:
     slots: Path
     notices: Path
     board: Path
+    homes: Path
 
     @classmethod
     def create(cls, run_dir: Path, workers: int) -> TablePaths:
@@ -44,15 +47,17 @@ class TablePaths:
             slots=run_dir / f"slots-{pid}.table",
             notices=run_dir / f"notices-{pid}.table",
             board=run_dir / f"board-{pid}.table",
+            homes=run_dir / f"homes-{pid}.table",
         )
         SharedLimits.create(paths.limits, workers=workers)
         SharedSlots.create(paths.slots, workers=workers)
         DaemonNotices.create(paths.notices)
         WorkerBoard.create(paths.board, workers)
+        create_homes(paths.homes, rows=DEFAULT_BACKENDS)
         return paths
 
     def remove(self) -> None:
-        for path in (self.limits, self.slots, self.notices, self.board):
+        for path in (self.limits, self.slots, self.notices, self.board, self.homes):
             path.unlink(missing_ok=True)
 
 
@@ -64,26 +69,29 @@ class WorkerTables:
     slots: SharedSlots
     notices: DaemonNotices
     board: WorkerBoard
+    homes: HomesFile
 
     @classmethod
     def attach(cls, paths: TablePaths, worker: int) -> WorkerTables:
-        opened: list[SharedLimits | SharedSlots | DaemonNotices | WorkerBoard] = []
+        opened: list[SharedLimits | SharedSlots | DaemonNotices | WorkerBoard | HomesFile] = []
         try:
             opened.append(SharedLimits.attach(paths.limits, worker))
             opened.append(SharedSlots.attach(paths.slots, worker))
             opened.append(DaemonNotices.attach(paths.notices))
             opened.append(WorkerBoard.attach(paths.board, worker))
+            opened.append(HomesFile(paths.homes))
         except BaseException:
             for handle in opened:
                 handle.close()
             raise
-        limits, slots, notices, board = opened
+        limits, slots, notices, board, homes = opened
         assert isinstance(limits, SharedLimits)
         assert isinstance(slots, SharedSlots)
         assert isinstance(notices, DaemonNotices)
         assert isinstance(board, WorkerBoard)
-        return cls(limits, slots, notices, board)
+        assert isinstance(homes, HomesFile)
+        return cls(limits, slots, notices, board, homes)
 
     def close(self) -> None:
-        for handle in (self.limits, self.slots, self.notices, self.board):
+        for handle in (self.limits, self.slots, self.notices, self.board, self.homes):
             handle.close()

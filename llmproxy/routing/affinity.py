@@ -22,23 +22,16 @@ import bisect
 import hashlib
 import math
 import random
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Final
 
 from llmproxy.routing.backend import Backend
+from llmproxy.routing.homes import DEFAULT_MAX_KEYS, HomeTable, LocalHomes
 
 DEFAULT_VNODES: Final = 128
 DEFAULT_EPSILON: Final = 0.25
 KV_ROOM: Final = 0.8
 """KV cache use below which a backend without a queue still has room for a prefix it holds."""
-DEFAULT_MAX_KEYS: Final = 100_000
-"""Prompt prefixes whose home backend is remembered (LRU): a few MB at most."""
-HEAT_HALF_LIFE: Final = 1024
-"""Requests after which a prefix's past requests count half in its demand: long enough that a
-light key's count is not noise, short enough that a tenant whose traffic fades stops counting."""
-_GROWTH: Final = 2.0 ** (1.0 / HEAT_HALF_LIFE)
-_RESCALE_AT: Final = 1e200
 _REBALANCE_AFTER: Final = 64.0
 """Recent requests (decayed) before demand moves any key: the first few are noise."""
 
@@ -161,25 +154,15 @@ class HashRing:
                     return
 
 
-class _Home:
-    """Where one prompt prefix lives, and how much it is asked for (its decayed request count,
-    in the owner's growing scale: see `PrefixAffinity`)."""
-
-    __slots__ = ("backend", "heat")
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.heat = 0.0
-
-
 class PrefixAffinity:
     """`prefix_affinity`: each prompt prefix has a home backend, kept within bounded load.
 
     A new prefix key is homed on the first backend clockwise from it on the ring that holds
     fewer than its even share of the known keys (rounded up): hashing alone puts 3 of 8
     tenants on one replica as often as not, and a replica whose cache must hold three long
-    system prompts evicts them in turn. The homes live in a bounded LRU table (``max_keys``
-    entries: the only memory affinity uses besides the ring).
+    system prompts evicts them in turn. The homes live in a bounded table
+    (:mod:`llmproxy.routing.homes`: this process's, or the daemon's with several workers, so
+    every worker sends a tenant to the same replica).
 
     Keys are not equal, though: one tenant may send half the traffic. Each key's demand (its
     requests, decayed with a half-life of `HEAT_HALF_LIFE` requests) is summed per home; when a
@@ -199,17 +182,7 @@ class PrefixAffinity:
     health, retry exclusion). Without a prefix key (no prompt) the load-aware rule picks too.
     """
 
-    __slots__ = (
-        "_demand",
-        "_epsilon",
-        "_fallback",
-        "_homes",
-        "_max_keys",
-        "_owned",
-        "_ring",
-        "_scale",
-        "_total",
-    )
+    __slots__ = ("_backends", "_epsilon", "_fallback", "_ring", "_table")
 
     def __init__(
         self,
@@ -219,33 +192,37 @@ class PrefixAffinity:
         vnodes: int = DEFAULT_VNODES,
         max_keys: int = DEFAULT_MAX_KEYS,
         rng: random.Random | None = None,
+        table: HomeTable | None = None,
     ) -> None:
         if epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self._backends = list(backends)
         self._ring = HashRing(backends, vnodes)
         self._epsilon = epsilon
         self._fallback = LoadAware(rng)
-        self._max_keys = max(1, max_keys)
-        self._homes: OrderedDict[int, _Home] = OrderedDict()
-        self._owned: dict[Backend, int] = {backend: 0 for backend in backends}
-        # Demand in a growing scale: a request adds `_scale`, and `_scale` grows by
-        # `_GROWTH` per request, which decays every older count at once (no per-key clock).
-        self._demand: dict[Backend, float] = {backend: 0.0 for backend in backends}
-        self._total = 0.0
-        self._scale = 1.0
+        self._table: HomeTable = (
+            table if table is not None else LocalHomes(self._backends, max_keys)
+        )
+
+    @property
+    def table(self) -> HomeTable:
+        return self._table
 
     def shares(self) -> dict[str, float]:
         """The share of known prompt prefixes homed on each backend (the ring's, before any)."""
-        total = len(self._homes)
-        if not total:
-            return self._ring.shares()
-        return {backend.name: owned / total for backend, owned in self._owned.items()}
+        table = self._table
+        with table.transaction():
+            total = table.keys()
+            if not total:
+                return self._ring.shares()
+            return {b.name: table.owned(b) / total for b in self._backends}
 
     def demand(self) -> dict[str, float]:
         """Each backend's share of the recent requests of the prefixes homed on it."""
-        if not self._total:
-            return {backend.name: 0.0 for backend in self._demand}
-        return {backend.name: heat / self._total for backend, heat in self._demand.items()}
+        table = self._table
+        with table.transaction():
+            total = table.total()
+            return {b.name: table.demand(b) / total if total else 0.0 for b in self._backends}
 
     def pick(self, candidates: Sequence[Backend], key: int | None = None) -> Backend | None:
         if not candidates:
@@ -267,83 +244,47 @@ class PrefixAffinity:
     def _home(self, key: int, allowed: set[Backend]) -> Backend | None:
         """The key's home after counting this request, homing a new key on the first allowed
         backend with room for it, or moving it off a home that is in demand (`_rebalance`)."""
-        homes = self._homes
-        home = homes.get(key)
-        if home is None:
-            backend = self._place(key, allowed)
-            if backend is None:
-                return None
-            home = homes[key] = _Home(backend)
-            self._owned[backend] = self._owned.get(backend, 0) + 1
-            if len(homes) > self._max_keys:
-                self._forget(homes.popitem(last=False)[1])
-        else:
-            homes.move_to_end(key)
-        self._count(home)
-        if self._owned[home.backend] > 1:
-            self._rebalance(home, allowed)
-        return home.backend
+        table = self._table
+        with table.transaction():
+            home = table.lookup(key)
+            if home is None:
+                home = self._place(key, allowed)
+                if home is None:
+                    return None
+                table.insert(key, home)
+            table.count(key)
+            if table.owned(home) > 1:
+                home = self._rebalance(key, home, allowed)
+            return home
 
     def _place(self, key: int, allowed: set[Backend]) -> Backend | None:
         """A new key's home: the first allowed backend clockwise with fewer than its even share
         of the keys (a cache holds so many prompts; epsilon is for load)."""
-        owned = self._owned
-        limit = math.ceil((len(self._homes) + 1) / max(len(owned), 1))
+        table = self._table
+        limit = math.ceil((table.keys() + 1) / max(len(self._backends), 1))
         for backend in self._ring.walk(key):
-            if backend in allowed and owned.get(backend, 0) < limit:
+            if backend in allowed and table.owned(backend) < limit:
                 return backend
         return None
 
-    def _count(self, home: _Home) -> None:
-        scale = self._scale
-        home.heat += scale
-        self._demand[home.backend] = self._demand.get(home.backend, 0.0) + scale
-        self._total += scale
-        self._scale = scale * _GROWTH
-        if self._scale > _RESCALE_AT:
-            self._rescale()
-
-    def _rebalance(self, home: _Home, allowed: set[Backend]) -> None:
-        """Move ``home``'s key to the least demanded allowed backend when its home carries more
-        than ``(1 + epsilon)`` × the average demand and the key, moved, leaves the target still
+    def _rebalance(self, key: int, home: Backend, allowed: set[Backend]) -> Backend:
+        """Move ``key`` to the least demanded allowed backend when its home carries more than
+        ``(1 + epsilon)`` × the average demand and the key, moved, leaves the target still
         lighter than the home (so the move lowers the hottest and cannot be undone by the same
-        rule). Waits for `_REBALANCE_AFTER` requests of evidence."""
-        demand = self._demand
-        if self._total < _REBALANCE_AFTER * self._scale:
-            return
-        current = home.backend
-        mean = self._total / len(demand)
-        if demand[current] <= (1.0 + self._epsilon) * mean:
-            return
-        target = min(
-            (b for b in allowed if b is not current and b in demand), key=demand.__getitem__,
-            default=None,
-        )  # fmt: skip
-        if target is None or demand[target] + home.heat >= demand[current] - home.heat:
-            return
-        demand[current] -= home.heat
-        demand[target] += home.heat
-        self._owned[current] -= 1
-        self._owned[target] = self._owned.get(target, 0) + 1
-        home.backend = target
-
-    def _forget(self, home: _Home) -> None:
-        """Drop an evicted key's count and demand from its backend."""
-        self._owned[home.backend] -= 1
-        self._demand[home.backend] -= home.heat
-        self._total -= home.heat
-
-    def _rescale(self) -> None:
-        """Bring the growing scale back to 1 before it overflows (every ~10^5 requests)."""
-        factor = self._scale
-        for home in self._homes.values():
-            home.heat /= factor
-        for backend in self._demand:
-            self._demand[backend] = 0.0
-        for home in self._homes.values():
-            self._demand[home.backend] = self._demand.get(home.backend, 0.0) + home.heat
-        self._total = sum(self._demand.values())
-        self._scale = 1.0
+        rule). Waits for `_REBALANCE_AFTER` requests of evidence. Returns the key's home."""
+        table = self._table
+        total = table.total()
+        if total < _REBALANCE_AFTER * table.scale():
+            return home
+        demand = table.demand
+        if demand(home) <= (1.0 + self._epsilon) * total / len(self._backends):
+            return home
+        target = min((b for b in allowed if b is not home), key=demand, default=None)
+        heat = table.heat(key)
+        if target is None or demand(target) + heat >= demand(home) - heat:
+            return home
+        table.move(key, target)
+        return target
 
 
 def _fits(backend: Backend, bound: int) -> bool:

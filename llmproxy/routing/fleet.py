@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from llmproxy.routing.admission import AdmissionQueue
 from llmproxy.routing.backend import Backend
+from llmproxy.routing.shared_homes import HomesFile
 from llmproxy.routing.shared_slots import SharedSlots
 
 Identity = tuple[str, str]
@@ -51,9 +52,11 @@ class BackendFleet:
     fleet.adopt(zip(backends, settings))          # when that snapshot becomes current
     """
 
-    def __init__(self, shared: SharedSlots | None = None) -> None:
+    def __init__(self, shared: SharedSlots | None = None, homes: HomesFile | None = None) -> None:
         self._backends: dict[Identity, Backend] = {}
         self.shared = shared
+        self.homes = homes
+        """The daemon's prefix homes (several workers), which `prefix_affinity` routes by."""
         """The daemon's slot table when it has several workers: capped backends count their
         slots there, and the admission queue keeps one order across the workers."""
         self.admission = AdmissionQueue(shared=shared)

@@ -188,9 +188,11 @@ class SharedSlots:
 class SlotCounter:
     """One backend's slots, and its drain flag, in the daemon's table."""
 
-    __slots__ = ("_cell", "_draining", "_file", "_map", "_total")
+    __slots__ = ("_cell", "_draining", "_file", "_map", "_total", "row")
 
     def __init__(self, shared: SharedSlots, row: int) -> None:
+        self.row = row
+        """The backend's row: its identity for the daemon's other tables (affinity homes)."""
         self._file = shared._file
         self._map: mmap.mmap = shared._map
         self._total = shared._row(row) + 8

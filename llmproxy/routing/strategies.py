@@ -24,6 +24,7 @@ from llmproxy.routing.balancer import (
     LeastConnections,
     SmoothWeightedRoundRobin,
 )
+from llmproxy.routing.shared_homes import HomesFile, SharedHomes
 
 
 class Strategy(StrEnum):
@@ -46,6 +47,8 @@ class BalancerInputs:
     """Randomness, pinned by tests; None in production."""
     epsilon: float
     """``routing.prefix_affinity.epsilon``: how far over the average load a prefix's home may go."""
+    homes: HomesFile | None = None
+    """The daemon's table of prefix homes when it has several workers (None: this process's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,12 @@ STRATEGIES: Final[Mapping[Strategy, StrategySpec]] = MappingProxyType(
             load_signals=True,
         ),
         Strategy.PREFIX_AFFINITY: StrategySpec(
-            lambda inputs: PrefixAffinity(inputs.backends, epsilon=inputs.epsilon, rng=inputs.rng),
+            lambda inputs: PrefixAffinity(
+                inputs.backends,
+                epsilon=inputs.epsilon,
+                rng=inputs.rng,
+                table=None if inputs.homes is None else SharedHomes(inputs.homes, inputs.backends),
+            ),
             "the backend that holds the prompt's prefix in its cache, within bounded load",
             load_signals=True,
             prefix_key=True,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import textwrap
@@ -477,3 +479,76 @@ def test_usage_tail_shows_the_requests_of_every_worker(tmp_path: Path) -> None:
         assert {r["completion_tokens"] for r in records} == {3}
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
+
+
+def test_prefix_affinity_sends_a_tenant_to_one_replica_from_every_worker(
+    tmp_path: Path,
+) -> None:
+    """8 tenants, requests on connections of their own (so both workers route each tenant):
+    under ``prefix_affinity`` each tenant's requests all land on one replica, and the tenants
+    are spread two per replica — the daemon's homes, not each worker's."""
+    ports = [free_port() for _ in range(4)]
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    backends = "".join(
+        f'  - {{url: "http://127.0.0.1:{p}", name: gpu-{n}, models: [mock-model]}}\n'
+        for n, p in enumerate(ports)
+    )
+    config.write_text(
+        f'listen: "127.0.0.1:{port}"\n'
+        "server: {workers: 2}\n"
+        f"backends:\n{backends}"
+        "health_check: {enabled: false}\n"
+        "admin: {socket: run/admin.sock}\n"
+        "routing: {load_balance_strategy: prefix_affinity}\n"
+    )
+    rng = random.Random(7)
+    prompts = [
+        f"Tenant {t}: "
+        + " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(600))
+        for t in range(8)
+    ]
+
+    async def run() -> dict[int, Counter[str]]:
+        served: dict[int, Counter[str]] = {t: Counter() for t in range(8)}
+
+        async def one(tenant: int) -> None:
+            body = {
+                "model": "mock-model",
+                "messages": [
+                    {"role": "system", "content": prompts[tenant]},
+                    {"role": "user", "content": "hi"},
+                ],
+            }
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(URL.format(port=port), json=body) as response,
+            ):
+                await response.read()
+                served[tenant][response.headers["x-mock-backend"]] += 1
+
+        order = [t for t in range(8) for _ in range(6)]
+        random.Random(8).shuffle(order)
+        for start in range(0, len(order), 4):  # a few at a time: no replica is over its bound
+            await asyncio.gather(*(one(t) for t in order[start : start + 4]))
+        return served
+
+    with contextlib.ExitStack() as stack:
+        for n, p in enumerate(ports):
+            stack.enter_context(
+                running(
+                    ["mock-backend", "--port", str(p), "--tokens", "1", "--name", f"gpu-{n}"],
+                    f"http://127.0.0.1:{p}/health",
+                )
+            )
+        daemon = stack.enter_context(
+            running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health")
+        )
+        _admin_socket(tmp_path)
+        _all_workers_up(config)
+        served = asyncio.run(run())
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+    assert all(len(replicas) == 1 for replicas in served.values()), served
+    homes = Counter(next(iter(replicas)) for replicas in served.values())
+    assert sorted(homes.values()) == [2, 2, 2, 2]

@@ -8,7 +8,6 @@ from collections import Counter
 import pytest
 
 from llmproxy.routing.affinity import (
-    HEAT_HALF_LIFE,
     HashRing,
     LoadAware,
     PrefixAffinity,
@@ -16,6 +15,7 @@ from llmproxy.routing.affinity import (
     prefix_key,
 )
 from llmproxy.routing.backend import Backend
+from llmproxy.routing.homes import HEAT_HALF_LIFE, LocalHomes
 from llmproxy.routing.prefix import prompt_prefix
 
 
@@ -199,8 +199,9 @@ def test_the_table_of_homes_is_bounded() -> None:
     strategy = PrefixAffinity(fleet, max_keys=50, rng=random.Random(8))
     for key in _keys(500):
         strategy.pick(fleet, key)
-    assert len(strategy._homes) == 50
-    assert sum(strategy._owned.values()) == 50
+    table = strategy.table
+    assert table.keys() == 50
+    assert sum(table.owned(b) for b in fleet) == 50
 
 
 def test_a_home_with_kv_cache_room_keeps_its_prefix_past_the_average_bound() -> None:
@@ -293,9 +294,11 @@ def test_demand_decays_and_survives_rescaling() -> None:
     shares = strategy.demand()
     assert shares[home_of_old.name] < 0.05
     before = strategy.demand()
-    strategy._rescale()
+    table = strategy.table
+    assert isinstance(table, LocalHomes)
+    table.rescale()
     assert strategy.demand() == pytest.approx(before)
-    assert strategy._scale == 1.0
+    assert table.scale() == 1.0
 
 
 def test_load_aware_avoids_the_slower_of_two_equally_loaded_backends() -> None:
