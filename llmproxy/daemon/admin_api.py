@@ -279,14 +279,23 @@ class _DaemonApi:
         now = asyncio.get_running_loop().time()
         runtime = self._state.current
         shares = runtime.router.affinity_shares()
-        return json_response(
-            {
-                "backends": [
-                    {**b.snapshot(now), "affinity_share": _rounded(shares.get(b.name))}
-                    for b in runtime.backends
-                ]
-            }
-        )
+        views = []
+        for backend in runtime.backends:
+            view = {**backend.snapshot(now), "affinity_share": _rounded(shares.get(backend.name))}
+            in_flight = self._daemon_in_flight(backend)
+            if in_flight is not None:
+                view["in_flight"] = in_flight
+            views.append(view)
+        return json_response({"backends": views})
+
+    def _daemon_in_flight(self, backend: Backend) -> int | None:
+        """With several workers: this worker's live count plus what the other live workers
+        last reported (at most PUBLISH_EVERY old); None with one process."""
+        board, slots = self._board, self._state.fleet.shared
+        if board is None or slots is None or backend.slots is None or backend.max_in_flight > 0:
+            return None  # one process, or a capped backend: its snapshot counts the slots
+        others = [c.index for c in board.cells() if c.alive and c.index != board.worker]
+        return backend.in_flight + slots.reported(backend.slots.row, others)
 
     async def drain(self, request: web.Request) -> web.Response:
         return self._set_draining(request, True)

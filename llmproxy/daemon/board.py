@@ -202,3 +202,8 @@ def publish_worker(board: WorkerBoard, state: RuntimeState, control: DaemonContr
         last_reload_ok=last.ok if last is not None else True,
         usage_queued=sink.queued if sink is not None else 0,
     )
+    slots = state.fleet.shared
+    if slots is not None:
+        for backend in state.current.backends:
+            if backend.slots is not None:
+                slots.report(backend.slots.row, backend.in_flight)

@@ -32,6 +32,7 @@ import hashlib
 import mmap
 import struct
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -63,6 +64,7 @@ def slots_table_size(backends: int, workers: int) -> int:
         + backends * _ROW.size
         + workers * backends * _COUNT.size
         + workers * _HEAD.size
+        + workers * backends * _COUNT.size  # requests in flight each worker last reported
     )
 
 
@@ -169,6 +171,20 @@ class SharedSlots:
             if waiting and at >= fresh and (best is None or (priority, ticket) < best):
                 best = (priority, ticket)
         return best
+
+    def report(self, row: int, in_flight: int) -> None:
+        """This worker's requests in flight on the backend of ``row`` (for ``backends status``;
+        written every status interval, no lock)."""
+        _COUNT.pack_into(self._map, self._reported(self.worker, row), in_flight)
+
+    def reported(self, row: int, workers: Iterable[int]) -> int:
+        """The sum of what ``workers`` last reported for the backend of ``row``."""
+        return sum(
+            _COUNT.unpack_from(self._map, self._reported(worker, row))[0] for worker in workers
+        )
+
+    def _reported(self, worker: int, row: int) -> int:
+        return self._head(self.workers) + (worker * self.backends + row) * _COUNT.size
 
     def _row(self, row: int) -> int:
         return _HEADER_SIZE + row * _ROW.size

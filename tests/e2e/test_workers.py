@@ -295,8 +295,8 @@ def test_a_revoked_key_is_refused_by_every_worker_on_the_next_request(tmp_path: 
 
 
 def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
-    """``status`` counts the streams open in both workers and lists each worker; ``reload``
-    answers once both have reloaded."""
+    """``status`` and ``backends status`` count the streams open in both workers, ``status``
+    lists each worker; ``reload`` answers once both have reloaded."""
     backend_port, port = free_port(), free_port()
     config = tmp_path / "gateway.yaml"
     text = textwrap.dedent(
@@ -342,8 +342,9 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
             slow = [asyncio.create_task(one()) for _ in range(12)]
             await asyncio.sleep(1.0)  # every stream open, 3 s from their end
             status = await asyncio.to_thread(cli, "status")
+            backends = await asyncio.to_thread(cli, "backends", "status")
             await asyncio.gather(*slow)
-            return status
+            return {**status, "backends": backends["backends"]}
 
         _admin_socket(tmp_path)
         deadline = time.monotonic() + 20
@@ -352,6 +353,7 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
             time.sleep(0.2)
         status = asyncio.run(streams_open())
         assert status["in_flight"] == 12
+        assert [b["in_flight"] for b in status["backends"]] == [12]
         workers = status["workers"]
         assert [w["index"] for w in workers] == [0, 1]
         assert all(w["alive"] for w in workers)
