@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.e2e.daemon import LLMPROXY, free_port, running
 
@@ -23,13 +24,13 @@ URL = "http://127.0.0.1:{port}/v1/chat/completions"
 BODY = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _config(tmp_path: Path, port: int, backend_port: int, limits: str) -> Path:
+def _config(tmp_path: Path, port: int, backend_port: int, limits: str, workers: int = 2) -> Path:
     path = tmp_path / "gateway.yaml"
     path.write_text(
         textwrap.dedent(
             f"""\
             listen: "127.0.0.1:{port}"
-            server: {{workers: 2}}
+            server: {{workers: {workers}}}
             backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
             health_check: {{enabled: false}}
             admin: {{socket: run/admin.sock}}
@@ -106,12 +107,13 @@ def _workers_of(supervisor: subprocess.Popen[bytes]) -> list[int]:
     return workers
 
 
-def test_a_per_minute_key_limit_holds_for_the_daemon(tmp_path: Path) -> None:
-    """A key allowed 10 requests a minute gets exactly 10 of 40, spread over both workers (each
-    worker alone would have admitted 10: 20 in all before the daemon's table)."""
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_per_minute_key_limit_holds_for_the_daemon(tmp_path: Path, count: int) -> None:
+    """A key allowed 10 requests a minute gets exactly 10 of 40, spread over the workers (each
+    worker alone would have admitted 10: 10 × workers in all before the daemon's table)."""
     backend_port, port = free_port(), free_port()
     limits = "per_key: {enabled: true, requests_per_minute: 10, burst_size: 10}\n"
-    config = _config(tmp_path, port, backend_port, limits)
+    config = _config(tmp_path, port, backend_port, limits, workers=count)
     with (
         running(
             ["mock-backend", "--port", str(backend_port), "--tokens", "1"],
@@ -120,8 +122,8 @@ def test_a_per_minute_key_limit_holds_for_the_daemon(tmp_path: Path) -> None:
         running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
     ):
         workers = _workers_of(daemon)
-        assert len(workers) == 2
-        _all_workers_up(config)  # both serve: each alone would admit the whole 10
+        assert len(workers) == count
+        _all_workers_up(config)  # all serve: each alone would admit the whole 10
         headers = {"Authorization": "Bearer sk-one"}
         statuses = asyncio.run(_one_per_connection(port, 40, headers))
         assert statuses == {"200": 10, "429": 30}
