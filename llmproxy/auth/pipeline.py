@@ -147,6 +147,7 @@ class AuthPipeline:
         """The daemon's count of key store writes this pipeline has loaded (several workers:
         see :mod:`llmproxy.notices`)."""
         self._refreshing: asyncio.Task[None] | None = None
+        self._refreshing_for = 0
 
     async def open(self) -> None:
         """Connect every provider."""
@@ -163,15 +164,18 @@ class AuthPipeline:
 
     async def refresh_keys(self, seen: int) -> None:
         """Load the key store again (another worker wrote it) and forget cached lookups; the
-        requests that notice the change together wait for one reload."""
-        task = self._refreshing
-        if task is None:
-            task = self._refreshing = asyncio.ensure_future(self._refresh_keys(seen))
-        try:
+        requests that notice the same change wait for one reload. A reload that started before
+        the change ``seen`` counts (its read may predate the write) is waited out, then another
+        one runs: a request never passes on keys older than the change it saw."""
+        while self.keys_seen < seen:
+            task = self._refreshing
+            if task is None or task.done():
+                task = self._refreshing = asyncio.ensure_future(self._refresh_keys(seen))
+                self._refreshing_for = seen
+            elif self._refreshing_for < seen:
+                await asyncio.shield(task)  # too old for this request: let it end, go again
+                continue
             await asyncio.shield(task)
-        finally:
-            if task.done() and self._refreshing is task:
-                self._refreshing = None
 
     async def _refresh_keys(self, seen: int) -> None:
         for stage in self.stages:
@@ -183,7 +187,7 @@ class AuthPipeline:
                     # until then would turn a read error into an outage.
                     log.warning("key store changed but not reloaded yet: %s", exc)
         self.invalidate()
-        self.keys_seen = seen
+        self.keys_seen = max(self.keys_seen, seen)
 
     def invalidate(self, sha256: str | None = None) -> None:
         """Forget cached lookups of one key (after a revoke or an update), or of all keys."""

@@ -44,6 +44,7 @@ from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.routing import Backend
 from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
+from llmproxy.routing.backend import REFUSED
 from llmproxy.routing.prefix import prompt_prefix
 from llmproxy.usage import ResponseUsage, StreamUsage, usage_from_body
 
@@ -99,7 +100,7 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
                     # The retry budget is spent: failing fast beats doubling a struggling fleet.
                     break
                 await asyncio.sleep(policy.delay(attempt, runtime.rng))
-            backend = await _choose(runtime, priority, model, tried, key, request.refused_by)
+            backend, taken = await _choose(runtime, priority, model, tried, key, request.refused_by)
             if backend is None:
                 break
             tried.append(backend)
@@ -110,7 +111,7 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
             final = attempt == policy.attempts - 1
             try:
                 await _attempt(
-                    runtime, backend, request, send, priority, tried, final_attempt=final
+                    runtime, backend, taken, request, send, priority, tried, final_attempt=final
                 )
                 return
             except _Retryable as retryable:
@@ -176,9 +177,9 @@ async def _choose(
     tried: list[Backend],
     key: int | None,
     refused_by: set[Backend] | None = None,
-) -> Backend | None:
-    """The backend for this attempt, its slot taken (:meth:`Backend.try_begin`: pair with
-    ``end()``); while every backend is full, wait in the admission queue (best priority first)
+) -> tuple[Backend | None, int]:
+    """The backend for this attempt and the slot taken on it (:meth:`Backend.try_begin`: pass
+    it to ``end()``); while every backend is full, wait in the admission queue (best priority first)
     instead of failing. A request does not take a free slot while one at least as important
     waits, and leaves the reserved slots to the important ones."""
     router = runtime.router
@@ -206,7 +207,8 @@ async def _choose(
                     reserve=reserve,
                     on_fallback=fallen,
                 )
-            if backend is not None and not backend.try_begin(reserve):
+            taken = backend.try_begin(reserve) if backend is not None else REFUSED
+            if backend is not None and taken == REFUSED:
                 continue  # another worker took the last slot since it was read: route again
             if backend is None and not router.saturated(model, now, reserve) and not looked_again:
                 # Full when routed, not full now: another worker freed a slot between the two
@@ -216,7 +218,7 @@ async def _choose(
             if backend is not None or not router.saturated(model, now, reserve):
                 if ticket is not None:
                     admission.left()
-                return backend
+                return backend, taken
         if ticket is None:
             deadline = now + admission.timeout
         try:
@@ -253,6 +255,7 @@ def _no_backend_message(model: str | None) -> str:
 async def _attempt(
     runtime: Runtime,
     backend: Backend,
+    taken: int,
     request: Exchange,
     send: Send,
     priority: int,
@@ -375,7 +378,7 @@ async def _attempt(
                 # Not read to the end (error or cancellation): drop the connection so the backend
                 # sees the client leave and stops generating.
                 response.close()
-        backend.end()
+        backend.end(taken)
         metrics.in_flight(backend.name, -1)
         if backend.max_in_flight:
             runtime.admission.release()

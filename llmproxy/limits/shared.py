@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
 import mmap
 import struct
@@ -50,6 +51,8 @@ from llmproxy.limits.memory import (
 )
 from llmproxy.mapped import MappedFile, create_mapped
 
+log = logging.getLogger("llmproxy.limits")
+
 DEFAULT_CAPACITY: Final = 1 << 16
 """Rows of the table: keys with limit state at once (about 5 MB, plus 1 MB per worker)."""
 _MAX_LOAD: Final = 0.7
@@ -66,6 +69,9 @@ idle at. A bucket's time is NaN while the key has none (a fresh, full bucket).""
 _ROW_SIZE: Final = _ROW.size
 _KEY: Final = struct.Struct("<Q")
 _MAX_HINTS: Final = 100_000
+_FULL: Final = "the daemon's limit table is full (use storage: redis)"
+_FULL_BACKOFF: Final = 1.0
+"""Seconds new keys are refused without another rebuild after one that freed nothing."""
 _CELL: Final = struct.Struct("<qq")
 """One worker's share of a row: leases in flight, quota reserved."""
 _EMPTY: Final = 0
@@ -185,6 +191,7 @@ class SharedLimitStore:
     def __init__(self, shared: SharedLimits, *, clock: Callable[[], float] = time.monotonic):
         self._shared = shared
         self._clock = clock
+        self._full_until = 0.0
         self._rows: dict[str, tuple[int, int]] = {}
         """key id → (hash, the row it was last found in): a hint, checked against the row's
         hash on use (a rebuild moves rows)."""
@@ -305,8 +312,16 @@ class SharedLimitStore:
             return -1
         taken = _TAKEN.unpack_from(table, _TAKEN_AT)[0]
         if taken + 1 > shared.capacity * _MAX_LOAD:
+            # A rebuild scans every row under the lock every worker waits on: after one that
+            # freed nothing, new keys are refused at once for a while rather than rebuilding
+            # for each of them.
+            now = time.monotonic()
+            if now < self._full_until:
+                raise LimitsUnavailable(_FULL)
             if self._rebuild(table) + 1 > shared.capacity * _MAX_LOAD:
-                raise LimitsUnavailable("the daemon's limit table is full (use storage: redis)")
+                self._full_until = now + _FULL_BACKOFF
+                log.error("%s: %d keys hold limit state", _FULL, shared.capacity * _MAX_LOAD)
+                raise LimitsUnavailable(_FULL)
             return self._find(table, key, insert=True)
         if free < 0:
             free = slot

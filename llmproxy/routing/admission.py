@@ -57,7 +57,7 @@ class AdmissionQueue:
         "_entries",
         "_handoffs",
         "_heap",
-        "_recheck",
+        "_poller",
         "_sequence",
         "_shared",
         "max_waiting",
@@ -86,7 +86,9 @@ class AdmissionQueue:
         self._sequence = itertools.count()
         self._entries = itertools.count()
         self._shared = shared
-        self._recheck = HEAD_RECHECK if shared is None else POLL
+        self._poller: asyncio.Task[None] | None = None
+        """With several workers, while anyone waits here: wakes this worker's head every
+        POLL when it is the daemon's first (one timer, not one per waiter)."""
         self._handoffs = 0
         """Waiters woken by release() that have not run yet: while one is pending, the slot is
         theirs, and no waiter looking again on its own may take it."""
@@ -102,7 +104,10 @@ class AdmissionQueue:
         return 0 if priority <= self.reserved_priority else self.reserved_slots
 
     def ahead(self, priority: int) -> bool:
-        """Whether a request at least as important as ``priority`` is waiting (in any worker)."""
+        """Whether a request at least as important as ``priority`` is waiting (in any worker),
+        or a woken waiter is about to take the slot it was handed."""
+        if self._handoffs:
+            return True
         head = self._head()
         if head is not None and head[0] <= priority:
             return True
@@ -131,6 +136,8 @@ class AdmissionQueue:
         future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._heap, (priority, ticket, next(self._entries), future))
         self._publish()
+        if self._shared is not None and self._poller is None:
+            self._poller = loop.create_task(self._poll())
         # Returned to route again: this worker's published head stays (the request is still
         # first) until it waits again or calls left(), so no other worker slips in between.
         again = False
@@ -148,7 +155,7 @@ class AdmissionQueue:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                     # that arrives as the future completes, and a client that left would hold
                     # its place.
-                    async with asyncio.timeout(min(remaining, self._recheck)):
+                    async with asyncio.timeout(min(remaining, HEAD_RECHECK)):
                         await asyncio.shield(future)
                     self._handoffs -= 1  # woken by release(): the handed slot is ours to try
                     woken = again = True
@@ -162,7 +169,8 @@ class AdmissionQueue:
                     ):
                         again = True
                         return ticket  # look again: capacity may have come without a wake-up
-                    self._publish()  # still here: keep this worker's head fresh
+                    if not self._handoffs:
+                        self._publish()  # still here: keep this worker's head fresh
         finally:
             if future.done() and not future.cancelled() and not woken:
                 # Woken, but leaving (the client left, or the deadline came first): the turn
@@ -182,11 +190,15 @@ class AdmissionQueue:
     def release(self) -> None:
         """A slot freed up: wake the best waiter still waiting (with several workers, only when it
         is the daemon's best; a better one elsewhere finds the slot itself)."""
-        heap = self._heap
         if self._shared is not None:
             head = self._head()
             if head is None or not self._first(head[1], head[0]):
                 return
+        self._wake_head()
+
+    def _wake_head(self) -> None:
+        """Hand the slot to the best waiter still waiting."""
+        heap = self._heap
         while heap:
             *_, future = heapq.heappop(heap)
             if not future.done():
@@ -196,6 +208,25 @@ class AdmissionQueue:
                 future.set_result(None)
                 self._handoffs += 1
                 return
+
+    async def _poll(self) -> None:
+        """While anyone waits here (several workers): every POLL, wake this worker's head if it
+        is the daemon's first — a slot another worker frees wakes nobody here — else refresh
+        its published place."""
+        try:
+            while self._head() is not None:
+                await asyncio.sleep(POLL)
+                if self._handoffs:
+                    continue  # a woken waiter is routing; its place stays published
+                head = self._head()
+                if head is None:
+                    break
+                if self._first(head[1], head[0]):
+                    self._wake_head()
+                else:
+                    self._publish()
+        finally:
+            self._poller = None
 
     def _first(self, ticket: int, priority: int | None = None) -> bool:
         """Whether this worker's head (``ticket``) goes before every other worker's."""

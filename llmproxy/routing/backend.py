@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from llmproxy.routing.shared_slots import SlotCounter
 
@@ -63,6 +64,13 @@ class FailureRun:
         self.unattributed = False
 
 
+REFUSED: Final = 0
+LOCAL: Final = 1
+"""A request counted in this process only."""
+SHARED: Final = 2
+"""A request that holds a slot in the daemon's table (several workers, a capped backend)."""
+
+
 @dataclass(slots=True, eq=False)
 class Backend:
     """An inference server and the request path's view of how it is doing.
@@ -104,9 +112,8 @@ class Backend:
 
     in_flight: int = field(default=0, init=False)
     # The daemon's count of this backend's slots when several workers share it (None: this
-    # process's `in_flight` is the count), and how many of them this process holds.
+    # process's `in_flight` is the count).
     slots: SlotCounter | None = field(default=None, init=False)
-    shared_held: int = field(default=0, init=False)
     # Seconds; None until the first response starts, which the latency balancer treats as
     # "explore me" rather than as fast or slow.
     ttfb_ewma: float | None = field(default=None, init=False)
@@ -236,28 +243,31 @@ class Backend:
         slots = self.slots
         return limit <= (self.in_flight if slots is None else slots.taken()) + reserve
 
-    def try_begin(self, reserve: int = 0) -> bool:
+    def try_begin(self, reserve: int = 0) -> int:
         """:meth:`begin` if a slot is free: with several workers the check and the take are one
-        step for the daemon (two workers cannot both take the last slot); False when full."""
+        step for the daemon (two workers cannot both take the last slot). Returns `REFUSED`
+        (full), `LOCAL`, or `SHARED` (a slot of the daemon's table was taken): pass it to
+        :meth:`end`, so a request gives back exactly what it took, whatever a reload changed."""
         slots = self.slots
         if slots is not None and self.max_in_flight > 0:
             if not slots.try_take(self.max_in_flight, reserve):
-                return False
-            self.shared_held += 1
+                return REFUSED
+            self.begin()
+            return SHARED
         self.begin()
-        return True
+        return LOCAL
 
     def begin(self) -> None:
         """Count a request as sent; pair every call with `end()` in a `finally`."""
         self.in_flight += 1
         self.requests_total += 1
 
-    def end(self) -> None:
-        """Count a request as finished (never below zero, so a double `end()` cannot wedge it)."""
+    def end(self, taken: int = LOCAL) -> None:
+        """Count a request as finished (never below zero, so a double `end()` cannot wedge it);
+        ``taken`` is what :meth:`try_begin` returned."""
         if self.in_flight > 0:
             self.in_flight -= 1
-        if self.shared_held > 0 and self.slots is not None:
-            self.shared_held -= 1
+        if taken == SHARED and self.slots is not None:
             self.slots.give()
 
     def record_first_byte(self, seconds: float) -> None:

@@ -7,6 +7,7 @@ parameters); these are what only a table shared by processes has.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
@@ -151,3 +152,30 @@ def test_the_table_file_is_private_and_checked(tmp_path: Path) -> None:
         SharedLimits.attach(other, 0)
     with pytest.raises(ValueError, match="power of two"):
         SharedLimits.create(tmp_path / "bad", workers=1, capacity=100)
+
+
+async def test_a_full_table_is_not_rebuilt_for_every_new_key(tmp_path: Path) -> None:
+    """A rebuild scans the whole table under the lock every worker waits on: after one that
+    freed nothing, new keys are refused at once for a second instead of rebuilding again."""
+    path = tmp_path / "limits.table"
+    SharedLimits.create(path, workers=1, capacity=64)
+    handle = SharedLimits.attach(path, 0)
+    store = SharedLimitStore(handle)
+    held = KeyPolicy(max_concurrent=1)
+    for n in range(44):
+        assert (await store.admit(f"slot-{n}", held, 0)).allowed
+    rebuilds = 0
+    rebuild = store._rebuild
+
+    def counted(table: mmap.mmap) -> int:
+        nonlocal rebuilds
+        rebuilds += 1
+        return rebuild(table)
+
+    store._rebuild = counted  # type: ignore[method-assign]
+    for n in range(5):
+        with pytest.raises(LimitsUnavailable):
+            await store.admit(f"new-{n}", held, 0)
+    assert rebuilds == 1
+    assert (await store.admit("slot-3", KeyPolicy(), 0)).allowed  # known keys still served
+    handle.close()

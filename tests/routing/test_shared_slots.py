@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from llmproxy.routing.admission import AdmissionQueue
-from llmproxy.routing.backend import Backend
+from llmproxy.routing.backend import SHARED, Backend
 from llmproxy.routing.fleet import BackendFleet, BackendSettings
 from llmproxy.routing.shared_slots import POLL, STALE_AFTER, SharedSlots
 
@@ -45,11 +45,11 @@ def test_one_count_per_backend_for_every_worker(table: Path) -> None:
     assert second.full_for()
     assert not second.try_begin()
     assert second.in_flight == 0
-    first.end()
+    first.end(SHARED)
     assert not second.full_for()
     assert second.try_begin()
     assert first.full_for()
-    second.end()
+    second.end(SHARED)
     assert first.slots is not None
     assert first.slots.taken() == 0
 
@@ -118,18 +118,18 @@ async def test_waiting_order_is_the_daemons(table: Path) -> None:
     late = asyncio.create_task(_wait_for_slot(queues["2"], backends["2"], order, "late@2"))
     await asyncio.sleep(0.03)
     assert queues["2"].ahead(0)  # a new request in worker 2 must queue
-    backends["2"].end()
+    backends["2"].end(SHARED)
     queues["2"].release()  # worker 2 frees the slot; its own waiter is second
     await asyncio.wait_for(early, 1)
     assert order == ["early@1"]
     assert not late.done()
     started = time.monotonic()
-    backends["1"].end()
+    backends["1"].end(SHARED)
     queues["1"].release()
     await asyncio.wait_for(late, 1)
     assert order == ["early@1", "late@2"]
     assert time.monotonic() - started < 10 * POLL
-    backends["2"].end()
+    backends["2"].end(SHARED)
     assert not queues["1"].ahead(0)
     assert not queues["2"].ahead(0)
     one.close()
@@ -182,3 +182,21 @@ def test_a_drain_in_one_worker_applies_in_the_others(table: Path) -> None:
 def _draining(backend: Backend) -> bool:
     """Read through a call: the flag changes under mypy's narrowing."""
     return backend.draining
+
+
+def test_a_reload_that_caps_a_backend_keeps_the_count_honest(table: Path) -> None:
+    """Requests begun while the backend was uncapped hold no slot of the table; when they end
+    after a reload capped it, they give none back (a slot another request holds stays taken)."""
+    _, backend = _worker(table, 0, limit=0)
+    uncapped = [backend.try_begin() for _ in range(3)]
+    backend.max_in_flight = 2  # the reload
+    capped = backend.try_begin()
+    assert capped == SHARED
+    assert backend.slots is not None
+    backend.end(uncapped[0])
+    assert backend.slots.taken() == 1
+    assert backend.try_begin() == SHARED
+    assert not backend.try_begin()  # 2 capped requests in flight: full
+    for taken in uncapped[1:]:
+        backend.end(taken)
+    assert backend.slots.taken() == 2
