@@ -17,6 +17,7 @@ place gives back what that one held). One table per job, each with its own lock:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,9 @@ class TablePaths:
     @classmethod
     def create(cls, run_dir: Path, workers: int) -> TablePaths:
         """Create fresh tables in ``run_dir`` for ``workers`` workers (named by this process's
-        pid, so two daemons sharing a directory do not share tables)."""
+        pid, so two daemons sharing a directory do not share tables), after removing the
+        tables of daemons that are gone (a supervisor killed -9 cannot remove its own)."""
+        remove_stale(run_dir)
         pid = os.getpid()
         paths = cls(
             limits=run_dir / f"limits-{pid}.table",
@@ -59,6 +62,31 @@ class TablePaths:
     def remove(self) -> None:
         for path in (self.limits, self.slots, self.notices, self.board, self.homes):
             path.unlink(missing_ok=True)
+
+
+_TABLE_NAME = re.compile(r"^(limits|slots|notices|board|homes)-(\d+)\.table$")
+
+
+def remove_stale(run_dir: Path) -> list[Path]:
+    """Remove the tables in ``run_dir`` whose supervisor no longer runs; returns them."""
+    removed = []
+    for path in run_dir.glob("*-*.table") if run_dir.is_dir() else ():
+        match = _TABLE_NAME.match(path.name)
+        if match is None or _alive(int(match.group(2))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
 
 
 @dataclass(frozen=True, slots=True)
