@@ -12,9 +12,10 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from llmproxy.private_files import FILE_MODE, private_directory
 
@@ -31,6 +32,26 @@ def create_mapped(path: Path, size: int, header: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(scratch, path)
+
+
+_T = TypeVar("_T")
+
+
+def attach_mapped(path: Path, build: Callable[[MappedFile], _T]) -> _T:
+    """``build(mapping of path)``: a table's handle over a fresh mapping, which is closed again
+    when ``build`` refuses it (not a table of this kind, a worker index out of range)."""
+    mapped = MappedFile(path)
+    try:
+        return build(mapped)
+    except BaseException:
+        mapped.close()
+        raise
+
+
+def check_worker(worker: int, workers: int) -> None:
+    """Refuse a worker index the table has no cells for."""
+    if not 0 <= worker < workers:
+        raise ValueError(f"worker {worker} of a table for {workers}")
 
 
 class MappedFile:

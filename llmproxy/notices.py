@@ -14,7 +14,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Final
 
-from llmproxy.mapped import MappedFile, create_mapped
+from llmproxy.mapped import MappedFile, attach_mapped, create_mapped
 
 _MAGIC: Final = b"llmpntc1"
 _COUNTER: Final = struct.Struct("<Q")
@@ -46,12 +46,7 @@ class DaemonNotices:
 
     @classmethod
     def attach(cls, path: Path) -> DaemonNotices:
-        mapped = MappedFile(path)
-        try:
-            return cls(mapped)
-        except BaseException:
-            mapped.close()
-            raise
+        return attach_mapped(path, cls)
 
     def read(self, notice: Notice) -> int:
         """The counter now (no lock: an aligned 8-byte read)."""

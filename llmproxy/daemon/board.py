@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from llmproxy.daemon.control import DaemonControl
 from llmproxy.daemon.runtime import RuntimeState
-from llmproxy.mapped import MappedFile, create_mapped
+from llmproxy.mapped import MappedFile, attach_mapped, check_worker, create_mapped
 
 PUBLISH_EVERY: Final = 0.1
 STALE_AFTER: Final = 2.0
@@ -76,8 +76,7 @@ class WorkerBoard:
         magic, workers = _HEADER.unpack_from(mapped.map, 0)
         if magic != _MAGIC or mapped.size != _HEADER_SIZE + workers * _CELL_SIZE:
             raise ValueError(f"{mapped.path} is not a worker board of this llmproxy")
-        if not 0 <= worker < workers:
-            raise ValueError(f"worker {worker} of a board for {workers}")
+        check_worker(worker, workers)
         self._file = mapped
         self._map = mapped.map
         self.worker = worker
@@ -89,12 +88,7 @@ class WorkerBoard:
 
     @classmethod
     def attach(cls, path: Path, worker: int) -> WorkerBoard:
-        mapped = MappedFile(path)
-        try:
-            return cls(mapped, worker)
-        except BaseException:
-            mapped.close()
-            raise
+        return attach_mapped(path, lambda mapped: cls(mapped, worker))
 
     def close(self) -> None:
         self._file.close()

@@ -107,7 +107,7 @@ class WorkerTables:
             opened.append(SharedSlots.attach(paths.slots, worker))
             opened.append(DaemonNotices.attach(paths.notices))
             opened.append(WorkerBoard.attach(paths.board, worker))
-            opened.append(HomesFile(paths.homes))
+            opened.append(HomesFile.attach(paths.homes))
         except BaseException:
             for handle in opened:
                 handle.close()

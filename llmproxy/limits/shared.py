@@ -49,7 +49,7 @@ from llmproxy.limits.memory import (
     settle_state,
     take_global,
 )
-from llmproxy.mapped import MappedFile, create_mapped
+from llmproxy.mapped import MappedFile, attach_mapped, check_worker, create_mapped
 
 log = logging.getLogger("llmproxy.limits")
 
@@ -100,8 +100,7 @@ class SharedLimits:
         magic, capacity, workers, _, _, _ = _HEADER.unpack_from(self._map, 0)
         if magic != _MAGIC or mapped.size != table_size(capacity, workers):
             raise ValueError(f"{mapped.path} is not a limit table of this llmproxy")
-        if not 0 <= worker < workers:
-            raise ValueError(f"worker {worker} of a table for {workers}")
+        check_worker(worker, workers)
         self.capacity: int = capacity
         self.workers: int = workers
         self.worker = worker
@@ -118,12 +117,7 @@ class SharedLimits:
     @classmethod
     def attach(cls, path: Path, worker: int) -> SharedLimits:
         """Open the table as worker ``worker``, giving back what a dead predecessor held."""
-        mapped = MappedFile(path)
-        try:
-            shared = cls(mapped, worker)
-        except BaseException:
-            mapped.close()
-            raise
+        shared = attach_mapped(path, lambda mapped: cls(mapped, worker))
         shared.recover()
         return shared
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from llmproxy.mapped import MappedFile, create_mapped
+from llmproxy.mapped import MappedFile, attach_mapped, create_mapped
 from llmproxy.routing.backend import Backend
 from llmproxy.routing.homes import GROWTH, RESCALE_AT
 
@@ -57,14 +57,17 @@ class HomesFile:
 
     __slots__ = ("capacity", "file", "rows")
 
-    def __init__(self, path: Path) -> None:
-        self.file = MappedFile(path)
-        magic, capacity, rows, _, _, _ = _HEADER.unpack_from(self.file.map, 0)
-        if magic != _MAGIC or self.file.size != homes_table_size(capacity, rows):
-            self.file.close()
-            raise ValueError(f"{path} is not a homes table of this llmproxy")
+    def __init__(self, mapped: MappedFile) -> None:
+        magic, capacity, rows, _, _, _ = _HEADER.unpack_from(mapped.map, 0)
+        if magic != _MAGIC or mapped.size != homes_table_size(capacity, rows):
+            raise ValueError(f"{mapped.path} is not a homes table of this llmproxy")
+        self.file = mapped
         self.capacity: int = capacity
         self.rows: int = rows
+
+    @classmethod
+    def attach(cls, path: Path) -> HomesFile:
+        return attach_mapped(path, cls)
 
     def close(self) -> None:
         self.file.close()

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from llmproxy.mapped import MappedFile, create_mapped
+from llmproxy.mapped import MappedFile, attach_mapped, check_worker, create_mapped
 
 DEFAULT_BACKENDS: Final = 1024
 POLL: Final = 0.01
@@ -80,8 +80,7 @@ class SharedSlots:
         magic, backends, workers, _, _ = _HEADER.unpack_from(self._map, 0)
         if magic != _MAGIC or mapped.size != slots_table_size(backends, workers):
             raise ValueError(f"{mapped.path} is not a slot table of this llmproxy")
-        if not 0 <= worker < workers:
-            raise ValueError(f"worker {worker} of a table for {workers}")
+        check_worker(worker, workers)
         self.backends: int = backends
         self.workers: int = workers
         self.worker = worker
@@ -96,12 +95,7 @@ class SharedSlots:
     def attach(cls, path: Path, worker: int) -> SharedSlots:
         """Open the table as ``worker``: what a dead predecessor held is given back and its
         published waiter cleared."""
-        mapped = MappedFile(path)
-        try:
-            shared = cls(mapped, worker)
-        except BaseException:
-            mapped.close()
-            raise
+        shared = attach_mapped(path, lambda mapped: cls(mapped, worker))
         shared.recover()
         return shared
 

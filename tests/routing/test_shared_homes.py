@@ -28,7 +28,7 @@ def _keys(count: int) -> list[int]:
 class Worker:
     def __init__(self, tmp_path: Path, index: int, seed: int) -> None:
         self.slots = SharedSlots.attach(tmp_path / "slots", index)
-        self.homes = HomesFile(tmp_path / "homes")
+        self.homes = HomesFile.attach(tmp_path / "homes")
         fleet = BackendFleet(shared=self.slots, homes=self.homes)
         self.backends = list(
             fleet.backends_for(
@@ -108,7 +108,7 @@ def test_a_full_table_keeps_the_most_wanted_keys(workers: list[Worker]) -> None:
 
 def test_a_backend_without_a_row_is_refused(tmp_path: Path) -> None:
     create_homes(tmp_path / "homes", rows=8, capacity=64)
-    homes = HomesFile(tmp_path / "homes")
+    homes = HomesFile.attach(tmp_path / "homes")
     with pytest.raises(ValueError, match="no row"):
         SharedHomes(homes, [Backend.create("gpu", "http://10.0.0.1:8000")])
     homes.close()
