@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
 
 import msgspec
@@ -136,61 +137,68 @@ class UsageApi:
         sink = self._sink()
         key, model = query_text(request, "key"), query_text(request, "model")
         if self._every_worker:
-            return await self._follow_file(request, key, model)
-        loop = asyncio.get_running_loop()
+            store = self._store()
+            # The place before the headers go out: a client that saw them sees every later one.
+            seq = await asyncio.to_thread(store.last_seq)
+            return await self._ndjson(request, _from_file(store, seq), key, model)
         # Subscribe before the headers go out: a client that saw them sees every later record.
         with contextlib.closing(sink.bus.subscribe()) as subscription:
-            response = web.StreamResponse(
-                headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
-            )
-            await response.prepare(request)
-            last_write = loop.time()
-            try:
-                while not self._closing.is_set() and not _client_gone(request):
-                    try:
-                        async with asyncio.timeout(POLL_INTERVAL):
-                            record = await anext(subscription)
-                    except TimeoutError:
-                        if loop.time() - last_write >= KEEPALIVE_INTERVAL:
-                            await response.write(b"\n")
-                            last_write = loop.time()
-                        continue
-                    if record_matches(record, key, model):
-                        await response.write(record.to_json() + b"\n")
-                        last_write = loop.time()
-            except ConnectionResetError:
-                pass  # the client left between two checks
-        return response
+            return await self._ndjson(request, _from_bus(subscription), key, model)
 
-    async def _follow_file(
-        self, request: web.Request, key: str | None, model: str | None
+    async def _ndjson(
+        self,
+        request: web.Request,
+        batches: AsyncGenerator[list[UsageRecord], None],
+        key: str | None,
+        model: str | None,
     ) -> web.StreamResponse:
-        """The stream for several workers: every record any of them writes, read from the usage
-        file every TAIL_INTERVAL (about WRITE_LINGER + TAIL_INTERVAL behind the requests)."""
-        store = self._store()
+        """Write the matching records of each batch (an empty batch: nothing new within an
+        interval) until the client leaves or the admin server stops, with keep-alive lines."""
         loop = asyncio.get_running_loop()
-        # The place before the headers go out: a client that saw them sees every later record.
-        seq = await asyncio.to_thread(store.last_seq)
         response = web.StreamResponse(
             headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
         last_write = loop.time()
         try:
-            while not self._closing.is_set() and not _client_gone(request):
-                seq, records = await asyncio.to_thread(store.after, seq)
-                lines = [r.to_json() + b"\n" for r in records if record_matches(r, key, model)]
-                if lines:
-                    await response.write(b"".join(lines))
-                    last_write = loop.time()
-                elif loop.time() - last_write >= KEEPALIVE_INTERVAL:
-                    await response.write(b"\n")
-                    last_write = loop.time()
-                if not records:
-                    await asyncio.sleep(TAIL_INTERVAL)
+            async with contextlib.aclosing(batches):
+                async for records in batches:
+                    if self._closing.is_set() or _client_gone(request):
+                        break
+                    lines = [r.to_json() + b"\n" for r in records if record_matches(r, key, model)]
+                    if lines:
+                        await response.write(b"".join(lines))
+                        last_write = loop.time()
+                    elif loop.time() - last_write >= KEEPALIVE_INTERVAL:
+                        await response.write(b"\n")
+                        last_write = loop.time()
         except ConnectionResetError:
             pass  # the client left between two checks
         return response
+
+
+async def _from_bus(
+    subscription: AsyncIterator[UsageRecord],
+) -> AsyncGenerator[list[UsageRecord], None]:
+    """This process's records as they settle, or an empty batch every POLL_INTERVAL of quiet."""
+    while True:
+        try:
+            async with asyncio.timeout(POLL_INTERVAL):
+                record = await anext(subscription)
+        except TimeoutError:
+            yield []
+            continue
+        yield [record]
+
+
+async def _from_file(store: UsageOutbox, seq: int) -> AsyncGenerator[list[UsageRecord], None]:
+    """Every record any worker writes to the usage file after ``seq``, read every
+    TAIL_INTERVAL (about WRITE_LINGER + TAIL_INTERVAL behind the requests)."""
+    while True:
+        seq, records = await asyncio.to_thread(store.after, seq)
+        yield records
+        if not records:
+            await asyncio.sleep(TAIL_INTERVAL)
 
 
 def _client_gone(request: web.Request) -> bool:
