@@ -74,17 +74,28 @@ def _admin_socket(tmp_path: Path) -> Path:
     return socket
 
 
+def _cli(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``llmproxy ARGS --config CONFIG``, as an operator runs it against the daemon."""
+    return subprocess.run(
+        [*LLMPROXY, *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=check,
+    )
+
+
+def _cli_json(config: Path, *args: str) -> dict[str, Any]:
+    """The ``--json`` answer of ``llmproxy ARGS``."""
+    answer: dict[str, Any] = json.loads(_cli(config, *args, "--json").stdout)
+    return answer
+
+
 def _all_workers_up(config: Path) -> None:
     """Wait until every worker has published on the daemon's board (all are serving)."""
     deadline = time.monotonic() + 20
     while True:
-        done = subprocess.run(
-            [*LLMPROXY, "status", "--json", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = _cli(config, "status", "--json", check=False)
         if done.returncode == 0 and all(w["alive"] for w in json.loads(done.stdout)["workers"]):
             return
         assert time.monotonic() < deadline, "the workers never all came up"
@@ -267,16 +278,6 @@ def test_a_revoked_key_is_refused_by_every_worker_on_the_next_request(tmp_path: 
         )
     )
 
-    def cli(*args: str) -> str:
-        done = subprocess.run(
-            [*LLMPROXY, *args, "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        return done.stdout
-
     with (
         running(
             ["mock-backend", "--port", str(backend_port), "--tokens", "1"],
@@ -286,11 +287,11 @@ def test_a_revoked_key_is_refused_by_every_worker_on_the_next_request(tmp_path: 
     ):
         _admin_socket(tmp_path)
         _all_workers_up(config)
-        added = json.loads(cli("keys", "add", "--name", "leaver", "--json"))
+        added = _cli_json(config, "keys", "add", "--name", "leaver")
         secret = added["secret"]
         headers = {"Authorization": f"Bearer {secret}"}
         assert asyncio.run(_one_per_connection(port, 16, headers)) == {"200": 16}
-        cli("keys", "revoke", "leaver", "--yes")
+        _cli(config, "keys", "revoke", "leaver", "--yes")
         assert asyncio.run(_one_per_connection(port, 16, headers)) == {"401": 16}
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
@@ -312,17 +313,6 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
     )
     config.write_text(text)
 
-    def cli(*args: str) -> dict[str, Any]:
-        done = subprocess.run(
-            [*LLMPROXY, *args, "--json", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        answer: dict[str, Any] = json.loads(done.stdout)
-        return answer
-
     with (
         running(
             ["mock-backend", "--port", str(backend_port), "--tokens", "30", "--itl", "0.1"],
@@ -343,14 +333,14 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
 
             slow = [asyncio.create_task(one()) for _ in range(12)]
             await asyncio.sleep(1.0)  # every stream open, 3 s from their end
-            status = await asyncio.to_thread(cli, "status")
-            backends = await asyncio.to_thread(cli, "backends", "status")
+            status = await asyncio.to_thread(_cli_json, config, "status")
+            backends = await asyncio.to_thread(_cli_json, config, "backends", "status")
             await asyncio.gather(*slow)
             return {**status, "backends": backends["backends"]}
 
         _admin_socket(tmp_path)
         deadline = time.monotonic() + 20
-        while not all(w["alive"] for w in cli("status")["workers"]):  # both listening
+        while not all(w["alive"] for w in _cli_json(config, "status")["workers"]):  # both listening
             assert time.monotonic() < deadline, "a worker never came up"
             time.sleep(0.2)
         status = asyncio.run(streams_open())
@@ -363,12 +353,12 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
         assert all(w["in_flight"] > 0 for w in workers)  # both served some
 
         config.write_text(text.replace("weight: 1", "weight: 2"))
-        reloaded = cli("reload")
+        reloaded = _cli_json(config, "reload")
         assert reloaded["ok"]
         assert [(w["index"], w["reloaded"], w["ok"]) for w in reloaded["workers"]] == [
             (1, True, True)
         ]
-        after = cli("status")
+        after = _cli_json(config, "status")
         assert [w["config_version"] for w in after["workers"]] == [2, 2]
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
@@ -392,11 +382,6 @@ def test_a_drain_applies_in_every_worker(tmp_path: Path) -> None:
             """
         )
     )
-
-    def cli(*args: str) -> None:
-        subprocess.run(
-            [*LLMPROXY, *args, "--config", str(config)], capture_output=True, timeout=30, check=True
-        )
 
     async def served_by(count: int) -> Counter[str]:
         seen: Counter[str] = Counter()
@@ -426,9 +411,9 @@ def test_a_drain_applies_in_every_worker(tmp_path: Path) -> None:
         _admin_socket(tmp_path)
         _all_workers_up(config)
         assert set(asyncio.run(served_by(16))) == {"first", "second"}
-        cli("backends", "drain", "first")
+        _cli(config, "backends", "drain", "first")
         assert asyncio.run(served_by(24)) == {"second": 24}
-        cli("backends", "undrain", "first")
+        _cli(config, "backends", "undrain", "first")
         assert set(asyncio.run(served_by(16))) == {"first", "second"}
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=20) == 0
