@@ -5,9 +5,10 @@ proxy, all on 127.0.0.1, then measures each scenario against each target in alte
 over several rounds and reports medians. A report, not a test: it exits 0 even when a target is
 missed, and says which ones were met.
 
-    python -m bench                          # 4 scenarios × 3 targets × 3 rounds of 5 s
+    python -m bench                  # 4 scenarios × 4 targets × 3 rounds of 5 s, then decode
     python -m bench --quick                  # a smoke run of a few seconds
     python -m bench --scenarios single,stream16 --json out.json
+    python -m bench --scenarios decode --streams 300,1000 --loop closed
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import report
+from bench import decode, report
 from bench.runner import BACKGROUND_BUSY, SCENARIOS, Sample, Scenario, measure
 from bench.stats import machine_busy_ticks, nan_to_null
 from bench.targets import Target, ensure_tools, start_targets
@@ -33,7 +34,7 @@ RETRIES = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    names = [scenario.name for scenario in SCENARIOS]
+    names = [scenario.name for scenario in SCENARIOS] + ["decode"]
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all targets (default 3)")
@@ -43,12 +44,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    decoding = parser.add_argument_group("decode scenario (many streams at a decode speed)")
+    decoding.add_argument(
+        "--streams", default="300,600,1000", help="concurrency levels (default 300,600,1000)"
+    )
+    decoding.add_argument("--tokens", type=int, default=100, help="tokens per stream (100)")
+    decoding.add_argument("--itl", type=float, default=0.05, help="seconds between tokens (0.05)")
+    decoding.add_argument(
+        "--decode-duration", type=float, default=10.0, help="measured seconds per run (10)"
+    )
+    decoding.add_argument(
+        "--loop",
+        choices=("open", "closed"),
+        default="open",
+        help="open: evenly spread arrivals; closed: all streams start together, again and again",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.scenarios.split(",")) - set(names)
     if unknown:
         parser.error(f"--scenarios: unknown {', '.join(sorted(unknown))}; choose from {names}")
     if args.quick:
         args.duration, args.rounds = 1.0, 1
+        args.streams, args.tokens, args.itl, args.decode_duration = "50", 20, 0.02, 1.0
+    args.decode = decode.DecodeSettings(
+        streams=tuple(int(n) for n in args.streams.split(",")),
+        tokens=args.tokens,
+        itl=args.itl,
+        duration=args.decode_duration,
+        loop=args.loop,
+    )
     return args
 
 
@@ -70,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]wrk missing: non-streaming is measured with the Python generator[/]")
     chosen = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
     samples: list[Sample] = []
+    decode_runs: list[decode.DecodeRun] = []
     with tempfile.TemporaryDirectory(prefix="llmproxy-bench-") as tmp:
         workdir = Path(tmp)
         with start_targets(workdir, nginx) as targets:
@@ -77,16 +102,28 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in chosen:
                 console.print(f"[bold]{scenario.name}[/]: {scenario.title}")
                 samples += _run_rounds(console, scenario, targets, workdir, wrk, args)
+            if "decode" in args.scenarios.split(","):
+                console.print("[bold]decode[/]: many streams at a decode speed, one run each")
+                decode_runs = decode.run_all(console, targets, args.decode)
     summary = report.summarize(samples)
     added = report.overhead(summary)
-    checks = report.verdicts(summary, added)
-    report.print_report(console, summary, added, checks, args.rounds)
+    decode_rows = decode.summarize(decode_runs, args.decode)
+    checks = report.verdicts(summary, added, decode_rows)
+    if samples:
+        report.print_report(console, summary, added, checks, args.rounds)
+    if decode_rows:
+        decode.print_table(console, decode_rows, args.decode)
+    report.print_verdicts(console, checks)
     if args.json:
         document = {
             "environment": env,
-            "settings": {key: value for key, value in vars(args).items() if key != "json"},
+            "settings": {
+                key: value for key, value in vars(args).items() if key not in ("json", "decode")
+            },
             "summary": summary,
             "overhead": added,
+            "decode": decode_rows,
+            "decode_runs": [dataclasses.asdict(run) for run in decode_runs],
             "targets": checks,
             "runs": [dataclasses.asdict(sample) for sample in samples],
         }

@@ -25,12 +25,19 @@ import uvloop
 
 from bench.stats import percentile
 
+BENCH_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
+"""The one API key of the benchmark's gateway (a ``static`` provider), sent to every target."""
+
 LAG_TICK = 0.005
 """The loop-lag probe sleeps this long and records how late it wakes up."""
 
 
-def build_request(port: int, *, stream: bool, tokens: int, itl: float) -> bytes:
-    """The raw bytes of one chat completion POST; the ``x-mock-*`` headers steer the mock."""
+def build_request(
+    port: int, *, stream: bool, tokens: int, itl: float, api_key: str = BENCH_KEY
+) -> bytes:
+    """The raw bytes of one chat completion POST; the ``x-mock-*`` headers steer the mock.
+
+    Every target gets the gateway's bench key: the gateway checks it, the others ignore it."""
     body = json.dumps(
         {
             "model": "mock-model",
@@ -43,6 +50,7 @@ def build_request(port: int, *, stream: bool, tokens: int, itl: float) -> bytes:
         f"Host: 127.0.0.1:{port}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
+        f"Authorization: Bearer {api_key}\r\n"
         f"x-mock-tokens: {tokens}\r\n"
         f"x-mock-itl: {itl}\r\n"
         "\r\n"

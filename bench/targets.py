@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.loadgen import BENCH_KEY
+
 _SBIN = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
 _STARTUP_TIMEOUT = 20.0
 _STOP_TIMEOUT = 5.0
@@ -78,7 +80,9 @@ def free_port() -> int:
 
 
 def render_gateway_config(listen_port: int, backend_port: int, *, core: bool = False) -> str:
-    """The gateway config (JSON is YAML): one backend, no health checks, auth and limits off.
+    """The gateway config (JSON is YAML) as production runs it: one backend, an API key checked
+    by a ``static`` provider, per-key limits in memory (set high enough never to refuse), usage
+    records and metrics; no health checks.
 
     One worker process, like nginx's ``worker_processes 1``: the bench compares one core's worth.
     ``core`` also turns usage records and metrics off: the same gateway without its accounting,
@@ -91,6 +95,20 @@ def render_gateway_config(listen_port: int, backend_port: int, *, core: bool = F
         "health_check": {"enabled": False},
         "logging": {"level": "warning"},
         "admin": {"enabled": False},
+        "auth": {
+            "enabled": True,
+            "pipeline": [{"name": "bench", "type": "static", "keys": [{"key": BENCH_KEY}]}],
+        },
+        "rate_limit": {
+            "enabled": True,
+            "storage": "memory",
+            "per_key": {
+                "enabled": True,
+                "requests_per_second": 1_000_000,
+                "burst_size": 1_000_000,
+                "max_concurrent": 1_000_000,
+            },
+        },
     }
     if core:
         config["usage"] = {"enabled": False}

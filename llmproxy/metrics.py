@@ -75,7 +75,15 @@ NO_BACKEND: Final = "none"
 
 ENDPOINTS: Final = ("chat/completions", "completions", "embeddings", "models", OTHER)
 AUTH_RESULTS: Final = ("allowed", "denied", "error")
-LIMIT_KINDS: Final = ("requests", "concurrency", "tokens", "quota", "unavailable", "capacity")
+LIMIT_KINDS: Final = (
+    "requests",
+    "concurrency",
+    "tokens",
+    "quota",
+    "unavailable",
+    "capacity",
+    "overload",
+)
 RELOAD_RESULTS: Final = ("success", "failure")
 RECORD_RESULTS: Final = ("written", "dropped")
 TOKEN_TYPES: Final = ("prompt", "completion")
@@ -234,6 +242,12 @@ class GatewayMetrics:
             "llmproxy_limit_rejections",
             "Requests refused by a limit, by kind.",
             ("kind",),
+            registry=registry,
+        )
+        self.loop_lag = Gauge(
+            "llmproxy_event_loop_lag_seconds",
+            "How late the event loop runs (largest over the last 0.1 s; the worst worker's).",
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.usage_outbox_depth = Gauge(
@@ -414,6 +428,9 @@ class GatewayMetrics:
         if child is None:
             child = self._auth[key] = self.auth_decisions.labels(*key)
         child.inc()
+
+    def event_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.set(seconds)
 
     def limit_rejection(self, kind: str) -> None:
         """Count a request refused by a limit; ``kind`` is one of `LIMIT_KINDS`."""

@@ -92,6 +92,20 @@ class TLSConfig(Section):
         return self
 
 
+class OverloadConfig(Section):
+    """``server.overload``: refuse new requests while the event loop runs late, instead of
+    slowing every running stream (see `docs/operations.md`)."""
+
+    enabled: bool = True
+    """Shed new requests past `max_event_loop_lag`; the lag is measured and exported either way."""
+    max_event_loop_lag: Duration = Field(default=0.1, gt=0)
+    """Event-loop lateness at which new requests are answered 503 `gateway_overloaded` at once,
+    until the loop keeps time again (the lag is the largest over the last 0.1 s).
+    """
+    retry_after: int = Field(default=1, ge=1)
+    """Seconds sent in `Retry-After` with a shed request."""
+
+
 class CORSConfig(Section):
     """``server.cors``: browser access (preflight answered by the gateway itself)."""
 
@@ -195,6 +209,8 @@ class ServerConfig(Section):
     """HTTPS for the listener."""
     cors: CORSConfig = CORSConfig()
     """Browser (CORS) access."""
+    overload: OverloadConfig = OverloadConfig()
+    """Overload protection: shed new requests while the event loop runs late."""
 
     @field_validator("proxy_paths")
     @classmethod

@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.config import Config as UvicornConfig
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from llmproxy.config.model import ServerConfig
 from llmproxy.errors import error_body
+from llmproxy.gateway.asgi import BODY_WRITER
 from llmproxy.gateway.canonical import ABORT
 
 log = logging.getLogger("llmproxy.listener")
@@ -145,6 +147,8 @@ class GatewayProtocol(HttpToolsProtocol):
         self._answering: object = None  # the cycle whose response was seen going out
         self._answer_since = 0.0
         self._extensions: dict[str, object] = {ABORT: self._close}
+        self.on_resume: Callable[[], None] | None = None
+        """Told when the client takes data again (the relay resumes reading its backend)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -230,6 +234,13 @@ class GatewayProtocol(HttpToolsProtocol):
         timeout = self.limits.body_timeout
         self._body_deadline = self.loop.time() + timeout if timeout else 0.0
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            extensions: dict[str, object] = {
+                ABORT: self._close,
+                BODY_WRITER: DirectBody(self, cycle),
+            }
+            self.scope["extensions"] = extensions  # type: ignore[typeddict-item]
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -256,6 +267,8 @@ class GatewayProtocol(HttpToolsProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._stalled_since = 0.0
+        if self.on_resume is not None:
+            self.on_resume()
 
     def check_deadlines(self, now: float) -> None:
         """Called by the sweep: act on a deadline that has passed."""
@@ -327,6 +340,41 @@ class GatewayProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class DirectBody:
+    """The :class:`~llmproxy.gateway.asgi.BodyWriter` of one request: its body chunks written
+    to the socket in uvicorn's framing for that response, without a ``send`` per chunk."""
+
+    __slots__ = ("_cycle", "_head", "_protocol", "_transport")
+
+    def __init__(self, protocol: GatewayProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+        self._transport = protocol.transport
+        self._head = cycle.scope["method"] == "HEAD"
+
+    def write(self, data: bytes) -> bool:
+        cycle = self._cycle
+        if cycle.disconnected or not cycle.response_started or cycle.response_complete:
+            return False
+        if self._head or not data:
+            return True
+        if cycle.chunked_encoding:
+            self._transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            return True
+        if len(data) > cycle.expected_content_length:
+            return False  # more than its Content-Length: uvicorn's own send refuses it too
+        cycle.expected_content_length -= len(data)
+        self._transport.write(data)
+        return True
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._cycle.flow.write_paused)
+
+    def on_resume(self, callback: Callable[[], None] | None) -> None:
+        self._protocol.on_resume = callback
 
 
 SWEEP_INTERVAL = 0.25

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Coroutine
 from pathlib import Path
@@ -28,6 +29,7 @@ from llmproxy.finish import Sink
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.body_read import BodyBudget
 from llmproxy.gateway.client_address import ProxyTrust
+from llmproxy.gateway.overload import LoopLag
 from llmproxy.gateway.snapshot import Snapshot
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate, build_store, rate_of
@@ -163,6 +165,14 @@ class Runtime:
         """Something needs a stream's token counts (usage records, metrics or limits): the
         backend is asked to report usage. Set by :class:`RuntimeState` with the usage sink.
         """
+        overload = config.server.overload
+        self.shed_lag = overload.max_event_loop_lag if overload.enabled else math.inf
+        """Event-loop lag (s) from which new requests are shed (``server.overload``)."""
+        self.shed_headers: tuple[tuple[bytes, bytes], ...] = (
+            (b"retry-after", str(overload.retry_after).encode()),
+        )
+        self.loop_lag = LoopLag()
+        """The process's loop-lag probe; :class:`RuntimeState` hands every snapshot its own."""
         self.body_budget = BodyBudget(config.server.body_buffer_limit)
         """The process's request-body budget; :class:`RuntimeState` hands every snapshot its own
         (this one only stands in until then)."""
@@ -380,6 +390,8 @@ class RuntimeState:
         self.notices = runtime.notices
         """The daemon's limit table (several workers), which every later snapshot decides on."""
         self.body_budget = BodyBudget(runtime.config.server.body_buffer_limit)
+        self.loop_lag = LoopLag(report=self.metrics.event_loop_lag)
+        """How late the process's event loop runs (``server.overload`` sheds on it)."""
         self.usage = usage
         self.access_log = access_log
         self.recorder = recorder or Recorder(self.metrics)
@@ -420,6 +432,7 @@ class RuntimeState:
         runtime.metrics = self.metrics
         self.body_budget.limit = runtime.config.server.body_buffer_limit
         runtime.body_budget = self.body_budget
+        runtime.loop_lag = self.loop_lag
         runtime.usage = self.usage
         runtime.access_log = self.access_log
         record = runtime.config.record
@@ -463,6 +476,7 @@ class RuntimeState:
         if self.access_log is not None:
             self.access_log.start()
         self.recorder.start()
+        self.loop_lag.start()
         await self.current.open()
 
     async def flush(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a cancel
@@ -490,6 +504,7 @@ class RuntimeState:
 
     async def close(self) -> None:
         """Close every snapshot: current, retired and those already closing."""
+        self.loop_lag.stop()
         if self._usage_sync is not None:
             self._usage_sync.cancel()
             self._usage_sync = None

@@ -139,6 +139,16 @@ class GatewayApp:
         proxied = endpoint in runtime.proxy_path_set or (
             endpoint.startswith("/v1/") and under(endpoint, runtime.proxy_paths)
         )
+        if proxied and runtime.loop_lag.current() >= runtime.shed_lag:
+            # Overloaded: refused before anything costs (auth, limits, the body), so the streams
+            # already running keep their pace (server.overload).
+            runtime.metrics.limit_rejection("overload")
+            raise GatewayError(
+                503,
+                "the gateway is overloaded; retry shortly",
+                "gateway_overloaded",
+                headers=runtime.shed_headers,
+            )
         if proxied and runtime.global_rate is not None and runtime.limits is not None:
             # Before auth: the global bucket also shields the key providers from a flood.
             await limits_step.check_global(runtime, runtime.limits, runtime.global_rate)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import msgspec
 
 from llmproxy.errors import GatewayError
-from llmproxy.gateway.asgi import Scope
+from llmproxy.gateway.asgi import BODY_WRITER, BodyWriter, Scope
 from llmproxy.gateway.client_address import ClientAddress, ProxyTrust
 from llmproxy.gateway.request_path import PathRefused, canonical_path
 from llmproxy.http_fields import RawHeaders
@@ -56,6 +56,9 @@ class CanonicalRequest(msgspec.Struct, frozen=True):
     """Closes the client's connection without ending the response (the listener's): how an
     answer that broke after its status line was sent is cut short, so the client never takes
     it for complete."""
+    writer: BodyWriter | None = None
+    """The listener's direct writer of this request's response body (see
+    :class:`~llmproxy.gateway.asgi.BodyWriter`)."""
 
     @property
     def client_ip(self) -> str | None:
@@ -86,6 +89,7 @@ def canonical_request(
     target = path.raw + b"?" + query if query else path.raw
     headers: RawHeaders = scope["headers"]
     peer = scope.get("client")
+    extensions = scope.get("extensions") or {}
     return CanonicalRequest(
         method=method,
         path=path.path,
@@ -95,5 +99,6 @@ def canonical_request(
         client=trust.resolve(peer[0] if peer else None, headers),
         request_id=request_id,
         upstream_id=upstream_id,
-        abort=scope.get("extensions", {}).get(ABORT),
+        abort=extensions.get(ABORT),
+        writer=extensions.get(BODY_WRITER),
     )

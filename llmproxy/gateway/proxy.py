@@ -26,13 +26,10 @@ import asyncio
 import logging
 from typing import Literal
 
-import aiohttp
-from yarl import URL
-
 from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PassiveHealthConfig
 from llmproxy.errors import GatewayError, sse_error_event
-from llmproxy.gateway.asgi import Send
+from llmproxy.gateway.asgi import BodyWriter, Message, Send
 from llmproxy.gateway.exchange import Exchange
 from llmproxy.gateway.headers import (
     client_response_headers,
@@ -41,6 +38,7 @@ from llmproxy.gateway.headers import (
 )
 from llmproxy.gateway.request_body import with_priority, without_priority
 from llmproxy.gateway.snapshot import Snapshot as Runtime
+from llmproxy.gateway.upstream_http import UpstreamConnection, UpstreamError, UpstreamPool
 from llmproxy.routing import Backend
 from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
@@ -267,10 +265,12 @@ async def _attempt(
     # so nothing that can raise comes before it.
     metrics = runtime.metrics
     metrics.in_flight(backend.name, 1)
-    response: aiohttp.ClientResponse | None = None
+    connection: UpstreamConnection | None = None
+    pool: UpstreamPool | None = None
     consumed = False
     try:
         client = runtime.clients[backend.name]
+        pool = client.pool
         passive = runtime.config.health_check.passive
         loop = asyncio.get_running_loop()
         canonical = request.canonical
@@ -286,48 +286,44 @@ async def _attempt(
             canonical.client.forwarded_for,
             trusted_forwarding=canonical.client.via_trusted_proxy,
         )
+        body = request.body
+        if backend.send_priority and body and request.peek.model is not None:
+            body = with_priority(body, request.peek, priority)
+        elif request.peek.has_priority and not _may_set_priority(request.identity):
+            # The field belongs to the gateway: a client's own would jump vLLM's queue.
+            body = without_priority(body)
+        # The judged target goes out byte for byte, never re-normalised.
+        wire = request_bytes(canonical.method, pool, canonical.target, headers, body)
         try:
-            body = request.body
-            if backend.send_priority and body and request.peek.model is not None:
-                body = with_priority(body, request.peek, priority)
-            elif request.peek.has_priority and not _may_set_priority(request.identity):
-                # The field belongs to the gateway: a client's own would jump vLLM's queue.
-                body = without_priority(body)
-            response = await client.session.request(
-                canonical.method,
-                # encoded: the judged target goes out byte for byte, never re-normalised.
-                URL(client.base_url + canonical.target, encoded=True),
-                data=body or None,
-                headers=headers,
-                allow_redirects=False,
+            connection = await _exchange(
+                pool, wire, client.first_byte_timeout, no_body=canonical.method == "HEAD"
             )
-        except TimeoutError:
-            _suspect(request, backend)
-            raise _Retryable(
-                GatewayError(
-                    504, f"backend {backend.name} did not answer in time", "upstream_timeout"
-                )
-            ) from None
-        except aiohttp.ClientResponseError as exc:
-            # The backend answered something that is not HTTP we can relay: a header block
-            # over aiohttp's limits, malformed framing, a bad status line.
+        except UpstreamError as error:
+            if error.kind == "timeout":
+                _suspect(request, backend)
+                raise _Retryable(
+                    GatewayError(
+                        504, f"backend {backend.name} did not answer in time", "upstream_timeout"
+                    )
+                ) from None
             _failed(runtime, backend, loop.time(), passive)
-            raise _Retryable(_invalid_answer(backend, exc.message)) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            _failed(runtime, backend, loop.time(), passive)
+            if error.kind == "invalid":
+                # An answer that is not HTTP we can relay: a header block over the limits,
+                # malformed framing, a bad status line.
+                raise _Retryable(_invalid_answer(backend, error.detail)) from None
             raise _Retryable(
                 GatewayError(
                     502,
-                    f"backend {backend.name} is unreachable: {type(exc).__name__}",
+                    f"backend {backend.name} is unreachable: {error.detail}",
                     "upstream_unreachable",
                 )
             ) from None
         backend.record_first_byte(loop.time() - started)
-        status = response.status
+        status = connection.status
         if not 200 <= status <= 599:
             _failed(runtime, backend, loop.time(), passive)
             raise _Retryable(_invalid_answer(backend, f"status {status}"))
-        bad = unsendable_header(response.raw_headers)
+        bad = unsendable_header(connection.raw_headers)
         if bad is not None:
             _failed(runtime, backend, loop.time(), passive)
             raise _Retryable(_invalid_answer(backend, f"a control character in header {bad!r}"))
@@ -350,11 +346,24 @@ async def _attempt(
                         status, f"backend {backend.name} answered {status}", "upstream_error"
                     )
                 )
-        if response.content_type == _SSE:
-            outcome = await _relay_stream(backend, client.idle_timeout, response, request, send)
+        writer = canonical.writer
+        if writer is None:
+            raise RuntimeError("the listener offers no body writer (llmproxy.body_writer)")
+        if connection.content_type == _SSE:
+            outcome = await _relay_stream(
+                backend, client.idle_timeout, connection, writer, request, send
+            )
         else:
             try:
-                outcome = await _relay_body(backend, client.hold_limit, response, request, send)
+                outcome = await _relay_body(
+                    backend,
+                    client.hold_limit,
+                    client.first_byte_timeout,
+                    connection,
+                    writer,
+                    request,
+                    send,
+                )
             except _Retryable as retryable:
                 if retryable.error.status == 504:
                     _suspect(request, backend)
@@ -371,17 +380,63 @@ async def _attempt(
         if status < 500:
             backend.record_success(request.peek.model)
     finally:
-        if response is not None:
-            if consumed:
-                response.release()
-            else:
+        if connection is not None and pool is not None:
+            if not consumed:
                 # Not read to the end (error or cancellation): drop the connection so the backend
                 # sees the client leave and stops generating.
-                response.close()
+                connection.abort()
+            pool.release(connection)
         backend.end(taken)
         metrics.in_flight(backend.name, -1)
         if backend.max_in_flight:
             runtime.admission.release()
+
+
+async def _exchange(
+    pool: UpstreamPool, wire: bytes, first_byte_timeout: float | None, *, no_body: bool
+) -> UpstreamConnection:
+    """Send ``wire`` on a pooled connection and wait for the answer's head. A kept-alive
+    connection the backend closed before answering (its keep-alive ran out as the request went
+    out) is not the backend failing: the request goes again on another connection."""
+    for _ in range(_STALE_RETRIES):
+        connection = await pool.acquire()
+        reused = connection.used > 0
+        try:
+            await connection.send(wire, first_byte_timeout, no_body=no_body)
+        except UpstreamError as error:
+            pool.release(connection)
+            if reused and error.kind == "unreachable" and connection.received == 0:
+                continue
+            raise
+        except BaseException:
+            connection.abort()
+            pool.release(connection)
+            raise
+        return connection
+    raise UpstreamError("unreachable", "every pooled connection was closed")
+
+
+_STALE_RETRIES = 4
+
+
+def request_bytes(
+    method: str, pool: UpstreamPool, target: str, headers: dict[str, str], body: bytes
+) -> bytes:
+    """The request as it goes to the backend: request line, ``Host``, the forwarded headers,
+    ``Content-Length`` (when there is a body, or the method takes one), the body."""
+    parts = [
+        b"%s %s%s HTTP/1.1\r\nhost: %s\r\n"
+        % (method.encode("ascii"), pool.path_prefix, target.encode("ascii"), pool.host_header)
+    ]
+    parts.extend(f"{name}: {value}\r\n".encode() for name, value in headers.items())
+    if body or method in _BODY_METHODS:
+        parts.append(b"content-length: %d\r\n" % len(body))
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def _invalid_answer(backend: Backend, what: str) -> GatewayError:
@@ -391,10 +446,64 @@ def _invalid_answer(backend: Backend, what: str) -> GatewayError:
     )
 
 
+def _start(request: Exchange, status: int, raw_headers: list[tuple[bytes, bytes]], *,
+           body_changes: bool = False) -> Message:  # fmt: skip
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": client_response_headers(
+            raw_headers,
+            request.request_id.encode("latin-1"),
+            (*request.response_headers, _attempts_header(request.attempts)),
+            body_changes=body_changes,
+        ),
+    }
+
+
+class _BodySink:
+    """Relays a non-streamed answer's chunks from the parser to the client as they come,
+    reading the usage on the way; under the durable hold the newest chunk stays back, so the
+    last one goes with the end of the response (which the hold keeps)."""
+
+    __slots__ = ("_connection", "_hold_last", "_reader", "_request", "_writer", "last")
+
+    def __init__(
+        self,
+        reader: ResponseUsage | None,
+        writer: BodyWriter,
+        connection: UpstreamConnection,
+        request: Exchange,
+        hold_last: bool,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._connection = connection
+        self._request = request
+        self._hold_last = hold_last
+        self.last = b""
+        """The chunk held back (with the durable hold), sent with the end."""
+
+    def __call__(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._hold_last:
+            chunk, self.last = self.last, chunk
+            if not chunk:
+                return
+        if self._reader is not None:
+            self._reader.feed(chunk)
+        self._request.bytes_sent += len(chunk)
+        writer = self._writer
+        if not writer.write(chunk) or writer.paused:
+            self._connection.pause()
+
+
 async def _relay_body(
     backend: Backend,
     hold_limit: int,
-    response: aiohttp.ClientResponse,
+    read_timeout: float | None,
+    connection: UpstreamConnection,
+    writer: BodyWriter,
     request: Exchange,
     send: Send,
 ) -> Relayed:
@@ -402,37 +511,26 @@ async def _relay_body(
     ``"broken"`` when the backend stopped or broke it off (the client's connection is then cut,
     never ended as if complete).
 
-    The first chunk is read before the status line is sent, so a backend that fails at once is
-    still retried. Chunks are relayed as they come (an NDJSON stream stays a stream); under
-    ``usage.acknowledge: durable`` each is sent once the next has arrived, so the last goes
-    with the end of the response, which is what the durable hold keeps back.
+    The first body bytes are awaited before the status line is sent, so a backend that fails at
+    once is still retried. Chunks are relayed as they come (an NDJSON stream stays a stream).
     """
+    connection.watch_idle(read_timeout)
     try:
-        pending = await response.content.readany()
-    except TimeoutError:
-        raise _Retryable(
-            GatewayError(504, f"backend {backend.name} timed out", "upstream_timeout")
-        ) from None
-    except (aiohttp.ClientError, OSError):
+        await connection.body_started()
+    except UpstreamError as error:
+        if error.kind == "timeout":
+            raise _Retryable(
+                GatewayError(504, f"backend {backend.name} timed out", "upstream_timeout")
+            ) from None
         raise _Retryable(
             GatewayError(502, f"backend {backend.name} closed the connection", "upstream_reset")
         ) from None
-    status = response.status
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": client_response_headers(
-                response.raw_headers,
-                request.request_id.encode("latin-1"),
-                (*request.response_headers, _attempts_header(request.attempts)),
-            ),
-        }
-    )
+    status = connection.status
+    await send(_start(request, status, connection.raw_headers))
     request.status = status
-    content = response.content
-    if content.at_eof():
-        # Most answers arrive whole in the first read: sent with their end, in one message.
+    if connection.complete:
+        # Most answers arrive whole before the status line goes: sent with their end, at once.
+        pending = connection.take_pending()
         if status < 300:
             request.usage = usage_from_body(pending)
         request.bytes_sent = len(pending)
@@ -440,129 +538,130 @@ async def _relay_body(
         await send({"type": "http.response.body", "body": pending, "more_body": False})
         return "done"
     reader = ResponseUsage(hold_limit) if status < 300 else None
-    hold_last = request.hold_last
+    sink = _BodySink(reader, writer, connection, request, request.hold_last)
+    sink(connection.take_pending())
+    connection.sink = sink
+    writer.on_resume(connection.resume)
     try:
-        while not content.at_eof():
-            if hold_last:
-                chunk = await content.readany()
-                chunk, pending = pending, chunk
-            else:
-                chunk, pending = pending, b""
-            if chunk:
-                if reader is not None:
-                    reader.feed(chunk)
-                request.bytes_sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not hold_last:
-                pending = await content.readany()
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        log.warning("backend %s broke off its answer: %s", backend.name, type(exc).__name__)
+        await connection.finished()
+    except UpstreamError as error:
+        log.warning("backend %s broke off its answer: %s", backend.name, error.detail)
         if request.canonical.abort is not None:
             request.canonical.abort()
-        return "timeout" if isinstance(exc, TimeoutError) else "broken"
+        return "timeout" if error.kind == "timeout" else "broken"
+    finally:
+        writer.on_resume(None)
+    last = sink.last
     if reader is not None:
-        reader.feed(pending)
+        reader.feed(last)
         request.usage = reader.usage()
-    request.bytes_sent += len(pending)
+    request.bytes_sent += len(last)
     request.complete = True
-    await send({"type": "http.response.body", "body": pending, "more_body": False})
+    await send({"type": "http.response.body", "body": last, "more_body": False})
     return "done"
+
+
+class _StreamSink:
+    """Relays an SSE answer's chunks from the parser to the client's socket, each the moment it
+    is parsed: one scan (usage, ``[DONE]``) and one socket write per chunk, nothing scheduled.
+    Under the durable hold, the chunk that completes ``[DONE]`` and what follows stay back for
+    the relay to send once the usage record is written."""
+
+    __slots__ = (
+        "_connection",
+        "_hold_end",
+        "_loop",
+        "_request",
+        "_scanner",
+        "_writer",
+        "held",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        scanner: StreamUsage,
+        writer: BodyWriter,
+        connection: UpstreamConnection,
+        request: Exchange,
+        hold_end: bool,
+    ) -> None:
+        self._scanner = scanner
+        self._writer = writer
+        self._connection = connection
+        self._request = request
+        self._loop = asyncio.get_running_loop()
+        self._hold_end = hold_end
+        self.held: list[bytes] | None = None
+        """The held end of the stream (the durable hold), or None."""
+
+    def __call__(self, chunk: bytes) -> None:
+        scanner = self._scanner
+        relayed = scanner.feed(chunk)
+        if not relayed:
+            return
+        request = self._request
+        if request.first_token_at is None:
+            request.first_token_at = self._loop.time()
+        request.bytes_sent += len(relayed)
+        if self.held is not None:
+            self.held.append(relayed)
+            return
+        if self._hold_end and scanner.done:
+            self.held = [relayed]  # the chunk that completed [DONE]: the hold keeps it
+            return
+        writer = self._writer
+        if not writer.write(relayed) or writer.paused:
+            self._connection.pause()
 
 
 async def _relay_stream(
     backend: Backend,
     idle_timeout: float | None,
-    response: aiohttp.ClientResponse,
+    connection: UpstreamConnection,
+    writer: BodyWriter,
     request: Exchange,
     send: Send,
 ) -> Relayed:
     """Relay an SSE body chunk by chunk; ``"timeout"`` or ``"broken"`` when a mid-stream
     failure ended it with an ``error`` event instead of the backend's own end."""
-    connection = response.connection
-    if connection is not None and connection.protocol is not None:
-        # The first byte may take a long prefill; between chunks a shorter silence means trouble.
-        connection.protocol.read_timeout = idle_timeout
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": client_response_headers(
-                response.raw_headers,
-                request.request_id.encode("latin-1"),
-                (*request.response_headers, _attempts_header(request.attempts)),
-                # Cut usage events, an error event on a broken stream: never the backend's length.
-                body_changes=True,
-            ),
-        }
-    )
-    request.status = response.status
+    # The first byte may take a long prefill; between chunks a shorter silence means trouble.
+    connection.watch_idle(idle_timeout)
+    # Cut usage events, an error event on a broken stream: never the backend's length.
+    await send(_start(request, connection.status, connection.raw_headers, body_changes=True))
+    request.status = connection.status
     scanner = request.stream_usage = StreamUsage(strip_usage_event=request.strip_usage)
-    chunks = response.content.iter_any()
+    sink = _StreamSink(scanner, writer, connection, request, request.hold_last)
+    sink(connection.take_pending())
+    connection.sink = sink
+    writer.on_resume(connection.resume)
     try:
-        hold_end = request.hold_last
-        async for chunk in chunks:
-            relayed = scanner.feed(chunk)
-            if relayed:
-                request.first_token_at = asyncio.get_running_loop().time()
-                request.bytes_sent += len(relayed)
-                if hold_end and scanner.done:  # a stream whole in its first chunk
-                    hold_end = False
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": relayed,
-                            "more_body": True,
-                            HELD_END: True,
-                        }
-                    )
-                    break
-                await send({"type": "http.response.body", "body": relayed, "more_body": True})
-                break
-        async for chunk in chunks:
-            relayed = scanner.feed(chunk)
-            if relayed:
-                request.bytes_sent += len(relayed)
-                if hold_end and scanner.done:
-                    # The chunk that completed [DONE]: the durable hold keeps it and the rest.
-                    hold_end = False
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": relayed,
-                            "more_body": True,
-                            HELD_END: True,
-                        }
-                    )
-                    continue
-                await send({"type": "http.response.body", "body": relayed, "more_body": True})
-    except TimeoutError:
-        log.warning("backend %s went silent mid-stream; ending the stream", backend.name)
+        await connection.finished()
+    except UpstreamError as error:
+        if error.kind == "timeout":
+            log.warning("backend %s went silent mid-stream; ending the stream", backend.name)
+            message = sse_error_event(
+                f"backend {backend.name} stopped sending", "upstream_timeout", 504
+            )
+        else:
+            log.warning("backend %s broke the stream: %s", backend.name, error.detail)
+            message = sse_error_event(
+                f"backend {backend.name} closed the stream before it finished", "upstream_reset"
+            )
         request.complete = True
-        await send(
-            {
-                "type": "http.response.body",
-                "body": sse_error_event(
-                    f"backend {backend.name} stopped sending", "upstream_timeout", 504
-                ),
-                "more_body": False,
-            }
-        )
-        return "timeout"
-    except (aiohttp.ClientError, OSError) as exc:
-        log.warning("backend %s broke the stream: %s", backend.name, type(exc).__name__)
-        request.complete = True
-        await send(
-            {
-                "type": "http.response.body",
-                "body": sse_error_event(
-                    f"backend {backend.name} closed the stream before it finished",
-                    "upstream_reset",
-                ),
-                "more_body": False,
-            }
-        )
-        return "broken"
+        await send({"type": "http.response.body", "body": message, "more_body": False})
+        return "timeout" if error.kind == "timeout" else "broken"
+    finally:
+        writer.on_resume(None)
     request.complete = True
+    if sink.held is not None:
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"".join(sink.held),
+                "more_body": True,
+                HELD_END: True,
+            }
+        )
     if request.first_token_at is not None and scanner.events > 2:
         # The stream's mean gap between tokens: a slowed-down backend shows here at once.
         elapsed = asyncio.get_running_loop().time() - request.first_token_at

@@ -18,6 +18,7 @@ from llmproxy.finish import Sink
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.body_read import BodyBudget
 from llmproxy.gateway.client_address import ProxyTrust
+from llmproxy.gateway.overload import LoopLag
 from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate
 from llmproxy.metrics import GatewayMetrics
@@ -59,6 +60,9 @@ class Snapshot(Protocol):
     proxy_path_set: frozenset[str]
     model_list_cache: tuple[float, tuple[str, ...]] | None
     finish_sinks: tuple[Sink, ...]
+    loop_lag: LoopLag
+    shed_lag: float
+    shed_headers: tuple[tuple[bytes, bytes], ...]
 
     def count_fallback(self, primary: Backend) -> None:
         """A fallback target serves a request in ``primary``'s stead."""

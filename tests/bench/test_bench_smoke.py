@@ -153,8 +153,29 @@ def test_overhead_and_verdicts_from_medians() -> None:
     assert math.isnan(added["single"]["nginx_added_p50_ms"])
     assert added["stream16"]["accounting_cpu_share"] == pytest.approx(0.25)
     checks = verdicts(summary, added)
-    assert [check["met"] for check in checks] == [True, True, None, False]
-    assert checks[3]["value"] == pytest.approx(25.0)
+    # single +0.8 ms (goal 0.5), stream16 CPU, nonstream share, CPU over nginx, accounting.
+    assert [check["met"] for check in checks] == [False, True, None, None, False]
+    assert checks[4]["value"] == pytest.approx(25.0)
+    decode_rows = [
+        {"streams": 300, "loop": "open", "gateway_added_p50_ms": 1.5, "gateway_added_p99_ms": 12.0,
+         "gateway_vs_direct_rps": 1.0, "cpu_per_chunk_vs_nginx": 1.8},
+        {"streams": 1000, "loop": "open", "gateway_added_p50_ms": 4.0, "gateway_added_p99_ms": 40.0,
+         "gateway_vs_direct_rps": 0.98, "cpu_per_chunk_vs_nginx": 2.5},
+    ]  # fmt: skip
+    judged = {c["target"]: c["met"] for c in verdicts(summary, added, decode_rows)[5:]}
+    assert judged == {
+        "300 streams: added TTFT p50": True,
+        "300 streams: added TTFT p99": False,
+        "300 streams: CPU per relayed chunk over nginx's": True,
+        "1,000 streams: added TTFT p50": True,
+        "1,000 streams: added TTFT p99": True,
+        "1,000 streams: streams/s over direct's": False,
+        "1,000 streams: CPU per relayed chunk over nginx's": False,
+    }
+    burst = [{**decode_rows[0], "loop": "closed", "gateway_added_p50_ms": 25.0}]
+    assert [(c["target"], c["met"]) for c in verdicts(summary, added, burst)[5:]] == [
+        ("300 streams arriving together: added TTFT p50", False)
+    ]
 
 
 def test_bench_cli_rejects_unknown_scenarios() -> None:

@@ -315,7 +315,7 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
 
     with (
         running(
-            ["mock-backend", "--port", str(backend_port), "--tokens", "30", "--itl", "0.1"],
+            ["mock-backend", "--port", str(backend_port), "--tokens", "60", "--itl", "0.1"],
             f"http://127.0.0.1:{backend_port}/health",
         ),
         running(["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health") as daemon,
@@ -332,9 +332,12 @@ def test_status_and_reload_speak_for_every_worker(tmp_path: Path) -> None:
                     await response.read()
 
             slow = [asyncio.create_task(one()) for _ in range(12)]
-            await asyncio.sleep(1.0)  # every stream open, 3 s from their end
-            status = await asyncio.to_thread(_cli_json, config, "status")
-            backends = await asyncio.to_thread(_cli_json, config, "backends", "status")
+            await asyncio.sleep(1.0)  # every stream open, 5 s from their end
+            # Both at once: one CLI start takes about a second on a busy 2-core machine.
+            status, backends = await asyncio.gather(
+                asyncio.to_thread(_cli_json, config, "status"),
+                asyncio.to_thread(_cli_json, config, "backends", "status"),
+            )
             await asyncio.gather(*slow)
             return {**status, "backends": backends["backends"]}
 
