@@ -216,7 +216,9 @@ def start_targets(workdir: Path, nginx: str | None) -> Iterator[list[Target]]:
     python = sys.executable
     with contextlib.ExitStack() as stack:
         mock_port = free_port()
-        mock_cmd = [python, "-m", "llmproxy.mock", "--port", str(mock_port), "--tokens", "16"]
+        # The cheap mock (bench.stream_mock): the project's own aiohttp mock would cost more
+        # CPU than the gateway at a thousand streams.
+        mock_cmd = [python, "-m", "bench.stream_mock", "--port", str(mock_port), "--tokens", "16"]
         mock = stack.enter_context(child(mock_cmd, mock_port, workdir / "mock.log"))
         targets = [Target("direct", mock_port, mock.pid)]
 

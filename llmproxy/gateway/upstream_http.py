@@ -98,6 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_read = 0.0
         self._paused = False
         self._length_known = False
+        self._keep_alive = False
         self._no_body = False
 
     # asyncio.Protocol
@@ -148,6 +149,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         self.status = parser.get_status_code()
+        # Asked now: once the answer is complete the parser has reset and always says no.
+        self._keep_alive = parser.should_keep_alive()
         for name, value in self.raw_headers:
             lower = name.lower()
             if lower == b"content-type":
@@ -286,7 +289,7 @@ class UpstreamConnection(asyncio.Protocol):
             and self._error is None
             and not self.closed
             and self._length_known
-            and self._parser.should_keep_alive()
+            and self._keep_alive
         )
 
     def idle(self) -> None:
