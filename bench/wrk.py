@@ -12,11 +12,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.loadgen import BENCH_KEY
+
 _SCRIPT = """\
 wrk.method = "POST"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-mock-tokens"] = "{tokens}"
+wrk.headers["Authorization"] = "Bearer {key}"
 
 function done(summary, latency, requests)
   local e = summary.errors
@@ -42,11 +45,12 @@ class WrkResult:
 
 
 def render_lua(tokens: int) -> str:
-    """The wrk script: POST a non-streamed chat completion of ``tokens`` tokens."""
+    """The wrk script: POST a non-streamed chat completion of ``tokens`` tokens, with the
+    benchmark gateway's key (the other targets ignore it)."""
     body = json.dumps(
         {"model": "mock-model", "messages": [{"role": "user", "content": "Say hello"}]}
     )
-    return _SCRIPT.format(body=body, tokens=tokens)
+    return _SCRIPT.format(body=body, tokens=tokens, key=BENCH_KEY)
 
 
 def parse_wrk_output(stdout: str) -> WrkResult:
