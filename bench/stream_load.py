@@ -54,6 +54,8 @@ class Samples:
         self.arrivals_over = False
         self.idle: list[StreamConnection] = []
         self.status: dict[int, int] = {}
+        self.closed = 0
+        """Connections the target closed."""
 
     def ended(self) -> None:
         self.in_flight -= 1
@@ -72,6 +74,7 @@ class StreamConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._sent = self._first = self._now = 0.0
         self.active = False
+        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -103,6 +106,8 @@ class StreamConnection(asyncio.Protocol):
         self._finish(ok=status == 200)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._samples.closed += 1
         if self.active:
             self._finish(ok=False, reusable=False)
 
@@ -185,11 +190,14 @@ async def run(
         interval = stream_seconds / concurrency
         next_at = wall0
         while next_at < samples.deadline:
-            if not samples.idle:
+            idle = samples.idle
+            while idle and idle[-1].closed:
+                idle.pop()
+            if not idle:
                 extra += 1
                 _, opened = await loop.create_connection(factory, "127.0.0.1", port)
-                samples.idle.append(opened)
-            samples.idle.pop().start()
+                idle.append(opened)
+            idle.pop().start()
             next_at += interval
             delay = next_at - time.perf_counter()
             if delay > 0.0005:
@@ -213,6 +221,7 @@ async def run(
         "errors": samples.errors,
         "status": samples.status,
         "peak_in_flight": samples.peak_in_flight,
+        "closed_by_target": samples.closed,
         "extra_connections": extra,
         "wall_s": wall,
         "cpu_share": cpu / wall,

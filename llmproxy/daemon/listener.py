@@ -358,20 +358,15 @@ class DirectBody:
         cycle = self._cycle
         if cycle.disconnected or not cycle.response_started or cycle.response_complete:
             return False
-        if self._head or not data:
-            return True
-        if cycle.chunked_encoding:
-            self._transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-            return True
-        if len(data) > cycle.expected_content_length:
-            return False  # more than its Content-Length: uvicorn's own send refuses it too
-        cycle.expected_content_length -= len(data)
-        self._transport.write(data)
-        return True
-
-    @property
-    def paused(self) -> bool:
-        return bool(self._cycle.flow.write_paused)
+        if data and not self._head:
+            if cycle.chunked_encoding:
+                self._transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            elif len(data) > cycle.expected_content_length:
+                return False  # more than its Content-Length: uvicorn's own send refuses it too
+            else:
+                cycle.expected_content_length -= len(data)
+                self._transport.write(data)
+        return not cycle.flow.write_paused
 
     def on_resume(self, callback: Callable[[], None] | None) -> None:
         self._protocol.on_resume = callback

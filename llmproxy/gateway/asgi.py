@@ -21,13 +21,9 @@ class BodyWriter(Protocol):
     message dict, coroutine or flow-control await."""
 
     def write(self, data: bytes) -> bool:
-        """Write ``data`` (framed as a chunk when the response is chunked); False when the client
-        is gone or the response is not open."""
-        ...
-
-    @property
-    def paused(self) -> bool:
-        """The client's socket buffer is full: stop feeding it until the resume callback."""
+        """Write ``data`` (framed as a chunk when the response is chunked). False: stop feeding
+        — the client's buffer is full (wait for the resume callback), or the client is gone or
+        the response not open (the data was not written)."""
         ...
 
     def on_resume(self, callback: Callable[[], None] | None) -> None:

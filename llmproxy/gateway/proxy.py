@@ -493,8 +493,7 @@ class _BodySink:
         if self._reader is not None:
             self._reader.feed(chunk)
         self._request.bytes_sent += len(chunk)
-        writer = self._writer
-        if not writer.write(chunk) or writer.paused:
+        if not self._writer.write(chunk):
             self._connection.pause()
 
 
@@ -609,8 +608,7 @@ class _StreamSink:
         if self._hold_end and scanner.done:
             self.held = [relayed]  # the chunk that completed [DONE]: the hold keeps it
             return
-        writer = self._writer
-        if not writer.write(relayed) or writer.paused:
+        if not self._writer.write(relayed):
             self._connection.pause()
 
 
