@@ -28,6 +28,7 @@ from llmproxy.daemon.board import keep_publishing
 from llmproxy.daemon.control import ReloadOutcome
 from llmproxy.daemon.listen import parse_listen
 from llmproxy.daemon.listener import ConnectionLimits, protocol
+from llmproxy.daemon.memory import keep_trimming, tune_allocator
 from llmproxy.daemon.reload import Reloader
 from llmproxy.daemon.runtime import Runtime, RuntimeState
 from llmproxy.daemon.tables import TablePaths, WorkerTables
@@ -204,6 +205,7 @@ async def serve(
     base_dir = base_dir or Path.cwd()
     if listen:
         config = with_listen(config, listen)
+    tune_allocator()
     metrics = GatewayMetrics()  # the process-wide registry that /metrics serves
     shared = WorkerTables.attach(tables, worker or 0) if tables is not None else None
     state = RuntimeState(
@@ -239,6 +241,7 @@ async def serve(
         await admin_server.start(config, base_dir)
     if config_path is not None and config.server.watch_config:
         reloader.watch()
+    trimming = asyncio.get_running_loop().create_task(keep_trimming())
     publishing = None
     if shared is not None:
         publishing = asyncio.get_running_loop().create_task(
@@ -247,6 +250,7 @@ async def serve(
     try:
         await server.serve(sockets=sockets)
     finally:
+        trimming.cancel()
         if publishing is not None:
             publishing.cancel()
         await reloader.stop()
