@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes (server.workers) and nginx worker_processes (default 1)",
+    )
     decoding = parser.add_argument_group("decode scenario (many streams at a decode speed)")
     decoding.add_argument(
         "--streams", default="300,600,1000", help="concurrency levels (default 300,600,1000)"
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     decode_runs: list[decode.DecodeRun] = []
     with tempfile.TemporaryDirectory(prefix="llmproxy-bench-") as tmp:
         workdir = Path(tmp)
-        with start_targets(workdir, nginx) as targets:
+        with start_targets(workdir, nginx, args.workers) as targets:
             console.print("  targets: " + ", ".join(f"{t.name} {t.url}" for t in targets))
             for scenario in chosen:
                 console.print(f"[bold]{scenario.name}[/]: {scenario.title}")

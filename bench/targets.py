@@ -79,18 +79,21 @@ def free_port() -> int:
         return port
 
 
-def render_gateway_config(listen_port: int, backend_port: int, *, core: bool = False) -> str:
+def render_gateway_config(
+    listen_port: int, backend_port: int, *, core: bool = False, workers: int = 1
+) -> str:
     """The gateway config (JSON is YAML) as production runs it: one backend, an API key checked
     by a ``static`` provider, per-key limits in memory (set high enough never to refuse), usage
     records and metrics; no health checks.
 
-    One worker process, like nginx's ``worker_processes 1``: the bench compares one core's worth.
+    One worker process by default, like nginx's ``worker_processes 1``: the bench compares one
+    core's worth (``workers`` for the scaling figure, nginx then gets as many).
     ``core`` also turns usage records and metrics off: the same gateway without its accounting,
     so one run shows what accounting costs.
     """
     config: dict[str, object] = {
         "listen": f"127.0.0.1:{listen_port}",
-        "server": {"workers": 1, "watch_config": False},
+        "server": {"workers": workers, "watch_config": False},
         "backends": [{"url": f"http://127.0.0.1:{backend_port}"}],
         "health_check": {"enabled": False},
         "logging": {"level": "warning"},
@@ -117,7 +120,12 @@ def render_gateway_config(listen_port: int, backend_port: int, *, core: bool = F
 
 
 def render_nginx_conf(
-    workdir: Path, listen_port: int, backend_port: int, *, missing_modules: frozenset[str]
+    workdir: Path,
+    listen_port: int,
+    backend_port: int,
+    *,
+    missing_modules: frozenset[str],
+    workers: int = 1,
 ) -> str:
     """A one-worker nginx reverse proxy with the same job as the gateway: unbuffered, keep-alive.
 
@@ -130,7 +138,7 @@ def render_nginx_conf(
         if module not in missing_modules
     )
     return f"""\
-worker_processes 1;
+worker_processes {workers};
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
@@ -140,7 +148,7 @@ http {{
     keepalive_requests 1000000;
     upstream mock {{
         server 127.0.0.1:{backend_port};
-        keepalive 64;
+        keepalive 1024;
         keepalive_requests 1000000;
     }}
     server {{
@@ -211,8 +219,10 @@ def child(command: list[str], port: int, log: Path) -> Iterator[subprocess.Popen
 
 
 @contextlib.contextmanager
-def start_targets(workdir: Path, nginx: str | None) -> Iterator[list[Target]]:
-    """Start the mock, the gateway and (when given) nginx; yield them as targets, then stop all."""
+def start_targets(workdir: Path, nginx: str | None, workers: int = 1) -> Iterator[list[Target]]:
+    """Start the mock, the gateway and (when given) nginx; yield them as targets, then stop all.
+
+    ``workers``: processes of the gateway (and of nginx)."""
     python = sys.executable
     with contextlib.ExitStack() as stack:
         mock_port = free_port()
@@ -224,14 +234,16 @@ def start_targets(workdir: Path, nginx: str | None) -> Iterator[list[Target]]:
 
         gateway_port = free_port()
         config = workdir / "gateway.yaml"
-        config.write_text(render_gateway_config(gateway_port, mock_port))
+        config.write_text(render_gateway_config(gateway_port, mock_port, workers=workers))
         gateway_cmd = [python, "-m", "llmproxy", "serve", "--config", str(config)]
         gateway = stack.enter_context(child(gateway_cmd, gateway_port, workdir / "gateway.log"))
         targets.append(Target("gateway", gateway_port, gateway.pid))
 
         core_port = free_port()
         core_config = workdir / "gateway-core.yaml"
-        core_config.write_text(render_gateway_config(core_port, mock_port, core=True))
+        core_config.write_text(
+            render_gateway_config(core_port, mock_port, core=True, workers=workers)
+        )
         core_cmd = [python, "-m", "llmproxy", "serve", "--config", str(core_config)]
         core = stack.enter_context(child(core_cmd, core_port, workdir / "gateway-core.log"))
         targets.append(Target("core", core_port, core.pid))
@@ -241,7 +253,9 @@ def start_targets(workdir: Path, nginx: str | None) -> Iterator[list[Target]]:
             conf = workdir / "nginx.conf"
             missing = nginx_missing_modules(nginx)
             conf.write_text(
-                render_nginx_conf(workdir, nginx_port, mock_port, missing_modules=missing)
+                render_nginx_conf(
+                    workdir, nginx_port, mock_port, missing_modules=missing, workers=workers
+                )
             )
             nginx_cmd = [nginx, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
             try:

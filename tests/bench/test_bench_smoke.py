@@ -117,7 +117,7 @@ def test_nginx_conf_is_unbuffered_keepalive_and_local(tmp_path: Path) -> None:
         "proxy_buffering off;",
         "proxy_http_version 1.1;",
         'proxy_set_header Connection "";',
-        "keepalive 64;",
+        "keepalive 1024;",
         "listen 127.0.0.1:8080;",
         "server 127.0.0.1:9001;",
         f"pid {tmp_path}/nginx.pid;",
