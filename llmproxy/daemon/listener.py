@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -350,13 +351,20 @@ class DirectBody:
 
     def __init__(self, protocol: GatewayProtocol, cycle: RequestResponseCycle) -> None:
         self._protocol = protocol
-        self._cycle = cycle
+        # A weak reference: the cycle's scope holds this writer, and a strong one back would
+        # make every request a reference cycle for the garbage collector (long gen-2 pauses).
+        self._cycle = weakref.ref(cycle)
         self._transport = protocol.transport
         self._head = cycle.scope["method"] == "HEAD"
 
     def write(self, data: bytes) -> bool:
-        cycle = self._cycle
-        if cycle.disconnected or not cycle.response_started or cycle.response_complete:
+        cycle = self._cycle()
+        if (
+            cycle is None
+            or cycle.disconnected
+            or not cycle.response_started
+            or cycle.response_complete
+        ):
             return False
         if data and not self._head:
             if cycle.chunked_encoding:

@@ -86,6 +86,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.pending: list[bytes] = []
         self._pending_bytes = 0
         self.sink: Sink | None = None
+        self._batch: list[bytes] = []
+        """Body chunks of the read being parsed, for the sink (see :meth:`on_body`)."""
         self.complete = False
         self.received = 0
         """Bytes received for this exchange (0 when the backend closed without answering)."""
@@ -121,6 +123,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamError("invalid", "an upgrade answer"))
         except httptools.HttpParserError as error:
             self._fail(UpstreamError("invalid", f"malformed HTTP: {error}"))
+        if self._batch:
+            self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -170,9 +174,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.complete:
             return
-        sink = self.sink
-        if sink is not None:
-            sink(body)
+        if self.sink is not None:
+            # Every chunk of this read goes to the sink at once, after the read is parsed: a
+            # backend ahead of a busy gateway costs one client write per read, not per chunk.
+            self._batch.append(body)
             return
         self.pending.append(body)
         self._pending_bytes += len(body)
@@ -181,7 +186,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._batch:
+            self._flush()
         self._on_end()
+
+    def _flush(self) -> None:
+        batch = self._batch
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        if self.sink is not None:
+            self.sink(data)
 
     # the relay's side
 
