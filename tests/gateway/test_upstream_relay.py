@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import pytest
 
 from tests.harness import gateway, make_config
 
@@ -217,3 +218,21 @@ async def test_a_client_that_stops_reading_stops_the_gateway_reading_the_backend
                     break
             writer.close()
             assert received > total * len(event) * 0.99
+
+
+async def test_the_request_line_and_headers_are_built_byte_for_byte_and_never_split() -> None:
+    from llmproxy.errors import GatewayError
+    from llmproxy.gateway.proxy import request_bytes
+    from llmproxy.gateway.upstream_http import UpstreamPool
+
+    pool = UpstreamPool("http://127.0.0.1:8000/base", connect_timeout=None)
+    wire = request_bytes("POST", pool, "/v1/chat/completions?a=%20", {"x-a": "é"}, b"{}")
+    assert wire == (
+        b"POST /base/v1/chat/completions?a=%20 HTTP/1.1\r\nhost: 127.0.0.1:8000\r\n"
+        b"x-a: \xc3\xa9\r\ncontent-length: 2\r\n\r\n{}"
+    )
+    assert b"content-length" not in request_bytes("GET", pool, "/v1/files", {}, b"")
+    for value in ("a\r\nx-evil: 1", "a\nb", "a\rb"):
+        with pytest.raises(GatewayError) as refused:
+            request_bytes("POST", pool, "/v1/x", {"x-a": value}, b"")
+        assert refused.value.status == 400
