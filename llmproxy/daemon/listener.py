@@ -147,7 +147,6 @@ class GatewayProtocol(HttpToolsProtocol):
         self._stalled_since = 0.0  # when the client stopped taking the response (0: it takes)
         self._answering: object = None  # the cycle whose response was seen going out
         self._answer_since = 0.0
-        self._extensions: dict[str, object] = {ABORT: self._close}
         self.on_resume: Callable[[], None] | None = None
         """Told when the client takes data again (the relay resumes reading its backend)."""
 
@@ -208,7 +207,6 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = self._extensions  # type: ignore[typeddict-item]
         if not self._in_head:
             # Pipelined: the next request began inside a read, after the previous one's end;
             # its clock starts now, or when the response going out is done.
@@ -236,7 +234,8 @@ class GatewayProtocol(HttpToolsProtocol):
         self._body_deadline = self.loop.time() + timeout if timeout else 0.0
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:
+        if cycle is not None and cycle.scope is self.scope:  # else an upgrade: no request here
+            # Set before the request's task first runs (uvicorn only created it).
             extensions: dict[str, object] = {
                 ABORT: self._close,
                 BODY_WRITER: DirectBody(self, cycle),

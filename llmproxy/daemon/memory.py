@@ -27,6 +27,9 @@ import os
 LARGE = 128 * 1024
 """Blocks of this size or more are mapped on their own (glibc's default before it adapts)."""
 TRIM_INTERVAL = 15.0
+GROWTH = 32 * 1024 * 1024
+"""Resident bytes gained since the last trim that make the next check trim."""
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -63,17 +66,10 @@ def trim() -> None:
         _LIBC.malloc_trim(0)
 
 
-GROWTH = 32 * 1024 * 1024
-"""Resident bytes gained since the last trim that make the next check trim."""
-
-
 def resident_bytes() -> int:
     """This process's resident set size."""
     with open("/proc/self/statm", "rb") as statm:
         return int(statm.read().split()[1]) * _PAGE
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 async def keep_trimming(interval: float = TRIM_INTERVAL, growth: int = GROWTH) -> None:

@@ -409,8 +409,7 @@ async def _exchange(
                 continue
             raise
         except BaseException:
-            connection.abort()
-            pool.release(connection)
+            pool.release(connection)  # not answered: release closes it
             raise
         return connection
     raise UpstreamError("unreachable", "every pooled connection was closed")

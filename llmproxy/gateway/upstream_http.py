@@ -3,11 +3,12 @@
 Why not aiohttp's client here: relaying one streamed chunk through it costs a buffer, a future,
 a task wake-up through a dozen coroutine frames and a timer re-armed per read — measured on a
 2-core machine, 62 µs of CPU per relayed chunk against 34 µs for a bare ``asyncio.Protocol`` relay
-and 28 µs for nginx (``docs/performance.md``). At a thousand streams decoding at 20 tokens/s that
-is the difference between a gateway nobody notices and one whose event loop is always late. So
-the body of an answer is parsed by the C ``httptools`` parser inside the connection's
-``data_received`` and handed, chunk by chunk and synchronously, to the sink the relay installed
-(which writes it to the client's socket at once). Nothing per chunk is scheduled; the coroutine
+and 28 µs for nginx (the ``decode`` scenario of ``python -m bench`` measures it). At a thousand
+streams decoding at 20 tokens/s that is the difference between a gateway nobody notices and one
+whose event loop is always late. So the body of an answer is parsed by the C ``httptools`` parser
+inside the connection's ``data_received`` and handed, a read's chunks at a time and
+synchronously, to the sink the relay installed (which writes them to the client's socket at
+once). Nothing per chunk is scheduled; the coroutine
 serving the request sleeps until the answer ends. aiohttp stays the client for everything that
 is not the relay hot path (health probes, ``/v1/models``, webhooks).
 
@@ -77,6 +78,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Exchanges started on this connection (> 0 before :meth:`send`: a reused one)."""
         self.counted = True
         """Still counted among the pool's open connections."""
+        self.pooled = False
+        """Waiting in the pool's idle list."""
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -355,11 +358,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    @property
-    def error(self) -> UpstreamError | None:
-        """The failure that ended the exchange, if one did."""
-        return self._error
-
 
 class UpstreamPool:
     """Connections to one backend URL: reused while idle, capped at ``max_connections``."""
@@ -397,6 +395,7 @@ class UpstreamPool:
         now = self.loop.time()
         while idle:
             connection = idle.pop()
+            connection.pooled = False
             if not connection.closed and now - connection.idle_since < KEEPALIVE:
                 return connection
             self._discard(connection)
@@ -443,6 +442,7 @@ class UpstreamPool:
         if connection.reusable and not self._closed:
             connection.idle_since = self.loop.time()
             connection.idle()
+            connection.pooled = True
             self._idle.append(connection)
             self._wake_one()
             return
@@ -450,8 +450,9 @@ class UpstreamPool:
         self._discard(connection)
 
     def forget(self, connection: UpstreamConnection) -> None:
-        """``connection`` closed (by either side)."""
-        if connection in self._idle:
+        """``connection`` closed (by either side): out of the idle list if it waited there."""
+        if connection.pooled:
+            connection.pooled = False
             self._idle.remove(connection)
             self._discard(connection)
 
@@ -474,4 +475,6 @@ class UpstreamPool:
         """Close the idle connections; those in use close when their exchange ends."""
         self._closed = True
         while self._idle:
-            self._discard(self._idle.pop())
+            connection = self._idle.pop()
+            connection.pooled = False
+            self._discard(connection)
