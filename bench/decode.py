@@ -28,10 +28,10 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.table import Table
 
+from bench.report import number
 from bench.stats import percentile, process_cpu_seconds
 from bench.targets import Target
 
-REPO_ARGS = ("-m", "bench.stream_load")
 GENERATOR_BUSY = 0.7
 MOCK_BUSY = 0.7
 
@@ -108,12 +108,12 @@ class _LagSampler(threading.Thread):
 
 def measure(target: Target, mock: Target, streams: int, settings: DecodeSettings) -> DecodeRun:
     """One run of ``streams`` concurrent streams against ``target``."""
-    sampler = _LagSampler(target.url) if target.name in ("gateway", "core") else None
+    sampler = _LagSampler(target.url) if target.name == "gateway" else None
     serving0, mock0 = process_cpu_seconds(target.pid), process_cpu_seconds(mock.pid)
     chunks0 = _chunks(mock)
     if sampler is not None:
         sampler.start()
-    command = [sys.executable, *REPO_ARGS, "--port", str(target.port)]
+    command = [sys.executable, "-m", "bench.stream_load", "--port", str(target.port)]
     command += ["--concurrency", str(streams), "--tokens", str(settings.tokens)]
     command += ["--itl", str(settings.itl), "--duration", str(settings.duration)]
     command += ["--loop", settings.loop]
@@ -200,8 +200,8 @@ def summarize(runs: list[DecodeRun], settings: DecodeSettings) -> list[dict[str,
     return rows
 
 
-def _n(value: float, digits: int = 1) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+def _pair(row: dict[str, Any], first: str, second: str, digits: int) -> str:
+    return f"{number(row[first], digits)} / {number(row[second], digits)}"
 
 
 def print_table(console: Console, rows: list[dict[str, Any]], settings: DecodeSettings) -> None:
@@ -219,15 +219,15 @@ def print_table(console: Console, rows: list[dict[str, Any]], settings: DecodeSe
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
-            f"{row['streams']:,} ({_n(row['chunks_per_s'], 0)}/s)",
-            f"{_n(row['direct_ttft_p50_ms'], 2)} / {_n(row['direct_ttft_p99_ms'], 2)}",
-            f"{_n(row['nginx_added_p50_ms'], 2)} / {_n(row['nginx_added_p99_ms'], 2)}",
-            f"{_n(row['gateway_added_p50_ms'], 2)} / {_n(row['gateway_added_p99_ms'], 2)}",
-            _n(row["gateway_vs_direct_rps"], 3),
-            _n(row["nginx_vs_direct_rps"], 3),
-            _n(row["gateway_cpu_us_per_chunk"]),
-            _n(row["nginx_cpu_us_per_chunk"]),
-            _n(row["cpu_per_chunk_vs_nginx"], 2),
-            f"{_n(row['gateway_loop_lag_p50_ms'])} / {_n(row['gateway_loop_lag_max_ms'])}",
+            f"{row['streams']:,} ({number(row['chunks_per_s'], 0)}/s)",
+            _pair(row, "direct_ttft_p50_ms", "direct_ttft_p99_ms", 2),
+            _pair(row, "nginx_added_p50_ms", "nginx_added_p99_ms", 2),
+            _pair(row, "gateway_added_p50_ms", "gateway_added_p99_ms", 2),
+            number(row["gateway_vs_direct_rps"], 3),
+            number(row["nginx_vs_direct_rps"], 3),
+            number(row["gateway_cpu_us_per_chunk"], 1),
+            number(row["nginx_cpu_us_per_chunk"], 1),
+            number(row["cpu_per_chunk_vs_nginx"], 2),
+            _pair(row, "gateway_loop_lag_p50_ms", "gateway_loop_lag_max_ms", 1),
         )
     console.print(table)

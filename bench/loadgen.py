@@ -74,24 +74,24 @@ class Recorder:
         self.busy = 0
 
 
-class Connection(asyncio.Protocol):
-    """One keep-alive connection running requests back to back until the deadline."""
+class TimedConnection(asyncio.Protocol):
+    """A keep-alive connection that sends one prebuilt request at a time and stamps when it went
+    out, when the first body byte came and when the answer ended (the C ``httptools`` parser
+    reads it). Subclasses say what an ended request counts as (:meth:`_finish`)."""
 
-    def __init__(self, request: bytes, recorder: Recorder) -> None:
+    def __init__(self, request: bytes) -> None:
         self._request = request
-        self._recorder = recorder
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._sent = self._first = self._now = 0.0
-        self._active = False
+        self.active = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def start(self) -> None:
         assert self._transport is not None
-        self._recorder.busy += 1
-        self._active = True
+        self.active = True
         self._first = 0.0
         self._sent = time.perf_counter()
         self._transport.write(self._request)
@@ -109,15 +109,33 @@ class Connection(asyncio.Protocol):
             self._first = self._now
 
     def on_message_complete(self) -> None:
-        self._finish(ok=self._parser.get_status_code() == 200)
+        self._answered(self._parser.get_status_code())
+
+    def _answered(self, status: int) -> None:
+        self._finish(ok=status == 200)
+
+    def _finish(self, *, ok: bool) -> None:
+        raise NotImplementedError
+
+
+class Connection(TimedConnection):
+    """One keep-alive connection running requests back to back until the deadline."""
+
+    def __init__(self, request: bytes, recorder: Recorder) -> None:
+        super().__init__(request)
+        self._recorder = recorder
+
+    def start(self) -> None:
+        self._recorder.busy += 1
+        super().start()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._active:
+        if self.active:
             self._finish(ok=False, again=False)
 
     def _finish(self, *, ok: bool, again: bool = True) -> None:
         recorder = self._recorder
-        self._active = False
+        self.active = False
         recorder.busy -= 1
         if ok:
             recorder.completed += 1
@@ -135,7 +153,8 @@ class Connection(asyncio.Protocol):
             recorder.idle.set()
 
 
-async def _probe_lag(lags: list[float], stop: asyncio.Event) -> None:
+async def probe_lag(lags: list[float], stop: asyncio.Event) -> None:
+    """Record how late a ``LAG_TICK`` sleep wakes up, until ``stop``: the generator's own lag."""
     # perf_counter, not loop.time(): uvloop's clock has only millisecond resolution.
     while not stop.is_set():
         before = time.perf_counter()
@@ -164,7 +183,7 @@ async def run(
         connections.append(protocol)
     lags: list[float] = []
     stop = asyncio.Event()
-    probe = asyncio.create_task(_probe_lag(lags, stop))
+    probe = asyncio.create_task(probe_lag(lags, stop))
     cpu0, wall0 = time.process_time(), time.perf_counter()
     recorder.measure_from = wall0 + ramp
     recorder.deadline = recorder.measure_from + duration

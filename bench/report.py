@@ -166,7 +166,8 @@ def verdicts(
     ]
 
 
-def _num(value: float, digits: int = 2) -> str:
+def number(value: float, digits: int = 2) -> str:
+    """``value`` with separators and ``digits`` decimals; ``-`` when it was not measured."""
     return "-" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
@@ -194,11 +195,11 @@ def print_report(
     for scenario, rows in summary.items():
         for target, row in rows.items():
             table.add_row(
-                scenario, target, _num(row["rps"], 0), _share(row["rps_spread"] / 2),
-                _num(row["p50_ms"]), _num(row["p99_ms"]),
-                _num(row["total_p50_ms"], 1), _num(row["cpu_ms_per_req"], 3),
+                scenario, target, number(row["rps"], 0), _share(row["rps_spread"] / 2),
+                number(row["p50_ms"]), number(row["p99_ms"]),
+                number(row["total_p50_ms"], 1), number(row["cpu_ms_per_req"], 3),
                 _cores(row["serving_cpu"]), _cores(row["mock_cpu"]),
-                _cores(row["generator_cpu"]), _num(row["generator_lag_p99_ms"], 1),
+                _cores(row["generator_cpu"]), number(row["generator_lag_p99_ms"], 1),
                 _cores(row["background_cpu"]), ", ".join(row["warnings"]),
             )  # fmt: skip
         table.add_section()
@@ -215,10 +216,10 @@ def print_report(
         ratios.add_column(column, justify="left" if column == "scenario" else "right")
     for scenario, row in added.items():
         ratios.add_row(
-            scenario, _num(row["gateway_vs_direct_rps"]), _num(row["gateway_vs_nginx_rps"]),
-            _num(row["gateway_added_p50_ms"], 3), _num(row["gateway_added_p99_ms"], 3),
-            _num(row["nginx_added_p50_ms"], 3), _num(row["nginx_added_p99_ms"], 3),
-            _num(row["gateway_minus_nginx_p50_ms"], 3), _share(row["accounting_cpu_share"]),
+            scenario, number(row["gateway_vs_direct_rps"]), number(row["gateway_vs_nginx_rps"]),
+            number(row["gateway_added_p50_ms"], 3), number(row["gateway_added_p99_ms"], 3),
+            number(row["nginx_added_p50_ms"], 3), number(row["nginx_added_p99_ms"], 3),
+            number(row["gateway_minus_nginx_p50_ms"], 3), _share(row["accounting_cpu_share"]),
         )  # fmt: skip
     console.print(ratios)
 
@@ -228,6 +229,6 @@ def print_verdicts(console: Console, checks: list[Verdict]) -> None:
     marks = {True: "[green]MET[/]   ", False: "[red]MISSED[/]", None: "[yellow]NOT RUN[/]"}
     for check in checks:
         console.print(
-            f"  {marks[check['met']]} {check['target']}: {_num(check['value'], 3)} "
+            f"  {marks[check['met']]} {check['target']}: {number(check['value'], 3)} "
             f"{check['unit']} (goal {check['goal']})"
         )

@@ -25,15 +25,13 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-import httptools
 import uvloop
 
-from bench.loadgen import build_request
+from bench.loadgen import TimedConnection, build_request, probe_lag
 from bench.stats import percentile
 
-LAG_TICK = 0.005
 Loop = Literal["open", "closed"]
 
 
@@ -63,47 +61,24 @@ class Samples:
             self.done.set()
 
 
-class StreamConnection(asyncio.Protocol):
+class StreamConnection(TimedConnection):
     """One keep-alive connection; one stream at a time."""
 
     def __init__(self, request: bytes, samples: Samples, again: bool) -> None:
-        self._request = request
+        super().__init__(request)
         self._samples = samples
         self._again = again
-        self._parser = httptools.HttpResponseParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._sent = self._first = self._now = 0.0
-        self.active = False
         self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-
     def start(self) -> None:
-        assert self._transport is not None
         samples = self._samples
         samples.in_flight += 1
         samples.peak_in_flight = max(samples.peak_in_flight, samples.in_flight)
-        self.active = True
-        self._first = 0.0
-        self._sent = time.perf_counter()
-        self._transport.write(self._request)
+        super().start()
 
-    def data_received(self, data: bytes) -> None:
-        self._now = time.perf_counter()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._finish(ok=False)
-
-    def on_body(self, body: bytes) -> None:
-        if not self._first:
-            self._first = self._now
-
-    def on_message_complete(self) -> None:
-        status = self._parser.get_status_code()
+    def _answered(self, status: int) -> None:
         self._samples.status[status] = self._samples.status.get(status, 0) + 1
-        self._finish(ok=status == 200)
+        super()._answered(status)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -137,13 +112,6 @@ class StreamConnection(asyncio.Protocol):
             samples.idle.append(self)
 
 
-async def _probe_lag(lags: list[float], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        before = time.perf_counter()
-        await asyncio.sleep(LAG_TICK)
-        lags.append(max(0.0, time.perf_counter() - before - LAG_TICK))
-
-
 async def run(
     port: int,
     concurrency: int,
@@ -175,7 +143,7 @@ async def run(
     samples.idle = list(connections)
     lags: list[float] = []
     stop = asyncio.Event()
-    probe = asyncio.create_task(_probe_lag(lags, stop))
+    probe = asyncio.create_task(probe_lag(lags, stop))
     stream_seconds = tokens * itl
     ramp = 0.0 if again else stream_seconds
     extra = 0
