@@ -131,6 +131,10 @@ def _timestamp(field: str, value: object) -> float | None:
     return float(value)
 
 
+MAX_COUNT: Final = 2**63 - 1
+"""The largest count a store keeps (a 64-bit SQL integer, in SQLite and PostgreSQL alike)."""
+
+
 def _count(field: str, value: object, *, minimum: int | None, optional: bool) -> int | None:
     if value is None and optional:
         return None
@@ -139,6 +143,8 @@ def _count(field: str, value: object, *, minimum: int | None, optional: bool) ->
         raise ValueError(f"{field}: expected {expected}, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{field}: must be at least {minimum}, got {value}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{field}: must be at most {MAX_COUNT}, got {value}")
     return value
 
 

@@ -92,8 +92,10 @@ def _provider(
     if entry.type == "builtin":
         return BuiltinProvider(
             entry.name,
-            base_dir / config.auth.builtin_db,
+            config.auth.builtin_db,
+            base_dir=base_dir,
             refresh_interval=config.auth.builtin_refresh_interval,
+            resync_interval=config.auth.builtin_resync_interval,
         )
     if entry.type == "redis":
         assert entry.redis is not None  # the model requires it

@@ -695,10 +695,18 @@ class AuthConfig(Section):
     cache: AuthCacheConfig = AuthCacheConfig()
     """Cache of auth decisions."""
     builtin_db: str = "llmproxy-keys.db"
-    """SQLite file of the `builtin` key store."""
+    """The `builtin` key store: a SQLite file (relative to the config's directory), or a
+    `postgresql://user@host:5432/db` URL that several gateways on several machines share (keys
+    added or revoked on one are seen by the others within milliseconds, through LISTEN/NOTIFY).
+    """
     builtin_refresh_interval: Duration = Field(default=1.0, gt=0)
-    """How often the `builtin` store is checked for writes made outside this daemon (another
-    gateway sharing the file); writes through the admin API reach every worker at once.
+    """How often the `builtin` store is checked for writes made outside this daemon (the CLI of
+    another machine, another gateway); writes through the admin API reach every worker at once,
+    and PostgreSQL announces every write as it commits.
+    """
+    builtin_resync_interval: Duration = Field(default=60.0, gt=0)
+    """How often every key is loaded again from the `builtin` store, whatever the change checks
+    said: the net under a lost change notice or a row deleted by hand.
     """
     status_codes: StatusCodesConfig = StatusCodesConfig()
     """The answer for each key state."""

@@ -1,7 +1,7 @@
 """``/keys``: the builtin key store as the admin API serves it (``llmproxy keys ...``).
 
-The API opens its own :class:`KeyStore` on the file the running config's ``builtin`` provider
-reads, and runs every call in a worker thread (SQLite blocks). After each write it makes the
+The API works on the store of the running config's ``builtin`` provider (``auth.builtin_db``: the
+SQLite file, or the PostgreSQL database replicas share). After each write it makes the
 gateway see the change at once — :meth:`BuiltinProvider.reload_now` rebuilds the in-memory index
 and :meth:`AuthPipeline.invalidate` drops any cached lookup — so a revoked key is refused on the
 very next request rather than after the provider's next poll.
@@ -11,18 +11,14 @@ A key's secret is in exactly one answer, the ``POST /keys`` that created it; its
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from llmproxy.auth.keydata import parse_timestamp
 from llmproxy.auth.providers.base import ProviderError
-from llmproxy.auth.providers.builtin import BuiltinProvider
 from llmproxy.daemon.admin_http import (
     AdminError,
     invalid,
@@ -31,9 +27,10 @@ from llmproxy.daemon.admin_http import (
     query_flag,
     query_text,
 )
-from llmproxy.daemon.runtime import Runtime, RuntimeState
+from llmproxy.daemon.runtime import RuntimeState, builtin_providers
 from llmproxy.keyfields import ADD_FIELDS, FIELDS
-from llmproxy.keystore import KeyNotFound, KeyRecord, KeyStore, KeyStoreError
+from llmproxy.keystore import KeyNotFound, KeyRecord, KeyStoreError
+from llmproxy.keystore.access import KeyStoreAccess
 from llmproxy.notices import Notice
 
 log = logging.getLogger("llmproxy.admin")
@@ -78,16 +75,16 @@ def store_fields(body: Mapping[str, object], allowed: frozenset[str]) -> dict[st
     return fields
 
 
-def resolve_key(store: KeyStore, ref: str) -> KeyRecord:
-    """The key ``ref`` names: an id, else a display prefix, else a name (runs in a thread).
+async def resolve_key(store: KeyStoreAccess, ref: str) -> KeyRecord:
+    """The key ``ref`` names: an id, else a display prefix, else a name.
 
     Several keys behind one prefix or name are ambiguous unless exactly one of them is still
     live (a name reused after a revoke means the new key).
     """
-    record = store.get(ref)
+    record = await store.get(ref)
     if record is not None:
         return record
-    records = store.list(include_revoked=True)
+    records = await store.list(include_revoked=True)
     by_prefix = [r for r in records if ref in (r.prefix, r.prefix.removesuffix("…"))]
     by_name = [r for r in records if r.name == ref]
     for what, matches in (("prefix", by_prefix), ("name", by_name)):
@@ -106,20 +103,11 @@ def resolve_key(store: KeyStore, ref: str) -> KeyRecord:
     raise AdminError(404, f"no key with id, prefix or name {ref!r}", "key_not_found")
 
 
-def builtin_providers(runtime: Runtime) -> list[BuiltinProvider]:
-    """The runtime's ``builtin`` key providers (all read the same file: ``auth.builtin_db``)."""
-    if runtime.auth is None:
-        return []
-    return [s.provider for s in runtime.auth.stages if isinstance(s.provider, BuiltinProvider)]
-
-
 class KeysApi:
-    """The ``/keys`` handlers, and the API's own connection to the key store."""
+    """The ``/keys`` handlers, on the store of the running config's ``builtin`` provider."""
 
     def __init__(self, state: RuntimeState) -> None:
         self._state = state
-        self._store: KeyStore | None = None
-        self._opening = asyncio.Lock()
 
     def register(self, router: web.UrlDispatcher) -> None:
         """Add the ``/keys`` routes."""
@@ -130,17 +118,14 @@ class KeysApi:
         router.add_post("/keys/{ref}/revoke", self.revoke_key)
 
     async def close(self) -> None:
-        """Close the store connection, if one was opened."""
-        store, self._store = self._store, None
-        if store is not None:
-            await asyncio.to_thread(store.close)
+        """Nothing to close: the store belongs to the provider (kept for the admin server)."""
 
     # Handlers ------------------------------------------------------------------------------
 
     async def list_keys(self, request: web.Request) -> web.Response:
-        store = await self._open_store()
+        store = self._store()
         include_revoked, user_id = query_flag(request, "all"), query_text(request, "user_id")
-        records = await _call(lambda: store.list(include_revoked, user_id=user_id))
+        records = await _call(store.list(include_revoked, user_id=user_id))
         return json_response({"keys": [key_json(r) for r in records]})
 
     async def add_key(self, request: web.Request) -> web.Response:
@@ -148,37 +133,36 @@ class KeysApi:
         name = fields.pop("name", None)
         if not isinstance(name, str) or not name.strip():
             raise invalid("name: required, as non-empty text")
-        store = await self._open_store()
+        store = self._store()
         # The store checks every value (and names the field it refuses).
         extra: dict[str, Any] = fields
-        secret, record = await _call(lambda: store.add(name=name, **extra))
+        secret, record = await _call(store.add(name=name, **extra))
         await self._publish(record)
         return json_response({"secret": secret, "key": key_json(record)}, status=201)
 
     async def show_key(self, request: web.Request) -> web.Response:
-        store = await self._open_store()
-        ref = request.match_info["ref"]
-        record = await _call(lambda: resolve_key(store, ref))
+        store = self._store()
+        record = await _call(resolve_key(store, request.match_info["ref"]))
         return json_response({"key": key_json(record)})
 
     async def update_key(self, request: web.Request) -> web.Response:
         changes = store_fields(await json_object(request), frozenset(FIELDS))
-        store = await self._open_store()
-        ref = request.match_info["ref"]
-        record = await _call(lambda: store.update(resolve_key(store, ref).id, **changes))
+        store = self._store()
+        key = await _call(resolve_key(store, request.match_info["ref"]))
+        record = await _call(store.update(key.id, **changes))
         await self._publish(record)
         return json_response({"key": key_json(record)})
 
     async def revoke_key(self, request: web.Request) -> web.Response:
-        store = await self._open_store()
-        ref = request.match_info["ref"]
-        record = await _call(lambda: store.revoke(resolve_key(store, ref).id))
+        store = self._store()
+        key = await _call(resolve_key(store, request.match_info["ref"]))
+        record = await _call(store.revoke(key.id))
         await self._publish(record)
         return json_response({"key": key_json(record)})
 
     # Store access --------------------------------------------------------------------------
 
-    def _store_path(self) -> Path:
+    def _store(self) -> KeyStoreAccess:
         providers = builtin_providers(self._state.current)
         if not providers:
             raise AdminError(
@@ -187,22 +171,7 @@ class KeysApi:
                 "type builtin (or auth is disabled)",
                 "no_key_store",
             )
-        return providers[0].path
-
-    async def _open_store(self) -> KeyStore:
-        """The store at the current config's path; reopened when a reload moved it."""
-        path = self._store_path()
-        async with self._opening:
-            store = self._store
-            if store is not None and store.path == path:
-                return store
-            if store is not None:
-                await asyncio.to_thread(store.close)
-                self._store = None
-            store = KeyStore(path)
-            await _call(store.open)
-            self._store = store
-            return store
+        return providers[0].store
 
     async def _publish(self, record: KeyRecord) -> None:
         """Make the running gateway see a write at once (call after every one)."""
@@ -224,15 +193,15 @@ class KeysApi:
                 runtime.auth.keys_seen = seen
 
 
-async def _call(work: Callable[[], _T]) -> _T:
-    """Run blocking store work in a thread; its failures as the API's errors."""
+async def _call(work: Awaitable[_T]) -> _T:
+    """Await store work; its failures as the API's errors."""
     try:
-        return await asyncio.to_thread(work)
+        return await work
     except KeyNotFound as exc:
         raise AdminError(404, str(exc), "key_not_found") from None
     except ValueError as exc:  # a bad field value, named by the store
         raise invalid(str(exc)) from None
-    except (KeyStoreError, sqlite3.Error) as exc:  # not open, not a key store, locked too long
+    except KeyStoreError as exc:  # not open, not a key store, locked too long, server down
         raise AdminError(
             503, f"the key store cannot be used: {exc}", "key_store_unavailable"
         ) from None

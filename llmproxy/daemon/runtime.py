@@ -23,6 +23,8 @@ from llmproxy.auth.build import AuthSetupError, build_pipeline
 from llmproxy.auth.extract import header_order
 from llmproxy.auth.lua import LuaError, LuaSandbox
 from llmproxy.auth.pipeline import AuthPipeline
+from llmproxy.auth.providers.builtin import BuiltinProvider
+from llmproxy.auth.quota import quota_sink
 from llmproxy.config.model import BackendConfig, Config, HealthCheckConfig
 from llmproxy.connections import ConnectionPools
 from llmproxy.finish import Sink
@@ -336,14 +338,24 @@ def probe_for(
     )
 
 
+def builtin_providers(runtime: Runtime) -> list[BuiltinProvider]:
+    """The runtime's ``builtin`` key providers (all read the same store: ``auth.builtin_db``)."""
+    if runtime.auth is None:
+        return []
+    return [s.provider for s in runtime.auth.stages if isinstance(s.provider, BuiltinProvider)]
+
+
 def finish_sinks(
     metrics: GatewayMetrics | None,
     access_log: AccessLog | None,
     recording: Sink | None,
     usage: Sink | None,
+    quota: Sink | None = None,
 ) -> tuple[Sink, ...]:
     """The finish sinks, in order: a new one is a module of its package and a line here."""
     sinks: list[Sink] = []
+    if quota is not None:
+        sinks.append(quota)
     if metrics is not None:
         sinks.append(metrics.finished)
     if access_log is not None:
@@ -443,9 +455,13 @@ class RuntimeState:
             self.access_log,
             self._recording if record.enabled else None,
             self._usage_sink,
+            quota_sink(builtin_providers(runtime)),
         )
         runtime.counts_tokens = (
-            self.usage is not None or runtime.config.metrics.enabled or runtime.limits_enabled
+            self.usage is not None
+            or runtime.config.metrics.enabled
+            or runtime.limits_enabled
+            or bool(builtin_providers(runtime))
         )
         self.metrics.allow_models(runtime.router.models())
 

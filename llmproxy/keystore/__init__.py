@@ -1,4 +1,5 @@
-"""The builtin key store: the SQLite file of keys llmproxy issues and manages itself.
+"""The builtin key store: the keys llmproxy issues and manages itself, in a SQLite file or in a
+PostgreSQL database that replicas share (:mod:`llmproxy.keystore.access` picks one).
 
 Operators manage it with ``llmproxy keys add/list/show/revoke/update`` (through the admin socket);
 the gateway reads it through the ``builtin`` auth provider, which keeps every key in memory. Only a
@@ -7,9 +8,9 @@ key's SHA-256 and display prefix are stored, never the secret.
 
 from llmproxy.keyfields import SETTABLE_FIELDS, STATUSES, KeyStatus
 from llmproxy.keystore.errors import KeyNotFound, KeyStoreError
-from llmproxy.keystore.record import KeyRecord
+from llmproxy.keystore.record import KeyRecord, new_key_id
 from llmproxy.keystore.schema import SCHEMA_VERSION
-from llmproxy.keystore.store import KeyStore, new_key_id
+from llmproxy.keystore.store import KeyStore
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -9,14 +9,25 @@ understands.
 
 from __future__ import annotations
 
+import json
+import secrets
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple, Protocol
 
-from llmproxy.keyfields import KEY_FIELDS, KeyStatus
+from llmproxy.apikey import has_valid_checksum, is_llmproxy_key
+from llmproxy.keyfields import FIELDS, KEY_FIELDS, KeyStatus
 
 STORE_FIELDS: Final = ("id", "sha256", "prefix", "created_at", "updated_at", "revoked_at")
 """What the store keeps beside the operator's fields."""
+
+COLUMNS: Final = (*STORE_FIELDS, *FIELDS)
+"""A key's columns, in the order every store selects them (SQLite and PostgreSQL alike)."""
+
+_ID_ALPHABET: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_ID_LENGTH: Final = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,4 +78,55 @@ def _plain(value: object) -> object:
         return list(value)
     if isinstance(value, Mapping):
         return dict(value)
+    return value
+
+
+def new_key_id() -> str:
+    """A short random id such as ``key_3kTq9ZxY2bWm``: safe to show, log and type."""
+    return "key_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+
+
+def check_secret(secret: str) -> None:
+    """Refuse a secret no client could send (spaces, control characters) or a mistyped
+    llmproxy key (bad checksum); any other shape may be imported."""
+    if not secret or not secret.isprintable() or any(char.isspace() for char in secret):
+        raise ValueError("key: expected non-empty text without spaces or control characters")
+    if is_llmproxy_key(secret) and not has_valid_checksum(secret):
+        raise ValueError("key: starts with 'sk-llmp-' but its checksum does not match (a typo?)")
+
+
+class Row(Protocol):
+    """A database row read by column name (``sqlite3.Row``, ``asyncpg.Record``)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+class KeyChanges(NamedTuple):
+    """What a store reports to a reader keeping keys in memory (the ``builtin`` provider)."""
+
+    cursor: object
+    """Hand back to the next ``changes()`` call: where this answer left off."""
+    records: list[KeyRecord]
+    complete: bool
+    """Every live key (replace the index); else only changed keys, revoked ones included
+    (patch it)."""
+
+
+def record_from_row(row: Row) -> KeyRecord:
+    """A :class:`KeyRecord` from a row of :data:`COLUMNS` (lists and metadata as JSON text)."""
+    values: dict[str, object] = {name: row[name] for name in STORE_FIELDS}
+    for field in KEY_FIELDS:
+        value = row[field.name]
+        if field.kind == "list":
+            value = tuple(json.loads(str(value)))
+        elif field.kind == "mapping":
+            value = MappingProxyType(json.loads(str(value)))
+        values[field.name] = value
+    return KeyRecord(**values)  # type: ignore[arg-type]  # the columns are the fields
+
+
+def column_value(field: str, value: object) -> object:
+    """A checked field value as a store keeps it: lists and metadata become JSON text."""
+    if FIELDS[field].stored_as_json:
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
     return value

@@ -18,65 +18,30 @@ connection.
 from __future__ import annotations
 
 import builtins
-import json
-import secrets
 import sqlite3
-import string
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Final, Self
 
-from llmproxy.apikey import (
-    display_prefix,
-    generate_key,
-    has_valid_checksum,
-    is_llmproxy_key,
-    key_sha256,
-)
-from llmproxy.keyfields import ADD_FIELDS, FIELDS, KEY_FIELDS, check_fields
+from llmproxy.apikey import display_prefix, generate_key, key_sha256
+from llmproxy.keyfields import ADD_FIELDS, check_fields
 from llmproxy.keystore.errors import KeyNotFound, KeyStoreError
-from llmproxy.keystore.record import STORE_FIELDS, KeyRecord
+from llmproxy.keystore.record import (
+    COLUMNS,
+    KeyRecord,
+    check_secret,
+    column_value,
+    new_key_id,
+    record_from_row,
+)
 from llmproxy.keystore.schema import migrate
 from llmproxy.private_files import private_file
 
-_ID_ALPHABET: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
-_ID_LENGTH: Final = 12
-_COLUMNS: Final = ", ".join((*STORE_FIELDS, *FIELDS))
-
-
-def new_key_id() -> str:
-    """A short random id such as ``key_3kTq9ZxY2bWm``: safe to show, log and type."""
-    return "key_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
-
-
-def _record(row: sqlite3.Row) -> KeyRecord:
-    values = {name: row[name] for name in STORE_FIELDS}
-    for field in KEY_FIELDS:
-        value = row[field.name]
-        if field.kind == "list":
-            value = tuple(json.loads(value))
-        elif field.kind == "mapping":
-            value = MappingProxyType(json.loads(value))
-        values[field.name] = value
-    return KeyRecord(**values)
-
-
-def _column_value(field: str, value: object) -> object:
-    """A checked field value as SQLite stores it: lists and metadata become JSON text."""
-    if FIELDS[field].stored_as_json:
-        return json.dumps(list(value) if isinstance(value, tuple) else value)
-    return value
-
-
-def _check_secret(secret: str) -> None:
-    if not secret or not secret.isprintable() or any(char.isspace() for char in secret):
-        raise ValueError("key: expected non-empty text without spaces or control characters")
-    if is_llmproxy_key(secret) and not has_valid_checksum(secret):
-        raise ValueError("key: starts with 'sk-llmp-' but its checksum does not match (a typo?)")
+_COLUMNS: Final = ", ".join(COLUMNS)
 
 
 class KeyStore:
@@ -189,7 +154,7 @@ class KeyStore:
 
         Any shape is accepted; a key claiming llmproxy's format must carry a valid checksum.
         """
-        _check_secret(secret)
+        check_secret(secret)
         return self._insert(secret, check_fields({"name": name, **fields}, ADD_FIELDS))
 
     def _insert(self, secret: str, checked: Mapping[str, object]) -> KeyRecord:
@@ -208,7 +173,7 @@ class KeyStore:
                 "prefix": display_prefix(secret),
                 "created_at": now,
                 "updated_at": now,
-                **{field: _column_value(field, value) for field, value in checked.items()},
+                **{field: column_value(field, value) for field, value in checked.items()},
             }
             connection.execute(
                 f"INSERT INTO keys ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
@@ -242,7 +207,7 @@ class KeyStore:
                 raise ValueError(f"{key_id}: revoked keys cannot be changed; add a new key")
             if not checked:
                 return record
-            values = {field: _column_value(field, value) for field, value in checked.items()}
+            values = {field: column_value(field, value) for field, value in checked.items()}
             values["updated_at"] = time.time()
             assignments = ", ".join(f"{column} = ?" for column in values)
             connection.execute(
@@ -250,16 +215,19 @@ class KeyStore:
             )
             return self._fetch(connection, key_id)
 
-    def add_usage(self, key_id: str, tokens: int) -> None:
-        """Count ``tokens`` against the key's quota, atomically across processes."""
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise ValueError(f"tokens: expected a whole number >= 0, got {tokens!r}")
+    def add_usage(self, used: Mapping[str, int]) -> None:
+        """Count tokens against keys' quotas (key id → tokens), in one transaction, atomically
+        across processes; ids the store does not hold are skipped (a key of another provider)."""
+        for tokens in used.values():
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                raise ValueError(f"tokens: expected a whole number >= 0, got {tokens!r}")
+        batch = [(tokens, key_id) for key_id, tokens in used.items() if tokens > 0]
+        if not batch:
+            return
         with self._writing() as connection:
-            cursor = connection.execute(
-                "UPDATE keys SET used_quota = used_quota + ? WHERE id = ?", (tokens, key_id)
+            connection.executemany(
+                "UPDATE keys SET used_quota = used_quota + ? WHERE id = ?", batch
             )
-            if cursor.rowcount == 0:
-                raise KeyNotFound(key_id)
 
     # Reads ---------------------------------------------------------------------------------
 
@@ -267,7 +235,7 @@ class KeyStore:
         row = connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()
         if row is None:
             raise KeyNotFound(key_id)
-        return _record(row)
+        return record_from_row(row)
 
     def get(self, key_id: str) -> KeyRecord | None:
         """The key with this id, revoked or not."""
@@ -283,7 +251,7 @@ class KeyStore:
             row = connection.execute(
                 f"SELECT {_COLUMNS} FROM keys WHERE sha256 = ?", (sha256.lower(),)
             ).fetchone()
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row)
 
     def list(
         self, include_revoked: bool = False, *, user_id: str | None = None
@@ -299,7 +267,7 @@ class KeyStore:
             rows = connection.execute(
                 f"SELECT {_COLUMNS} FROM keys{clause} ORDER BY created_at, id", parameters
             ).fetchall()
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def all_records(self) -> builtins.list[KeyRecord]:
         """Every key a lookup may find (not revoked), for the gateway's in-memory index."""
@@ -307,7 +275,7 @@ class KeyStore:
             rows = connection.execute(
                 f"SELECT {_COLUMNS} FROM keys WHERE revoked_at IS NULL"
             ).fetchall()
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def data_version(self) -> int:
         """A number that changes whenever a write was committed, by this store or anyone else.

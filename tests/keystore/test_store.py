@@ -100,13 +100,17 @@ def test_revoke_disables_for_good(store: KeyStore) -> None:
 
 
 def test_revoke_unknown_key_raises_key_not_found(store: KeyStore) -> None:
-    """revoke(), update() and add_usage() of an unknown id raise KeyNotFound naming the id."""
+    """revoke() and update() of an unknown id raise KeyNotFound naming the id; add_usage() skips
+    it (the batch may hold keys of another provider) and counts the ids it knows."""
     with pytest.raises(KeyNotFound, match="key_nope"):
         store.revoke("key_nope")
     with pytest.raises(KeyNotFound):
         store.update("key_nope", name="x")
-    with pytest.raises(KeyNotFound):
-        store.add_usage("key_nope", 1)
+    _, record = store.add(name="known")
+    store.add_usage({"key_nope": 1, record.id: 5})
+    found = store.get(record.id)
+    assert found is not None
+    assert found.used_quota == 5
 
 
 @pytest.mark.parametrize(
@@ -216,7 +220,7 @@ def test_add_usage_is_atomic_across_connections(path: Path) -> None:
         try:
             start.wait()
             for _ in range(50):
-                target.add_usage(record.id, 7)
+                target.add_usage({record.id: 7})
         except BaseException as exc:
             errors.append(exc)
 
@@ -239,8 +243,8 @@ def test_add_usage_refuses_negative_tokens(store: KeyStore) -> None:
     _, record = store.add(name="ci")
     for tokens in (-1, 1.5, True):
         with pytest.raises(ValueError, match="tokens"):
-            store.add_usage(record.id, tokens)  # type: ignore[arg-type]
-    store.add_usage(record.id, 0)
+            store.add_usage({record.id: tokens})  # type: ignore[dict-item]
+    store.add_usage({record.id: 0})
     assert store.get(record.id) == record
 
 
@@ -289,7 +293,7 @@ def test_own_writes_change_data_version(store: KeyStore) -> None:
     before = store.data_version()
     _, record = store.add(name="ci")
     after_add = store.data_version()
-    store.add_usage(record.id, 3)
+    store.add_usage({record.id: 3})
     assert len({before, after_add, store.data_version()}) == 3
 
 

@@ -126,7 +126,7 @@ async def test_lookups_do_no_io(
     secret, record = writer.add(name="ci")
     await provider.reload_now()
     # Close the provider's own connection: any SQL from lookup would now raise.
-    await asyncio.to_thread(provider._store.close)
+    await provider.store.close()
     for presented, expected_id in (
         (PresentedKey.of(secret), record.id),
         (PresentedKey.of("x"), None),
@@ -161,7 +161,7 @@ async def test_data_has_the_pipeline_fields_and_no_secret(
         rpm=60,
         metadata={"tier": "gold"},
     )
-    writer.add_usage(record.id, 12)
+    writer.add_usage({record.id: 12})
     await provider.reload_now()
     data: KeyData | None = await provider.lookup(PresentedKey.of(secret))
     assert data is not None
