@@ -14,7 +14,7 @@ store (``auth.builtin_db``: a SQLite file, or a PostgreSQL database that replica
 - the admin API calls :meth:`BuiltinProvider.reload_now` after a write, so the change is visible to
   this process at once (then ``AuthPipeline.invalidate(sha256)`` drops its cached lookup).
 
-The same task writes quota use back (:meth:`count_usage`, batched every
+A second task writes quota use back (:meth:`count_usage`, batched every
 :data:`QUOTA_FLUSH_INTERVAL`), so a restart or another replica starts from what was used.
 When the store cannot be read the provider keeps serving the index it has and logs the failure once.
 """
@@ -80,10 +80,9 @@ class BuiltinProvider:
         self._changed: set[str] = set()  # ids another process announced
         self._reload_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
         self._usage: dict[str, int] = {}
-        self._flushed_at = 0.0
 
     async def open(self) -> None:
         """Open (or create) the store, load the index, then follow the store's changes."""
@@ -91,9 +90,7 @@ class BuiltinProvider:
         try:
             await self.store.open()
         except (KeyStoreError, OSError) as exc:
-            raise ProviderError(
-                f"builtin {self.name!r}: cannot open {self.location}: {exc}"
-            ) from exc
+            raise ProviderError(f"builtin {self.name!r}: cannot open the key store: {exc}") from exc
         # 2. Load every key before the first request is served.
         try:
             await self.reload_now()
@@ -102,7 +99,10 @@ class BuiltinProvider:
             raise
         # 3. Follow writes by other processes.
         self.store.on_change(self._announced)
-        self._task = asyncio.create_task(self._watch(), name=f"llmproxy.auth.builtin.{self.name}")
+        self._tasks = [
+            asyncio.create_task(self._watch(), name=f"llmproxy.auth.builtin.{self.name}"),
+            asyncio.create_task(self._write_back(), name=f"llmproxy.auth.quota.{self.name}"),
+        ]
 
     async def lookup(self, key: PresentedKey) -> KeyData | None:
         index = self._index
@@ -134,7 +134,7 @@ class BuiltinProvider:
             except KeyStoreError as exc:
                 self._changed |= changed
                 raise ProviderError(
-                    f"builtin {self.name!r}: cannot read {self.location}: {exc}"
+                    f"builtin {self.name!r}: cannot read the key store: {exc}"
                 ) from exc
             if changes.complete:
                 index = {r.sha256: _entry(r) for r in changes.records if not r.revoked}
@@ -172,23 +172,25 @@ class BuiltinProvider:
 
     async def close(self) -> None:
         """Stop following the store, write back the last quota use, forget the keys, close."""
-        # 1. Stop the refresh task, waiting with a bound for a reload in flight to unwind.
-        task, self._task = self._task, None
-        if task is not None:
+        # 1. Stop the refresh and write-back tasks, waiting with a bound for a call in flight.
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=_STOP_TIMEOUT)
-            if not done:
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT)
+            if pending:
                 log.warning(
-                    "builtin provider %s: refresh task did not stop within %.1fs; abandoning it",
+                    "builtin provider %s: background task did not stop within %.1fs; abandoning it",
                     self.name,
                     _STOP_TIMEOUT,
                 )
-            elif not task.cancelled() and task.exception() is not None:
-                log.error(
-                    "builtin provider %s: refresh task had crashed",
-                    self.name,
-                    exc_info=task.exception(),
-                )
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error(
+                        "builtin provider %s: background task had crashed",
+                        self.name,
+                        exc_info=task.exception(),
+                    )
         # 2. Write back what was used since the last write-back.
         try:
             async with asyncio.timeout(_STOP_TIMEOUT):
@@ -210,8 +212,6 @@ class BuiltinProvider:
             self._wake.clear()
             try:
                 await self._refresh()
-                if time.monotonic() - self._flushed_at >= QUOTA_FLUSH_INTERVAL:
-                    await self._flush_usage()
             except ProviderError as exc:
                 if not self._failing:
                     log.warning("%s; serving the keys loaded before until it recovers", exc)
@@ -226,9 +226,21 @@ class BuiltinProvider:
         due = time.monotonic() - self._synced_at >= self._resync_interval
         await self._load(full=self._cursor is None or due)
 
+    async def _write_back(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(QUOTA_FLUSH_INTERVAL)
+            try:
+                await self._flush_usage()
+            except ProviderError as exc:
+                if not failing:
+                    log.warning("%s; keeping the counts to write them later", exc)
+                failing = True
+            else:
+                failing = False
+
     async def _flush_usage(self) -> None:
         """Write the quota use counted since the last flush; kept for the next one on failure."""
-        self._flushed_at = time.monotonic()
         used, self._usage = self._usage, {}
         if not used:
             return
@@ -238,5 +250,5 @@ class BuiltinProvider:
             for key_id, tokens in used.items():
                 self._usage[key_id] = self._usage.get(key_id, 0) + tokens
             raise ProviderError(
-                f"builtin {self.name!r}: cannot write quota use to {self.location}: {exc}"
+                f"builtin {self.name!r}: cannot write quota use to the key store: {exc}"
             ) from exc

@@ -12,7 +12,7 @@ import pytest
 
 from llmproxy.apikey import PresentedKey, key_sha256
 from llmproxy.auth.providers.base import KeyData, KeyProvider, ProviderError
-from llmproxy.auth.providers.builtin import BuiltinProvider
+from llmproxy.auth.providers.builtin import QUOTA_FLUSH_INTERVAL, BuiltinProvider
 from llmproxy.keystore import KeyStore
 
 REFRESH = 0.05
@@ -204,13 +204,38 @@ async def test_open_of_a_broken_file_is_a_provider_error(tmp_path: Path) -> None
 
 
 async def test_close_stops_refreshing_and_refuses_lookups(path: Path, writer: KeyStore) -> None:
-    """After close() the refresh task is gone and a lookup is a ProviderError, not a miss."""
+    """After close() the refresh and write-back tasks are gone and a lookup is a ProviderError,
+    not a miss."""
     provider = BuiltinProvider("builtin", path, refresh_interval=REFRESH)
     await provider.open()
-    task = provider._task
-    assert task is not None
+    tasks = list(provider._tasks)
+    assert len(tasks) == 2
     await provider.close()
-    assert task.done()
+    assert all(task.done() for task in tasks)
     with pytest.raises(ProviderError, match="not open"):
         await provider.lookup(PresentedKey.of("sk-anything"))
     await provider.close()
+
+
+async def test_quota_use_is_written_back_in_batches(path: Path, writer: KeyStore) -> None:
+    """count_usage() of the store's keys reaches used_quota within a flush interval, in one
+    batch; a key the store does not hold is not counted; close() writes what is left."""
+    _, first = writer.add(name="a")
+    _, second = writer.add(name="b")
+    provider = BuiltinProvider("builtin", path, refresh_interval=REFRESH)
+    await provider.open()
+    try:
+        assert provider.count_usage(first.id, 5)
+        assert provider.count_usage(first.id, 7)
+        assert provider.count_usage(second.id, 1)
+        assert not provider.count_usage("key_static", 3)
+        assert not provider.count_usage(first.id, 0)
+        started = time.monotonic()
+        while (writer.get(first.id) or first).used_quota != 12:
+            assert time.monotonic() - started < QUOTA_FLUSH_INTERVAL + 1.0
+            await asyncio.sleep(0.05)
+        assert (writer.get(second.id) or second).used_quota == 1
+        assert provider.count_usage(second.id, 4)
+    finally:
+        await provider.close()
+    assert (writer.get(second.id) or second).used_quota == 5
