@@ -795,6 +795,11 @@ class RateLimitConfig(Section):
     """
     key_prefix: str = "llmproxy:limits:"
     """Prefix of the Redis keys holding limit state."""
+    lease_ttl: Duration = Field(default=30.0, ge=1.0)
+    """How long a concurrency slot (and its quota reservation) in Redis outlives a gateway that
+    died holding it: live gateways renew their slots every third of this, so a request may run
+    for hours, while the slots of a replica killed -9 are free again within this time.
+    """
 
     model_config = ConfigDict(populate_by_name=True)
 

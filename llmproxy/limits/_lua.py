@@ -267,6 +267,30 @@ return 0
 """
 )
 
+RENEW = (
+    _PRELUDE
+    + """
+-- KEYS: leases, held. ARGV: lease ttl (seconds), then the leases a live gateway still holds.
+-- Pushes each one's expiry to now + ttl; a lease already gone (settled, or freed as expired)
+-- stays gone. Returns how many were renewed.
+local ttl = tonumber(ARGV[1])
+local now = clock()
+local renewed = 0
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', num(now + ttl), ARGV[i])
+    renewed = renewed + 1
+  end
+end
+if renewed > 0 then
+  for _, key in ipairs(KEYS) do
+    if redis.call('PTTL', key) < ms(ttl + 1) then redis.call('PEXPIRE', key, ms(ttl + 1)) end
+  end
+end
+return renewed
+"""
+)
+
 IN_FLIGHT = """
 -- KEYS: leases. Leases whose expiry is still ahead (Redis's clock).
 local t = redis.call('TIME')

@@ -38,5 +38,7 @@ async def build_store(
     if config.redis is None:
         raise ValueError("rate_limit.storage redis needs a rate_limit.redis section")
     client = await pools.redis(config.redis)
-    primary = RedisLimitStore(client, prefix=config.key_prefix, timeout=config.redis.timeout)
+    primary = RedisLimitStore(
+        client, prefix=config.key_prefix, timeout=config.redis.timeout, lease_ttl=config.lease_ttl
+    )
     return FailoverLimitStore(primary, policy=config.redis_failure, instances=config.instances)

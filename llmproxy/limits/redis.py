@@ -11,8 +11,10 @@ Every call is bounded by ``timeout``; a Redis that is down, slow or answering er
 :class:`~llmproxy.limits.admission.LimitsUnavailable` (what to do then is
 :class:`~llmproxy.limits.failover.FailoverLimitStore`'s decision).
 
-Slots are leases that expire after ``lease_ttl``, so a gateway that dies mid-request frees its
-slots and quota reservations within that time. Two ambiguous cases are repaired in the
+Slots are leases that expire after ``lease_ttl`` (``rate_limit.lease_ttl``, 30 s) unless renewed:
+the store renews the leases it holds every third of that, so a long stream keeps its slot while a
+gateway that dies mid-request (killed -9, its machine gone) frees its slots and quota reservations
+within ``lease_ttl``. Two ambiguous cases are repaired in the
 background, after the next call that reaches Redis: an admission that timed out or was cancelled
 may still run on the server, so its lease is voided (freed if it ran, refused if it runs later);
 a settle that could not reach Redis is retried (settling is idempotent per lease).
@@ -39,6 +41,10 @@ logger = logging.getLogger(__name__)
 REDIS_LEASE_PREFIX = "r:"
 """Every lease this store issues starts with this (a memory store's start with ``m:``)."""
 
+MARKER_TTL = 3600.0
+"""How long a voided or expired lease is remembered, so a late admit is refused and a late
+settle still counts its usage once (the markers are tiny; an hour covers any Redis outage)."""
+
 QUOTA_TTL = 90 * 86400.0
 """Quota counters outlive any idle period worth remembering; after 90 idle days the key's own
 ``used_quota`` (kept up to date by usage billing) is the baseline again."""
@@ -61,7 +67,7 @@ class RedisLimitStore:
     ``client`` must decode replies (``decode_responses=True``, as
     :meth:`~llmproxy.connections.ConnectionPools.redis` gives); it belongs to the caller and is
     not closed by :meth:`close`. ``prefix`` starts every key; ``timeout`` bounds each call in
-    seconds; ``lease_ttl`` is how long an unsettled slot is held — longer than any request.
+    seconds; ``lease_ttl`` is how long an unsettled slot outlives its last renewal.
     """
 
     def __init__(
@@ -70,7 +76,7 @@ class RedisLimitStore:
         *,
         prefix: str,
         timeout: float,
-        lease_ttl: float = 3600.0,
+        lease_ttl: float = 30.0,
     ) -> None:
         if timeout <= 0 or lease_ttl <= 0:
             raise ValueError("RedisLimitStore: timeout and lease_ttl must be positive")
@@ -82,6 +88,10 @@ class RedisLimitStore:
         self._admit = client.register_script(_lua.ADMIT)
         self._settle = client.register_script(_lua.SETTLE)
         self._count = client.register_script(_lua.IN_FLIGHT)
+        self._renew = client.register_script(_lua.RENEW)
+        self._held: dict[str, str] = {}
+        """Leases this store holds (lease → key id): renewed until settled or given up."""
+        self._renewer: asyncio.Task[None] | None = None
         self._deferred: collections.deque[_Deferred] = collections.deque()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
@@ -111,7 +121,7 @@ class RedisLimitStore:
             reserve_tokens,
             lease_ttl=self.lease_ttl,
             quota_ttl=QUOTA_TTL,
-            marker_ttl=self.lease_ttl,
+            marker_ttl=MARKER_TTL,
         )
         try:
             reply = await self._run(self._admit, _wire.admit_keys(names), args)
@@ -121,7 +131,14 @@ class RedisLimitStore:
             if lease:
                 self._defer(_Deferred(key_id, lease, 0, void=True))
             raise
-        return self._decode(reply, lease)
+        admission = self._decode(reply, lease)
+        if admission.allowed and lease:
+            self._held[lease] = key_id
+            if self._renewer is None and not self._closed:
+                self._renewer = asyncio.get_running_loop().create_task(
+                    self._renew_leases(), name="llmproxy.limits.renew"
+                )
+        return admission
 
     async def settle(
         self, key_id: str, policy: KeyPolicy, lease: str, reserved_tokens: int, used_tokens: int
@@ -131,6 +148,7 @@ class RedisLimitStore:
         The script call is shielded: a caller cancelled mid-settle (its client went away) does
         not leave the slot held.
         """
+        self._held.pop(lease, None)
         item = _Deferred(key_id, lease, max(0, used_tokens), void=False)
         if not await asyncio.shield(self._settle_or_defer(item)):
             raise LimitsUnavailable(
@@ -140,6 +158,7 @@ class RedisLimitStore:
     def settle_later(self, key_id: str, lease: str, used_tokens: int) -> None:
         """Queue a settle without trying now (Redis is known to be down); it runs after the
         next call that reaches Redis."""
+        self._held.pop(lease, None)
         self._defer(_Deferred(key_id, lease, max(0, used_tokens), void=False))
 
     async def quota_used(self, key_id: str) -> int:
@@ -157,6 +176,10 @@ class RedisLimitStore:
     async def close(self) -> None:
         """Give deferred settles one last bounded try; the client stays open (it is shared)."""
         self._closed = True
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
         flusher, self._flusher = self._flusher, None
         if flusher is not None and not flusher.done():
             flusher.cancel()
@@ -170,6 +193,31 @@ class RedisLimitStore:
                 len(self._deferred),
                 self.lease_ttl,
             )
+
+    async def renew(self) -> int:
+        """Push the expiry of every lease this store holds to ``lease_ttl`` from now (one script
+        call per key); returns how many Redis still had. The renewer calls it every third of
+        ``lease_ttl``."""
+        by_key: dict[str, list[str]] = {}
+        for lease, key_id in list(self._held.items()):
+            by_key.setdefault(key_id, []).append(lease)
+        renewed = 0
+        ttl = repr(float(self.lease_ttl))
+        for key_id, leases in by_key.items():
+            names = _wire.key_names(self.prefix, key_id)
+            reply = await self._run(self._renew, [names.leases, names.held], [ttl, *leases])
+            renewed += int(reply)
+        return renewed
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                await self.renew()
+            except LimitsUnavailable as exc:
+                # A lease that expires meanwhile frees its slot early; its settle still counts
+                # the usage once (the "late" marker), so nothing is lost but the slot's hold.
+                logger.warning("redis limits: could not renew leases: %s", exc)
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
         reply = await self._bounded(script(keys=keys, args=args))
@@ -224,7 +272,7 @@ class RedisLimitStore:
             item.used_tokens,
             void=item.void,
             quota_ttl=QUOTA_TTL,
-            marker_ttl=self.lease_ttl,
+            marker_ttl=MARKER_TTL,
         )
         await self._bounded(self._settle(keys=_wire.settle_keys(names), args=args))
 

@@ -106,7 +106,7 @@ def test_replicas_share_keys_and_quota_through_postgres(tmp_path: Path) -> None:
                         cwd=config.parent,
                     )
                 )
-            (config_a, port_a), (config_b, port_b), (config_c, port_c) = replicas
+            (config_a, port_a), (_, port_b), (config_c, port_c) = replicas
 
             added = _cli_json(config_a, "keys", "add", "--name", "shared", "--quota", "100000")
             secret = added["secret"]

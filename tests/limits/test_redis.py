@@ -93,6 +93,9 @@ async def test_expired_leases_free_the_slots_of_a_dead_process(
     try:
         lost = [await dead.admit("k", policy, 400) for _ in range(2)]
         assert all(a.allowed for a in lost)
+        # What kill -9 does to a gateway: nothing renews its leases any more.
+        assert dead._renewer is not None
+        dead._renewer.cancel()
         assert (await alive.admit("k", policy, 100)).reason == "concurrency"
         await asyncio.sleep(0.4)
         assert await alive.in_flight("k") == 0
@@ -107,6 +110,29 @@ async def test_expired_leases_free_the_slots_of_a_dead_process(
         assert await shared_redis.hget(key_names(prefix, "k").quota, "reserved") == "0"
     finally:
         await dead.close()
+
+
+async def test_a_live_store_renews_its_leases(redis_stores, shared_redis, prefix, clients):
+    """A gateway that lives keeps its slots past lease_ttl (a stream may run for hours): its
+    leases are renewed every third of the TTL until settled, and the slot is free at once then."""
+    client = await clients.new()
+    live = RedisLimitStore(client, prefix=prefix, timeout=2.0, lease_ttl=0.3)
+    other = redis_stores[0]
+    policy = KeyPolicy(max_concurrent=1, total_quota=1000)
+    try:
+        held = await live.admit("k", policy, 100)
+        assert held.allowed
+        await asyncio.sleep(1.0)  # more than three lease lifetimes
+        assert await other.in_flight("k") == 1
+        assert (await other.admit("k", policy, 100)).reason == "concurrency"
+        await live.settle("k", policy, lease_of(held), 100, 40)
+        assert await live.renew() == 0  # nothing held any more
+        admitted = await other.admit("k", policy, 100)
+        assert admitted.allowed
+        await other.settle("k", policy, lease_of(admitted), 100, 0)
+        assert await other.quota_used("k") == 40
+    finally:
+        await live.close()
 
 
 async def test_refused_connection_is_unavailable_at_once(clients):
