@@ -283,6 +283,9 @@ class GatewayApp:
         loop = asyncio.get_running_loop()
         exchange.started = loop.time()
         usage = runtime.usage
+        journal = usage.journal if usage is not None and model_required else None
+        if journal is not None:
+            exchange.journal = journal.open(exchange.interrupted(), exchange.counted)
         held = None
         if usage is not None and usage.durable:
             held = _HeldEnd(send)
@@ -300,6 +303,8 @@ class GatewayApp:
             raise
         finally:
             watch.stop()
+            if journal is not None and exchange.journal is not None:
+                journal.end(exchange.journal)
             written = _finish(runtime, exchange, loop.time())
         if held is not None and held.messages:
             await held.release(written)

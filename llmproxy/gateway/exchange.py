@@ -17,6 +17,8 @@ from llmproxy.gateway.limits_step import Settlement
 from llmproxy.gateway.request_body import RequestPeek
 from llmproxy.routing import Backend
 from llmproxy.usage import StreamUsage, Usage
+from llmproxy.usage.journal import JournalEntry
+from llmproxy.usage.record import UsageRecord, flat_metadata
 
 
 @dataclass(slots=True)
@@ -69,6 +71,8 @@ class Exchange:
     """Backends tried so far (``x-llmproxy-attempts`` on the answer)."""
     refused_by: set[Backend] | None = None
     """Backends that answered 429: a retry never goes back to them."""
+    journal: JournalEntry | None = None
+    """The request's row in the usage journal (billed as interrupted if the process dies)."""
     suspect_failures: list[Backend] | None = None
     """Backends that failed this request in a way the request itself may have caused: a 5xx
     answer, or a timeout (a long prompt, a long non-streamed generation); judged when the
@@ -84,6 +88,35 @@ class Exchange:
         if self.identity is not None:
             return self.identity.key_id
         return self.canonical.client_ip or ""
+
+    def counted(self) -> tuple[int, int]:
+        """(prompt, completion) tokens so far, for the journal's checkpoints."""
+        if self.usage is not None:
+            return self.usage.prompt_tokens, self.usage.completion_tokens
+        if self.stream_usage is not None:
+            usage = self.stream_usage.usage(self.prompt_estimate)
+            return usage.prompt_tokens, usage.completion_tokens
+        return self.prompt_estimate, 0
+
+    def interrupted(self) -> UsageRecord:
+        """The request's usage record if it were cut now (the journal's skeleton)."""
+        identity = self.identity
+        return UsageRecord(
+            request_id=self.canonical.request_id,
+            model=self.peek.model or "",
+            prompt_tokens=self.prompt_estimate,
+            completion_tokens=0,
+            total_tokens=self.prompt_estimate,
+            usage_source="estimated",
+            endpoint=self.canonical.endpoint,
+            stream=self.peek.streaming,
+            status="interrupted",
+            key_id=identity.key_id if identity is not None else "",
+            key_name=identity.name if identity is not None else "",
+            key_prefix=identity.key_prefix if identity is not None else "",
+            user_id=identity.user_id if identity is not None else "",
+            metadata=flat_metadata(identity.metadata) if identity is not None else {},
+        )
 
     def used_usage(self) -> Usage | None:
         """What this request consumed: the backend's count, or what was streamed; None when

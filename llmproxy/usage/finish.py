@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
 from llmproxy.finish import Finished, Sink
-from llmproxy.usage.record import UsageRecord
+from llmproxy.usage.record import UsageRecord, flat_metadata
 from llmproxy.usage.sink import UsageSink
 
 
@@ -35,7 +34,7 @@ def usage_sink(sink: UsageSink) -> Sink:
             key_name=done.key_name,
             key_prefix=done.key_prefix,
             user_id=done.user_id,
-            metadata=_flat(done.metadata),
+            metadata=flat_metadata(done.metadata),
         )
         if sink.durable:
             return sink.submit_durable(record)
@@ -43,11 +42,3 @@ def usage_sink(sink: UsageSink) -> Sink:
         return None
 
     return finished
-
-
-def _flat(metadata: Mapping[str, object]) -> dict[str, str | int | float | bool | None]:
-    """Usage records carry flat metadata; anything nested is written as text."""
-    return {
-        name: value if value is None or isinstance(value, str | int | float | bool) else str(value)
-        for name, value in metadata.items()
-    }

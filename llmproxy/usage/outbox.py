@@ -97,6 +97,22 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "DROP TABLE usage",
         "ALTER TABLE usage_v1 RENAME TO usage",
     ),
+    # 2: the journal of requests in flight (llmproxy.usage.journal): a row per admitted request,
+    #    deleted by the transaction that writes its record; rows left by a dead owner are
+    #    settled as interrupted records at the next start.
+    (
+        """
+        CREATE TABLE journal (
+            request_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            body BLOB NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            opened_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 """Append an entry to change the schema; never edit one that has shipped."""
 
@@ -126,6 +142,10 @@ _INSERT_USAGE: Final = """
 INSERT INTO usage (id, key_id, body)
 SELECT json_extract(value, '$.id'), json_extract(value, '$.key_id'), CAST(value AS BLOB)
 FROM json_each(?)
+"""
+_CLOSE_JOURNAL: Final = """
+DELETE FROM journal WHERE request_id IN
+(SELECT json_extract(value, '$.request_id') FROM json_each(?))
 """
 _INSERT_OUTBOX: Final = """
 INSERT OR IGNORE INTO outbox (id, body, queued_at)
@@ -205,6 +225,8 @@ class UsageOutbox:
         _migrate(self._db)
         self._depth: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         self._dead: int = self._db.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
+        self._journalled = bool(self._db.execute("SELECT 1 FROM journal LIMIT 1").fetchone())
+        """Whether the journal may hold rows (then every write deletes its records' rows)."""
 
     def close(self) -> None:
         """Close the file; committed batches are already durable."""
@@ -238,6 +260,8 @@ class UsageOutbox:
                             "DELETE FROM usage WHERE seq <= (SELECT max(seq) FROM usage) - ?",
                             (self.keep_records,),
                         )
+                if self._journalled:
+                    self._db.execute(_CLOSE_JOURNAL, (batch,))
                 added = 0
                 if outbox:
                     before = self._db.total_changes
@@ -248,6 +272,48 @@ class UsageOutbox:
                 self._db.execute("ROLLBACK")
                 raise
             self._depth += added
+
+    # The journal of requests in flight (llmproxy.usage.journal) ----------------------------
+
+    def journal_open(self, rows: Sequence[tuple[str, str, bytes, float]]) -> None:
+        """Journal admitted requests: (request id, owner, record skeleton, opened at)."""
+        with self._lock:
+            self._journalled = True
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO journal "
+                    "(request_id, owner, body, opened_at, updated_at) VALUES (?, ?, ?, ?, ?4)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def journal_checkpoint(self, rows: Sequence[tuple[int, int, float, str]]) -> None:
+        """Record the tokens counted so far: (prompt, completion, at, request id)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "UPDATE journal SET prompt_tokens = ?, completion_tokens = ?, updated_at = ? "
+                    "WHERE request_id = ?",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def journal(self) -> list[tuple[str, str, bytes, int, int, float, float]]:
+        """Every journal row: request id, owner, skeleton, prompt and completion tokens, opened
+        and updated times."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT request_id, owner, body, prompt_tokens, completion_tokens, opened_at, "
+                "updated_at FROM journal ORDER BY opened_at"
+            ).fetchall()
 
     def pending(self, limit: int) -> list[PendingRecord]:
         """The oldest ``limit`` records waiting for delivery."""

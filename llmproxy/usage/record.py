@@ -22,8 +22,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import msgspec
 
@@ -31,6 +31,14 @@ from llmproxy.finish import UsageSource
 from llmproxy.usage.extract import Usage
 
 MetadataValue = str | int | float | bool | None
+
+
+def flat_metadata(metadata: Mapping[str, object]) -> dict[str, MetadataValue]:
+    """Usage records carry flat metadata; anything nested is written as text."""
+    return {
+        name: value if value is None or isinstance(value, str | int | float | bool) else str(value)
+        for name, value in metadata.items()
+    }
 
 
 _PROCESS_TAG = os.urandom(4).hex()
@@ -79,7 +87,9 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     backend: str = ""
     endpoint: str = ""
     stream: bool = False
-    status: int = 200
+    status: int | Literal["interrupted"] = 200
+    """The HTTP status sent; ``"interrupted"`` for a request the gateway was killed while serving
+    (settled at its next start from the journal: :mod:`llmproxy.usage.journal`)."""
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     finish_reason: str | None = None

@@ -38,6 +38,7 @@ from pathlib import Path
 from llmproxy.config.model import Config
 from llmproxy.usage.bus import UsageBus
 from llmproxy.usage.delivery import UsageDelivery
+from llmproxy.usage.journal import Journal, recover
 from llmproxy.usage.outbox import UsageOutbox
 from llmproxy.usage.record import UsageRecord
 
@@ -95,6 +96,9 @@ class UsageSink:
         self.write_errors = 0
         self.lost_on_close = 0
         self.outbox_alarms = 0
+        self.recovered = 0
+        self.journal: Journal | None = None
+        """Journals requests in flight once started (:mod:`llmproxy.usage.journal`)."""
 
     @property
     def store(self) -> UsageOutbox:
@@ -109,6 +113,19 @@ class UsageSink:
         self._store = await asyncio.to_thread(
             UsageOutbox, self.path, synchronous=usage.synchronous, keep_records=usage.keep_records
         )
+        # Requests a killed process left open are billed before anything new is served.
+        recovered = await asyncio.to_thread(recover, self._store, outbox=self.hook_enabled)
+        if recovered:
+            self.recovered = len(recovered)
+            log.warning(
+                "usage: %d requests were cut by a crash; billed as interrupted (%d tokens)",
+                len(recovered),
+                sum(record.total_tokens for record in recovered),
+            )
+            for record in recovered:
+                self.bus.publish(record)
+        self.journal = Journal(self._store)
+        self.journal.start()
         self._tasks.append(asyncio.create_task(self._write_loop(), name="usage-writer"))
         if self.hook_enabled:
             self._delivery = UsageDelivery(self.config.usage_hook, self._store)
@@ -218,7 +235,10 @@ class UsageSink:
             if not written.done():
                 written.set_result(None)
         self._acks.clear()
-        # 3. Stop writing and delivering; undelivered records stay in the outbox.
+        # 3. Stop journalling (rows of requests still open settle at the next start), writing
+        #    and delivering; undelivered records stay in the outbox.
+        if self.journal is not None:
+            await self.journal.close()
         for task in self._tasks:
             task.cancel()
         remaining = max(0.1, deadline - loop.time())
@@ -250,7 +270,12 @@ class UsageSink:
         failures = 0
         while True:
             try:
-                await asyncio.to_thread(store.write, batch, outbox=self.hook_enabled)
+                if self.journal is not None:
+                    # After any journal insert in flight: a record deletes its request's row.
+                    async with self.journal.lock:
+                        await asyncio.to_thread(store.write, batch, outbox=self.hook_enabled)
+                else:
+                    await asyncio.to_thread(store.write, batch, outbox=self.hook_enabled)
                 break
             except Exception as exc:
                 self.write_errors += 1

@@ -17,12 +17,12 @@ class SlowStore(BuiltinProvider):
 
     def __init__(self, path: Path, store: dict[str, bool]) -> None:
         super().__init__("keys", path)
-        self.store = store
+        self.data = store
         self.view: dict[str, bool] = {}
         self.reloads = 0
 
     async def reload_now(self) -> None:
-        read = dict(self.store)
+        read = dict(self.data)
         await asyncio.sleep(0.05)
         self.view = read
         self.reloads += 1

@@ -1,0 +1,132 @@
+"""A gateway killed -9 mid-stream bills what its clients received, at its next start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.e2e.daemon import LLMPROXY, free_port, running, wait_until_up
+
+STREAMS = 20
+
+
+def _config(tmp_path: Path, port: int, backend_port: int) -> Path:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{port}"
+            server: {{watch_config: false}}
+            backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
+            health_check: {{enabled: false}}
+            auth:
+              enabled: true
+              pipeline: [{{name: keys, type: static, keys: [{{key: sk-crash, name: crash}}]}}]
+            usage: {{database: usage.db}}
+            """
+        )
+    )
+    return config
+
+
+async def _stream(port: int, received: list[int]) -> None:
+    """One streamed chat completion; counts the content events it received until cut."""
+    body = {
+        "model": "mock-model",
+        "stream": True,
+        "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "count"}],
+    }
+    slot = len(received)
+    received.append(0)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": "Bearer sk-crash"},
+            ) as response,
+        ):
+            assert response.status == 200
+            async for line in response.content:
+                if line.startswith(b"data: {") and b'"content"' in line:
+                    received[slot] += 1
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the gateway died under it
+
+
+def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(tmp_path: Path) -> None:
+    """20 live streams, the gateway killed -9: after the restart there are 20 records with
+    ``status: "interrupted"``, each billed for at least what its client received minus
+    250 ms of tokens (the checkpoint interval), and none twice."""
+    backend_port, port = free_port(), free_port()
+    config = _config(tmp_path, port, backend_port)
+    itl = 0.02  # 50 tokens/s: 250 ms is 12.5 tokens
+    with running(
+        ["mock-backend", "--port", str(backend_port), "--tokens", "2000", "--itl", str(itl)],
+        f"http://127.0.0.1:{backend_port}/health",
+    ):
+        gateway = subprocess.Popen(
+            [*LLMPROXY, "serve", "--config", str(config)],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        received: list[int] = []
+
+        async def stream_then_kill() -> None:
+            tasks = [asyncio.create_task(_stream(port, received)) for _ in range(STREAMS)]
+            await asyncio.sleep(1.5)
+            gateway.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+        try:
+            wait_until_up(f"http://127.0.0.1:{port}/health", gateway)
+            asyncio.run(stream_then_kill())
+        finally:
+            gateway.kill()
+            gateway.wait()
+        assert len(received) == STREAMS
+        assert min(received) > 20  # every stream was well under way
+
+        with running(
+            ["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health", cwd=tmp_path
+        ):
+            records = _records(tmp_path / "usage.db")
+            deadline = time.monotonic() + 5
+            while len(records) < STREAMS and time.monotonic() < deadline:
+                time.sleep(0.1)
+                records = _records(tmp_path / "usage.db")
+            journal_left = _journal_rows(tmp_path / "usage.db")
+
+    assert len(records) == STREAMS
+    assert {r["status"] for r in records} == {"interrupted"}
+    assert len({r["request_id"] for r in records}) == STREAMS
+    assert {r["key_name"] for r in records} == {"crash"}
+    slack = int(0.25 / itl) + 1
+    billed = sorted(r["completion_tokens"] for r in records)
+    for got, billed_tokens in zip(sorted(received), billed, strict=True):
+        assert billed_tokens >= got - slack, (sorted(received), billed)
+    assert all(r["prompt_tokens"] > 0 for r in records)
+    assert journal_left == 0
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as db:
+        return [json.loads(body) for (body,) in db.execute("SELECT body FROM usage")]
+
+
+def _journal_rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        (count,) = db.execute("SELECT count(*) FROM journal").fetchone()
+        return int(count)
