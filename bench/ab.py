@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.targets import ensure_tools, free_port, render_gateway_config
+from bench.targets import ensure_tools, free_port, render_gateway_config, wait_ready
 from bench.wrk import render_lua
 
 
@@ -106,7 +106,9 @@ def main() -> None:
                 _start(command, 1, checkout, {**env, "PYTHONPATH": str(checkout)}),
                 port,
             )
-        time.sleep(3 + 2 * (args.workers > 1))
+        for process, port in gateways.values():
+            wait_ready(process, port, Path(os.devnull))  # both pinned to one core: not instant
+        time.sleep(2 * (args.workers > 1))
         cpu: dict[str, list[float]] = {name: [] for name in builds}
         for round_number in range(args.rounds + 1):
             before = {name: _cpu_seconds(p.pid) for name, (p, _) in gateways.items()}

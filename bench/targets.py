@@ -178,7 +178,7 @@ class StartError(RuntimeError):
     """A child process did not come up; the message ends with the end of its log."""
 
 
-def _wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+def wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
     deadline = time.monotonic() + _STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -207,7 +207,7 @@ def child(command: list[str], port: int, log: Path) -> Iterator[subprocess.Popen
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(process, port, log)
+        wait_ready(process, port, log)
         yield process
     finally:
         process.terminate()

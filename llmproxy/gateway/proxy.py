@@ -529,8 +529,8 @@ async def _relay_body(
             GatewayError(502, f"backend {backend.name} closed the connection", "upstream_reset")
         ) from None
     status = connection.status
-    if request.journal is not None and not request.journal.committed.done():
-        await request.journal.committed  # journalled before the first byte (usage.journal)
+    if request.journal is not None:
+        await request.journal.durable()  # journalled before the first byte (usage.journal)
     await send(_start(request, status, connection.raw_headers))
     request.status = status
     if connection.complete:
@@ -631,8 +631,8 @@ async def _relay_stream(
     # The first byte may take a long prefill; between chunks a shorter silence means trouble.
     connection.watch_idle(idle_timeout)
     # Cut usage events, an error event on a broken stream: never the backend's length.
-    if request.journal is not None and not request.journal.committed.done():
-        await request.journal.committed  # journalled before the first byte (usage.journal)
+    if request.journal is not None:
+        await request.journal.durable()  # journalled before the first byte (usage.journal)
     await send(_start(request, connection.status, connection.raw_headers, body_changes=True))
     request.status = connection.status
     scanner = request.stream_usage = StreamUsage(strip_usage_event=request.strip_usage)

@@ -5,9 +5,9 @@ there, and the tokens its clients already received would go unbilled. So every a
 is also journalled, in the usage database, while it runs:
 
 1. :meth:`Journal.open` queues a row (the record as it would read if the request were cut now);
-   a background task commits whatever is queued at once, in one transaction, while the backend
-   computes its first token. The relay awaits that commit before the response's first byte
-   (:attr:`JournalEntry.committed`; in practice it is long done).
+   a background task commits whatever is queued in one transaction, while the backends compute
+   their first tokens: when a response is ready to start (:meth:`JournalEntry.durable`, awaited
+   before its first byte) or :data:`OPEN_LINGER` after the first open, whichever comes first.
 2. Every :data:`CHECKPOINT_INTERVAL` the counted tokens of every open stream whose count moved
    are written in one transaction (off the request path: the task reads each stream's counter).
 3. When the request ends, its usage record is written as usual and the same transaction deletes
@@ -38,6 +38,10 @@ log = logging.getLogger("llmproxy.usage")
 
 CHECKPOINT_INTERVAL: Final = 0.25
 """Seconds between two checkpoints: the most a crash can leave unbilled of a stream's output."""
+
+OPEN_LINGER: Final = 0.005
+"""How long opens gather before their commit unless a response is waiting for one: the backend
+is still computing, and one transaction for many opens is cheaper than one each."""
 
 Counter = Callable[[], tuple[int, int]]
 """The request's (prompt, completion) tokens counted so far."""
@@ -74,8 +78,16 @@ class JournalEntry:
     counter: Counter
     committed: asyncio.Future[None]
     """Done once the row is durable (at once when journalling failed: never block a client)."""
+    needed: asyncio.Event
     counted: tuple[int, int] = field(default=(-1, -1))
     """The counts at the last checkpoint."""
+
+    async def durable(self) -> None:
+        """Wait until the row is committed, asking for the commit now (call before the first
+        byte of the response)."""
+        if not self.committed.done():
+            self.needed.set()
+            await self.committed
 
 
 class Journal:
@@ -87,6 +99,8 @@ class Journal:
         self._live: dict[str, JournalEntry] = {}
         self._opening: list[JournalEntry] = []
         self._wake = asyncio.Event()
+        self.needed = asyncio.Event()
+        """Set by a response that waits for its row: commit what is queued now."""
         self.lock = asyncio.Lock()
         """Held while journal rows are written: the usage writer takes it before a batch, so a
         record's deletion of its row never runs before the row's insert."""
@@ -120,7 +134,7 @@ class Journal:
         """Journal a request that was admitted: ``skeleton`` is its record if it were cut now
         (``status: "interrupted"``), ``counter`` reads its tokens so far."""
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = JournalEntry(skeleton.request_id, skeleton, counter, committed)
+        entry = JournalEntry(skeleton.request_id, skeleton, counter, committed, self.needed)
         self._live[entry.request_id] = entry
         self._opening.append(entry)
         self._wake.set()
@@ -141,7 +155,17 @@ class Journal:
     async def _open_loop(self) -> None:
         while True:
             await self._wake.wait()
+            if not self.needed.is_set():
+                # Opens gather (one transaction and one thread hop for all of them) until a
+                # response is ready to start (it needs its row now) or OPEN_LINGER passes.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(OPEN_LINGER):
+                        await self.needed.wait()
+            # One more turn of the loop: the responses made ready by the same batch of socket
+            # reads ask too, and go in this commit rather than the next.
+            await asyncio.sleep(0)
             self._wake.clear()
+            self.needed.clear()
             # In a call of its own: a batch kept in this frame while it waits would keep each
             # entry's request (and its body) alive until the next open.
             await self._commit_opens()

@@ -143,10 +143,7 @@ INSERT INTO usage (id, key_id, body)
 SELECT json_extract(value, '$.id'), json_extract(value, '$.key_id'), CAST(value AS BLOB)
 FROM json_each(?)
 """
-_CLOSE_JOURNAL: Final = """
-DELETE FROM journal WHERE request_id IN
-(SELECT json_extract(value, '$.request_id') FROM json_each(?))
-"""
+_CLOSE_JOURNAL: Final = "DELETE FROM journal WHERE request_id = ?"
 _INSERT_OUTBOX: Final = """
 INSERT OR IGNORE INTO outbox (id, body, queued_at)
 SELECT json_extract(value, '$.id'), CAST(value AS BLOB), ? FROM json_each(?)
@@ -261,7 +258,7 @@ class UsageOutbox:
                             (self.keep_records,),
                         )
                 if self._journalled:
-                    self._db.execute(_CLOSE_JOURNAL, (batch,))
+                    self._db.executemany(_CLOSE_JOURNAL, ((r.request_id,) for r in records))
                 added = 0
                 if outbox:
                     before = self._db.total_changes
