@@ -63,6 +63,12 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="server.workers of both builds")
     parser.add_argument(
+        "--ttft",
+        type=float,
+        default=0.0,
+        help="the mock's seconds to the first token (default 0: an instant backend)",
+    )
+    parser.add_argument(
         "--shared-state",
         action="store_true",
         help="a max_in_flight on the backend (with the per-key limits the bench always has): "
@@ -78,7 +84,16 @@ def main() -> None:
     mock_port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     mock = _start(
-        [sys.executable, "-m", "llmproxy", "mock-backend", "--port", str(mock_port)],
+        [
+            sys.executable,
+            "-m",
+            "llmproxy",
+            "mock-backend",
+            "--port",
+            str(mock_port),
+            "--ttft",
+            str(args.ttft),
+        ],
         0,
         Path.cwd(),
         env,

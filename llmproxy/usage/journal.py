@@ -27,9 +27,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from llmproxy.usage.outbox import UsageOutbox
 from llmproxy.usage.record import UsageRecord
@@ -44,6 +44,9 @@ OPEN_LINGER: Final = 0.005
 is still computing, and one transaction for many opens is cheaper than one each."""
 
 Counter = Callable[[], tuple[int, int]]
+
+DatabaseRunner = Callable[..., Awaitable[Any]]
+"""``await run(function, *args)``: the call, on the usage database's thread."""
 """The request's (prompt, completion) tokens counted so far."""
 
 
@@ -93,17 +96,18 @@ class JournalEntry:
 class Journal:
     """The journal of one process over ``store``; see the module docstring."""
 
-    def __init__(self, store: UsageOutbox) -> None:
+    def __init__(self, store: UsageOutbox, run: DatabaseRunner) -> None:
         self._store = store
+        self._run = run
+        """Runs a call on the usage database's one thread: opens, checkpoints and record writes
+        run in the order they were handed over, so a record's deletion of its row never runs
+        before the row's insert."""
         self._owner = process_owner()
         self._live: dict[str, JournalEntry] = {}
         self._opening: list[JournalEntry] = []
-        self._wake = asyncio.Event()
+        self._linger: asyncio.TimerHandle | None = None
         self.needed = asyncio.Event()
         """Set by a response that waits for its row: commit what is queued now."""
-        self.lock = asyncio.Lock()
-        """Held while journal rows are written: the usage writer takes it before a batch, so a
-        record's deletion of its row never runs before the row's insert."""
         self._tasks: list[asyncio.Task[None]] = []
         self.failures = 0
 
@@ -116,6 +120,9 @@ class Journal:
 
     async def close(self) -> None:
         """Stop; rows of requests still open stay for the next start to settle."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -136,8 +143,9 @@ class Journal:
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = JournalEntry(skeleton.request_id, skeleton, counter, committed, self.needed)
         self._live[entry.request_id] = entry
+        if not self._opening and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(OPEN_LINGER, self.needed.set)
         self._opening.append(entry)
-        self._wake.set()
         return entry
 
     def end(self, entry: JournalEntry) -> None:
@@ -154,18 +162,13 @@ class Journal:
 
     async def _open_loop(self) -> None:
         while True:
-            await self._wake.wait()
-            if not self.needed.is_set():
-                # Opens gather (one transaction and one thread hop for all of them) until a
-                # response is ready to start (it needs its row now) or OPEN_LINGER passes.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(OPEN_LINGER):
-                        await self.needed.wait()
-            # One more turn of the loop: the responses made ready by the same batch of socket
-            # reads ask too, and go in this commit rather than the next.
-            await asyncio.sleep(0)
-            self._wake.clear()
+            # Woken when a response needs its row, or OPEN_LINGER after the batch's first open:
+            # one wake-up, one transaction and one thread hop for everything queued by then.
+            await self.needed.wait()
             self.needed.clear()
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
             # In a call of its own: a batch kept in this frame while it waits would keep each
             # entry's request (and its body) alive until the next open.
             await self._commit_opens()
@@ -175,12 +178,13 @@ class Journal:
         if batch:
             now = time.time()
             rows = [(e.request_id, self._owner, e.skeleton.to_json(), now) for e in batch]
-            async with self.lock:
-                try:
-                    await asyncio.to_thread(self._store.journal_open, rows)
-                except Exception as exc:
-                    self.failures += len(batch)
-                    log.error("usage journal: cannot write %d opens: %s", len(batch), exc)
+            try:
+                # Handed to the database thread before this coroutine first yields: an entry
+                # that left _opening is already queued there (Journal.end relies on it).
+                await self._run(self._store.journal_open, rows)
+            except Exception as exc:
+                self.failures += len(batch)
+                log.error("usage journal: cannot write %d opens: %s", len(batch), exc)
             for entry in batch:
                 if not entry.committed.done():
                     entry.committed.set_result(None)
@@ -201,12 +205,11 @@ class Journal:
                 entry.counted = counted
                 updates.append((counted[0], counted[1], now, entry.request_id))
         if updates:
-            async with self.lock:
-                try:
-                    await asyncio.to_thread(self._store.journal_checkpoint, updates)
-                except Exception as exc:
-                    self.failures += 1
-                    log.error("usage journal: checkpoint failed: %s", exc)
+            try:
+                await self._run(self._store.journal_checkpoint, updates)
+            except Exception as exc:
+                self.failures += 1
+                log.error("usage journal: checkpoint failed: %s", exc)
 
 
 def recover(store: UsageOutbox, *, outbox: bool) -> list[UsageRecord]:

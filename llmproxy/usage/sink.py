@@ -33,7 +33,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from llmproxy.config.model import Config
 from llmproxy.usage.bus import UsageBus
@@ -43,6 +46,8 @@ from llmproxy.usage.outbox import UsageOutbox
 from llmproxy.usage.record import UsageRecord
 
 log = logging.getLogger("llmproxy.usage")
+
+_T = TypeVar("_T")
 
 CommitHook = Callable[[Sequence[UsageRecord]], None]
 """Called on the event loop with each batch once it is committed to SQLite."""
@@ -83,6 +88,7 @@ class UsageSink:
         """Responses wait for their record to be committed (:meth:`submit_durable`)."""
         self._linger = DURABLE_LINGER if self.durable else WRITE_LINGER
         self._acks: dict[str, asyncio.Future[None]] = {}
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmproxy-usage")
         self._store: UsageOutbox | None = None
         self._delivery: UsageDelivery | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,7 +130,7 @@ class UsageSink:
             )
             for record in recovered:
                 self.bus.publish(record)
-        self.journal = Journal(self._store)
+        self.journal = Journal(self._store, self._on_db_thread)
         self.journal.start()
         self._tasks.append(asyncio.create_task(self._write_loop(), name="usage-writer"))
         if self.hook_enabled:
@@ -248,7 +254,13 @@ class UsageSink:
         # 4. Close the file (committed batches are already durable).
         if self._store is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._store.close)
+                await self._on_db_thread(self._store.close)
+        self._db_thread.shutdown(wait=False)
+
+    def _on_db_thread(self, function: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
+        """Run ``function(*args)`` on the usage database's one thread: calls run in the order
+        they are handed over (a journal row's insert before its record's write)."""
+        return asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
 
     async def _write_loop(self) -> None:
         """Move queued records to SQLite: whatever is queued, in one transaction per batch."""
@@ -270,12 +282,8 @@ class UsageSink:
         failures = 0
         while True:
             try:
-                if self.journal is not None:
-                    # After any journal insert in flight: a record deletes its request's row.
-                    async with self.journal.lock:
-                        await asyncio.to_thread(store.write, batch, outbox=self.hook_enabled)
-                else:
-                    await asyncio.to_thread(store.write, batch, outbox=self.hook_enabled)
+                # On the database's one thread, after the journal inserts handed over before it.
+                await self._on_db_thread(partial(store.write, batch, outbox=self.hook_enabled))
                 break
             except Exception as exc:
                 self.write_errors += 1
