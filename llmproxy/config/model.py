@@ -878,6 +878,12 @@ class UsageConfig(Section):
     """`normal` survives a killed gateway process; `full` also survives a power loss, at the cost
     of an fsync per write batch.
     """
+    journal: bool = True
+    """Journal every model request while it runs (committed before its first byte, tokens
+    checkpointed every 250 ms), so a gateway killed mid-stream bills what it served as
+    `status: "interrupted"` records at its next start. Costs a few percent of CPU per request
+    and, against a backend that answers in under a millisecond, ~0.4 ms of time to first byte.
+    """
     queue_size: int = Field(default=10_000, ge=1)
     """Records waiting in memory to be written; beyond it records are counted as overflow."""
     keep_records: int = Field(default=100_000, ge=0)

@@ -43,6 +43,9 @@ OPEN_LINGER: Final = 0.005
 """How long opens gather before their commit unless a response is waiting for one: the backend
 is still computing, and one transaction for many opens is cheaper than one each."""
 
+QUIET_BELOW: Final = 2
+"""With at most this many requests in flight an open is committed at once (no batch to wait for)."""
+
 Counter = Callable[[], tuple[int, int]]
 
 DatabaseRunner = Callable[..., Awaitable[Any]]
@@ -143,7 +146,11 @@ class Journal:
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = JournalEntry(skeleton.request_id, skeleton, counter, committed, self.needed)
         self._live[entry.request_id] = entry
-        if not self._opening and self._linger is None:
+        if len(self._live) <= QUIET_BELOW:
+            # A quiet gateway commits at once: the commit runs while the backend computes, and
+            # the first byte does not wait for it. Batching pays only under concurrency.
+            self.needed.set()
+        elif not self._opening and self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(OPEN_LINGER, self.needed.set)
         self._opening.append(entry)
         return entry

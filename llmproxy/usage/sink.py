@@ -130,8 +130,9 @@ class UsageSink:
             )
             for record in recovered:
                 self.bus.publish(record)
-        self.journal = Journal(self._store, self._on_db_thread)
-        self.journal.start()
+        if usage.journal:
+            self.journal = Journal(self._store, self._on_db_thread)
+            self.journal.start()
         self._tasks.append(asyncio.create_task(self._write_loop(), name="usage-writer"))
         if self.hook_enabled:
             self._delivery = UsageDelivery(self.config.usage_hook, self._store)
