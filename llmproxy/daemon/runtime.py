@@ -494,6 +494,13 @@ class RuntimeState:
         self.recorder.start()
         self.loop_lag.start()
         await self.current.open()
+        if self.usage is not None:
+            # Requests a crash cut off are billed; their tokens count against a builtin key's
+            # quota like any other request's.
+            providers = builtin_providers(self.current)
+            for record in self.usage.take_recovered():
+                if providers:
+                    providers[0].count_usage(record.key_id, record.total_tokens)
 
     async def flush(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a cancel
         """Write the usage records and recording lines still queued and stop the access log,

@@ -103,6 +103,7 @@ class UsageSink:
         self.lost_on_close = 0
         self.outbox_alarms = 0
         self.recovered = 0
+        self._recovered: list[UsageRecord] = []
         self.journal: Journal | None = None
         """Journals requests in flight once started (:mod:`llmproxy.usage.journal`)."""
 
@@ -123,6 +124,7 @@ class UsageSink:
         recovered = await asyncio.to_thread(recover, self._store, outbox=self.hook_enabled)
         if recovered:
             self.recovered = len(recovered)
+            self._recovered = recovered
             log.warning(
                 "usage: %d requests were cut by a crash; billed as interrupted (%d tokens)",
                 len(recovered),
@@ -137,6 +139,12 @@ class UsageSink:
         if self.hook_enabled:
             self._delivery = UsageDelivery(self.config.usage_hook, self._store)
             self._tasks.append(asyncio.create_task(self._delivery.run(), name="usage-delivery"))
+
+    def take_recovered(self) -> list[UsageRecord]:
+        """The interrupted records settled at start-up (once: the daemon counts them against the
+        keys' quotas)."""
+        recovered, self._recovered = self._recovered, []
+        return recovered
 
     def submit_durable(self, record: UsageRecord) -> asyncio.Future[None]:
         """:meth:`submit`, and a future that is done once ``record`` is committed to SQLite.

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from llmproxy.keystore import KeyStore
 from tests.e2e.daemon import LLMPROXY, free_port, running, wait_until_up
 
 STREAMS = 20
@@ -28,9 +29,7 @@ def _config(tmp_path: Path, port: int, backend_port: int) -> Path:
             server: {{watch_config: false}}
             backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
             health_check: {{enabled: false}}
-            auth:
-              enabled: true
-              pipeline: [{{name: keys, type: static, keys: [{{key: sk-crash, name: crash}}]}}]
+            auth: {{enabled: true, storage: builtin, builtin_db: keys.db}}
             usage: {{database: usage.db}}
             """
         )
@@ -38,7 +37,7 @@ def _config(tmp_path: Path, port: int, backend_port: int) -> Path:
     return config
 
 
-async def _stream(port: int, received: list[int]) -> None:
+async def _stream(port: int, secret: str, received: list[int]) -> None:
     """One streamed chat completion; counts the content events it received until cut."""
     body = {
         "model": "mock-model",
@@ -54,7 +53,7 @@ async def _stream(port: int, received: list[int]) -> None:
             session.post(
                 f"http://127.0.0.1:{port}/v1/chat/completions",
                 json=body,
-                headers={"Authorization": "Bearer sk-crash"},
+                headers={"Authorization": f"Bearer {secret}"},
             ) as response,
         ):
             assert response.status == 200
@@ -68,9 +67,12 @@ async def _stream(port: int, received: list[int]) -> None:
 def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(tmp_path: Path) -> None:
     """20 live streams, the gateway killed -9: after the restart there are 20 records with
     ``status: "interrupted"``, each billed for at least what its client received minus
-    250 ms of tokens (the checkpoint interval), and none twice."""
+    250 ms of tokens (the checkpoint interval), and none twice; the key's used quota counts
+    them."""
     backend_port, port = free_port(), free_port()
     config = _config(tmp_path, port, backend_port)
+    with KeyStore(tmp_path / "keys.db") as keys:
+        secret, key = keys.add(name="crash")
     itl = 0.02  # 50 tokens/s: 250 ms is 12.5 tokens
     with running(
         ["mock-backend", "--port", str(backend_port), "--tokens", "2000", "--itl", str(itl)],
@@ -85,7 +87,7 @@ def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(tmp_path: Pa
         received: list[int] = []
 
         async def stream_then_kill() -> None:
-            tasks = [asyncio.create_task(_stream(port, received)) for _ in range(STREAMS)]
+            tasks = [asyncio.create_task(_stream(port, secret, received)) for _ in range(STREAMS)]
             await asyncio.sleep(1.5)
             gateway.send_signal(signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*tasks), 10)
@@ -108,6 +110,12 @@ def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(tmp_path: Pa
                 time.sleep(0.1)
                 records = _records(tmp_path / "usage.db")
             journal_left = _journal_rows(tmp_path / "usage.db")
+            billed_total = sum(r["total_tokens"] for r in records)
+            deadline = time.monotonic() + 5  # quota use is written back once a second
+            while _used_quota(tmp_path / "keys.db", key.id) < billed_total:
+                assert time.monotonic() < deadline, "the interrupted tokens never reached the key"
+                time.sleep(0.1)
+            assert _used_quota(tmp_path / "keys.db", key.id) == billed_total
 
     assert len(records) == STREAMS
     assert {r["status"] for r in records} == {"interrupted"}
@@ -130,3 +138,10 @@ def _journal_rows(path: Path) -> int:
     with sqlite3.connect(path) as db:
         (count,) = db.execute("SELECT count(*) FROM journal").fetchone()
         return int(count)
+
+
+def _used_quota(path: Path, key_id: str) -> int:
+    with KeyStore(path) as keys:
+        record = keys.get(key_id)
+    assert record is not None
+    return record.used_quota
