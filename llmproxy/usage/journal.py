@@ -43,7 +43,7 @@ OPEN_LINGER: Final = 0.005
 """How long opens gather before their commit unless a response is waiting for one: the backend
 is still computing, and one transaction for many opens is cheaper than one each."""
 
-QUIET_BELOW: Final = 2
+QUIET_BELOW: Final = 1
 """With at most this many requests in flight an open is committed at once (no batch to wait for)."""
 
 Counter = Callable[[], tuple[int, int]]
