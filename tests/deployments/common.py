@@ -16,6 +16,7 @@ import yaml
 from llmproxy.config._env import expand_env
 from llmproxy.config.model import Config
 from llmproxy.daemon.admin_socket import admin_socket_path
+from llmproxy.keystore.postgres import is_postgres_url
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = REPO / "deployments"
@@ -208,7 +209,8 @@ def written_dirs(config: Config, base_dir: Path) -> dict[str, Path]:
     if config.usage.enabled:
         dirs["usage.database"] = (base_dir / config.usage.database).parent
     types = {entry.type for entry in config.auth.pipeline if entry.enabled}
-    if config.auth.enabled and ("builtin" in types or config.auth.storage == "builtin"):
+    builtin = config.auth.enabled and ("builtin" in types or config.auth.storage == "builtin")
+    if builtin and not is_postgres_url(config.auth.builtin_db):
         dirs["auth.builtin_db"] = (base_dir / config.auth.builtin_db).parent
     if config.admin.enabled:
         dirs["admin.socket"] = admin_socket_path(config.admin, base_dir, {}).parent

@@ -61,8 +61,10 @@ def test_services_and_images() -> None:
     found = services()
     assert set(found) == {
         "llmproxy",
+        "llmproxy-2",
         "mock",
         "redis",
+        "postgres",
         "usage-receiver",
         "prometheus",
         "grafana",
@@ -81,6 +83,7 @@ def test_services_and_images() -> None:
             assert any(c.isdigit() for c in tag), name
     assert {n for n, s in found.items() if s["image"] == IMAGE} == {
         "llmproxy",
+        "llmproxy-2",
         "mock",
         "usage-receiver",
     }
@@ -150,6 +153,33 @@ def test_config_points_at_the_compose_services() -> None:
 
     assert config.auth.enabled
     assert config.auth.storage == "builtin"
+    keys = urlsplit(config.auth.builtin_db)
+    postgres = compose_environment(found["postgres"], NO_ENV)
+    assert keys.scheme == "postgresql"
+    assert (keys.hostname, keys.port) == ("postgres", 5432)
+    assert (keys.username, keys.password) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+    )
+    assert keys.path == f"/{postgres['POSTGRES_DB']}"
+    assert config.rate_limit.instances == 2  # the two replicas
+
+
+def test_the_second_replica_is_the_first_on_its_own_port_and_state() -> None:
+    """llmproxy-2 runs the same image, config and environment as llmproxy, with its own
+    published port and its own state volume (usage database, journal, outbox)."""
+    found = services()
+    first, second = found["llmproxy"], found["llmproxy-2"]
+    for name in ("image", "environment", "depends_on", "stop_grace_period", "restart"):
+        assert second[name] == first[name], name
+    assert mounts(second)["/etc/llmproxy"] == mounts(first)["/etc/llmproxy"] == "./compose"
+    state = "/var/lib/llmproxy"
+    assert mounts(first)[state] != mounts(second)[state]
+    port = parse_listen(gateway_config().listen_address)[1]
+    assert first["ports"] == [f"{port}:{port}"]
+    assert second["ports"] == [f"{port + 1}:{port}"]
+    assert first["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert found["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
 
 
 def test_config_writes_only_where_the_container_can() -> None:
@@ -186,9 +216,9 @@ def test_prometheus_and_grafana_use_the_provisioning_files() -> None:
     config = gateway_config()
     scrape = yaml.safe_load((DEPLOYMENTS / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
-    (gateway_target,) = jobs["llmproxy"]["static_configs"][0]["targets"]
     port = parse_listen(config.listen_address)[1]
-    assert gateway_target == f"llmproxy:{port}"
+    gateways = jobs["llmproxy"]["static_configs"][0]["targets"]
+    assert gateways == [f"llmproxy:{port}", f"llmproxy-2:{port}"]
     assert jobs["llmproxy"]["metrics_path"] == config.metrics.path
     assert (
         f"mock:{option(found['mock']['command'], '--port')}"

@@ -138,7 +138,7 @@ def test_serves_the_documented_config_path_on_the_exposed_port() -> None:
     config = parse_config(
         COMPOSE_CONFIG.read_text(),
         str(COMPOSE_CONFIG),
-        {"REDIS_PASSWORD": "", "USAGE_HOOK_SECRET": ""},
+        {"REDIS_PASSWORD": "", "POSTGRES_PASSWORD": "", "USAGE_HOOK_SECRET": ""},
     )
     assert parse_listen(config.listen_address)[1] == 8000
     assert final.one("WORKDIR").args == "/var/lib/llmproxy"

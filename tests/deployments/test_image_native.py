@@ -23,6 +23,7 @@ Two variants:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -36,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -51,6 +53,7 @@ from tests.deployments.common import (
 )
 from tests.deployments.test_dockerfile import copy_sources, in_context
 from tests.e2e.daemon import free_port, stop
+from tests.keystore.conftest import fresh_schema_sync
 
 IMAGE_PREFIX = "/opt/llmproxy"
 
@@ -193,6 +196,19 @@ def wait_for(condition: str, check: Callable[[], bool], within: float) -> None:
         time.sleep(0.05)
 
 
+def _stored_key_names(url: str) -> list[str]:
+    async def names() -> list[str]:
+        connection = await asyncpg.connect(url.partition("?")[0])
+        try:
+            schema = url.partition("search_path=")[2]
+            rows = await connection.fetch(f"SELECT name FROM {schema}.llmproxy_keys")
+            return [row["name"] for row in rows]
+        finally:
+            await connection.close()
+
+    return asyncio.run(names())
+
+
 # -- the tests --------------------------------------------------------------------------------
 
 
@@ -227,13 +243,18 @@ def test_image_commands_bring_up_the_compose_stack(tmp_path: Path) -> None:
     mock_command = services["mock"]["command"]
     receiver = services["usage-receiver"]
 
-    with redis_with_password(gateway_env["REDIS_PASSWORD"], tmp_path) as redis_port:
-        # compose/config.yaml, with only addresses and path prefixes changed
+    with (
+        redis_with_password(gateway_env["REDIS_PASSWORD"], tmp_path) as redis_port,
+        fresh_schema_sync() as keys_url,
+    ):
+        # compose/config.yaml, with only addresses and path prefixes changed (the keys go to a
+        # fresh schema of the machine's PostgreSQL instead of the `postgres` service)
         text = COMPOSE_CONFIG.read_text()
         for old, new in {
             'listen: ":8000"': f'listen: "127.0.0.1:{ports["gateway"]}"',
             "http://mock:9001": f"http://127.0.0.1:{ports['mock']}",
             '"redis:6379"': f'"127.0.0.1:{redis_port}"',
+            '"postgresql://llmproxy:${POSTGRES_PASSWORD}@postgres:5432/llmproxy"': f'"{keys_url}"',
             "http://usage-receiver:3100": f"http://127.0.0.1:{ports['receiver']}",
             "/var/lib/llmproxy/": f"{state}/",
             "/run/llmproxy/": f"{run}/",
@@ -316,7 +337,7 @@ def test_image_commands_bring_up_the_compose_stack(tmp_path: Path) -> None:
                     within=20,
                 )
                 assert (state / "usage.db").exists()
-                assert (state / "keys.db").exists()
+                assert _stored_key_names(keys_url) == ["smoke"]  # in PostgreSQL
                 assert (run / "admin.sock").exists()
 
                 gateway.send_signal(getattr(signal, dockerfile().final.one("STOPSIGNAL").args))

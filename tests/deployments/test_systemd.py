@@ -157,7 +157,7 @@ def test_unit_hardening_settings() -> None:
 
 def test_stop_timeout_covers_every_shipped_drain() -> None:
     stop = parse_duration(service("TimeoutStopSec"))
-    env = {"REDIS_PASSWORD": "", "USAGE_HOOK_SECRET": ""}
+    env = {"REDIS_PASSWORD": "", "POSTGRES_PASSWORD": "", "USAGE_HOOK_SECRET": ""}
     compose_config = parse_config(COMPOSE_CONFIG.read_text(), str(COMPOSE_CONFIG), env)
     for shutdown in (config().server.shutdown_timeout, compose_config.server.shutdown_timeout):
         assert stop > shutdown
