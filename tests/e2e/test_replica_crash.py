@@ -1,0 +1,167 @@
+"""Two replicas sharing Redis limits and a PostgreSQL key store; one is killed -9 mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import sqlite3
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.e2e.daemon import LLMPROXY, free_port, running, wait_until_up
+from tests.keystore.conftest import fresh_schema_sync
+
+LEASE_TTL = 2.0
+
+
+def _replica(
+    root: Path, name: str, backend_port: int, database: str, prefix: str
+) -> tuple[Path, int]:
+    home = root / name
+    home.mkdir()
+    port = free_port()
+    config = home / "gateway.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: "127.0.0.1:{port}"
+            server: {{watch_config: false}}
+            backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
+            health_check: {{enabled: false}}
+            admin: {{socket: run/admin.sock}}
+            auth: {{enabled: true, storage: builtin, builtin_db: "{database}"}}
+            rate_limit:
+              enabled: true
+              storage: redis
+              redis: {{addr: "127.0.0.1:6379"}}
+              key_prefix: "{prefix}"
+              lease_ttl: {LEASE_TTL}s
+              instances: 2
+              per_key: {{enabled: true, max_concurrent: 2}}
+            usage: {{database: usage.db}}
+            """
+        )
+    )
+    return config, port
+
+
+async def _ask(port: int, secret: str) -> int:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={
+                "model": "mock-model",
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            headers={"Authorization": f"Bearer {secret}"},
+        ) as response,
+    ):
+        await response.read()
+        return response.status
+
+
+async def _stream_until_cut(port: int, secret: str, started: asyncio.Event) -> None:
+    body = {
+        "model": "mock-model",
+        "stream": True,
+        "max_tokens": 5000,
+        "messages": [{"role": "user", "content": "count"}],
+    }
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {secret}"},
+            ) as response,
+        ):
+            assert response.status == 200
+            async for _line in response.content:
+                started.set()
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the replica died under it
+
+
+def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_path: Path) -> None:
+    """Replica B holds a key's two concurrency slots (two live streams) and is killed -9: A
+    refuses the key (the slots are taken) until B's leases expire, within lease_ttl, then serves
+    it; B, started again, writes both streams as interrupted records."""
+    backend_port = free_port()
+    prefix = f"llmproxy:test:{secrets.token_hex(4)}:"
+    with (
+        fresh_schema_sync() as database,
+        running(
+            ["mock-backend", "--port", str(backend_port), "--tokens", "5000", "--itl", "0.02"],
+            f"http://127.0.0.1:{backend_port}/health",
+        ),
+    ):
+        (config_a, port_a), (config_b, port_b) = (
+            _replica(tmp_path, name, backend_port, database, prefix) for name in "ab"
+        )
+        with running(
+            ["serve", "--config", str(config_a)],
+            f"http://127.0.0.1:{port_a}/health",
+            cwd=config_a.parent,
+        ):
+            added = subprocess.run(
+                [*LLMPROXY, "keys", "add", "--name", "shared", "--json", "--config", str(config_a)],
+                capture_output=True, text=True, timeout=30, check=True,
+            )  # fmt: skip
+            secret = json.loads(added.stdout)["secret"]
+            replica_b = subprocess.Popen(
+                [*LLMPROXY, "serve", "--config", str(config_b)],
+                cwd=config_b.parent,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                wait_until_up(f"http://127.0.0.1:{port_b}/health", replica_b)
+
+                async def hold_then_kill() -> float:
+                    events = [asyncio.Event(), asyncio.Event()]
+                    streams = [
+                        asyncio.create_task(_stream_until_cut(port_b, secret, event))
+                        for event in events
+                    ]
+                    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 10)
+                    # Longer than lease_ttl: B, alive, renews its leases; the slots stay taken.
+                    await asyncio.sleep(LEASE_TTL + 0.5)
+                    assert await _ask(port_a, secret) == 429
+                    replica_b.send_signal(signal.SIGKILL)
+                    killed = time.monotonic()
+                    await asyncio.wait_for(asyncio.gather(*streams), 10)
+                    while await _ask(port_a, secret) != 200:
+                        assert time.monotonic() - killed < LEASE_TTL + 2.0, "slots never freed"
+                        await asyncio.sleep(0.1)
+                    return time.monotonic() - killed
+
+                freed_after = asyncio.run(hold_then_kill())
+                assert freed_after <= LEASE_TTL + 1.0
+            finally:
+                replica_b.kill()
+                replica_b.wait()
+
+            with running(
+                ["serve", "--config", str(config_b)],
+                f"http://127.0.0.1:{port_b}/health",
+                cwd=config_b.parent,
+            ):
+                records = _records(config_b.parent / "usage.db")
+    assert [r["status"] for r in records] == ["interrupted", "interrupted"]
+    assert all(r["completion_tokens"] > 0 for r in records)
+    assert {r["key_name"] for r in records} == {"shared"}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as db:
+        return [json.loads(body) for (body,) in db.execute("SELECT body FROM usage")]
