@@ -34,7 +34,8 @@ from llmproxy.gateway.client_address import ProxyTrust
 from llmproxy.gateway.overload import LoopLag
 from llmproxy.gateway.snapshot import Snapshot
 from llmproxy.gateway.upstream import UpstreamClient
-from llmproxy.limits import LimitStore, Rate, build_store, rate_of
+from llmproxy.limits import KeyPolicy, LimitStore, LimitsUnavailable, Rate, build_store, rate_of
+from llmproxy.limits.redis import REDIS_LEASE_PREFIX
 from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.notices import DaemonNotices, Notice
@@ -46,6 +47,7 @@ from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
 from llmproxy.routing.strategies import BalancerInputs
 from llmproxy.usage.finish import usage_sink
+from llmproxy.usage.journal import Recovered
 from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
@@ -495,12 +497,22 @@ class RuntimeState:
         self.loop_lag.start()
         await self.current.open()
         if self.usage is not None:
-            # Requests a crash cut off are billed; their tokens count against a builtin key's
-            # quota like any other request's.
-            providers = builtin_providers(self.current)
-            for record in self.usage.take_recovered():
-                if providers:
-                    providers[0].count_usage(record.key_id, record.total_tokens)
+            await self._settle_recovered(self.usage.take_recovered())
+
+    async def _settle_recovered(self, recovered: list[Recovered]) -> None:
+        """Requests a crash cut off are billed: their tokens count against a builtin key's quota
+        and their Redis lease is settled with them (the quota counter counts them once; the
+        slot is free already or now), like any other request's."""
+        providers = builtin_providers(self.current)
+        limits = self.current.limits
+        for record, lease in recovered:
+            if providers:
+                providers[0].count_usage(record.key_id, record.total_tokens)
+            if limits is not None and lease.startswith(REDIS_LEASE_PREFIX):
+                try:
+                    await limits.settle(record.key_id, KeyPolicy(), lease, 0, record.total_tokens)
+                except LimitsUnavailable as exc:
+                    log.warning("interrupted request %s not settled: %s", record.request_id, exc)
 
     async def flush(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a cancel
         """Write the usage records and recording lines still queued and stop the access log,

@@ -285,7 +285,9 @@ class GatewayApp:
         usage = runtime.usage
         journal = usage.journal if usage is not None and model_required else None
         if journal is not None:
-            exchange.journal = journal.open(exchange.interrupted(), exchange.counted)
+            settlement = exchange.settlement
+            lease = settlement.lease or "" if settlement is not None else ""
+            exchange.journal = journal.open(exchange.interrupted(), exchange.counted, lease)
         held = None
         if usage is not None and usage.durable:
             held = _HeldEnd(send)

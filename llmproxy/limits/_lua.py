@@ -210,9 +210,10 @@ if lease ~= '' then
   end
   redis.call('ZADD', K_LEASES, num(now + lease_ttl), lease)
   redis.call('HSET', K_HELD, lease, string.format('%d %d %d', t, tpm, q))
-  -- Every lease in the set expires before now + lease_ttl: so does the set.
-  redis.call('PEXPIRE', K_LEASES, ms(lease_ttl + 1))
-  redis.call('PEXPIRE', K_HELD, ms(lease_ttl + 1))
+  -- The sets outlive their leases by the marker TTL: an expired lease must still be there for
+  -- the next admission to free its quota reservation (and mark it late), not vanish with it.
+  redis.call('PEXPIRE', K_LEASES, ms(lease_ttl + marker_ttl))
+  redis.call('PEXPIRE', K_HELD, ms(lease_ttl + marker_ttl))
 end
 return reply('1', '', nil, req_tokens, tok_tokens)
 """
@@ -270,13 +271,13 @@ return 0
 RENEW = (
     _PRELUDE
     + """
--- KEYS: leases, held. ARGV: lease ttl (seconds), then the leases a live gateway still holds.
--- Pushes each one's expiry to now + ttl; a lease already gone (settled, or freed as expired)
--- stays gone. Returns how many were renewed.
-local ttl = tonumber(ARGV[1])
+-- KEYS: leases, held. ARGV: lease ttl, marker ttl (seconds), then the leases a live gateway
+-- still holds. Pushes each one's expiry to now + ttl; a lease already gone (settled, or freed as
+-- expired) stays gone. Returns how many were renewed.
+local ttl, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = clock()
 local renewed = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
     redis.call('ZADD', KEYS[1], 'XX', num(now + ttl), ARGV[i])
     renewed = renewed + 1
@@ -284,7 +285,7 @@ for i = 2, #ARGV do
 end
 if renewed > 0 then
   for _, key in ipairs(KEYS) do
-    if redis.call('PTTL', key) < ms(ttl + 1) then redis.call('PEXPIRE', key, ms(ttl + 1)) end
+    if redis.call('PTTL', key) < ms(ttl + keep) then redis.call('PEXPIRE', key, ms(ttl + keep)) end
   end
 end
 return renewed

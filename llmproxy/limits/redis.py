@@ -202,10 +202,10 @@ class RedisLimitStore:
         for lease, key_id in list(self._held.items()):
             by_key.setdefault(key_id, []).append(lease)
         renewed = 0
-        ttl = repr(float(self.lease_ttl))
+        ttl, keep = repr(float(self.lease_ttl)), repr(float(MARKER_TTL))
         for key_id, leases in by_key.items():
             names = _wire.key_names(self.prefix, key_id)
-            reply = await self._run(self._renew, [names.leases, names.held], [ttl, *leases])
+            reply = await self._run(self._renew, [names.leases, names.held], [ttl, keep, *leases])
             renewed += int(reply)
         return renewed
 

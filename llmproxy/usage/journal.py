@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from llmproxy.usage.outbox import UsageOutbox
 from llmproxy.usage.record import UsageRecord
@@ -85,6 +85,8 @@ class JournalEntry:
     committed: asyncio.Future[None]
     """Done once the row is durable (at once when journalling failed: never block a client)."""
     needed: asyncio.Event
+    lease: str = ""
+    """The limits lease the request holds (a Redis one is settled at recovery)."""
     counted: tuple[int, int] = field(default=(-1, -1))
     """The counts at the last checkpoint."""
 
@@ -140,11 +142,14 @@ class Journal:
         """Requests journalled and not ended."""
         return len(self._live)
 
-    def open(self, skeleton: UsageRecord, counter: Counter) -> JournalEntry:
+    def open(self, skeleton: UsageRecord, counter: Counter, lease: str = "") -> JournalEntry:
         """Journal a request that was admitted: ``skeleton`` is its record if it were cut now
-        (``status: "interrupted"``), ``counter`` reads its tokens so far."""
+        (``status: "interrupted"``), ``counter`` reads its tokens so far, ``lease`` is the
+        limits lease it holds."""
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = JournalEntry(skeleton.request_id, skeleton, counter, committed, self.needed)
+        entry = JournalEntry(
+            skeleton.request_id, skeleton, counter, committed, self.needed, lease=lease
+        )
         self._live[entry.request_id] = entry
         if len(self._live) <= QUIET_BELOW:
             # A quiet gateway commits at once: the commit runs while the backend computes, and
@@ -184,7 +189,7 @@ class Journal:
         batch, self._opening = self._opening, []
         if batch:
             now = time.time()
-            rows = [(e.request_id, self._owner, e.skeleton.to_json(), now) for e in batch]
+            rows = [(e.request_id, self._owner, e.skeleton.to_json(), now, e.lease) for e in batch]
             try:
                 # Handed to the database thread before this coroutine first yields: an entry
                 # that left _opening is already queued there (Journal.end relies on it).
@@ -219,18 +224,29 @@ class Journal:
                 log.error("usage journal: checkpoint failed: %s", exc)
 
 
-def recover(store: UsageOutbox, *, outbox: bool) -> list[UsageRecord]:
+class Recovered(NamedTuple):
+    """A request a crash cut off, billed at start-up."""
+
+    record: UsageRecord
+    lease: str
+    """The limits lease it held ("" for none): a Redis one is settled with the billed tokens."""
+
+
+def recover(store: UsageOutbox, *, outbox: bool) -> list[Recovered]:
     """Settle the journal rows of processes that are gone (blocking; at start-up, in a thread):
     each becomes its ``interrupted`` record, written — and queued for the webhook when
-    ``outbox`` — in the transaction that deletes the row. Returns the records."""
-    records = [
-        _interrupted(UsageRecord.from_json(body), prompt, completion, opened_at, updated_at)
-        for _request_id, owner, body, prompt, completion, opened_at, updated_at in store.journal()
+    ``outbox`` — in the transaction that deletes the row."""
+    recovered = [
+        Recovered(
+            _interrupted(UsageRecord.from_json(body), prompt, completion, opened_at, updated_at),
+            lease,
+        )
+        for _id, owner, body, prompt, completion, opened_at, updated_at, lease in store.journal()
         if not owner_alive(owner)
     ]
-    if records:
-        store.write(records, outbox=outbox)
-    return records
+    if recovered:
+        store.write([r.record for r in recovered], outbox=outbox)
+    return recovered
 
 
 def _interrupted(

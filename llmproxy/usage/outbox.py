@@ -109,7 +109,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             prompt_tokens INTEGER NOT NULL DEFAULT 0,
             completion_tokens INTEGER NOT NULL DEFAULT 0,
             opened_at REAL NOT NULL,
-            updated_at REAL NOT NULL
+            updated_at REAL NOT NULL,
+            lease TEXT NOT NULL DEFAULT ''
         ) WITHOUT ROWID
         """,
     ),
@@ -272,15 +273,17 @@ class UsageOutbox:
 
     # The journal of requests in flight (llmproxy.usage.journal) ----------------------------
 
-    def journal_open(self, rows: Sequence[tuple[str, str, bytes, float]]) -> None:
-        """Journal admitted requests: (request id, owner, record skeleton, opened at)."""
+    def journal_open(self, rows: Sequence[tuple[str, str, bytes, float, str]]) -> None:
+        """Journal admitted requests: (request id, owner, record skeleton, opened at, the limits
+        lease it holds or "")."""
         with self._lock:
             self._journalled = True
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO journal "
-                    "(request_id, owner, body, opened_at, updated_at) VALUES (?, ?, ?, ?, ?4)",
+                    "(request_id, owner, body, opened_at, lease, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?4)",
                     rows,
                 )
                 self._db.execute("COMMIT")
@@ -303,13 +306,13 @@ class UsageOutbox:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def journal(self) -> list[tuple[str, str, bytes, int, int, float, float]]:
+    def journal(self) -> list[tuple[str, str, bytes, int, int, float, float, str]]:
         """Every journal row: request id, owner, skeleton, prompt and completion tokens, opened
-        and updated times."""
+        and updated times, lease."""
         with self._lock:
             return self._db.execute(
                 "SELECT request_id, owner, body, prompt_tokens, completion_tokens, opened_at, "
-                "updated_at FROM journal ORDER BY opened_at"
+                "updated_at, lease FROM journal ORDER BY opened_at"
             ).fetchall()
 
     def pending(self, limit: int) -> list[PendingRecord]:

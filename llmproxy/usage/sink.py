@@ -41,7 +41,7 @@ from typing import TypeVar
 from llmproxy.config.model import Config
 from llmproxy.usage.bus import UsageBus
 from llmproxy.usage.delivery import UsageDelivery
-from llmproxy.usage.journal import Journal, recover
+from llmproxy.usage.journal import Journal, Recovered, recover
 from llmproxy.usage.outbox import UsageOutbox
 from llmproxy.usage.record import UsageRecord
 
@@ -103,7 +103,7 @@ class UsageSink:
         self.lost_on_close = 0
         self.outbox_alarms = 0
         self.recovered = 0
-        self._recovered: list[UsageRecord] = []
+        self._recovered: list[Recovered] = []
         self.journal: Journal | None = None
         """Journals requests in flight once started (:mod:`llmproxy.usage.journal`)."""
 
@@ -128,10 +128,10 @@ class UsageSink:
             log.warning(
                 "usage: %d requests were cut by a crash; billed as interrupted (%d tokens)",
                 len(recovered),
-                sum(record.total_tokens for record in recovered),
+                sum(r.record.total_tokens for r in recovered),
             )
-            for record in recovered:
-                self.bus.publish(record)
+            for each in recovered:
+                self.bus.publish(each.record)
         if usage.journal:
             self.journal = Journal(self._store, self._on_db_thread)
             self.journal.start()
@@ -140,7 +140,7 @@ class UsageSink:
             self._delivery = UsageDelivery(self.config.usage_hook, self._store)
             self._tasks.append(asyncio.create_task(self._delivery.run(), name="usage-delivery"))
 
-    def take_recovered(self) -> list[UsageRecord]:
+    def take_recovered(self) -> list[Recovered]:
         """The interrupted records settled at start-up (once: the daemon counts them against the
         keys' quotas)."""
         recovered, self._recovered = self._recovered, []

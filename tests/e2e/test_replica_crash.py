@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio
 
+from llmproxy.limits._wire import key_names
 from tests.e2e.daemon import LLMPROXY, free_port, running, wait_until_up
 from tests.keystore.conftest import fresh_schema_sync
 
@@ -52,7 +54,8 @@ def _replica(
     return config, port
 
 
-async def _ask(port: int, secret: str) -> int:
+async def _ask(port: int, secret: str) -> tuple[int, int]:
+    """One short chat completion: its status and the total tokens billed."""
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
         session.post(
@@ -65,8 +68,9 @@ async def _ask(port: int, secret: str) -> int:
             headers={"Authorization": f"Bearer {secret}"},
         ) as response,
     ):
-        await response.read()
-        return response.status
+        body = await response.json()
+        tokens = body["usage"]["total_tokens"] if response.status == 200 else 0
+        return response.status, tokens
 
 
 async def _stream_until_cut(port: int, secret: str, started: asyncio.Event) -> None:
@@ -114,10 +118,12 @@ def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_pa
             cwd=config_a.parent,
         ):
             added = subprocess.run(
-                [*LLMPROXY, "keys", "add", "--name", "shared", "--json", "--config", str(config_a)],
+                [*LLMPROXY, "keys", "add", "--name", "shared", "--quota", "10000000", "--json",
+                 "--config", str(config_a)],
                 capture_output=True, text=True, timeout=30, check=True,
             )  # fmt: skip
             secret = json.loads(added.stdout)["secret"]
+            key_id = json.loads(added.stdout)["key"]["id"]
             replica_b = subprocess.Popen(
                 [*LLMPROXY, "serve", "--config", str(config_b)],
                 cwd=config_b.parent,
@@ -136,16 +142,16 @@ def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_pa
                     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 10)
                     # Longer than lease_ttl: B, alive, renews its leases; the slots stay taken.
                     await asyncio.sleep(LEASE_TTL + 0.5)
-                    assert await _ask(port_a, secret) == 429
+                    assert (await _ask(port_a, secret))[0] == 429
                     replica_b.send_signal(signal.SIGKILL)
                     killed = time.monotonic()
                     await asyncio.wait_for(asyncio.gather(*streams), 10)
-                    while await _ask(port_a, secret) != 200:
+                    while (answer := await _ask(port_a, secret))[0] != 200:
                         assert time.monotonic() - killed < LEASE_TTL + 2.0, "slots never freed"
                         await asyncio.sleep(0.1)
-                    return time.monotonic() - killed
+                    return time.monotonic() - killed, answer[1]
 
-                freed_after = asyncio.run(hold_then_kill())
+                freed_after, probe_tokens = asyncio.run(hold_then_kill())
                 assert freed_after <= LEASE_TTL + 1.0
             finally:
                 replica_b.kill()
@@ -157,6 +163,10 @@ def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_pa
                 cwd=config_b.parent,
             ):
                 records = _records(config_b.parent / "usage.db")
+                # B settled the two leases with the billed tokens: Redis's quota counter has
+                # them, and A's one served probe.
+                billed = sum(r["total_tokens"] for r in records)
+                assert _redis_quota_used(prefix, key_id) == billed + probe_tokens
     assert [r["status"] for r in records] == ["interrupted", "interrupted"]
     assert all(r["completion_tokens"] > 0 for r in records)
     assert {r["key_name"] for r in records} == {"shared"}
@@ -165,3 +175,16 @@ def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_pa
 def _records(path: Path) -> list[dict[str, Any]]:
     with sqlite3.connect(path) as db:
         return [json.loads(body) for (body,) in db.execute("SELECT body FROM usage")]
+
+
+def _redis_quota_used(prefix: str, key_id: str) -> int:
+    async def used() -> int:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=6379, decode_responses=True)
+        try:
+            value = await client.hget(key_names(prefix, key_id).quota, "used")
+            await client.delete(*[k async for k in client.scan_iter(match=f"{prefix}*")])
+            return int(value or 0)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(used())

@@ -49,9 +49,9 @@ def test_recover_settles_dead_rows_once_and_leaves_live_ones(tmp_path: Path) -> 
     dead, live = _dead_owner(), process_owner()
     store.journal_open(
         [
-            ("req-dead", dead, _skeleton("req-dead").to_json(), now - 2),
-            ("req-live", live, _skeleton("req-live").to_json(), now - 2),
-            ("req-done", dead, _skeleton("req-done").to_json(), now - 2),
+            ("req-dead", dead, _skeleton("req-dead").to_json(), now - 2, "r:lease"),
+            ("req-live", live, _skeleton("req-live").to_json(), now - 2, ""),
+            ("req-done", dead, _skeleton("req-done").to_json(), now - 2, ""),
         ]
     )
     store.journal_checkpoint([(9, 30, now - 1, "req-dead")])
@@ -59,8 +59,10 @@ def test_recover_settles_dead_rows_once_and_leaves_live_ones(tmp_path: Path) -> 
     store.write([UsageRecord.from_json(_skeleton("req-done").to_json())], outbox=True)
 
     recovered = recover(store, outbox=True)
-    assert [(r.request_id, r.status) for r in recovered] == [("req-dead", "interrupted")]
-    (record,) = recovered
+    assert [(r.record.request_id, r.record.status, r.lease) for r in recovered] == [
+        ("req-dead", "interrupted", "r:lease")
+    ]
+    record = recovered[0].record
     assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (9, 30, 39)
     assert record.finish_reason == "interrupted"
     assert 900 <= record.latency_ms <= 1100
