@@ -133,7 +133,7 @@ def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_pa
             try:
                 wait_until_up(f"http://127.0.0.1:{port_b}/health", replica_b)
 
-                async def hold_then_kill() -> float:
+                async def hold_then_kill() -> tuple[float, int]:
                     events = [asyncio.Event(), asyncio.Event()]
                     streams = [
                         asyncio.create_task(_stream_until_cut(port_b, secret, event))
