@@ -97,6 +97,12 @@ def split_host_port(addr: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def is_postgres_url(location: str) -> bool:
+    """A store setting (``auth.builtin_db``, ``usage.database``) names PostgreSQL, not a SQLite
+    path."""
+    return location.strip().lower().startswith(("postgresql://", "postgres://"))
+
+
 def postgres_dsn(dsn: str) -> str:
     """A ``postgresql://`` URL asyncpg accepts, from a URL or libpq's ``key=value`` form."""
     dsn = dsn.strip()

@@ -1,19 +1,22 @@
 """``/usage``: recent records, per-key summaries and the live record stream (``llmproxy usage``).
 
-Recent records and summaries are read from the usage sink's SQLite file, in a worker thread; so
-they show what is written, about ``WRITE_LINGER`` behind the request path. The live stream reads
-the sink's in-process bus instead and sees a record the moment its request settles — with one
-process. With several workers the bus holds only this worker's records, so the stream follows the
-usage file every worker writes (:data:`TAIL_INTERVAL`), and shows every worker's requests.
+Recent records and summaries are read from the usage store; so they show what is written, about
+``WRITE_LINGER`` behind the request path. With the store on PostgreSQL they cover every gateway
+sharing it. The live stream reads the sink's in-process bus and sees a record the moment its
+request settles — with one process on its own store. When others write to the same store (several
+workers on one SQLite file, replicas on PostgreSQL) the bus holds only this process's records, so
+the stream follows the store instead (:meth:`~llmproxy.usage.store.UsageStore.follow`) and shows
+every worker's and every replica's requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Final
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import Final, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -26,9 +29,14 @@ from llmproxy.daemon.admin_http import (
     query_text,
 )
 from llmproxy.daemon.runtime import RuntimeState
-from llmproxy.usage.outbox import UsageOutbox
+from llmproxy.dsn import is_postgres_url
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.sink import UsageSink
+from llmproxy.usage.store import UsageStore
+
+_T = TypeVar("_T")
+
+log = logging.getLogger("llmproxy.admin")
 
 KEEPALIVE_INTERVAL: Final = 15.0
 """Seconds of silence after which the stream sends an empty line, so proxies and clients with
@@ -40,9 +48,6 @@ POLL_INTERVAL: Final = 0.5
 aiohttp does not cancel a handler when its client disconnects, and a stream with nothing to send
 would otherwise hold its bus subscription until the next keep-alive write fails.
 """
-
-TAIL_INTERVAL: Final = 0.1
-"""How often the stream of a daemon with several workers reads the records written since."""
 
 MAX_RECENT: Final = 10_000
 """Most records one ``/usage/recent`` answer holds."""
@@ -68,6 +73,10 @@ class UsageApi:
         self._every_worker = every_worker
         """Several workers write the usage file: the stream follows it rather than the bus."""
 
+    def _shared(self, sink: UsageSink) -> bool:
+        """Others write to this process's usage store (workers, or replicas on PostgreSQL)."""
+        return self._every_worker or is_postgres_url(sink.config.usage.database)
+
     def register(self, router: web.UrlDispatcher) -> None:
         """Add the ``/usage`` routes."""
         router.add_get("/usage/recent", self.recent)
@@ -84,7 +93,7 @@ class UsageApi:
             )
         return sink
 
-    def _store(self) -> UsageOutbox:
+    def _store(self) -> UsageStore:
         try:
             return self._sink().store
         except RuntimeError:
@@ -92,24 +101,32 @@ class UsageApi:
                 503, "the usage store is not open yet", "usage_store_starting"
             ) from None
 
+    @staticmethod
+    async def _read(work: Awaitable[_T]) -> _T:
+        """A read of the store; its failure (a database down) is a 503 naming it."""
+        try:
+            return await work
+        except Exception as exc:
+            raise AdminError(503, f"the usage store failed: {exc}", "usage_store_failed") from None
+
     async def recent(self, request: web.Request) -> web.Response:
         store = self._store()
         limit = query_int(request, "limit", 100, low=1, high=MAX_RECENT)
         key, model = query_text(request, "key"), query_text(request, "model")
-        records = await asyncio.to_thread(store.recent, limit, key=key, model=model)
+        records = await self._read(store.recent(limit, key=key, model=model))
         return json_response({"records": [msgspec.to_builtins(r) for r in records]})
 
     async def summary(self, request: web.Request) -> web.Response:
         store = self._store()
         since = time.time() - query_seconds(request, "since", DEFAULT_SUMMARY_WINDOW)
-        rows = await asyncio.to_thread(store.summary, since)
+        rows = await self._read(store.summary(since))
         return json_response({"since": since, "rows": [row.as_json() for row in rows]})
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         """Records the webhook receiver failed ``max_attempts`` times, newest first."""
         store = self._store()
         limit = query_int(request, "limit", 100, low=1, high=MAX_RECENT)
-        letters = await asyncio.to_thread(store.dead_letter_records, limit)
+        letters = await self._read(store.dead_letter_records(limit))
         return json_response(
             {
                 "count": store.dead_letter_count(),
@@ -130,17 +147,16 @@ class UsageApi:
         """Move every dead letter back to the outbox; the webhook is tried again at once."""
         sink = self._sink()
         self._store()  # 503 while the store is not open yet
-        return json_response({"requeued": await sink.requeue_dead_letters()})
+        return json_response({"requeued": await self._read(sink.requeue_dead_letters())})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """NDJSON, one record per line as requests settle; an empty line after 15 s of quiet."""
         sink = self._sink()
         key, model = query_text(request, "key"), query_text(request, "model")
-        if self._every_worker:
-            store = self._store()
-            # The place before the headers go out: a client that saw them sees every later one.
-            seq = await asyncio.to_thread(store.last_seq)
-            return await self._ndjson(request, _from_file(store, seq), key, model)
+        if self._shared(sink):
+            # Following before the headers go out: a client that saw them sees every later one.
+            batches = await self._read(self._store().follow())
+            return await self._ndjson(request, batches, key, model)
         # Subscribe before the headers go out: a client that saw them sees every later record.
         with contextlib.closing(sink.bus.subscribe()) as subscription:
             return await self._ndjson(request, _from_bus(subscription), key, model)
@@ -174,6 +190,8 @@ class UsageApi:
                         last_write = loop.time()
         except ConnectionResetError:
             pass  # the client left between two checks
+        except Exception as exc:  # the store failed while following it: the stream ends
+            log.warning("usage stream ended: the usage store failed: %s", exc)
         return response
 
 
@@ -189,16 +207,6 @@ async def _from_bus(
             yield []
             continue
         yield [record]
-
-
-async def _from_file(store: UsageOutbox, seq: int) -> AsyncGenerator[list[UsageRecord], None]:
-    """Every record any worker writes to the usage file after ``seq``, read every
-    TAIL_INTERVAL (about WRITE_LINGER + TAIL_INTERVAL behind the requests)."""
-    while True:
-        seq, records = await asyncio.to_thread(store.after, seq)
-        yield records
-        if not records:
-            await asyncio.sleep(TAIL_INTERVAL)
 
 
 def _client_gone(request: web.Request) -> bool:

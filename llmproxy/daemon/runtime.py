@@ -47,7 +47,7 @@ from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
 from llmproxy.routing.strategies import BalancerInputs
 from llmproxy.usage.finish import usage_sink
-from llmproxy.usage.journal import Recovered
+from llmproxy.usage.rows import Recovered
 from llmproxy.usage.sink import UsageSink
 
 log = logging.getLogger("llmproxy.daemon")
@@ -497,7 +497,10 @@ class RuntimeState:
         self.loop_lag.start()
         await self.current.open()
         if self.usage is not None:
-            await self._settle_recovered(self.usage.take_recovered())
+            usage = self.usage
+            await self._settle_recovered(usage.take_recovered())
+            # Later sweeps (a worker or a replica killed while this one runs) settle the same way.
+            usage.on_recovered = lambda: self._later(self._settle_recovered(usage.take_recovered()))
 
     async def _settle_recovered(self, recovered: list[Recovered]) -> None:
         """Requests a crash cut off are billed: their tokens count against a builtin key's quota

@@ -219,7 +219,8 @@ async def serve(
             notices=shared.notices if shared is not None else None,
         ),
         metrics=metrics,
-        usage=UsageSink(config, base_dir) if config.usage.enabled else None,
+        # With several workers on one SQLite file, worker 0 alone delivers its outbox.
+        usage=UsageSink(config, base_dir, deliver=not worker) if config.usage.enabled else None,
         access_log=AccessLog(config.logging.format) if config.logging.access_log else None,
         recorder=Recorder(metrics, worker=worker),
     )

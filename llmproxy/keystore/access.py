@@ -22,8 +22,9 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from llmproxy.dsn import is_postgres_url
 from llmproxy.keystore.errors import KeyStoreError
-from llmproxy.keystore.postgres import PostgresKeyStore, is_postgres_url
+from llmproxy.keystore.postgres import PostgresKeyStore
 from llmproxy.keystore.record import KeyChanges, KeyRecord
 from llmproxy.keystore.store import KeyStore
 

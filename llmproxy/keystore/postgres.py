@@ -12,9 +12,8 @@ insert and update. The same trigger sends ``NOTIFY llmproxy_keys, '<key id>'`` a
 - a periodic full load (``resync_interval``) is the net under both (a row deleted by hand, a
   transaction that committed a lower ``change_seq`` after a higher one).
 
-Migrations are versioned in ``llmproxy_schema`` and applied under a transaction-scoped advisory
-lock, so replicas starting together create the schema once. Append a migration to change the
-schema — never edit one that has shipped.
+Migrations are versioned (:mod:`llmproxy.pg_schema`), so replicas starting together create the
+schema once. Append a migration to change the schema — never edit one that has shipped.
 
 Quota used is written back in batches (:meth:`PostgresKeyStore.add_usage`, one statement for many
 keys); each write is a change like any other, so every replica sees the new ``used_quota``.
@@ -31,6 +30,7 @@ from typing import Final
 
 import asyncpg
 
+from llmproxy import pg_schema
 from llmproxy.apikey import display_prefix, generate_key, key_sha256
 from llmproxy.dsn import postgres_dsn, scrub_dsn
 from llmproxy.keyfields import ADD_FIELDS, FIELDS, check_fields
@@ -51,7 +51,6 @@ CHANNEL: Final = "llmproxy_keys"
 """The NOTIFY channel; the payload is the changed key's id."""
 
 _COMPONENT: Final = "keys"
-_LOCK_ID: Final = 0x6C6C6D70_6B657973  # "llmpkeys": serialises migrations across replicas
 _SELECT: Final = f"SELECT {', '.join(COLUMNS)}, change_seq FROM llmproxy_keys"
 _TIME_FIELDS: Final = frozenset(name for name, field in FIELDS.items() if field.kind == "time")
 
@@ -109,40 +108,12 @@ _ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Timeou
 """What a PostgreSQL call may raise when the server, the network or the schema is the problem."""
 
 
-def is_postgres_url(location: str) -> bool:
-    """``auth.builtin_db`` names PostgreSQL (else it is a SQLite path)."""
-    return location.strip().lower().startswith(("postgresql://", "postgres://"))
-
-
 async def migrate(connection: asyncpg.Connection) -> int:
-    """Bring the schema to :data:`SCHEMA_VERSION`; returns the version found. Replicas starting
-    at once wait for each other on the advisory lock, and the later ones find it done."""
-    async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
-        await connection.execute(
-            "CREATE TABLE IF NOT EXISTS llmproxy_schema "
-            "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-        found = await connection.fetchval(
-            "SELECT version FROM llmproxy_schema WHERE component = $1", _COMPONENT
-        )
-        found = int(found or 0)
-        if found > SCHEMA_VERSION:
-            raise KeyStoreError(
-                f"key store schema version {found} is newer than this llmproxy understands "
-                f"({SCHEMA_VERSION}); upgrade llmproxy"
-            )
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[version - 1]:
-                await connection.execute(statement)
-        if found < SCHEMA_VERSION:
-            await connection.execute(
-                "INSERT INTO llmproxy_schema (component, version) VALUES ($1, $2) "
-                "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
-                _COMPONENT,
-                SCHEMA_VERSION,
-            )
-    return found
+    """Bring the key store's schema to :data:`SCHEMA_VERSION`; answers the version found."""
+    try:
+        return await pg_schema.migrate(connection, _COMPONENT, _MIGRATIONS)
+    except pg_schema.SchemaTooNew as exc:
+        raise KeyStoreError(str(exc)) from None
 
 
 def _argument(field: str, value: object) -> object:

@@ -20,9 +20,11 @@ The signature header is sent only when ``usage_hook.secret`` is set; receivers c
 
 Guarantees: a record leaves the outbox only after a 2xx answer covering it, so a receiver may see
 a record twice (after a timeout, or a gateway killed between the answer and the delete) and must
-deduplicate on ``id``. Any other answer or a network error is a failed attempt: the next one waits
-``backoff_initial`` doubling up to ``backoff_max``, with ±50 % jitter; a record that failed
-``max_attempts`` times moves to the dead-letter table.
+deduplicate on ``id``. Gateways sharing one outbox (the usage store on PostgreSQL) each claim
+different records for an attempt (:meth:`~llmproxy.usage.store.UsageStore.claim`), so in the
+normal case no record is sent by two of them. Any other answer or a network error is a failed
+attempt: the next one waits ``backoff_initial`` doubling up to ``backoff_max``, with ±50 %
+jitter; a record that failed ``max_attempts`` times moves to the dead-letter table.
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ import aiohttp
 import msgspec
 
 from llmproxy.config.model import UsageHookConfig
-from llmproxy.usage.outbox import PendingRecord, UsageOutbox
 from llmproxy.usage.record import UsageRecord
+from llmproxy.usage.rows import PendingRecord
+from llmproxy.usage.store import Claim, UsageStore
 
 log = logging.getLogger("llmproxy.usage")
+
+CLAIMED_ELSEWHERE_PAUSE = 0.25
+"""Seconds to wait when every due record is held by another gateway's attempt."""
 
 SIGNATURE_HEADER = "X-LLMProxy-Signature"
 TIMESTAMP_HEADER = "X-LLMProxy-Timestamp"
@@ -103,7 +109,7 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
 
 
 class UsageDelivery:
-    """Drains a :class:`UsageOutbox` to ``usage_hook.url`` until cancelled.
+    """Drains a usage store's outbox to ``usage_hook.url`` until cancelled.
 
     ``await delivery.run()`` in a task; :meth:`wake` after new records were written so a full
     batch goes out without waiting for ``batch_interval``. Counters (plain ints, for metrics):
@@ -111,7 +117,7 @@ class UsageDelivery:
     acknowledged), ``dead_lettered`` (records moved to the dead letters).
     """
 
-    def __init__(self, config: UsageHookConfig, outbox: UsageOutbox) -> None:
+    def __init__(self, config: UsageHookConfig, outbox: UsageStore) -> None:
         self.config = config
         self.outbox = outbox
         self.max_attempts = max(config.max_attempts, config.retry + 1)
@@ -131,9 +137,17 @@ class UsageDelivery:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                batch = await self._next_batch()
-                ok = await self._send(session, batch)
-                if ok:
+                await self._next_batch()
+                try:
+                    async with self.outbox.claim(self.config.batch_size) as claim:
+                        ok = await self._send(session, claim) if claim.records else None
+                except Exception as exc:  # the store failed: the records stay where they were
+                    log.warning("usage_hook: the outbox failed mid-attempt: %s", exc)
+                    ok = False
+                if ok is None:
+                    # Another gateway holds them (a shared outbox): it is sending them now.
+                    await asyncio.sleep(CLAIMED_ELSEWHERE_PAUSE)
+                elif ok:
                     self._failures = 0
                 else:
                     self._failures += 1
@@ -144,11 +158,16 @@ class UsageDelivery:
                     )
 
     async def _next_batch(self) -> list[PendingRecord]:
-        """The next batch: full, or as full as it got within ``batch_interval`` of its oldest."""
+        """Wait until a batch is due: full, or as full as it got within ``batch_interval`` of
+        its oldest record (answers it, as seen; the attempt claims what is there then)."""
         size = self.config.batch_size
         while True:
             self._wakeup.clear()
-            batch = await asyncio.to_thread(self.outbox.pending, size)
+            try:
+                batch = await self.outbox.pending(size)
+            except Exception as exc:
+                log.warning("usage_hook: cannot read the outbox: %s", exc)
+                batch = []
             if len(batch) >= size or (batch and self._failures):
                 return batch
             if batch:
@@ -161,19 +180,22 @@ class UsageDelivery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
 
-    async def _send(self, session: aiohttp.ClientSession, batch: list[PendingRecord]) -> bool:
-        """Deliver ``batch``; answers whether every record of it was acknowledged."""
+    async def _send(self, session: aiohttp.ClientSession, claim: Claim) -> bool:
+        """Deliver the claimed records; answers whether every one was acknowledged."""
+        batch = claim.records
         if self.config.format == "seed":
             ok = True
             for row in batch:
                 body = seed_body(UsageRecord.from_json(row.body))
-                ok = await self._post(session, body, [row.id]) and ok
+                ok = await self._post(session, claim, body, [row.id]) and ok
             return ok
         return await self._post(
-            session, batch_body([row.body for row in batch]), [r.id for r in batch]
+            session, claim, batch_body([row.body for row in batch]), [r.id for r in batch]
         )
 
-    async def _post(self, session: aiohttp.ClientSession, body: bytes, ids: list[str]) -> bool:
+    async def _post(
+        self, session: aiohttp.ClientSession, claim: Claim, body: bytes, ids: list[str]
+    ) -> bool:
         """One POST; on a 2xx the records are deleted, otherwise their attempts counted."""
         headers = {"Content-Type": "application/json", **self.config.headers}
         if self.config.secret:
@@ -188,11 +210,11 @@ class UsageDelivery:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         if not error:
-            await asyncio.to_thread(self.outbox.delivered, ids)
+            await claim.delivered(ids)
             self.delivered += len(ids)
             return True
         self.delivery_failures += 1
-        moved = await asyncio.to_thread(self.outbox.failed, ids, error, self.max_attempts)
+        moved = await claim.failed(ids, error, self.max_attempts)
         if moved:
             self.dead_lettered += moved
             log.error(

@@ -12,12 +12,17 @@ is also journalled, in the usage database, while it runs:
    are written in one transaction (off the request path: the task reads each stream's counter).
 3. When the request ends, its usage record is written as usual and the same transaction deletes
    its journal row (:meth:`~llmproxy.usage.outbox.UsageOutbox.write`): billed once, never twice.
-4. On start-up, rows left by a process that is gone are turned into records with
-   ``status: "interrupted"`` — billed for the prompt and the tokens counted at the last
-   checkpoint — and written (and queued for the webhook) in one transaction with their deletion.
+4. Rows left by a process that is gone are turned into records with ``status: "interrupted"``
+   — billed for the prompt and the tokens counted at the last checkpoint — and written (and
+   queued for the webhook) in one transaction with their deletion: at start-up, before anything
+   new is served, and every :data:`HEARTBEAT_INTERVAL` after (:func:`recover`).
 
-Rows carry their owner (pid and start time), so with several workers sharing the database a
-starting worker settles only the rows of dead processes.
+Rows carry their owner (``host:pid:start time``). An owner is gone when it ran on this host and
+its process no longer does, or when it stopped beating: every journal writes a heartbeat each
+:data:`HEARTBEAT_INTERVAL`, and an owner silent for :data:`OWNER_TIMEOUT` (a replica on another
+machine that died with it) is settled by whichever gateway sharing the store looks first. With
+the usage store on PostgreSQL two gateways never settle the same row (``FOR UPDATE SKIP
+LOCKED``), and an interrupted record keeps its journal row's record id, so it is stored once.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Final
 
-from llmproxy.usage.outbox import UsageOutbox
 from llmproxy.usage.record import UsageRecord
+from llmproxy.usage.rows import JournalCheckpoint, JournalOpen, JournalRow, Recovered
+from llmproxy.usage.store import UsageStore
 
 log = logging.getLogger("llmproxy.usage")
 
@@ -46,33 +53,64 @@ is still computing, and one transaction for many opens is cheaper than one each.
 QUIET_BELOW: Final = 1
 """With at most this many requests in flight an open is committed at once (no batch to wait for)."""
 
-Counter = Callable[[], tuple[int, int]]
+HEARTBEAT_INTERVAL: Final = 5.0
+"""Seconds between two heartbeats of a journal's owner, and between two looks for the rows of
+owners that are gone."""
 
-DatabaseRunner = Callable[..., Awaitable[Any]]
-"""``await run(function, *args)``: the call, on the usage database's thread."""
+OWNER_TIMEOUT: Final = 30.0
+"""Seconds of silence after which an owner on another host is taken for dead."""
+
+Counter = Callable[[], tuple[int, int]]
 """The request's (prompt, completion) tokens counted so far."""
+
+RecoveredHook = Callable[[list[Recovered]], None]
+"""Called on the loop with the requests a sweep settled (their quota and leases to settle)."""
 
 
 def _ended() -> tuple[int, int]:
     return 0, 0
 
 
-def process_owner(pid: int | None = None) -> str:
-    """``"<pid>:<start time>"`` of a process (this one by default), or "" when it is gone: a pid
-    reused by another process has another start time."""
-    pid = os.getpid() if pid is None else pid
+def _start_time(pid: int) -> str:
+    """A process's start time in clock ticks since boot, or "" when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rpartition(b")")[2].split()
     except OSError:
         return ""
-    return f"{pid}:{int(fields[19])}"  # field 22 of stat(5): the start time, in clock ticks
+    return fields[19].decode()  # field 22 of stat(5)
 
 
-def owner_alive(owner: str) -> bool:
-    """Whether the process that wrote ``owner`` still runs."""
-    pid, _, _ = owner.partition(":")
-    return pid.isdigit() and process_owner(int(pid)) == owner
+def process_owner(pid: int | None = None) -> str:
+    """``"<host>:<pid>:<start time>"`` of a process (this one by default), or "" when it is
+    gone: a pid reused by another process has another start time."""
+    pid = os.getpid() if pid is None else pid
+    started = _start_time(pid)
+    return f"{socket.gethostname()}:{pid}:{started}" if started else ""
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process that wrote ``owner`` still runs: None when it ran on another host
+    (its heartbeat tells). ``"<pid>:<start time>"``, an earlier version's owner, is local."""
+    parts = owner.split(":")
+    if len(parts) == 2:
+        pid, started = parts
+    elif len(parts) >= 3:
+        host, pid, started = ":".join(parts[:-2]), parts[-2], parts[-1]
+        if host != socket.gethostname():
+            return None
+    else:
+        return False
+    return pid.isdigit() and _start_time(int(pid)) == started
+
+
+def owner_gone(owner: str, heartbeat: float | None, now: float) -> bool:
+    """Whether ``owner``'s journal rows are orphans: its process is gone, or (on another host)
+    it has not beaten for :data:`OWNER_TIMEOUT`."""
+    alive = owner_alive(owner)
+    if alive is not None:
+        return not alive
+    return heartbeat is None or now - heartbeat > OWNER_TIMEOUT
 
 
 @dataclass(slots=True, eq=False)
@@ -99,15 +137,21 @@ class JournalEntry:
 
 
 class Journal:
-    """The journal of one process over ``store``; see the module docstring."""
+    """The journal of one process over ``store``; see the module docstring.
 
-    def __init__(self, store: UsageOutbox, run: DatabaseRunner) -> None:
+    ``outbox``: settled records are queued for the webhook too. ``on_recovered`` receives the
+    requests a sweep settled while running.
+    """
+
+    def __init__(
+        self, store: UsageStore, *, outbox: bool, on_recovered: RecoveredHook | None = None
+    ) -> None:
         self._store = store
-        self._run = run
-        """Runs a call on the usage database's one thread: opens, checkpoints and record writes
-        run in the order they were handed over, so a record's deletion of its row never runs
-        before the row's insert."""
-        self._owner = process_owner()
+        """Its writes run in the order they are called: a record's deletion of its row never
+        runs before the row's insert."""
+        self._outbox = outbox
+        self.on_recovered = on_recovered
+        self.owner = process_owner()
         self._live: dict[str, JournalEntry] = {}
         self._opening: list[JournalEntry] = []
         self._linger: asyncio.TimerHandle | None = None
@@ -116,11 +160,16 @@ class Journal:
         self._tasks: list[asyncio.Task[None]] = []
         self.failures = 0
 
-    def start(self) -> None:
-        """Start committing opens and checkpoints (call on the loop)."""
+    async def start(self) -> None:
+        """Beat once, then start committing opens and checkpoints and beating (on the loop)."""
+        try:
+            await self._store.heartbeat(self.owner, time.time())
+        except Exception as exc:
+            log.error("usage journal: cannot write its heartbeat: %s", exc)
         self._tasks = [
             asyncio.create_task(self._open_loop(), name="usage-journal-open"),
             asyncio.create_task(self._checkpoint_loop(), name="usage-journal-checkpoint"),
+            asyncio.create_task(self._liveness_loop(), name="usage-journal-heartbeat"),
         ]
 
     async def close(self) -> None:
@@ -136,6 +185,10 @@ class Journal:
             if not entry.committed.done():
                 entry.committed.set_result(None)
         self._opening.clear()
+        if not self._live:
+            # A clean stop: nothing of ours is left to settle, so no heartbeat row either.
+            with contextlib.suppress(Exception):
+                await self._store.forget_owner(self.owner)
 
     @property
     def open_requests(self) -> int:
@@ -189,11 +242,14 @@ class Journal:
         batch, self._opening = self._opening, []
         if batch:
             now = time.time()
-            rows = [(e.request_id, self._owner, e.skeleton.to_json(), now, e.lease) for e in batch]
+            rows = [
+                JournalOpen(e.request_id, self.owner, e.skeleton.to_json(), now, e.lease)
+                for e in batch
+            ]
             try:
-                # Handed to the database thread before this coroutine first yields: an entry
-                # that left _opening is already queued there (Journal.end relies on it).
-                await self._run(self._store.journal_open, rows)
+                # The store takes the write before this coroutine first yields: an entry that
+                # left _opening is already queued there (Journal.end relies on it).
+                await self._store.journal_open(rows)
             except Exception as exc:
                 self.failures += len(batch)
                 log.error("usage journal: cannot write %d opens: %s", len(batch), exc)
@@ -207,7 +263,7 @@ class Journal:
             await self._checkpoint()
 
     async def _checkpoint(self) -> None:
-        updates: list[tuple[int, int, float, str]] = []
+        updates: list[JournalCheckpoint] = []
         now = time.time()
         for entry in list(self._live.values()):
             if not entry.committed.done():
@@ -215,52 +271,67 @@ class Journal:
             counted = entry.counter()
             if counted != entry.counted:
                 entry.counted = counted
-                updates.append((counted[0], counted[1], now, entry.request_id))
+                updates.append(JournalCheckpoint(counted[0], counted[1], now, entry.request_id))
         if updates:
             try:
-                await self._run(self._store.journal_checkpoint, updates)
+                await self._store.journal_checkpoint(updates)
             except Exception as exc:
                 self.failures += 1
                 log.error("usage journal: checkpoint failed: %s", exc)
 
+    async def _liveness_loop(self) -> None:
+        """Beat, and settle the rows of owners that are gone (a worker or a replica killed)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self._store.heartbeat(self.owner, time.time())
+                recovered = await recover(self._store, outbox=self._outbox, me=self.owner)
+            except Exception as exc:
+                log.error("usage journal: heartbeat failed: %s", exc)
+                continue
+            if recovered:
+                log_recovered(recovered)
+                if self.on_recovered is not None:
+                    self.on_recovered(recovered)
 
-class Recovered(NamedTuple):
-    """A request a crash cut off, billed at start-up."""
 
-    record: UsageRecord
-    lease: str
-    """The limits lease it held ("" for none): a Redis one is settled with the billed tokens."""
-
-
-def recover(store: UsageOutbox, *, outbox: bool) -> list[Recovered]:
-    """Settle the journal rows of processes that are gone (blocking; at start-up, in a thread):
-    each becomes its ``interrupted`` record, written — and queued for the webhook when
-    ``outbox`` — in the transaction that deletes the row."""
-    recovered = [
-        Recovered(
-            _interrupted(UsageRecord.from_json(body), prompt, completion, opened_at, updated_at),
-            lease,
-        )
-        for _id, owner, body, prompt, completion, opened_at, updated_at, lease in store.journal()
-        if not owner_alive(owner)
+async def recover(store: UsageStore, *, outbox: bool, me: str = "") -> list[Recovered]:
+    """Settle the journal rows of owners that are gone: each becomes its ``interrupted`` record,
+    written — and queued for the webhook when ``outbox`` — in the transaction that deletes it."""
+    now = time.time()
+    gone = [
+        owner
+        for owner, heartbeat in await store.journal_owners()
+        if owner != me and owner_gone(owner, heartbeat, now)
     ]
-    if recovered:
-        store.write([r.record for r in recovered], outbox=outbox)
-    return recovered
+    if not gone:
+        return []
+    return await store.settle_journal(gone, interrupted, outbox=outbox)
 
 
-def _interrupted(
-    skeleton: UsageRecord, prompt: int, completion: int, opened_at: float, updated_at: float
-) -> UsageRecord:
-    prompt = max(prompt, skeleton.prompt_tokens)
+def log_recovered(recovered: list[Recovered]) -> None:
+    """Say what a crash cut off and how it was billed."""
+    log.warning(
+        "usage: %d requests were cut by a crash; billed as interrupted (%d tokens)",
+        len(recovered),
+        sum(r.record.total_tokens for r in recovered),
+    )
+
+
+def interrupted(row: JournalRow) -> UsageRecord:
+    """The record of a request a crash cut off: its skeleton, billed for the prompt and the
+    tokens counted at its last checkpoint; it keeps the skeleton's id (stored once)."""
+    skeleton = UsageRecord.from_json(row.body)
+    prompt = max(row.prompt_tokens, skeleton.prompt_tokens)
     return UsageRecord(
+        id=skeleton.id,
         request_id=skeleton.request_id,
         model=skeleton.model,
         prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
+        completion_tokens=row.completion_tokens,
+        total_tokens=prompt + row.completion_tokens,
         usage_source=skeleton.usage_source,
-        time=updated_at,
+        time=row.updated_at,
         key_id=skeleton.key_id,
         key_name=skeleton.key_name,
         key_prefix=skeleton.key_prefix,
@@ -270,7 +341,7 @@ def _interrupted(
         endpoint=skeleton.endpoint,
         stream=skeleton.stream,
         status="interrupted",
-        latency_ms=max(0.0, updated_at - opened_at) * 1000,
+        latency_ms=max(0.0, row.updated_at - row.opened_at) * 1000,
         finish_reason="interrupted",
         cancelled=True,
     )

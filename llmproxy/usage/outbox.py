@@ -24,13 +24,21 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
 from llmproxy.private_files import private_file
 from llmproxy.usage.record import UsageRecord, records_json
+from llmproxy.usage.rows import (
+    DeadLetter,
+    JournalCheckpoint,
+    JournalOpen,
+    JournalRow,
+    PendingRecord,
+    Recovered,
+    UsageSummaryRow,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -114,6 +122,16 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    # 3: the journal's owners and their heartbeats: a row whose owner stopped beating (another
+    #    machine's process, when the file is shared) is settled like a dead local process's.
+    (
+        """
+        CREATE TABLE journal_owner (
+            owner TEXT PRIMARY KEY,
+            heartbeat_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 """Append an entry to change the schema; never edit one that has shipped."""
 
@@ -149,53 +167,6 @@ _INSERT_OUTBOX: Final = """
 INSERT OR IGNORE INTO outbox (id, body, queued_at)
 SELECT json_extract(value, '$.id'), CAST(value AS BLOB), ? FROM json_each(?)
 """
-
-
-@dataclass(frozen=True, slots=True)
-class PendingRecord:
-    """One outbox row waiting for delivery: ``body`` is the record's stored JSON."""
-
-    seq: int
-    id: str
-    body: bytes
-    queued_at: float
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class UsageSummaryRow:
-    """What one key spent on one model: requests and tokens (``GET /usage/summary``)."""
-
-    key_id: str
-    key_name: str
-    model: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    def as_json(self) -> dict[str, object]:
-        """The row as the admin API returns it."""
-        return {
-            "key_id": self.key_id,
-            "key_name": self.key_name,
-            "model": self.model,
-            "requests": self.requests,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A record the receiver never accepted, and the last error."""
-
-    id: str
-    body: bytes
-    attempts: int
-    error: str
-    moved_at: float
 
 
 class UsageOutbox:
@@ -239,43 +210,46 @@ class UsageOutbox:
         """Store ``records`` (and queue them for delivery when ``outbox``) in one transaction."""
         if not records:
             return
-        now = time.time()
-        # One JSON array for the whole batch, unpacked by SQLite itself (json_each): one
-        # statement per table instead of one step per row, so the writer thread takes the GIL
-        # back once per batch rather than once per record while the event loop is busy.
-        batch = records_json(records)
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                if self.keep_records > 0:
-                    self._db.execute(_INSERT_USAGE, (batch,))
-                    self._since_trim += len(records)
-                    if self._since_trim >= self._trim_every:
-                        # Trimmed in chunks of ~1/10 of what is kept: one range delete of
-                        # neighbouring rows costs far less than a few rows after every batch.
-                        self._since_trim = 0
-                        self._db.execute(
-                            "DELETE FROM usage WHERE seq <= (SELECT max(seq) FROM usage) - ?",
-                            (self.keep_records,),
-                        )
-                if self._journalled:
-                    self._db.executemany(_CLOSE_JOURNAL, ((r.request_id,) for r in records))
-                added = 0
-                if outbox:
-                    before = self._db.total_changes
-                    self._db.execute(_INSERT_OUTBOX, (now, batch))
-                    added = self._db.total_changes - before
+                added = self._insert(records, outbox=outbox)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._depth += added
 
+    def _insert(self, records: Sequence[UsageRecord], *, outbox: bool) -> int:
+        """The writes of :meth:`write`, inside the caller's transaction; answers how many records
+        joined the outbox."""
+        # One JSON array for the whole batch, unpacked by SQLite itself (json_each): one
+        # statement per table instead of one step per row, so the writer thread takes the GIL
+        # back once per batch rather than once per record while the event loop is busy.
+        batch = records_json(records)
+        if self.keep_records > 0:
+            self._db.execute(_INSERT_USAGE, (batch,))
+            self._since_trim += len(records)
+            if self._since_trim >= self._trim_every:
+                # Trimmed in chunks of ~1/10 of what is kept: one range delete of neighbouring
+                # rows costs far less than a few rows after every batch.
+                self._since_trim = 0
+                self._db.execute(
+                    "DELETE FROM usage WHERE seq <= (SELECT max(seq) FROM usage) - ?",
+                    (self.keep_records,),
+                )
+        if self._journalled:
+            self._db.executemany(_CLOSE_JOURNAL, ((r.request_id,) for r in records))
+        if not outbox:
+            return 0
+        before = self._db.total_changes
+        self._db.execute(_INSERT_OUTBOX, (time.time(), batch))
+        return self._db.total_changes - before
+
     # The journal of requests in flight (llmproxy.usage.journal) ----------------------------
 
-    def journal_open(self, rows: Sequence[tuple[str, str, bytes, float, str]]) -> None:
-        """Journal admitted requests: (request id, owner, record skeleton, opened at, the limits
-        lease it holds or "")."""
+    def journal_open(self, rows: Sequence[JournalOpen]) -> None:
+        """Journal admitted requests."""
         with self._lock:
             self._journalled = True
             self._db.execute("BEGIN")
@@ -291,8 +265,8 @@ class UsageOutbox:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def journal_checkpoint(self, rows: Sequence[tuple[int, int, float, str]]) -> None:
-        """Record the tokens counted so far: (prompt, completion, at, request id)."""
+    def journal_checkpoint(self, rows: Sequence[JournalCheckpoint]) -> None:
+        """Record the tokens counted so far."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -306,14 +280,64 @@ class UsageOutbox:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def journal(self) -> list[tuple[str, str, bytes, int, int, float, float, str]]:
-        """Every journal row: request id, owner, skeleton, prompt and completion tokens, opened
-        and updated times, lease."""
+    def heartbeat(self, owner: str, at: float) -> None:
+        """``owner`` is alive at ``at`` (a journal owner beats every few seconds)."""
         with self._lock:
-            return self._db.execute(
-                "SELECT request_id, owner, body, prompt_tokens, completion_tokens, opened_at, "
-                "updated_at, lease FROM journal ORDER BY opened_at"
+            self._db.execute(
+                "INSERT OR REPLACE INTO journal_owner (owner, heartbeat_at) VALUES (?, ?)",
+                (owner, at),
+            )
+
+    def forget_owner(self, owner: str) -> None:
+        """``owner`` stopped cleanly: its heartbeat row goes (its journal rows, if any, stay)."""
+        with self._lock:
+            self._db.execute("DELETE FROM journal_owner WHERE owner = ?", (owner,))
+
+    def journal_owners(self) -> list[tuple[str, float | None]]:
+        """Every owner of a journal row, with its last heartbeat (None: it never beat)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT j.owner, o.heartbeat_at FROM (SELECT DISTINCT owner FROM journal) AS j "
+                "LEFT JOIN journal_owner AS o ON o.owner = j.owner"
             ).fetchall()
+        return [(str(owner), beat) for owner, beat in rows]
+
+    def settle_journal(
+        self,
+        owners: Collection[str],
+        settle: Callable[[JournalRow], UsageRecord],
+        *,
+        outbox: bool,
+    ) -> list[Recovered]:
+        """Turn every journal row of ``owners`` (processes that are gone) into its record with
+        ``settle``, and write the records in the transaction that deletes the rows."""
+        if not owners:
+            return []
+        marks = ",".join("?" * len(owners))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = [
+                    JournalRow(*row)
+                    for row in self._db.execute(
+                        "SELECT request_id, owner, body, prompt_tokens, completion_tokens, "
+                        f"opened_at, updated_at, lease FROM journal WHERE owner IN ({marks}) "
+                        "ORDER BY opened_at",
+                        tuple(owners),
+                    )
+                ]
+                recovered = [Recovered(settle(row), row.lease) for row in rows]
+                added = self._insert([r.record for r in recovered], outbox=outbox) if rows else 0
+                self._db.execute(f"DELETE FROM journal WHERE owner IN ({marks})", tuple(owners))
+                self._db.execute(
+                    f"DELETE FROM journal_owner WHERE owner IN ({marks})", tuple(owners)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth += added
+        return recovered
 
     def pending(self, limit: int) -> list[PendingRecord]:
         """The oldest ``limit`` records waiting for delivery."""

@@ -7,13 +7,14 @@
     ...
     sink.submit(record)          # request path: synchronous, O(1), never waits on I/O
     ...
-    await sink.close(timeout=5)  # shutdown: what is still in memory goes to SQLite
+    await sink.close(timeout=5)  # shutdown: what is still in memory goes to the store
 
 A record goes (1) to the live :attr:`bus` at once, (2) into a bounded in-memory queue, (3) into
-the SQLite file (``usage.database``) in a background task, a batch per transaction, off the event
-loop: into the recent-records table (:attr:`store`) and, when ``usage_hook.enabled``, into the
-outbox, (4) from the outbox to the webhook (:mod:`llmproxy.usage.delivery`). Without a webhook
-nothing goes to the outbox: records are only kept for ``llmproxy usage``.
+the usage store (``usage.database``: a SQLite file, or PostgreSQL shared by replicas; see
+:mod:`llmproxy.usage.store`) in a background task, a batch per transaction, off the event loop:
+into the recent-records table (:attr:`store`) and, when ``usage_hook.enabled``, into the outbox,
+(4) from the outbox to the webhook (:mod:`llmproxy.usage.delivery`). Without a webhook nothing
+goes to the outbox: records are only kept for ``llmproxy usage``.
 
 What is lost where: a record acknowledged by ``on_commit`` survives a killed process (and a power
 loss with ``usage.synchronous: full``) and is delivered at least once, on this run or the next. A
@@ -33,24 +34,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 from llmproxy.config.model import Config
 from llmproxy.usage.bus import UsageBus
 from llmproxy.usage.delivery import UsageDelivery
-from llmproxy.usage.journal import Journal, Recovered, recover
-from llmproxy.usage.outbox import UsageOutbox
+from llmproxy.usage.journal import Journal, log_recovered, process_owner, recover
 from llmproxy.usage.record import UsageRecord
+from llmproxy.usage.rows import Recovered
+from llmproxy.usage.store import UsageStore, open_usage_store
 
 log = logging.getLogger("llmproxy.usage")
 
-_T = TypeVar("_T")
-
 CommitHook = Callable[[Sequence[UsageRecord]], None]
-"""Called on the event loop with each batch once it is committed to SQLite."""
+"""Called on the event loop with each batch once it is committed to the store."""
 
 WRITE_BATCH = 1000
 """Most records written in one transaction."""
@@ -76,11 +73,26 @@ class UsageSink:
     """Accepts usage records on the request path and makes them durable and delivered."""
 
     def __init__(
-        self, config: Config, base_dir: Path, *, on_commit: CommitHook | None = None
+        self,
+        config: Config,
+        base_dir: Path,
+        *,
+        on_commit: CommitHook | None = None,
+        deliver: bool = True,
     ) -> None:
         self.config = config
-        self.path = base_dir / config.usage.database
+        usage = config.usage
+        self._store: UsageStore = open_usage_store(
+            usage.database,
+            base_dir,
+            synchronous=usage.synchronous,
+            keep_records=usage.keep_records,
+        )
+        self.location = self._store.location
         self.hook_enabled = config.usage_hook.enabled
+        """Records are queued for the webhook."""
+        self._deliver = deliver and self.hook_enabled
+        """This process delivers the outbox (with several workers on one SQLite file, one does)."""
         self.on_commit = on_commit
         self.bus = UsageBus(config.usage.subscriber_queue)
         self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue(maxsize=config.usage.queue_size)
@@ -88,8 +100,7 @@ class UsageSink:
         """Responses wait for their record to be committed (:meth:`submit_durable`)."""
         self._linger = DURABLE_LINGER if self.durable else WRITE_LINGER
         self._acks: dict[str, asyncio.Future[None]] = {}
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmproxy-usage")
-        self._store: UsageOutbox | None = None
+        self._opened = False
         self._delivery: UsageDelivery | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -104,50 +115,62 @@ class UsageSink:
         self.outbox_alarms = 0
         self.recovered = 0
         self._recovered: list[Recovered] = []
+        self.on_recovered: Callable[[], None] | None = None
+        """Called when a sweep settled requests a crash cut off (:meth:`take_recovered` has
+        them): the daemon counts them against quotas and settles their leases."""
         self.journal: Journal | None = None
         """Journals requests in flight once started (:mod:`llmproxy.usage.journal`)."""
 
     @property
-    def store(self) -> UsageOutbox:
-        """The SQLite file: :meth:`UsageOutbox.recent` for the CLI, dead letters for operators."""
-        if self._store is None:
+    def store(self) -> UsageStore:
+        """The usage store (SQLite file or PostgreSQL): records for the CLI, dead letters."""
+        if not self._opened:
             raise RuntimeError("UsageSink.start() has not been awaited")
         return self._store
 
     async def start(self) -> None:
-        """Open the SQLite file and start writing and (with a webhook) delivering."""
-        usage = self.config.usage
-        self._store = await asyncio.to_thread(
-            UsageOutbox, self.path, synchronous=usage.synchronous, keep_records=usage.keep_records
-        )
+        """Open the store and start writing and (with a webhook) delivering."""
+        await self._store.open()
+        self._opened = True
         # Requests a killed process left open are billed before anything new is served.
-        recovered = await asyncio.to_thread(recover, self._store, outbox=self.hook_enabled)
-        if recovered:
-            self.recovered = len(recovered)
-            self._recovered = recovered
-            log.warning(
-                "usage: %d requests were cut by a crash; billed as interrupted (%d tokens)",
-                len(recovered),
-                sum(r.record.total_tokens for r in recovered),
+        self._settled(
+            await recover(self._store, outbox=self.hook_enabled, me=process_owner()), announce=False
+        )
+        if self.config.usage.journal:
+            self.journal = Journal(
+                self._store,
+                outbox=self.hook_enabled,
+                on_recovered=lambda recovered: self._settled(recovered, announce=True),
             )
-            for each in recovered:
-                self.bus.publish(each.record)
-        if usage.journal:
-            self.journal = Journal(self._store, self._on_db_thread)
-            self.journal.start()
+            await self.journal.start()
         self._tasks.append(asyncio.create_task(self._write_loop(), name="usage-writer"))
-        if self.hook_enabled:
+        if self._deliver:
             self._delivery = UsageDelivery(self.config.usage_hook, self._store)
             self._tasks.append(asyncio.create_task(self._delivery.run(), name="usage-delivery"))
 
+    def _settled(self, recovered: list[Recovered], *, announce: bool) -> None:
+        """Requests a crash cut off were billed: published, and kept for the daemon."""
+        if not recovered:
+            return
+        if not announce:
+            log_recovered(recovered)
+        self.recovered += len(recovered)
+        self._recovered.extend(recovered)
+        for each in recovered:
+            self.bus.publish(each.record)
+        if self._delivery is not None:
+            self._delivery.wake()
+        if announce and self.on_recovered is not None:
+            self.on_recovered()
+
     def take_recovered(self) -> list[Recovered]:
-        """The interrupted records settled at start-up (once: the daemon counts them against the
-        keys' quotas)."""
+        """The interrupted records settled since the last call (the daemon counts them against
+        the keys' quotas and settles their leases, once)."""
         recovered, self._recovered = self._recovered, []
         return recovered
 
     def submit_durable(self, record: UsageRecord) -> asyncio.Future[None]:
-        """:meth:`submit`, and a future that is done once ``record`` is committed to SQLite.
+        """:meth:`submit`, and a future that is done once ``record`` is committed to the store.
 
         It is done at once when the record could not be queued (overflow, closed sink): the
         caller waits for durability, never for a record that will not be written.
@@ -188,18 +211,18 @@ class UsageSink:
 
     async def requeue_dead_letters(self) -> int:
         """Give the dead letters to the webhook again (`llmproxy usage dead-letters --requeue`)."""
-        moved = await asyncio.to_thread(self.store.requeue_dead_letters)
+        moved = await self.store.requeue_dead_letters()
         if moved and self._delivery is not None:
             self._delivery.wake()
         return moved
 
     def outbox_depth(self) -> int:
         """Records waiting for the webhook (0 without one)."""
-        return self._store.depth() if self._store is not None else 0
+        return self._store.depth() if self._opened else 0
 
     def dead_letters(self) -> int:
         """Records the webhook refused ``max_attempts`` times, kept in the dead-letter table."""
-        return self._store.dead_letter_count() if self._store is not None else 0
+        return self._store.dead_letter_count() if self._opened else 0
 
     @property
     def queued(self) -> int:
@@ -260,19 +283,13 @@ class UsageSink:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=remaining)
         self._tasks.clear()
-        # 4. Close the file (committed batches are already durable).
-        if self._store is not None:
+        # 4. Close the store (committed batches are already durable).
+        if self._opened:
             with contextlib.suppress(Exception):
-                await self._on_db_thread(self._store.close)
-        self._db_thread.shutdown(wait=False)
-
-    def _on_db_thread(self, function: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
-        """Run ``function(*args)`` on the usage database's one thread: calls run in the order
-        they are handed over (a journal row's insert before its record's write)."""
-        return asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
+                await self._store.close()
 
     async def _write_loop(self) -> None:
-        """Move queued records to SQLite: whatever is queued, in one transaction per batch."""
+        """Move queued records to the store: whatever is queued, in one transaction per batch."""
         while True:
             batch = [await self._queue.get()]
             if not self._closed:
@@ -286,19 +303,20 @@ class UsageSink:
                     self._queue.task_done()
 
     async def _write(self, batch: list[UsageRecord]) -> None:
-        """Write one batch, retrying while SQLite fails (a full disk, a locked file)."""
+        """Write one batch, retrying while the store fails (a full disk, a locked file, a
+        database that is down); a retried batch is stored once."""
         store = self.store
         failures = 0
         while True:
             try:
-                # On the database's one thread, after the journal inserts handed over before it.
-                await self._on_db_thread(partial(store.write, batch, outbox=self.hook_enabled))
+                # After the journal inserts handed to the store before it.
+                await store.write(batch, outbox=self.hook_enabled)
                 break
             except Exception as exc:
                 self.write_errors += 1
                 failures += 1
                 if failures == 1:
-                    log.error("usage: cannot write to %s (%s); retrying", self.path, exc)
+                    log.error("usage: cannot write to %s (%s); retrying", self.location, exc)
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
         self.written += len(batch)
         if self._acks:

@@ -338,7 +338,7 @@ async def _stream(session: aiohttp.ClientSession, url: str) -> tuple[int, int, b
 async def _records(sink: UsageSink, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 10
     while True:
-        records = await asyncio.to_thread(sink.store.recent, count + 10)
+        records = await sink.store.recent(count + 10)
         if len(records) >= count or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)

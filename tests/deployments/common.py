@@ -16,7 +16,7 @@ import yaml
 from llmproxy.config._env import expand_env
 from llmproxy.config.model import Config
 from llmproxy.daemon.admin_socket import admin_socket_path
-from llmproxy.keystore.postgres import is_postgres_url
+from llmproxy.dsn import is_postgres_url
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = REPO / "deployments"

@@ -53,7 +53,7 @@ from tests.deployments.common import (
 )
 from tests.deployments.test_dockerfile import copy_sources, in_context
 from tests.e2e.daemon import free_port, stop
-from tests.keystore.conftest import fresh_schema_sync
+from tests.postgres import fresh_schema_sync
 
 IMAGE_PREFIX = "/opt/llmproxy"
 

@@ -18,7 +18,7 @@ import redis.asyncio
 
 from llmproxy.limits._wire import key_names
 from tests.e2e.daemon import LLMPROXY, free_port, running, wait_until_up
-from tests.keystore.conftest import fresh_schema_sync
+from tests.postgres import fresh_schema_sync
 
 LEASE_TTL = 2.0
 

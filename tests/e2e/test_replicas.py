@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from tests.e2e.daemon import LLMPROXY, free_port, running
-from tests.keystore.conftest import fresh_schema_sync
+from tests.postgres import fresh_schema_sync
 
 BODY = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
 

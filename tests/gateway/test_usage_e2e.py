@@ -55,7 +55,7 @@ def _config(mock_url: str, **usage: Any) -> Config:
 
 async def _records(sink: UsageSink, count: int) -> list[UsageRecord]:
     for _ in range(100):
-        records = await asyncio.to_thread(sink.store.recent, 1000)
+        records = await sink.store.recent(1000)
         if len(records) >= count:
             return records
         await asyncio.sleep(0.05)
@@ -232,7 +232,7 @@ async def test_durable_acknowledge_ends_a_response_only_once_its_record_is_writt
                 async with session.post(gw.url + CHAT, json=body, headers=headers) as response:
                     payload = await response.read()
                 # No waiting: the record was committed before the last byte was sent.
-                stored = sink.store.recent(100)
+                stored = await sink.store.recent(100)
                 assert len(stored) == number + 1
                 assert stored[0].request_id == response.headers["x-request-id"]
                 assert stored[0].completion_tokens == 5
@@ -287,7 +287,7 @@ async def test_durable_holds_a_done_marker_cut_across_chunks(tmp_path: Path) -> 
                     received += chunk
                     if b"data: [DONE]\n\n" in received:
                         # The moment the client holds a complete [DONE]: already written.
-                        stored = sink.store.recent(10)
+                        stored = await sink.store.recent(10)
                         assert len(stored) == 1
                         assert stored[0].total_tokens == 4
                         break

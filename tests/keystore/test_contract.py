@@ -14,7 +14,7 @@ from llmproxy.apikey import key_sha256
 from llmproxy.keystore import KeyNotFound, KeyStoreError
 from llmproxy.keystore.access import KeyStoreAccess, open_key_store
 from llmproxy.keystore.postgres import PostgresKeyStore
-from tests.keystore.conftest import fresh_schema
+from tests.postgres import fresh_schema
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

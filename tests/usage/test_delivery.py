@@ -186,7 +186,7 @@ async def test_refused_records_move_to_the_dead_letters(tmp_path: Path) -> None:
     await until(lambda: sink.dead_letters() == 10)
     assert sink.outbox_depth() == 0
     assert receiver.requests == 3
-    letters = await asyncio.to_thread(sink.store.dead_letter_records)
+    letters = await sink.store.dead_letter_records()
     assert {letter.error for letter in letters} == {"HTTP 400"}
     assert all(letter.attempts == 3 for letter in letters)
     await sink.close()

@@ -1,30 +1,13 @@
-"""The journal's recovery: rows of dead processes become interrupted records, once; rows of live
-ones (another worker sharing the database) are left alone; a written record removes its row."""
+"""Journal owners: a process is told apart by host, pid and start time; one on another host is
+judged by its heartbeat."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-from llmproxy.usage.journal import owner_alive, process_owner, recover
-from llmproxy.usage.outbox import UsageOutbox
-from llmproxy.usage.record import UsageRecord
-
-
-def _skeleton(request_id: str) -> UsageRecord:
-    return UsageRecord(
-        request_id=request_id,
-        model="m",
-        prompt_tokens=7,
-        completion_tokens=0,
-        total_tokens=7,
-        usage_source="estimated",
-        key_id="key_1",
-        stream=True,
-        status="interrupted",
-    )
+from llmproxy.usage.journal import OWNER_TIMEOUT, owner_alive, owner_gone, process_owner
 
 
 def _dead_owner() -> str:
@@ -36,37 +19,23 @@ def _dead_owner() -> str:
 
 
 def test_owners_are_told_apart_by_pid_and_start_time() -> None:
-    assert owner_alive(process_owner())
+    """This process is alive; a finished child, or this pid with another start time, is not."""
+    me = process_owner()
+    assert me.startswith(socket.gethostname() + ":")
+    assert owner_alive(me)
     assert not owner_alive(_dead_owner())
-    pid = process_owner().partition(":")[0]
-    assert not owner_alive(f"{pid}:1")  # this pid, another start time: a reused pid
+    host, pid, _ = me.rsplit(":", 2)
+    assert not owner_alive(f"{host}:{pid}:1")  # this pid, another start time: a reused pid
     assert not owner_alive("")
+    # An earlier version's owner ("<pid>:<start>") is this host's.
+    assert owner_alive(me.split(":", 1)[1])
 
 
-def test_recover_settles_dead_rows_once_and_leaves_live_ones(tmp_path: Path) -> None:
-    store = UsageOutbox(tmp_path / "usage.db")
-    now = time.time()
-    dead, live = _dead_owner(), process_owner()
-    store.journal_open(
-        [
-            ("req-dead", dead, _skeleton("req-dead").to_json(), now - 2, "r:lease"),
-            ("req-live", live, _skeleton("req-live").to_json(), now - 2, ""),
-            ("req-done", dead, _skeleton("req-done").to_json(), now - 2, ""),
-        ]
-    )
-    store.journal_checkpoint([(9, 30, now - 1, "req-dead")])
-    # req-done ended normally before the crash: its record's write removed its row.
-    store.write([UsageRecord.from_json(_skeleton("req-done").to_json())], outbox=True)
-
-    recovered = recover(store, outbox=True)
-    assert [(r.record.request_id, r.record.status, r.lease) for r in recovered] == [
-        ("req-dead", "interrupted", "r:lease")
-    ]
-    record = recovered[0].record
-    assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (9, 30, 39)
-    assert record.finish_reason == "interrupted"
-    assert 900 <= record.latency_ms <= 1100
-    assert [row[0] for row in store.journal()] == ["req-live"]
-    assert store.depth() == 2  # req-done and req-dead queued for the webhook
-    assert recover(store, outbox=True) == []  # settled once
-    store.close()
+def test_an_owner_on_another_host_is_judged_by_its_heartbeat() -> None:
+    """Unknown here; gone once silent for OWNER_TIMEOUT, or when it never beat."""
+    far = "elsewhere:1:2"
+    assert owner_alive(far) is None
+    assert not owner_gone(far, 1000.0, 1000.0 + OWNER_TIMEOUT - 1)
+    assert owner_gone(far, 1000.0, 1000.0 + OWNER_TIMEOUT + 1)
+    assert owner_gone(far, None, 1000.0)
+    assert owner_gone(_dead_owner(), 1000.0, 1000.0)  # local and dead: at once

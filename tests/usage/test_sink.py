@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -32,7 +31,7 @@ async def test_overflow_is_counted_and_warned_once(
     assert sum("usage queue full" in r.message for r in caplog.records) == 1
     await sink.start()
     await sink.close()
-    outbox = UsageOutbox(sink.path)
+    outbox = UsageOutbox(Path(sink.location))
     assert len(outbox.recent(100)) == 5
     outbox.close()
 
@@ -46,7 +45,7 @@ async def test_records_submitted_before_close_are_all_in_the_outbox(tmp_path: Pa
         sink.submit(record)
     await sink.close(timeout=10)
     assert sink.lost_on_close == 0
-    outbox = UsageOutbox(sink.path)
+    outbox = UsageOutbox(Path(sink.location))
     assert outbox.depth() == 3000
     assert {p.id for p in outbox.pending(5000)} == {r.id for r in records}
     outbox.close()
@@ -63,7 +62,7 @@ async def test_without_a_webhook_records_are_only_stored(tmp_path: Path) -> None
     await until(lambda: committed == [record.id])
     assert sink.outbox_depth() == 0
     assert sink.delivery_attempts == 0
-    assert await asyncio.to_thread(sink.store.recent, 10, "k1") == [record]
+    assert await sink.store.recent(10, key="k1") == [record]
     await sink.close()
 
 

@@ -1,0 +1,55 @@
+"""Versioned schema migrations on PostgreSQL, shared by every component that keeps tables there
+(the builtin key store, the usage store).
+
+Each component lists its migrations, a tuple of statements per version; :func:`migrate` applies
+the missing ones in one transaction under an advisory lock, and records the version in
+``llmproxy_schema`` (a row per component). Replicas starting together wait for each other on the
+lock, and the later ones find the work done. Append a migration to change a schema — never edit
+one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import asyncpg
+
+LOCK_ID: Final = 0x6C6C6D70_6B657973  # "llmpkeys": the first component's lock, kept for all
+
+Migrations = Sequence[Sequence[str]]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a later llmproxy than this one."""
+
+
+async def migrate(connection: asyncpg.Connection, component: str, migrations: Migrations) -> int:
+    """Bring ``component``'s tables to ``len(migrations)``; answers the version found."""
+    target = len(migrations)
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS llmproxy_schema "
+            "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        found = await connection.fetchval(
+            "SELECT version FROM llmproxy_schema WHERE component = $1", component
+        )
+        found = int(found or 0)
+        if found > target:
+            raise SchemaTooNew(
+                f"{component} schema version {found} is newer than this llmproxy understands "
+                f"({target}); upgrade llmproxy"
+            )
+        for version in range(found + 1, target + 1):
+            for statement in migrations[version - 1]:
+                await connection.execute(statement)
+        if found < target:
+            await connection.execute(
+                "INSERT INTO llmproxy_schema (component, version) VALUES ($1, $2) "
+                "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
+                component,
+                target,
+            )
+    return found

@@ -1,0 +1,100 @@
+"""The rows a usage store hands back, whichever database holds them (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from llmproxy.usage.record import UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord:
+    """One outbox row waiting for delivery: ``body`` is the record's stored JSON."""
+
+    seq: int
+    id: str
+    body: bytes
+    queued_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummaryRow:
+    """What one key spent on one model: requests and tokens (``GET /usage/summary``)."""
+
+    key_id: str
+    key_name: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    def as_json(self) -> dict[str, object]:
+        """The row as the admin API returns it."""
+        return {
+            "key_id": self.key_id,
+            "key_name": self.key_name,
+            "model": self.model,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the receiver never accepted, and the last error."""
+
+    id: str
+    body: bytes
+    attempts: int
+    error: str
+    moved_at: float
+
+
+class JournalOpen(NamedTuple):
+    """A journal row as opened: the record the request would get if it were cut now."""
+
+    request_id: str
+    owner: str
+    body: bytes
+    opened_at: float
+    lease: str
+
+
+class JournalCheckpoint(NamedTuple):
+    """The tokens a journalled request has counted so far."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    at: float
+    request_id: str
+
+
+class JournalRow(NamedTuple):
+    """A journal row as read back when its owner is gone."""
+
+    request_id: str
+    owner: str
+    body: bytes
+    prompt_tokens: int
+    completion_tokens: int
+    opened_at: float
+    updated_at: float
+    lease: str
+
+
+class Recovered(NamedTuple):
+    """A request a crash cut off, billed when its row was settled."""
+
+    record: UsageRecord
+    lease: str
+    """The limits lease it held ("" for none): a Redis one is settled with the billed tokens."""
+
+
+Settle = Callable[[JournalRow], UsageRecord]
+"""Turns the journal row of a request a crash cut off into its ``interrupted`` record."""
