@@ -19,6 +19,7 @@ from pydantic.config import JsonDict
 
 from llmproxy.config.errors import PathValueError
 from llmproxy.config.units import parse_duration, parse_size
+from llmproxy.dsn import is_postgres_url, postgres_dsn
 from llmproxy.http_fields import header_name_problem, header_value_problem
 from llmproxy.keyfields import doc
 from llmproxy.routing.strategies import Strategy, strategy_reference
@@ -858,15 +859,19 @@ class UsageHookConfig(Section):
 
 
 class UsageConfig(Section):
-    """``usage``: the local SQLite file that keeps usage records and the webhook outbox."""
+    """``usage``: the store of usage records, the webhook outbox and the journal of requests in
+    flight: a local SQLite file, or PostgreSQL shared by replicas."""
 
     enabled: bool = True
     """Keep a usage record of every request (local store, live tail, webhook); when false only
     metrics and limits count tokens.
     """
     database: str = "llmproxy-usage.db"
-    """SQLite file of recent usage records and undelivered webhook records (relative to the
-    config file's directory).
+    """Where usage records, undelivered webhook records and the journal live: a SQLite file
+    (relative to the config file's directory), or a `postgresql://user@host:5432/db` URL that
+    several gateways share — records are stored once by id, `llmproxy usage` answers for the
+    whole fleet from any machine, and the webhook outbox is delivered by whichever gateway claims
+    a batch first.
     """
     acknowledge: Literal["immediate", "durable"] = "immediate"
     """`immediate`: a response ends as soon as the backend's does, and its record is written
@@ -875,8 +880,8 @@ class UsageConfig(Section):
     to this file, a few ms, so no answered request goes unrecorded.
     """
     synchronous: Literal["normal", "full"] = "normal"
-    """`normal` survives a killed gateway process; `full` also survives a power loss, at the cost
-    of an fsync per write batch.
+    """SQLite: `normal` survives a killed gateway process; `full` also survives a power loss, at
+    the cost of an fsync per write batch. (PostgreSQL commits follow the server's own settings.)
     """
     journal: bool = True
     """Journal every model request while it runs (committed before its first byte, tokens
@@ -890,6 +895,15 @@ class UsageConfig(Section):
     """Recent usage records kept for `llmproxy usage`; 0 keeps none."""
     subscriber_queue: int = Field(default=1000, ge=1)
     """Records buffered for each live subscriber; a slower subscriber misses records."""
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("usage.database needs a SQLite path or a postgresql:// URL")
+        if is_postgres_url(value):
+            postgres_dsn(value)  # a malformed URL fails here, its password not shown
+        return value
 
 
 class RecordConfig(Section):

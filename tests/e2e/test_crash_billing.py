@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -10,17 +11,20 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
+import asyncpg
+import pytest
 
 from llmproxy.keystore import KeyStore
 from tests.e2e.daemon import LLMPROXY, free_port, running, wait_until_up
+from tests.postgres import fresh_schema_sync
 
 STREAMS = 20
 
 
-def _config(tmp_path: Path, port: int, backend_port: int) -> Path:
+def _config(tmp_path: Path, port: int, backend_port: int, usage_db: str) -> Path:
     config = tmp_path / "gateway.yaml"
     config.write_text(
         textwrap.dedent(
@@ -30,7 +34,7 @@ def _config(tmp_path: Path, port: int, backend_port: int) -> Path:
             backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
             health_check: {{enabled: false}}
             auth: {{enabled: true, storage: builtin, builtin_db: keys.db}}
-            usage: {{database: usage.db}}
+            usage: {{database: "{usage_db}"}}
             """
         )
     )
@@ -64,13 +68,27 @@ async def _stream(port: int, secret: str, received: list[int]) -> None:
         pass  # the gateway died under it
 
 
-def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(
+    tmp_path: Path, store: str
+) -> None:
     """20 live streams, the gateway killed -9: after the restart there are 20 records with
     ``status: "interrupted"``, each billed for at least what its client received minus
     250 ms of tokens (the checkpoint interval), and none twice; the key's used quota counts
-    them."""
+    them. With the usage store in a SQLite file and in PostgreSQL."""
+    with contextlib.ExitStack() as stack:
+        if store == "sqlite":
+            usage_db = "usage.db"
+            usage: _UsageTables = _SqliteUsage(tmp_path / usage_db)
+        else:
+            usage_db = stack.enter_context(fresh_schema_sync())
+            usage = _PostgresUsage(usage_db)
+        _kill_and_restart(tmp_path, usage_db, usage)
+
+
+def _kill_and_restart(tmp_path: Path, usage_db: str, usage: _UsageTables) -> None:
     backend_port, port = free_port(), free_port()
-    config = _config(tmp_path, port, backend_port)
+    config = _config(tmp_path, port, backend_port, usage_db)
     with KeyStore(tmp_path / "keys.db") as keys:
         secret, key = keys.add(name="crash")
     itl = 0.02  # 50 tokens/s: 250 ms is 12.5 tokens
@@ -104,12 +122,12 @@ def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(tmp_path: Pa
         with running(
             ["serve", "--config", str(config)], f"http://127.0.0.1:{port}/health", cwd=tmp_path
         ):
-            records = _records(tmp_path / "usage.db")
+            records = usage.records()
             deadline = time.monotonic() + 5
             while len(records) < STREAMS and time.monotonic() < deadline:
                 time.sleep(0.1)
-                records = _records(tmp_path / "usage.db")
-            journal_left = _journal_rows(tmp_path / "usage.db")
+                records = usage.records()
+            journal_left = usage.journal_rows()
             billed_total = sum(r["total_tokens"] for r in records)
             deadline = time.monotonic() + 5  # quota use is written back once a second
             while _used_quota(tmp_path / "keys.db", key.id) < billed_total:
@@ -129,15 +147,47 @@ def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(tmp_path: Pa
     assert journal_left == 0
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(path) as db:
-        return [json.loads(body) for (body,) in db.execute("SELECT body FROM usage")]
+class _UsageTables(Protocol):
+    def records(self) -> list[dict[str, Any]]: ...
+    def journal_rows(self) -> int: ...
 
 
-def _journal_rows(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        (count,) = db.execute("SELECT count(*) FROM journal").fetchone()
-        return int(count)
+class _SqliteUsage:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self) -> list[dict[str, Any]]:
+        with sqlite3.connect(self.path) as db:
+            return [json.loads(body) for (body,) in db.execute("SELECT body FROM usage")]
+
+    def journal_rows(self) -> int:
+        with sqlite3.connect(self.path) as db:
+            (count,) = db.execute("SELECT count(*) FROM journal").fetchone()
+            return int(count)
+
+
+class _PostgresUsage:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _fetch(self, query: str) -> list[Any]:
+        async def fetch() -> list[Any]:
+            connection = await asyncpg.connect(self.url)
+            try:
+                return [row[0] for row in await connection.fetch(query)]
+            finally:
+                await connection.close()
+
+        try:
+            return asyncio.run(fetch())
+        except asyncpg.UndefinedTableError:
+            return []  # the gateway has not created its tables yet
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for body in self._fetch("SELECT body::text FROM llmproxy_usage")]
+
+    def journal_rows(self) -> int:
+        return int(self._fetch("SELECT count(*) FROM llmproxy_usage_journal")[0])
 
 
 def _used_quota(path: Path, key_id: str) -> int:

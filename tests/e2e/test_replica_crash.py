@@ -1,4 +1,5 @@
-"""Two replicas sharing Redis limits and a PostgreSQL key store; one is killed -9 mid-stream."""
+"""Two replicas sharing Redis limits, a PostgreSQL key store and a PostgreSQL usage store; one is
+killed -9 mid-stream."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import json
 import secrets
 import signal
-import sqlite3
 import subprocess
 import textwrap
 import time
@@ -47,7 +47,7 @@ def _replica(
               lease_ttl: {LEASE_TTL}s
               instances: 2
               per_key: {{enabled: true, max_concurrent: 2}}
-            usage: {{database: usage.db}}
+            usage: {{database: "{database}"}}
             """
         )
     )
@@ -96,10 +96,11 @@ async def _stream_until_cut(port: int, secret: str, started: asyncio.Event) -> N
         pass  # the replica died under it
 
 
-def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_path: Path) -> None:
+def test_a_replica_killed_mid_stream_frees_its_slots_and_is_billed(tmp_path: Path) -> None:
     """Replica B holds a key's two concurrency slots (two live streams) and is killed -9: A
     refuses the key (the slots are taken) until B's leases expire, within lease_ttl, then serves
-    it; B, started again, writes both streams as interrupted records."""
+    it; B's two streams become interrupted records in the shared store — settled by A's next
+    sweep, as B is gone — once, though B starts again and looks too."""
     backend_port = free_port()
     prefix = f"llmproxy:test:{secrets.token_hex(4)}:"
     with (
@@ -157,14 +158,20 @@ def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_pa
                 replica_b.kill()
                 replica_b.wait()
 
+            # A sweeps the journal every few seconds and finds B's owner gone.
+            deadline = time.monotonic() + 15
+            while len(records := _interrupted(config_a)) < 2:
+                assert time.monotonic() < deadline, "B's streams were never billed"
+                time.sleep(0.2)
             with running(
                 ["serve", "--config", str(config_b)],
                 f"http://127.0.0.1:{port_b}/health",
                 cwd=config_b.parent,
             ):
-                records = _records(config_b.parent / "usage.db")
-                # B settled the two leases with the billed tokens: Redis's quota counter has
-                # them, and A's one served probe.
+                time.sleep(1.0)
+                assert _interrupted(config_b) == records  # settled once, seen from B too
+                # The settler settled the two leases with the billed tokens: Redis's quota
+                # counter has them, and A's one served probe.
                 billed = sum(r["total_tokens"] for r in records)
                 assert _redis_quota_used(prefix, key_id) == billed + probe_tokens
     assert [r["status"] for r in records] == ["interrupted", "interrupted"]
@@ -172,9 +179,17 @@ def test_a_replica_killed_mid_stream_frees_its_slots_and_bills_at_restart(tmp_pa
     assert {r["key_name"] for r in records} == {"shared"}
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(path) as db:
-        return [json.loads(body) for (body,) in db.execute("SELECT body FROM usage")]
+def _interrupted(config: Path) -> list[dict[str, Any]]:
+    """The fleet's interrupted records, as ``usage recent`` on one replica shows them."""
+    done = subprocess.run(
+        [*LLMPROXY, "usage", "recent", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    records: list[dict[str, Any]] = json.loads(done.stdout)["records"]
+    return [r for r in records if r["status"] == "interrupted"]
 
 
 def _redis_quota_used(prefix: str, key_id: str) -> int:
