@@ -206,7 +206,7 @@ def written_dirs(config: Config, base_dir: Path) -> dict[str, Path]:
     system services).
     """
     dirs: dict[str, Path] = {}
-    if config.usage.enabled:
+    if config.usage.enabled and not is_postgres_url(config.usage.database):
         dirs["usage.database"] = (base_dir / config.usage.database).parent
     types = {entry.type for entry in config.auth.pipeline if entry.enabled}
     builtin = config.auth.enabled and ("builtin" in types or config.auth.storage == "builtin")

@@ -162,12 +162,13 @@ def test_config_points_at_the_compose_services() -> None:
         postgres["POSTGRES_PASSWORD"],
     )
     assert keys.path == f"/{postgres['POSTGRES_DB']}"
+    assert config.usage.database == config.auth.builtin_db  # records shared by both replicas
     assert config.rate_limit.instances == 2  # the two replicas
 
 
 def test_the_second_replica_is_the_first_on_its_own_port_and_state() -> None:
     """llmproxy-2 runs the same image, config and environment as llmproxy, with its own
-    published port and its own state volume (usage database, journal, outbox)."""
+    published port and its own state volume (its working directory)."""
     found = services()
     first, second = found["llmproxy"], found["llmproxy-2"]
     for name in ("image", "environment", "depends_on", "stop_grace_period", "restart"):

@@ -196,17 +196,19 @@ def wait_for(condition: str, check: Callable[[], bool], within: float) -> None:
         time.sleep(0.05)
 
 
-def _stored_key_names(url: str) -> list[str]:
-    async def names() -> list[str]:
+def _stored(url: str, query: str) -> list[object]:
+    """The first column of ``query`` (``{schema}`` filled in) in the test's PostgreSQL schema."""
+
+    async def fetch() -> list[object]:
         connection = await asyncpg.connect(url.partition("?")[0])
         try:
             schema = url.partition("search_path=")[2]
-            rows = await connection.fetch(f"SELECT name FROM {schema}.llmproxy_keys")
-            return [row["name"] for row in rows]
+            rows = await connection.fetch(query.format(schema=schema))
+            return [row[0] for row in rows]
         finally:
             await connection.close()
 
-    return asyncio.run(names())
+    return asyncio.run(fetch())
 
 
 # -- the tests --------------------------------------------------------------------------------
@@ -247,8 +249,8 @@ def test_image_commands_bring_up_the_compose_stack(tmp_path: Path) -> None:
         redis_with_password(gateway_env["REDIS_PASSWORD"], tmp_path) as redis_port,
         fresh_schema_sync() as keys_url,
     ):
-        # compose/config.yaml, with only addresses and path prefixes changed (the keys go to a
-        # fresh schema of the machine's PostgreSQL instead of the `postgres` service)
+        # compose/config.yaml, with only addresses and path prefixes changed (keys and usage go
+        # to a fresh schema of the machine's PostgreSQL instead of the `postgres` service)
         text = COMPOSE_CONFIG.read_text()
         for old, new in {
             'listen: ":8000"': f'listen: "127.0.0.1:{ports["gateway"]}"',
@@ -256,7 +258,6 @@ def test_image_commands_bring_up_the_compose_stack(tmp_path: Path) -> None:
             '"redis:6379"': f'"127.0.0.1:{redis_port}"',
             '"postgresql://llmproxy:${POSTGRES_PASSWORD}@postgres:5432/llmproxy"': f'"{keys_url}"',
             "http://usage-receiver:3100": f"http://127.0.0.1:{ports['receiver']}",
-            "/var/lib/llmproxy/": f"{state}/",
             "/run/llmproxy/": f"{run}/",
         }.items():
             assert old in text, old
@@ -336,8 +337,11 @@ def test_image_commands_bring_up_the_compose_stack(tmp_path: Path) -> None:
                     lambda: "1 unique" in receiver_log.read_text(),
                     within=20,
                 )
-                assert (state / "usage.db").exists()
-                assert _stored_key_names(keys_url) == ["smoke"]  # in PostgreSQL
+                # keys and usage records in PostgreSQL
+                assert _stored(keys_url, "SELECT name FROM {schema}.llmproxy_keys") == ["smoke"]
+                assert _stored(keys_url, "SELECT key_name FROM {schema}.llmproxy_usage") == [
+                    "smoke"
+                ]
                 assert (run / "admin.sock").exists()
 
                 gateway.send_signal(getattr(signal, dockerfile().final.one("STOPSIGNAL").args))
