@@ -7,6 +7,11 @@ per request and their ratio per round: what the change costs, with the machine's
 cancelled out. Needs ``wrk`` and ``taskset``; the mock backend runs on the load's core.
 
     python -m bench.ab before=/tmp/before after=. --stream --rounds 5
+
+One checkout under two configs measures what a setting costs (``--set NAME:KEY=JSON``, any
+number of times)::
+
+    python -m bench.ab off=. on=. --full --stream --set off:usage.journal=false
 """
 
 from __future__ import annotations
@@ -52,6 +57,25 @@ def _start(command: list[str], cpu: int, cwd: Path, env: dict[str, str]) -> subp
     )
 
 
+def _apply(config: dict[str, object], build: str, setting: str) -> None:
+    """``NAME:dotted.key=JSON`` into ``config`` when NAME is ``build``."""
+    name, _, assignment = setting.partition(":")
+    if name != build:
+        return
+    key, _, text = assignment.partition("=")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text  # a bare string
+    *parents, last = key.split(".")
+    section = config
+    for part in parents:
+        child = section.setdefault(part, {})
+        assert isinstance(child, dict), f"--set {setting}: {part} is not a section"
+        section = child
+    section[last] = value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("builds", nargs=2, help="NAME=DIR of a checkout, twice")
@@ -74,6 +98,13 @@ def main() -> None:
         help="a max_in_flight on the backend (with the per-key limits the bench always has): "
         "what several "
         "workers share",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=JSON",
+        help="a config value for one build, e.g. off:usage.journal=false (dotted key, JSON value)",
     )
     args = parser.parse_args()
     wrk, _ = ensure_tools(want_nginx=False)
@@ -114,6 +145,8 @@ def main() -> None:
             rendered["server"] = {"workers": args.workers, "watch_config": False}
             if args.shared_state:
                 rendered["backends"][0]["max_in_flight"] = 10_000
+            for setting in args.set:
+                _apply(rendered, name, setting)
             config.write_text(json.dumps(rendered, indent=2) + "\n")
             checkout = Path(directory).resolve()
             command = [sys.executable, "-m", "llmproxy", "serve", "--config", str(config)]

@@ -52,6 +52,9 @@ class Finished(msgspec.Struct, frozen=True):
     """When recording sampled it: its arrival time (else None)."""
     body: bytes | None = None
     """When recording sampled it: the body as judged, before the gateway's own edits."""
+    record_id: str = ""
+    """The usage record id its journal row was given ("" when not journalled): the record keeps
+    it, so a request settled as interrupted by another gateway is never stored twice."""
 
     @property
     def served(self) -> bool:

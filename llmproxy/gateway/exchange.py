@@ -157,4 +157,5 @@ class Exchange:
             metadata=identity.metadata if identity is not None else {},
             arrival=self.arrival,
             body=self.judged_body,
+            record_id=self.journal.skeleton.id if self.journal is not None else "",
         )

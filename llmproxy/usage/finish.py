@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from llmproxy.finish import Finished, Sink
-from llmproxy.usage.record import UsageRecord, flat_metadata
+from llmproxy.usage.record import UsageRecord, flat_metadata, new_record_id
 from llmproxy.usage.sink import UsageSink
 
 
@@ -16,6 +16,7 @@ def usage_sink(sink: UsageSink) -> Sink:
     def finished(done: Finished) -> asyncio.Future[None] | None:
         # Built in one call, without a dict of fields: this runs for every request.
         record = UsageRecord(
+            id=done.record_id or new_record_id(),
             request_id=done.request_id,
             model=done.model,
             prompt_tokens=done.prompt_tokens,

@@ -13,13 +13,42 @@ from pathlib import Path
 import httpx
 import yaml
 
+from llmproxy.auth.lua.sandbox import LuaSandbox
 from llmproxy.mock import MockBackend, MockSettings
 from tests.e2e.daemon import free_port, running
 
 ITL = 0.02
 TOKENS = 150
-BURN = "local x = 0 for i = 1, 500000 do x = x + i end return true"
-"""A decision that costs about 20 ms of CPU: each admitted request makes the loop late."""
+LAG_LIMIT = 0.015
+"""server.overload.max_event_loop_lag of the test's gateway."""
+
+BURN_SECONDS = LAG_LIMIT + 0.02
+"""What each admitted request of the flood costs in CPU: the 10 ms probe runs late by more than
+the limit even when the loop runs one request per iteration (how many it runs at once depends on
+the event loop's version)."""
+
+FLOODERS = 8
+"""Clients sending the expensive requests back to back: at most this many are admitted in one
+burst (before the probe sees the lag), which bounds how long a running stream can stall."""
+
+
+def _burn_script(seconds: float = BURN_SECONDS) -> str:
+    """A Lua decision that costs ``seconds`` of CPU on this machine (calibrated here, in the
+    same sandbox: machines differ by several times)."""
+    sandbox = LuaSandbox(instruction_limit=1_000_000_000, timeout=10.0)
+    try:
+        probe = 500_000
+        script = sandbox.compile(_loop(probe), "calibration")
+        started = time.perf_counter()
+        script.decide(api_key="k", data={}, request={}, metadata={}, now=time.time())
+        spent = time.perf_counter() - started
+    finally:
+        sandbox.close()
+    return _loop(max(probe, int(probe * seconds / spent)))
+
+
+def _loop(iterations: int) -> str:
+    return f"local x = 0 for i = 1, {iterations} do x = x + i end return true"
 
 
 def _config(tmp_path: Path, mock_url: str, port: int) -> Path:
@@ -27,7 +56,7 @@ def _config(tmp_path: Path, mock_url: str, port: int) -> Path:
         "listen": f"127.0.0.1:{port}",
         "server": {
             "watch_config": False,
-            "overload": {"max_event_loop_lag": "50ms", "retry_after": 2},
+            "overload": {"max_event_loop_lag": LAG_LIMIT, "retry_after": 2},
         },
         "backends": [{"url": mock_url}],
         "health_check": {"enabled": False},
@@ -36,14 +65,14 @@ def _config(tmp_path: Path, mock_url: str, port: int) -> Path:
         "auth": {
             "enabled": True,
             "cache": {"enabled": False},
-            "lua": {"instruction_limit": 100_000_000, "timeout": "5s"},
+            "lua": {"instruction_limit": 1_000_000_000, "timeout": "5s"},
             "pipeline": [
                 {"name": "streams", "type": "static", "keys": [{"key": "sk-stream"}]},
                 {
                     "name": "heavy",
                     "type": "static",
                     "keys": [{"key": "sk-heavy"}],
-                    "lua_script": BURN,
+                    "lua_script": _burn_script(),
                 },
             ],
         },
@@ -102,7 +131,9 @@ async def _run(tmp_path: Path) -> Seen:
                 streams = [asyncio.create_task(_stream(client, url)) for _ in range(4)]
                 await asyncio.sleep(0.5)  # the streams are flowing
                 until = time.perf_counter() + 1.5
-                floods = await asyncio.gather(*(_flood(client, url, until) for _ in range(12)))
+                floods = await asyncio.gather(
+                    *(_flood(client, url, until) for _ in range(FLOODERS))
+                )
                 arrivals = await asyncio.gather(*streams)
                 metrics = (await client.get(url + "/metrics")).text
     return arrivals, [answer for flood in floods for answer in flood], metrics
@@ -125,7 +156,7 @@ async def test_overload_sheds_new_requests_and_running_streams_keep_their_pace(
     assert any(answer.status_code == 200 for answer in answers)  # shedding is not refusing all
     for times in arrivals:
         assert len(times) >= TOKENS  # every token, and [DONE]
-    # Running streams keep their pace: the flood's admitted requests each cost 20 ms of CPU,
+    # Running streams keep their pace: the flood's admitted requests each cost 35 ms of CPU,
     # yet no stream waits much past the threshold for a chunk, and none takes much longer.
     gaps = _gaps(arrivals)
     p99, worst = gaps[int(len(gaps) * 0.99)], gaps[-1]
