@@ -99,6 +99,11 @@ def main() -> None:
         "what several "
         "workers share",
     )
+    parser.add_argument("--tokens", type=int, default=16, help="completion tokens per request")
+    parser.add_argument(
+        "--itl", type=float, default=0.0, help="the mock's seconds between tokens (default 0)"
+    )
+    parser.add_argument("--connections", type=int, default=32, help="wrk's connections per build")
     parser.add_argument(
         "--set",
         action="append",
@@ -124,13 +129,15 @@ def main() -> None:
             str(mock_port),
             "--ttft",
             str(args.ttft),
+            "--itl",
+            str(args.itl),
         ],
         0,
         Path.cwd(),
         env,
     )
     script = work / "post.lua"
-    lua = render_lua(16)
+    lua = render_lua(args.tokens)
     if args.stream:
         lua = lua.replace('"messages"', '"stream": true, "messages"', 1)
     script.write_text(lua)
@@ -168,7 +175,7 @@ def main() -> None:
                         "0",
                         wrk,
                         "-t1",
-                        "-c32",
+                        f"-c{args.connections}",
                         f"-d{args.seconds}s",
                         "-s",
                         str(script),

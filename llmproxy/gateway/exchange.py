@@ -94,8 +94,7 @@ class Exchange:
         if self.usage is not None:
             return self.usage.prompt_tokens, self.usage.completion_tokens
         if self.stream_usage is not None:
-            usage = self.stream_usage.usage(self.prompt_estimate)
-            return usage.prompt_tokens, usage.completion_tokens
+            return self.stream_usage.counted(self.prompt_estimate)
         return self.prompt_estimate, 0
 
     def interrupted(self) -> UsageRecord:

@@ -278,12 +278,22 @@ class PostgresUsageStore:
 
     # Records -------------------------------------------------------------------------------
 
-    async def write(self, records: Sequence[UsageRecord], *, outbox: bool) -> None:
-        """Store the records not stored yet, delete their journal rows, queue the new ones."""
-        if not records:
+    async def write(
+        self,
+        records: Sequence[UsageRecord],
+        *,
+        outbox: bool,
+        opens: Sequence[JournalOpen] = (),
+    ) -> None:
+        """Journal ``opens``, store the records not stored yet, delete their journal rows, queue
+        the new ones."""
+        if not records and not opens:
             return
         async with self._writing() as connection:
-            await self._insert(connection, records, outbox=outbox)
+            if opens:
+                await self._open(connection, opens)
+            if records:
+                await self._insert(connection, records, outbox=outbox)
 
     async def _insert(
         self, connection: asyncpg.Connection, records: Sequence[UsageRecord], *, outbox: bool
@@ -392,21 +402,25 @@ class PostgresUsageStore:
 
     async def journal_open(self, rows: Sequence[JournalOpen]) -> None:
         async with self._writing() as connection:
-            await connection.execute(
-                "INSERT INTO llmproxy_usage_journal "
-                "(request_id, owner, body, opened_at, updated_at, lease) "
-                "SELECT r, o, b::jsonb, t, t, l "
-                "FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[]) "
-                "AS j(r, o, b, t, l) "
-                "ON CONFLICT (request_id) DO UPDATE SET owner = EXCLUDED.owner, "
-                "body = EXCLUDED.body, opened_at = EXCLUDED.opened_at, "
-                "updated_at = EXCLUDED.updated_at, lease = EXCLUDED.lease",
-                [row.request_id for row in rows],
-                [row.owner for row in rows],
-                [row.body.decode() for row in rows],
-                [row.opened_at for row in rows],
-                [row.lease for row in rows],
-            )
+            await self._open(connection, rows)
+
+    @staticmethod
+    async def _open(connection: asyncpg.Connection, rows: Sequence[JournalOpen]) -> None:
+        await connection.execute(
+            "INSERT INTO llmproxy_usage_journal "
+            "(request_id, owner, body, opened_at, updated_at, lease) "
+            "SELECT r, o, b::jsonb, t, t, l "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[]) "
+            "AS j(r, o, b, t, l) "
+            "ON CONFLICT (request_id) DO UPDATE SET owner = EXCLUDED.owner, "
+            "body = EXCLUDED.body, opened_at = EXCLUDED.opened_at, "
+            "updated_at = EXCLUDED.updated_at, lease = EXCLUDED.lease",
+            [row.request_id for row in rows],
+            [row.owner for row in rows],
+            [row.body.decode() for row in rows],
+            [row.opened_at for row in rows],
+            [row.lease for row in rows],
+        )
 
     async def journal_checkpoint(self, rows: Sequence[JournalCheckpoint]) -> None:
         async with self._writing() as connection:

@@ -71,9 +71,15 @@ class UsageStore(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
-    async def write(self, records: Sequence[UsageRecord], *, outbox: bool) -> None:
-        """Store ``records`` (each once, by id), delete their journal rows, and queue them for
-        the webhook when ``outbox``: one transaction."""
+    async def write(
+        self,
+        records: Sequence[UsageRecord],
+        *,
+        outbox: bool,
+        opens: Sequence[JournalOpen] = (),
+    ) -> None:
+        """Journal ``opens``, then store ``records`` (each once, by id), delete their journal
+        rows, and queue them for the webhook when ``outbox``: one transaction."""
 
     async def journal_open(self, rows: Sequence[JournalOpen]) -> None: ...
     async def journal_checkpoint(self, rows: Sequence[JournalCheckpoint]) -> None: ...
@@ -179,8 +185,14 @@ class SqliteUsageStore:
         """``function(*args)`` on the writer thread, queued now (before the caller yields)."""
         return asyncio.get_running_loop().run_in_executor(self._writer, function, *args)
 
-    async def write(self, records: Sequence[UsageRecord], *, outbox: bool) -> None:
-        await self._write_call(lambda: self.outbox.write(records, outbox=outbox))
+    async def write(
+        self,
+        records: Sequence[UsageRecord],
+        *,
+        outbox: bool,
+        opens: Sequence[JournalOpen] = (),
+    ) -> None:
+        await self._write_call(lambda: self.outbox.write(records, outbox=outbox, opens=opens))
 
     async def journal_open(self, rows: Sequence[JournalOpen]) -> None:
         await self._write_call(self.outbox.journal_open, rows)

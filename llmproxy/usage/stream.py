@@ -185,6 +185,13 @@ class StreamUsage:
         completion += extra
         return Usage(prompt, completion, prompt + completion, "counted", reason)
 
+    def counted(self, prompt_estimate: int) -> tuple[int, int]:
+        """(prompt, completion) of :meth:`usage`, without building it: the journal reads every
+        open stream's count four times a second."""
+        if self._usage is None:
+            return prompt_estimate, self._content_events
+        return self._usage[0], self._usage[1] + self._content_since_usage
+
     def _feed_stripping(self, chunk: bytes) -> bytes:
         tail = self._tail
         if tail:

@@ -81,6 +81,7 @@ def test_cut_off_stream_is_estimated() -> None:
     meter = StreamUsage(strip_usage_event=True)
     relay(meter, list(CHAT.events[:3]))
     assert meter.usage(prompt_estimate=30) == Usage(30, 2, 32, "estimated", None)
+    assert meter.counted(prompt_estimate=30) == (30, 2)  # what the journal checkpoints
     assert (meter.done, meter.events) == (False, 3)
 
 
@@ -98,6 +99,7 @@ def test_continuous_usage_cut_off_keeps_latest() -> None:
     meter = StreamUsage(strip_usage_event=False)
     relay(meter, list(CONTINUOUS.events[:3]))
     assert meter.usage(prompt_estimate=1) == Usage(9, 2, 11, "backend", None)
+    assert meter.counted(prompt_estimate=1) == (9, 2)
 
 
 def test_usage_then_more_content_is_counted() -> None:
@@ -110,6 +112,7 @@ def test_usage_then_more_content_is_counted() -> None:
     meter = StreamUsage(strip_usage_event=False)
     relay(meter, events)
     assert meter.usage(prompt_estimate=1) == Usage(8, 2, 10, "counted", "stop")
+    assert meter.counted(prompt_estimate=1) == (8, 2)
 
 
 def test_openai_null_usage_is_not_usage() -> None:
