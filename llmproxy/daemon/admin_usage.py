@@ -32,7 +32,7 @@ from llmproxy.daemon.runtime import RuntimeState
 from llmproxy.dsn import is_postgres_url
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.sink import UsageSink
-from llmproxy.usage.store import UsageStore
+from llmproxy.usage.store import Follower, UsageStore
 
 _T = TypeVar("_T")
 
@@ -164,35 +164,46 @@ class UsageApi:
     async def _ndjson(
         self,
         request: web.Request,
-        batches: AsyncGenerator[list[UsageRecord], None],
+        batches: Follower,
         key: str | None,
         model: str | None,
     ) -> web.StreamResponse:
         """Write the matching records of each batch (an empty batch: nothing new within an
-        interval) until the client leaves or the admin server stops, with keep-alive lines."""
+        interval) until the client leaves or the admin server stops, with keep-alive lines.
+        ``batches`` is closed however this ends (it may hold a database connection)."""
+        async with contextlib.aclosing(batches):
+            response = web.StreamResponse(
+                headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
+            )
+            await response.prepare(request)
+            try:
+                await self._write_batches(request, response, batches, key, model)
+            except ConnectionResetError:
+                pass  # the client left between two checks
+            except Exception as exc:  # the store failed while following it: the stream ends
+                log.warning("usage stream ended: the usage store failed: %s", exc)
+            return response
+
+    async def _write_batches(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        batches: Follower,
+        key: str | None,
+        model: str | None,
+    ) -> None:
         loop = asyncio.get_running_loop()
-        response = web.StreamResponse(
-            headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
-        )
-        await response.prepare(request)
         last_write = loop.time()
-        try:
-            async with contextlib.aclosing(batches):
-                async for records in batches:
-                    if self._closing.is_set() or _client_gone(request):
-                        break
-                    lines = [r.to_json() + b"\n" for r in records if record_matches(r, key, model)]
-                    if lines:
-                        await response.write(b"".join(lines))
-                        last_write = loop.time()
-                    elif loop.time() - last_write >= KEEPALIVE_INTERVAL:
-                        await response.write(b"\n")
-                        last_write = loop.time()
-        except ConnectionResetError:
-            pass  # the client left between two checks
-        except Exception as exc:  # the store failed while following it: the stream ends
-            log.warning("usage stream ended: the usage store failed: %s", exc)
-        return response
+        async for records in batches:
+            if self._closing.is_set() or _client_gone(request):
+                break
+            lines = [r.to_json() + b"\n" for r in records if record_matches(r, key, model)]
+            if lines:
+                await response.write(b"".join(lines))
+                last_write = loop.time()
+            elif loop.time() - last_write >= KEEPALIVE_INTERVAL:
+                await response.write(b"\n")
+                last_write = loop.time()
 
 
 async def _from_bus(

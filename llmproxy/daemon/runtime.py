@@ -509,13 +509,16 @@ class RuntimeState:
         providers = builtin_providers(self.current)
         limits = self.current.limits
         for record, lease in recovered:
-            if providers:
-                providers[0].count_usage(record.key_id, record.total_tokens)
-            if limits is not None and lease.startswith(REDIS_LEASE_PREFIX):
-                try:
+            # Each on its own: one failure must not leave the others' quota and leases unsettled.
+            try:
+                if providers:
+                    providers[0].count_usage(record.key_id, record.total_tokens)
+                if limits is not None and lease.startswith(REDIS_LEASE_PREFIX):
                     await limits.settle(record.key_id, KeyPolicy(), lease, 0, record.total_tokens)
-                except LimitsUnavailable as exc:
-                    log.warning("interrupted request %s not settled: %s", record.request_id, exc)
+            except LimitsUnavailable as exc:
+                log.warning("interrupted request %s not settled: %s", record.request_id, exc)
+            except Exception:
+                log.exception("interrupted request %s not settled", record.request_id)
 
     async def flush(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a cancel
         """Write the usage records and recording lines still queued and stop the access log,

@@ -239,7 +239,27 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
         raise GatewayError(
             400, "you must provide a model parameter", "missing_model", param="model"
         )
+    if peek.model is not None:
+        _check_model(peek.model)
     return peek
+
+
+MAX_MODEL_CHARS = 512
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_model(model: str) -> None:
+    """A model is a name: it becomes a routing key, a metric label, a log field and a usage
+    record column (PostgreSQL refuses a NUL in text), so control characters and runaway lengths
+    are the client's mistake, refused here rather than failing further on."""
+    if len(model) > MAX_MODEL_CHARS or _CONTROL.search(model):
+        raise GatewayError(
+            400,
+            f"model must be a name of at most {MAX_MODEL_CHARS} characters, without control "
+            "characters",
+            "invalid_model",
+            param="model",
+        )
 
 
 _BOUNDARY = re.compile(rb'boundary="?([^";]+)"?', re.IGNORECASE)
@@ -276,6 +296,8 @@ def peek_form(body: bytes, content_type: bytes) -> RequestPeek:
     except UnicodeDecodeError:
         raise GatewayError(400, "the form's model is not UTF-8", "invalid_body") from None
     stream = fields.get("stream", b"").strip().lower() in (b"true", b"1")
+    if model:
+        _check_model(model)
     return RequestPeek(model=model or None, stream=stream or None)
 
 

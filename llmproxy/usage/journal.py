@@ -56,6 +56,12 @@ CPU on the benchmark machine."""
 QUIET_BELOW: Final = 1
 """With at most this many requests in flight an open is committed at once (no batch to wait for)."""
 
+DURABLE_WAIT: Final = 0.5
+"""The longest a response's first byte waits for its journal row."""
+
+DEGRADED_FOR: Final = 10.0
+"""Seconds after a failed or stalled journal write during which responses do not wait."""
+
 HEARTBEAT_INTERVAL: Final = 5.0
 """Seconds between two heartbeats of a journal's owner, and between two looks for the rows of
 owners that are gone."""
@@ -87,48 +93,64 @@ def _start_time(pid: int) -> str:
     return fields[19].decode()  # field 22 of stat(5)
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (its inode): two containers may share a host name, never
+    a PID namespace, so a pid is looked up in /proc only by a process of the same namespace."""
+    try:
+        return os.readlink("/proc/self/ns/pid").rpartition("[")[2].rstrip("]")
+    except OSError:
+        return "0"
+
+
 def process_owner(pid: int | None = None) -> str:
-    """``"<host>:<pid>:<start time>"`` of a process (this one by default), or "" when it is
-    gone: a pid reused by another process has another start time."""
+    """``"<host>:<pid namespace>:<pid>:<start time>"`` of a process of this namespace (this
+    one by default), or "" when it is gone: a pid reused by another process has another start
+    time."""
     pid = os.getpid() if pid is None else pid
     started = _start_time(pid)
-    return f"{socket.gethostname()}:{pid}:{started}" if started else ""
+    if not started:
+        return ""
+    return f"{socket.gethostname()}:{_pid_namespace()}:{pid}:{started}"
 
 
 def owner_alive(owner: str) -> bool | None:
-    """Whether the process that wrote ``owner`` still runs: None when it ran on another host
-    (its heartbeat tells). ``"<pid>:<start time>"``, an earlier version's owner, is local."""
+    """Whether the process that wrote ``owner`` still runs: None when it ran elsewhere (another
+    host or PID namespace: its heartbeat tells). ``"<pid>:<start time>"``, an earlier version's
+    owner, is this host's."""
     parts = owner.split(":")
     if len(parts) == 2:
         pid, started = parts
-    elif len(parts) >= 3:
-        host, pid, started = ":".join(parts[:-2]), parts[-2], parts[-1]
-        if host != socket.gethostname():
+    elif len(parts) >= 4:
+        host, namespace = ":".join(parts[:-3]), parts[-3]
+        pid, started = parts[-2], parts[-1]
+        if host != socket.gethostname() or namespace != _pid_namespace():
             return None
     else:
-        return False
+        return None
     return pid.isdigit() and _start_time(int(pid)) == started
 
 
-def owner_gone(owner: str, heartbeat: float | None, now: float) -> bool:
-    """Whether ``owner``'s journal rows are orphans: its process is gone, or (on another host)
-    it has not beaten for :data:`OWNER_TIMEOUT`."""
+def owner_gone(owner: str, silent_for: float | None) -> bool:
+    """Whether ``owner``'s journal rows are orphans: its process is gone, or (elsewhere) it has
+    not beaten for :data:`OWNER_TIMEOUT` (``silent_for``: seconds since its last heartbeat, by
+    the store's clock; None when it never beat)."""
     alive = owner_alive(owner)
     if alive is not None:
         return not alive
-    return heartbeat is None or now - heartbeat > OWNER_TIMEOUT
+    return silent_for is None or silent_for > OWNER_TIMEOUT
 
 
 @dataclass(slots=True, eq=False)
 class JournalEntry:
     """One journalled request."""
 
-    request_id: str
+    key: str
+    """The row's key: the skeleton's record id, which the request's final record keeps."""
     skeleton: UsageRecord
     counter: Counter
     committed: asyncio.Future[None]
     """Done once the row is durable (at once when journalling failed: never block a client)."""
-    needed: asyncio.Event
+    journal: Journal
     lease: str = ""
     """The limits lease the request holds (a Redis one is settled at recovery)."""
     counted: tuple[int, int] = field(default=(-1, -1))
@@ -136,10 +158,9 @@ class JournalEntry:
 
     async def durable(self) -> None:
         """Wait until the row is committed, asking for the commit now (call before the first
-        byte of the response)."""
+        byte of the response); never longer than :data:`DURABLE_WAIT`."""
         if not self.committed.done():
-            self.needed.set()
-            await self.committed
+            await self.journal.wait(self.committed)
 
 
 class OpenBatch:
@@ -155,9 +176,8 @@ class OpenBatch:
     def settle(self, error: BaseException | None) -> None:
         """The write is done (``error`` None) or failed: either way no response waits longer
         (a failed open is counted and logged, never a client's problem)."""
-        if error is not None:
-            self._journal.failures += len(self._entries)
-            log.error("usage journal: cannot write %d opens: %s", len(self._entries), error)
+        if error is not None and self._entries:
+            self._journal.failed(f"cannot write {len(self._entries)} opens: {error}")
         for entry in self._entries:
             if not entry.committed.done():
                 entry.committed.set_result(None)
@@ -195,6 +215,7 @@ class Journal:
         """Set by a response that waits for its row: commit what is queued now."""
         self._tasks: list[asyncio.Task[None]] = []
         self.failures = 0
+        self._degraded_until = 0.0
 
     async def start(self) -> None:
         """Beat once, then start committing opens and checkpoints and beating (on the loop)."""
@@ -226,6 +247,32 @@ class Journal:
             with contextlib.suppress(Exception):
                 await self._store.forget_owner(self.owner)
 
+    async def wait(self, committed: asyncio.Future[None]) -> None:
+        """Ask for the commit now and wait for it, at most :data:`DURABLE_WAIT`; while the
+        store is failing or slow (:data:`DEGRADED_FOR` after it was), do not wait at all."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._degraded_until:
+            return
+        self.needed.set()
+        try:
+            async with asyncio.timeout(DURABLE_WAIT):
+                await asyncio.shield(committed)
+        except TimeoutError:
+            self.failed(f"a journal row took over {DURABLE_WAIT} s to commit")
+
+    def failed(self, why: str) -> None:
+        """The store failed or stalled: responses stop waiting for their rows for a while."""
+        self.failures += 1
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._degraded_until:
+            log.error(
+                "usage journal: %s; responses do not wait for their rows for %.0f s "
+                "(a crash meanwhile may leave requests unbilled)",
+                why,
+                DEGRADED_FOR,
+            )
+        self._degraded_until = loop.time() + DEGRADED_FOR
+
     @property
     def open_requests(self) -> int:
         """Requests journalled and not ended."""
@@ -236,10 +283,8 @@ class Journal:
         (``status: "interrupted"``), ``counter`` reads its tokens so far, ``lease`` is the
         limits lease it holds."""
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = JournalEntry(
-            skeleton.request_id, skeleton, counter, committed, self.needed, lease=lease
-        )
-        self._live[entry.request_id] = entry
+        entry = JournalEntry(skeleton.id, skeleton, counter, committed, self, lease=lease)
+        self._live[entry.key] = entry
         if len(self._live) <= QUIET_BELOW:
             # A quiet gateway commits at once: the commit runs while the backend computes, and
             # the first byte does not wait for it. Batching pays only under concurrency.
@@ -252,7 +297,7 @@ class Journal:
     def end(self, entry: JournalEntry) -> None:
         """The request ended (its record is on its way): no more checkpoints; an open not yet
         committed is not written at all."""
-        self._live.pop(entry.request_id, None)
+        self._live.pop(entry.key, None)
         # The counter is the request's own method: forgetting it breaks the request → entry →
         # request cycle, so the request (and its body) is freed now, not by the next GC pass.
         entry.counter = _ended
@@ -289,9 +334,7 @@ class Journal:
             self._linger.cancel()
             self._linger = None
         now = time.time()
-        rows = [
-            JournalOpen(e.request_id, self.owner, e.skeleton.to_json(), now, e.lease) for e in batch
-        ]
+        rows = [JournalOpen(e.key, self.owner, e.skeleton.to_json(), now, e.lease) for e in batch]
         return OpenBatch(self, batch, rows)
 
     async def _write_opens(self) -> None:
@@ -317,7 +360,7 @@ class Journal:
             counted = entry.counter()
             if counted != entry.counted and entry.committed.done():  # else: the next one
                 entry.counted = counted
-                updates.append(JournalCheckpoint(counted[0], counted[1], now, entry.request_id))
+                updates.append(JournalCheckpoint(counted[0], counted[1], now, entry.key))
         if updates:
             try:
                 await self._store.journal_checkpoint(updates)
@@ -344,11 +387,10 @@ class Journal:
 async def recover(store: UsageStore, *, outbox: bool, me: str = "") -> list[Recovered]:
     """Settle the journal rows of owners that are gone: each becomes its ``interrupted`` record,
     written — and queued for the webhook when ``outbox`` — in the transaction that deletes it."""
-    now = time.time()
     gone = [
         owner
-        for owner, heartbeat in await store.journal_owners()
-        if owner != me and owner_gone(owner, heartbeat, now)
+        for owner, silent_for in await store.journal_owners()
+        if owner != me and owner_gone(owner, silent_for)
     ]
     if not gone:
         return []

@@ -179,21 +179,29 @@ FROM json_each(?)
 """
 # The journal's statements take a whole batch as one JSON array (json_each), like the records:
 # one sqlite3_step per batch, so the writer thread lets go of the GIL once per batch rather than
-# once per row while the event loop relays streams.
+# once per row while the event loop relays streams. json_extract rather than ->>: SQLite 3.38
+# added the operators, and distributions still ship older libraries. The journal's key column
+# (request_id) holds the request's usage record id: unique, unlike a client's X-Request-Id.
 _OPEN_JOURNAL: Final = """
 INSERT OR REPLACE INTO journal (request_id, owner, body, opened_at, lease, updated_at)
-SELECT value ->> 0, value ->> 1, CAST(value -> 2 AS BLOB), value ->> 3, value ->> 4, value ->> 3
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+       CAST(json_extract(value, '$[2]') AS BLOB), json_extract(value, '$[3]'),
+       json_extract(value, '$[4]'), json_extract(value, '$[3]')
 FROM json_each(?)
 """
 _CHECKPOINT_JOURNAL: Final = """
 INSERT OR REPLACE INTO journal_count (request_id, prompt_tokens, completion_tokens, updated_at)
-SELECT value ->> 3, value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)
-WHERE EXISTS (SELECT 1 FROM journal WHERE journal.request_id = value ->> 3)
+SELECT c.key, c.prompt, c.completion, c.at
+FROM (SELECT json_extract(value, '$[3]') AS key, json_extract(value, '$[0]') AS prompt,
+             json_extract(value, '$[1]') AS completion, json_extract(value, '$[2]') AS at
+      FROM json_each(?)) AS c
+WHERE EXISTS (SELECT 1 FROM journal WHERE journal.request_id = c.key)
 """
 _CLOSE_JOURNAL: Final = (
-    "DELETE FROM journal WHERE request_id IN (SELECT value ->> 'request_id' FROM json_each(?))",
-    "DELETE FROM journal_count "
-    "WHERE request_id IN (SELECT value ->> 'request_id' FROM json_each(?))",
+    "DELETE FROM journal WHERE request_id IN "
+    "(SELECT json_extract(value, '$.id') FROM json_each(?))",
+    "DELETE FROM journal_count WHERE request_id IN "
+    "(SELECT json_extract(value, '$.id') FROM json_each(?))",
 )
 _INSERT_OUTBOX: Final = """
 INSERT OR IGNORE INTO outbox (id, body, queued_at)
@@ -249,10 +257,16 @@ class UsageOutbox:
         return self._depth
 
     def write(
-        self, records: Sequence[UsageRecord], *, outbox: bool, opens: Sequence[JournalOpen] = ()
+        self,
+        records: Sequence[UsageRecord],
+        *,
+        outbox: bool,
+        opens: Sequence[JournalOpen] = (),
+        trim: bool = True,
     ) -> None:
         """Journal ``opens``, then store ``records`` (and queue them for delivery when
-        ``outbox``), in one transaction."""
+        ``outbox``), in one transaction; ``trim`` False leaves the trim of old records to a
+        later write (a response is waiting for this one)."""
         if not records and not opens:
             return
         with self._lock:
@@ -261,14 +275,14 @@ class UsageOutbox:
                 if opens:
                     self._journalled = True
                     self._db.execute(_OPEN_JOURNAL, (_opens_json(opens),))
-                added = self._insert(records, outbox=outbox) if records else 0
+                added = self._insert(records, outbox=outbox, trim=trim) if records else 0
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._depth += added
 
-    def _insert(self, records: Sequence[UsageRecord], *, outbox: bool) -> int:
+    def _insert(self, records: Sequence[UsageRecord], *, outbox: bool, trim: bool = True) -> int:
         """The writes of :meth:`write`, inside the caller's transaction; answers how many records
         joined the outbox."""
         # One JSON array for the whole batch, unpacked by SQLite itself (json_each): one
@@ -278,7 +292,7 @@ class UsageOutbox:
         if self.keep_records > 0:
             self._db.execute(_INSERT_USAGE, (batch,))
             self._since_trim += len(records)
-            if self._since_trim >= self._trim_every:
+            if trim and self._since_trim >= self._trim_every:
                 # Trimmed in chunks of ~1/10 of what is kept: one range delete of neighbouring
                 # rows costs far less than a few rows after every batch.
                 self._since_trim = 0
@@ -333,14 +347,16 @@ class UsageOutbox:
         with self._lock:
             self._db.execute("DELETE FROM journal_owner WHERE owner = ?", (owner,))
 
-    def journal_owners(self) -> list[tuple[str, float | None]]:
-        """Every owner of a journal row, with its last heartbeat (None: it never beat)."""
+    def journal_owners(self, now: float) -> list[tuple[str, float | None]]:
+        """Every owner of a journal row, with the seconds from its last heartbeat to ``now``
+        (None: it never beat)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT j.owner, o.heartbeat_at FROM (SELECT DISTINCT owner FROM journal) AS j "
-                "LEFT JOIN journal_owner AS o ON o.owner = j.owner"
+                "SELECT j.owner, ? - o.heartbeat_at FROM (SELECT DISTINCT owner FROM journal) AS j "
+                "LEFT JOIN journal_owner AS o ON o.owner = j.owner",
+                (now,),
             ).fetchall()
-        return [(str(owner), beat) for owner, beat in rows]
+        return [(str(owner), silent_for) for owner, silent_for in rows]
 
     def settle_journal(
         self,

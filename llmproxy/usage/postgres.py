@@ -25,11 +25,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
 import asyncpg
+import msgspec
 
 from llmproxy import pg_schema
 from llmproxy.dsn import postgres_dsn, scrub_dsn
@@ -40,6 +41,7 @@ from llmproxy.usage.rows import (
     JournalOpen,
     JournalRow,
     PendingRecord,
+    RecordRefused,
     Recovered,
     Settle,
     UsageSummaryRow,
@@ -186,6 +188,36 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+_NUL_ESCAPE: Final = b"\\u0000"
+"""A NUL as msgspec writes it in JSON: PostgreSQL's text and JSONB cannot hold one."""
+
+
+def _without_nul(value: object) -> object:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
+def _storable(record: UsageRecord) -> UsageRecord:
+    """``record`` as PostgreSQL can store it: a NUL in any text (a Lua decision's metadata, a
+    key's name) becomes U+FFFD. Costs one search of the encoded record when there is none."""
+    body = record.to_json()
+    if _NUL_ESCAPE not in body:
+        return record
+    return UsageRecord.from_json(msgspec.json.encode(_without_nul(msgspec.json.decode(body))))
+
+
+def _storable_json(body: bytes) -> str:
+    """A record's JSON as PostgreSQL can store it (see :func:`_storable`)."""
+    if _NUL_ESCAPE in body:
+        body = msgspec.json.encode(_without_nul(msgspec.json.decode(body)))
+    return body.decode()
+
+
 def _columns(records: Sequence[UsageRecord]) -> list[list[object]]:
     """The batch as one array per column of :data:`_INSERT`."""
     return [
@@ -201,6 +233,52 @@ def _columns(records: Sequence[UsageRecord]) -> list[list[object]]:
         [r.total_tokens for r in records],
         [r.to_json().decode() for r in records],
     ]
+
+
+class _Follower:
+    """The records of every write transaction announced on :data:`CHANNEL`, in batches; an
+    empty batch after :data:`FOLLOW_QUIET` of silence. Its connection is closed by
+    :meth:`aclose`, whether or not it was ever iterated."""
+
+    def __init__(
+        self, connection: asyncpg.Connection, failure: Callable[[BaseException], Exception]
+    ) -> None:
+        self._connection = connection
+        self._failure = failure
+        self._written: asyncio.Queue[str] = asyncio.Queue()
+
+    def notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        self._written.put_nowait(payload)
+
+    def __aiter__(self) -> _Follower:
+        return self
+
+    async def __anext__(self) -> list[UsageRecord]:
+        connection = self._connection
+        try:
+            async with asyncio.timeout(FOLLOW_QUIET):
+                payload = await self._written.get()
+        except TimeoutError:
+            if connection.is_closed():  # notices were lost with it: the reader must know
+                raise self._failure(ConnectionError("the LISTEN connection closed")) from None
+            return []
+        first, last, xid = (int(part) for part in payload.split(":"))
+        try:
+            rows = await connection.fetch(
+                "SELECT body::text FROM llmproxy_usage WHERE seq BETWEEN $1 AND $2 "
+                "AND xmin::text::bigint = $3 ORDER BY seq",
+                first,
+                last,
+                xid,
+            )
+        except _ERRORS as exc:
+            raise self._failure(exc) from None
+        return [UsageRecord.from_json(row[0]) for row in rows]
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._connection.close(), 1.0)
+        self._connection.terminate()
 
 
 class PostgresUsageStore:
@@ -273,6 +351,8 @@ class PostgresUsageStore:
             try:
                 async with self._connected().acquire() as connection, connection.transaction():
                     yield connection
+            except asyncpg.DataError as exc:  # a value the database cannot hold
+                raise RecordRefused(f"usage store {self.location}: {exc}") from None
             except _ERRORS as exc:
                 raise self._failure(exc) from None
 
@@ -284,6 +364,7 @@ class PostgresUsageStore:
         *,
         outbox: bool,
         opens: Sequence[JournalOpen] = (),
+        trim: bool = True,
     ) -> None:
         """Journal ``opens``, store the records not stored yet, delete their journal rows, queue
         the new ones."""
@@ -293,12 +374,17 @@ class PostgresUsageStore:
             if opens:
                 await self._open(connection, opens)
             if records:
-                await self._insert(connection, records, outbox=outbox)
+                await self._insert(connection, records, outbox=outbox, trim=trim)
 
     async def _insert(
-        self, connection: asyncpg.Connection, records: Sequence[UsageRecord], *, outbox: bool
+        self,
+        connection: asyncpg.Connection,
+        records: Sequence[UsageRecord],
+        *,
+        outbox: bool,
+        trim: bool = True,
     ) -> None:
-        columns = _columns(records)
+        columns = _columns([_storable(r) for r in records])
         ids: list[str] = columns[0]  # type: ignore[assignment]
         if self.keep_records > 0:
             stored = await connection.fetch(_INSERT, *columns)
@@ -307,7 +393,7 @@ class PostgresUsageStore:
                 seqs = [row["seq"] for row in stored]
                 await connection.execute(_NOTIFY, CHANNEL, str(min(seqs)), str(max(seqs)))
                 self._since_trim += len(stored)
-                if self._since_trim >= self._trim_every:
+                if trim and self._since_trim >= self._trim_every:
                     self._since_trim = 0
                     await connection.execute(
                         "DELETE FROM llmproxy_usage "
@@ -317,8 +403,7 @@ class PostgresUsageStore:
         else:
             new = ids  # nothing kept to tell repeats by: the outbox's own ids do
         await connection.execute(
-            "DELETE FROM llmproxy_usage_journal WHERE request_id = ANY($1::text[])",
-            [r.request_id for r in records],
+            "DELETE FROM llmproxy_usage_journal WHERE request_id = ANY($1::text[])", ids
         )
         if outbox and new:
             await connection.execute(_QUEUE, ids, columns[10], time.time(), new)
@@ -359,44 +444,20 @@ class PostgresUsageStore:
             for row in rows
         ]
 
-    async def follow(self) -> AsyncGenerator[list[UsageRecord], None]:
-        """Every record any gateway writes from now on (LISTEN on a connection of its own)."""
+    async def follow(self) -> _Follower:
+        """Every record any gateway writes from now on (LISTEN on a connection of its own,
+        closed by the follower's ``aclose``)."""
         try:
             connection = await asyncpg.connect(self._url, timeout=self._timeout)
         except _ERRORS as exc:
             raise self._failure(exc) from None
-        written: asyncio.Queue[str] = asyncio.Queue()
+        follower = _Follower(connection, self._failure)
         try:
-            await connection.add_listener(CHANNEL, lambda *args: written.put_nowait(args[3]))
+            await connection.add_listener(CHANNEL, follower.notified)
         except BaseException:
             connection.terminate()
             raise
-        return self._follow(connection, written)
-
-    async def _follow(
-        self, connection: asyncpg.Connection, written: asyncio.Queue[str]
-    ) -> AsyncGenerator[list[UsageRecord], None]:
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(FOLLOW_QUIET):
-                        payload = await written.get()
-                except TimeoutError:
-                    yield []
-                    continue
-                first, last, xid = (int(part) for part in payload.split(":"))
-                rows = await connection.fetch(
-                    "SELECT body::text FROM llmproxy_usage WHERE seq BETWEEN $1 AND $2 "
-                    "AND xmin::text::bigint = $3 ORDER BY seq",
-                    first,
-                    last,
-                    xid,
-                )
-                yield [UsageRecord.from_json(row[0]) for row in rows]
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 1.0)
-            connection.terminate()
+        return follower
 
     # The journal ---------------------------------------------------------------------------
 
@@ -417,7 +478,7 @@ class PostgresUsageStore:
             "updated_at = EXCLUDED.updated_at, lease = EXCLUDED.lease",
             [row.request_id for row in rows],
             [row.owner for row in rows],
-            [row.body.decode() for row in rows],
+            [_storable_json(row.body) for row in rows],
             [row.opened_at for row in rows],
             [row.lease for row in rows],
         )
@@ -436,12 +497,14 @@ class PostgresUsageStore:
             )
 
     async def heartbeat(self, owner: str, at: float) -> None:
+        """``owner`` beats, at the server's clock (``at`` is not used: replicas' clocks may
+        disagree by more than the owner timeout)."""
         async with self._writing() as connection:
             await connection.execute(
-                "INSERT INTO llmproxy_usage_owner (owner, heartbeat_at) VALUES ($1, $2) "
+                "INSERT INTO llmproxy_usage_owner (owner, heartbeat_at) "
+                "VALUES ($1, extract(epoch FROM clock_timestamp())) "
                 "ON CONFLICT (owner) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
                 owner,
-                at,
             )
 
     async def forget_owner(self, owner: str) -> None:
@@ -450,7 +513,7 @@ class PostgresUsageStore:
 
     async def journal_owners(self) -> list[tuple[str, float | None]]:
         rows = await self._fetch(
-            "SELECT j.owner, o.heartbeat_at "
+            "SELECT j.owner, extract(epoch FROM clock_timestamp())::float8 - o.heartbeat_at "
             "FROM (SELECT DISTINCT owner FROM llmproxy_usage_journal) AS j "
             "LEFT JOIN llmproxy_usage_owner AS o ON o.owner = j.owner"
         )

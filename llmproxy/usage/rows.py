@@ -60,6 +60,7 @@ class JournalOpen(NamedTuple):
     """A journal row as opened: the record the request would get if it were cut now."""
 
     request_id: str
+    """The row's key: the request's usage record id (unique; a client's request id is not)."""
     owner: str
     body: bytes
     opened_at: float
@@ -73,6 +74,7 @@ class JournalCheckpoint(NamedTuple):
     completion_tokens: int
     at: float
     request_id: str
+    """The row's key (:attr:`JournalOpen.request_id`)."""
 
 
 class JournalRow(NamedTuple):
@@ -98,3 +100,9 @@ class Recovered(NamedTuple):
 
 Settle = Callable[[JournalRow], UsageRecord]
 """Turns the journal row of a request a crash cut off into its ``interrupted`` record."""
+
+
+class RecordRefused(Exception):
+    """The usage database refused the data of a write itself (a value it cannot hold), not the
+    connection: the same batch would fail again. The writer splits the batch to find the
+    record."""

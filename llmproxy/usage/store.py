@@ -23,6 +23,7 @@ to the others with its connection.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -47,6 +48,15 @@ _T = TypeVar("_T")
 
 FOLLOW_INTERVAL: Final = 0.1
 """How often :meth:`SqliteUsageStore.follow` reads the records written since."""
+
+
+class Follower(Protocol):
+    """Batches of records as they are written; ``aclose`` it when done (it may hold a
+    connection)."""
+
+    def __aiter__(self) -> AsyncIterator[list[UsageRecord]]: ...
+    async def __anext__(self) -> list[UsageRecord]: ...
+    async def aclose(self) -> None: ...
 
 
 class Claim(Protocol):
@@ -77,9 +87,12 @@ class UsageStore(Protocol):
         *,
         outbox: bool,
         opens: Sequence[JournalOpen] = (),
+        trim: bool = True,
     ) -> None:
         """Journal ``opens``, then store ``records`` (each once, by id), delete their journal
-        rows, and queue them for the webhook when ``outbox``: one transaction."""
+        rows, and queue them for the webhook when ``outbox``: one transaction. ``trim`` False
+        leaves trimming old records to a later write. Raises ``RecordRefused`` (rows.py) when
+        the database refuses the data itself (not the connection): retrying cannot help."""
 
     async def journal_open(self, rows: Sequence[JournalOpen]) -> None: ...
     async def journal_checkpoint(self, rows: Sequence[JournalCheckpoint]) -> None: ...
@@ -87,7 +100,8 @@ class UsageStore(Protocol):
     async def forget_owner(self, owner: str) -> None: ...
 
     async def journal_owners(self) -> list[tuple[str, float | None]]:
-        """Every owner of a journal row, and its last heartbeat (None: none recorded)."""
+        """Every owner of a journal row, and the seconds since its last heartbeat by the
+        store's clock (None: none recorded); replicas' clocks may disagree, the store's is one."""
 
     async def settle_journal(
         self, owners: Collection[str], settle: Settle, *, outbox: bool
@@ -118,10 +132,10 @@ class UsageStore(Protocol):
     async def summary(self, since: float) -> list[UsageSummaryRow]:
         """Requests and tokens per key and model since ``since``, the biggest spender first."""
 
-    async def follow(self) -> AsyncGenerator[list[UsageRecord], None]:
+    async def follow(self) -> Follower:
         """Every record any writer stores from the moment this returns, in batches; an empty
         batch now and then when nothing is written (so the reader can check whether to stop).
-        Close the generator when done."""
+        Close it when done."""
 
 
 class _SqliteClaim:
@@ -191,8 +205,11 @@ class SqliteUsageStore:
         *,
         outbox: bool,
         opens: Sequence[JournalOpen] = (),
+        trim: bool = True,
     ) -> None:
-        await self._write_call(lambda: self.outbox.write(records, outbox=outbox, opens=opens))
+        await self._write_call(
+            lambda: self.outbox.write(records, outbox=outbox, opens=opens, trim=trim)
+        )
 
     async def journal_open(self, rows: Sequence[JournalOpen]) -> None:
         await self._write_call(self.outbox.journal_open, rows)
@@ -207,7 +224,7 @@ class SqliteUsageStore:
         await self._write_call(self.outbox.forget_owner, owner)
 
     async def journal_owners(self) -> list[tuple[str, float | None]]:
-        return await asyncio.to_thread(self.outbox.journal_owners)
+        return await asyncio.to_thread(self.outbox.journal_owners, time.time())
 
     async def settle_journal(
         self, owners: Collection[str], settle: Settle, *, outbox: bool
@@ -246,7 +263,7 @@ class SqliteUsageStore:
     async def summary(self, since: float) -> list[UsageSummaryRow]:
         return await asyncio.to_thread(self.outbox.summary, since)
 
-    async def follow(self) -> AsyncGenerator[list[UsageRecord], None]:
+    async def follow(self) -> Follower:
         """Every record any worker writes to the file, read every :data:`FOLLOW_INTERVAL`."""
         return self._after(await asyncio.to_thread(self.outbox.last_seq))
 

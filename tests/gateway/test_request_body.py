@@ -159,6 +159,19 @@ def test_judged_members_of_the_wrong_type_are_refused(body: bytes, param: str) -
 
 
 @pytest.mark.parametrize(
+    "model",
+    [b"a\\u0000b", b"a\\nb", b"tab\\there", b"del\\u007f", b"x" * 513],
+)
+def test_a_model_with_control_characters_or_runaway_length_is_refused(model: bytes) -> None:
+    """A model is a name: a NUL, a newline or 513 characters is the client's mistake, a 400
+    (it would become a label, a log field and a usage record column); unicode names pass."""
+    error = refusal(b'{"model":"' + model + b'"}')
+    assert (error.status, error.code, error.param) == (400, "invalid_model", "model")
+    named = peek_body('{"model":"Qwen/Qwen2.5-7B-指令"}'.encode(), model_required=True)
+    assert named.model == "Qwen/Qwen2.5-7B-指令"
+
+
+@pytest.mark.parametrize(
     "body",
     [
         b'{"model":"m","messages":[{"content":"\xff\xc0\xae"}]}',

@@ -8,12 +8,16 @@ import contextlib
 import time
 from pathlib import Path
 
+import asyncpg
+
+from llmproxy.config.model import Config
 from llmproxy.usage.journal import interrupted, process_owner, recover
 from llmproxy.usage.postgres import PostgresUsageError, PostgresUsageStore
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.rows import JournalCheckpoint, JournalOpen, JournalRow
+from llmproxy.usage.sink import UsageSink
 from llmproxy.usage.store import UsageStore
-from tests.usage.test_delivery import make_record
+from tests.usage.test_delivery import make_record, until
 
 
 def _skeleton(request_id: str, key_id: str = "key_1") -> UsageRecord:
@@ -31,8 +35,9 @@ def _skeleton(request_id: str, key_id: str = "key_1") -> UsageRecord:
 
 
 def _dead_owner() -> str:
-    """An owner on another host that stopped beating long ago is as dead as a local one."""
-    return "another-host:4242:1"
+    """An owner on another host that never beat (or stopped long ago) is as dead as a local
+    one."""
+    return "another-host:1:4242:1"
 
 
 async def test_records_are_stored_queued_and_read_back(usage_store: UsageStore) -> None:
@@ -107,17 +112,18 @@ async def test_journal_rows_of_gone_owners_are_settled_once(usage_store: UsageSt
     now = time.time()
     dead, live = _dead_owner(), process_owner()
     await usage_store.heartbeat(live, now)
-    await usage_store.heartbeat(dead, now - 3600)
+    cut, running, done = _skeleton("req-dead"), _skeleton("req-live"), _skeleton("req-done")
     await usage_store.journal_open(
         [
-            JournalOpen("req-dead", dead, _skeleton("req-dead").to_json(), now - 2, "r:lease"),
-            JournalOpen("req-live", live, _skeleton("req-live").to_json(), now - 2, ""),
-            JournalOpen("req-done", dead, _skeleton("req-done").to_json(), now - 2, ""),
+            JournalOpen(cut.id, dead, cut.to_json(), now - 2, "r:lease"),
+            JournalOpen(running.id, live, running.to_json(), now - 2, ""),
+            JournalOpen(done.id, dead, done.to_json(), now - 2, ""),
         ]
     )
-    await usage_store.journal_checkpoint([JournalCheckpoint(9, 30, now - 1, "req-dead")])
-    # req-done ended normally before the crash: its record's write removed its row.
-    await usage_store.write([make_record(3, request_id="req-done")], outbox=True)
+    await usage_store.journal_checkpoint([JournalCheckpoint(9, 30, now - 1, cut.id)])
+    # req-done ended normally before the crash: its record (which keeps the row's id) removed
+    # the row when it was written.
+    await usage_store.write([make_record(3, request_id="req-done", id=done.id)], outbox=True)
 
     recovered = await recover(usage_store, outbox=True, me=live)
     assert [(r.record.request_id, r.record.status, r.lease) for r in recovered] == [
@@ -126,6 +132,7 @@ async def test_journal_rows_of_gone_owners_are_settled_once(usage_store: UsageSt
     record = recovered[0].record
     assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (9, 30, 39)
     assert record.finish_reason == "interrupted"
+    assert record.id == cut.id
     assert 900 <= record.latency_ms <= 1100
     assert [owner for owner, _ in await usage_store.journal_owners()] == [live]
     assert {p.id for p in await usage_store.pending(10)} >= {record.id}
@@ -136,18 +143,24 @@ async def test_journal_rows_of_gone_owners_are_settled_once(usage_store: UsageSt
 async def test_an_owner_on_another_host_is_gone_only_once_it_stops_beating(
     usage_store: UsageStore,
 ) -> None:
-    """A replica elsewhere that beat recently keeps its rows; silent past the timeout, they are
-    settled."""
+    """A replica elsewhere that beat recently keeps its rows; one that never beat has its rows
+    settled (silence past the timeout: the PostgreSQL test below, by the server's clock)."""
     now = time.time()
-    elsewhere = "another-host:77:12345"
+    elsewhere, silent = "another-host:1:77:12345", "another-host:1:78:12345"
     await usage_store.heartbeat(elsewhere, now)
+    far, quiet = _skeleton("req-far"), _skeleton("req-quiet")
     await usage_store.journal_open(
-        [JournalOpen("req-far", elsewhere, _skeleton("req-far").to_json(), now, "")]
+        [
+            JournalOpen(far.id, elsewhere, far.to_json(), now, ""),
+            JournalOpen(quiet.id, silent, quiet.to_json(), now, ""),
+        ]
     )
-    assert await recover(usage_store, outbox=False) == []
-    await usage_store.heartbeat(elsewhere, now - 31)
     [settled] = await recover(usage_store, outbox=False)
-    assert settled.record.request_id == "req-far"
+    assert settled.record.request_id == "req-quiet"
+    [(owner, silent_for)] = await usage_store.journal_owners()
+    assert owner == elsewhere
+    assert silent_for is not None
+    assert -1 < silent_for < 5
 
 
 async def test_follow_sees_every_record_written_after_it_started(
@@ -225,16 +238,14 @@ async def test_two_gateways_settle_a_dead_owners_rows_once(pg_usage_url: str) ->
         await store.open()
     try:
         now = time.time()
-        rows = [
-            JournalOpen(f"req-{n}", _dead_owner(), _skeleton(f"req-{n}").to_json(), now, "")
-            for n in range(50)
-        ]
+        skeletons = [_skeleton(f"req-{n}") for n in range(50)]
+        rows = [JournalOpen(s.id, _dead_owner(), s.to_json(), now, "") for s in skeletons]
         await stores[0].journal_open(rows)
         settled = await asyncio.gather(
-            *(recover(store, outbox=True, me=f"h:{n}:1") for n, store in enumerate(stores))
+            *(recover(store, outbox=True, me=f"h:1:{n}:1") for n, store in enumerate(stores))
         )
         ids = sorted(r.record.request_id for batch in settled for r in batch)
-        assert ids == sorted(row.request_id for row in rows)
+        assert ids == sorted(s.request_id for s in skeletons)
         assert len(await stores[1].recent(1000)) == 50
         assert len(await stores[2].pending(1000)) == 50
     finally:
@@ -247,3 +258,72 @@ async def test_the_interrupted_record_keeps_its_skeletons_id() -> None:
     row_body = _skeleton("req-x").to_json()
     row = JournalRow("req-x", _dead_owner(), row_body, 7, 3, 1.0, 2.0, "")
     assert interrupted(row).id == interrupted(row).id == UsageRecord.from_json(row_body).id
+
+
+async def test_postgres_judges_silence_by_its_own_clock(pg_usage_url: str) -> None:
+    """A replica whose clock runs an hour behind still beats (the server stamps heartbeats);
+    one silent for over the timeout by the server's clock is settled."""
+    store = PostgresUsageStore(pg_usage_url)
+    await store.open()
+    try:
+        now = time.time()
+        behind, silent = "far-a:1:1:1", "far-b:1:1:1"
+        await store.heartbeat(behind, now - 3600)  # its own clock says an hour ago
+        await store.heartbeat(silent, now)
+        kept, lost = _skeleton("req-kept"), _skeleton("req-lost")
+        await store.journal_open(
+            [
+                JournalOpen(kept.id, behind, kept.to_json(), now, ""),
+                JournalOpen(lost.id, silent, lost.to_json(), now, ""),
+            ]
+        )
+        connection = await asyncpg.connect(pg_usage_url)
+        try:
+            await connection.execute(
+                "UPDATE llmproxy_usage_owner SET heartbeat_at = heartbeat_at - 31 WHERE owner = $1",
+                silent,
+            )
+        finally:
+            await connection.close()
+        [settled] = await recover(store, outbox=False)
+        assert settled.record.request_id == "req-lost"
+    finally:
+        await store.close()
+
+
+async def test_postgres_stores_a_nul_as_a_replacement_character(pg_usage_url: str) -> None:
+    """PostgreSQL text cannot hold a NUL (a Lua decision's metadata may carry one): the record
+    is stored with U+FFFD in its place rather than failing the batch it came in."""
+    store = PostgresUsageStore(pg_usage_url)
+    await store.open()
+    try:
+        record = make_record(1, metadata={"team": "a\x00b"}, key_name="k\x00")
+        await store.write([record, make_record(2)], outbox=True)
+        stored = {r.request_id: r for r in await store.recent(10)}
+        assert stored["req-1"].metadata == {"team": "a\ufffdb"}
+        assert stored["req-1"].key_name == "k\ufffd"
+        assert "req-2" in stored
+    finally:
+        await store.close()
+
+
+async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_written(
+    pg_usage_url: str, tmp_path: Path
+) -> None:
+    """One record PostgreSQL cannot hold (a count past BIGINT) is logged and left out; the
+    others of its batch and every later batch are written, and the writer keeps going."""
+    config = Config.model_validate(
+        {"backends": [{"url": "http://127.0.0.1:9"}], "usage": {"database": pg_usage_url}}
+    )
+    sink = UsageSink(config, tmp_path)
+    await sink.start()
+    try:
+        for n in range(10):
+            sink.submit(make_record(n, prompt_tokens=2**64 if n == 4 else n))
+        await until(lambda: sink.written == 9 and sink.refused == 1)
+        sink.submit(make_record(10))
+        await until(lambda: sink.written == 10)
+        stored = {r.request_id for r in await sink.store.recent(100)}
+        assert stored == {f"req-{n}" for n in range(11)} - {"req-4"}
+    finally:
+        await sink.close()
