@@ -146,6 +146,13 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at REAL NOT NULL
         ) WITHOUT ROWID
         """,
+        # A row's checkpoint goes with it, inside SQLite: one statement closes both.
+        """
+        CREATE TRIGGER journal_closed AFTER DELETE ON journal FOR EACH ROW
+        BEGIN
+            DELETE FROM journal_count WHERE request_id = OLD.request_id;
+        END
+        """,
     ),
 )
 """Append an entry to change the schema; never edit one that has shipped."""
@@ -182,27 +189,18 @@ FROM json_each(?)
 # once per row while the event loop relays streams. json_extract rather than ->>: SQLite 3.38
 # added the operators, and distributions still ship older libraries. The journal's key column
 # (request_id) holds the request's usage record id: unique, unlike a client's X-Request-Id.
-_OPEN_JOURNAL: Final = """
-INSERT OR REPLACE INTO journal (request_id, owner, body, opened_at, lease, updated_at)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-       CAST(json_extract(value, '$[2]') AS BLOB), json_extract(value, '$[3]'),
-       json_extract(value, '$[4]'), json_extract(value, '$[3]')
-FROM json_each(?)
-"""
-_CHECKPOINT_JOURNAL: Final = """
-INSERT OR REPLACE INTO journal_count (request_id, prompt_tokens, completion_tokens, updated_at)
-SELECT c.key, c.prompt, c.completion, c.at
-FROM (SELECT json_extract(value, '$[3]') AS key, json_extract(value, '$[0]') AS prompt,
-             json_extract(value, '$[1]') AS completion, json_extract(value, '$[2]') AS at
-      FROM json_each(?)) AS c
-WHERE EXISTS (SELECT 1 FROM journal WHERE journal.request_id = c.key)
-"""
-_CLOSE_JOURNAL: Final = (
-    "DELETE FROM journal WHERE request_id IN "
-    "(SELECT json_extract(value, '$.id') FROM json_each(?))",
-    "DELETE FROM journal_count WHERE request_id IN "
-    "(SELECT json_extract(value, '$.id') FROM json_each(?))",
+_OPEN_JOURNAL: Final = (
+    "INSERT OR REPLACE INTO journal (request_id, owner, body, opened_at, lease, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?4)"
 )
+"""Row by row (executemany): an open carries its 400-byte skeleton, which json_extract would
+parse once per column; and open batches are small."""
+_CHECKPOINT_JOURNAL: Final = (
+    "INSERT OR REPLACE INTO journal_count (request_id, prompt_tokens, completion_tokens, "
+    "updated_at) SELECT ?4, ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM journal WHERE request_id = ?4)"
+)
+_CLOSE_JOURNAL: Final = "DELETE FROM journal WHERE request_id IN (SELECT value FROM json_each(?))"
+"""Takes the records' ids as a JSON array (their whole JSON would be parsed again)."""
 _INSERT_OUTBOX: Final = """
 INSERT OR IGNORE INTO outbox (id, body, queued_at)
 SELECT json_extract(value, '$.id'), CAST(value AS BLOB), ? FROM json_each(?)
@@ -210,13 +208,6 @@ SELECT json_extract(value, '$.id'), CAST(value AS BLOB), ? FROM json_each(?)
 
 
 _json = msgspec.json.Encoder()
-
-
-def _opens_json(rows: Sequence[JournalOpen]) -> bytes:
-    """Opens as one JSON array; each skeleton goes in as the JSON it already is."""
-    return _json.encode(
-        [(r.request_id, r.owner, msgspec.Raw(r.body), r.opened_at, r.lease) for r in rows]
-    )
 
 
 class UsageOutbox:
@@ -274,7 +265,7 @@ class UsageOutbox:
             try:
                 if opens:
                     self._journalled = True
-                    self._db.execute(_OPEN_JOURNAL, (_opens_json(opens),))
+                    self._db.executemany(_OPEN_JOURNAL, opens)
                 added = self._insert(records, outbox=outbox, trim=trim) if records else 0
                 self._db.execute("COMMIT")
             except BaseException:
@@ -301,8 +292,7 @@ class UsageOutbox:
                     (self.keep_records,),
                 )
         if self._journalled:
-            for statement in _CLOSE_JOURNAL:
-                self._db.execute(statement, (batch,))
+            self._db.execute(_CLOSE_JOURNAL, (_json.encode([r.id for r in records]),))
         if not outbox:
             return 0
         before = self._db.total_changes
@@ -317,7 +307,7 @@ class UsageOutbox:
             self._journalled = True
             self._db.execute("BEGIN")
             try:
-                self._db.execute(_OPEN_JOURNAL, (_opens_json(rows),))
+                self._db.executemany(_OPEN_JOURNAL, rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -328,7 +318,7 @@ class UsageOutbox:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.execute(_CHECKPOINT_JOURNAL, (_json.encode(rows),))
+                self._db.executemany(_CHECKPOINT_JOURNAL, rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -387,11 +377,6 @@ class UsageOutbox:
                 ]
                 recovered = [Recovered(settle(row), row.lease) for row in rows]
                 added = self._insert([r.record for r in recovered], outbox=outbox) if rows else 0
-                self._db.execute(
-                    "DELETE FROM journal_count WHERE request_id IN "
-                    f"(SELECT request_id FROM journal WHERE owner IN ({marks}))",
-                    tuple(owners),
-                )
                 self._db.execute(f"DELETE FROM journal WHERE owner IN ({marks})", tuple(owners))
                 self._db.execute(
                     f"DELETE FROM journal_owner WHERE owner IN ({marks})", tuple(owners)
