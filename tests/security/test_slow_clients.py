@@ -81,10 +81,15 @@ def _answer(sock: socket.socket, within: float) -> bytes:
     return data
 
 
+_unread: dict[int, bytes] = {}
+"""Bytes read past the end of a response, per socket: pipelined answers can arrive in one
+read (on a loaded machine they often do), and the next call must start from them."""
+
+
 def _response(sock: socket.socket, within: float = 5) -> bytes:
     """One whole response (head and its content-length body), without waiting for a close."""
     sock.settimeout(within)
-    data = b""
+    data = _unread.pop(sock.fileno(), b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         assert chunk, data
@@ -95,7 +100,9 @@ def _response(sock: socket.socket, within: float = 5) -> bytes:
         chunk = sock.recv(65536)
         assert chunk
         body += chunk
-    return head + b"\r\n\r\n" + body
+    if len(body) > length:
+        _unread[sock.fileno()] = body[length:]
+    return head + b"\r\n\r\n" + body[:length]
 
 
 def _status_and_code(raw: bytes) -> tuple[int, str]:
