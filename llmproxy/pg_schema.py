@@ -10,6 +10,7 @@ one that has shipped.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Final
 
@@ -53,3 +54,40 @@ async def migrate(connection: asyncpg.Connection, component: str, migrations: Mi
                 target,
             )
     return found
+
+
+async def migrated_pool(
+    url: str,
+    component: str,
+    migrations: Migrations,
+    *,
+    min_size: int,
+    max_size: int,
+    wait: float,
+) -> asyncpg.Pool:
+    """A connection pool to ``url`` once ``component``'s tables are up to date (closed again
+    if the migration fails); ``wait`` bounds each connect and each command. Raises what asyncpg
+    raises, or :class:`SchemaTooNew`."""
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=wait,
+        command_timeout=wait,
+        max_inactive_connection_lifetime=300.0,
+    )
+    try:
+        async with pool.acquire() as connection:
+            await migrate(connection, component, migrations)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+async def close_pool(pool: asyncpg.Pool, grace: float) -> None:
+    """Close ``pool`` gracefully within ``grace`` seconds, else at once."""
+    try:
+        await asyncio.wait_for(pool.close(), grace)
+    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        pool.terminate()

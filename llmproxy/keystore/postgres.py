@@ -102,18 +102,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
     ),
 )
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 _ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 """What a PostgreSQL call may raise when the server, the network or the schema is the problem."""
-
-
-async def migrate(connection: asyncpg.Connection) -> int:
-    """Bring the key store's schema to :data:`SCHEMA_VERSION`; answers the version found."""
-    try:
-        return await pg_schema.migrate(connection, _COMPONENT, _MIGRATIONS)
-    except pg_schema.SchemaTooNew as exc:
-        raise KeyStoreError(str(exc)) from None
 
 
 def _argument(field: str, value: object) -> object:
@@ -149,23 +140,18 @@ class PostgresKeyStore:
         if self._pool is not None:
             return
         try:
-            pool = await asyncpg.create_pool(
+            self._pool = await pg_schema.migrated_pool(
                 self._url,
+                _COMPONENT,
+                _MIGRATIONS,
                 min_size=0,
                 max_size=self._pool_size,
-                timeout=self._timeout,
-                command_timeout=self._timeout,
-                max_inactive_connection_lifetime=300.0,
+                wait=self._timeout,
             )
-            try:
-                async with pool.acquire() as connection:
-                    await migrate(connection)
-            except BaseException:
-                await pool.close()
-                raise
+        except pg_schema.SchemaTooNew as exc:
+            raise KeyStoreError(str(exc)) from None
         except _ERRORS as exc:
             raise self._failure(exc) from None
-        self._pool = pool
 
     async def close(self) -> None:
         """Stop listening and close every connection; harmless when already closed."""
@@ -176,10 +162,7 @@ class PostgresKeyStore:
         await self._drop_listener()
         pool, self._pool = self._pool, None
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), self._timeout)
-            except (TimeoutError, *_ERRORS):
-                pool.terminate()
+            await pg_schema.close_pool(pool, self._timeout)
 
     def on_change(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(key_id)`` whenever any process commits a change to a key (LISTEN, on

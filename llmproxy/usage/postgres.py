@@ -306,23 +306,16 @@ class PostgresUsageStore:
         if self._pool is not None:
             return
         try:
-            pool = await asyncpg.create_pool(
+            self._pool = await pg_schema.migrated_pool(
                 self._url,
+                _COMPONENT,
+                _MIGRATIONS,
                 min_size=1,
                 max_size=self._pool_size,
-                timeout=self._timeout,
-                command_timeout=self._timeout,
-                max_inactive_connection_lifetime=300.0,
+                wait=self._timeout,
             )
-            try:
-                async with pool.acquire() as connection:
-                    await pg_schema.migrate(connection, _COMPONENT, _MIGRATIONS)
-            except BaseException:
-                await pool.close()
-                raise
         except (*_ERRORS, pg_schema.SchemaTooNew) as exc:
             raise self._failure(exc) from None
-        self._pool = pool
         await self._refresh_counts()
 
     async def close(self) -> None:
@@ -330,10 +323,7 @@ class PostgresUsageStore:
         async with self._write_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), self._timeout)
-            except (TimeoutError, *_ERRORS):
-                pool.terminate()
+            await pg_schema.close_pool(pool, self._timeout)
 
     def _failure(self, exc: BaseException) -> PostgresUsageError:
         text = str(exc).replace(self._url, self.location) or type(exc).__name__
