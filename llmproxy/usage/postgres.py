@@ -202,24 +202,26 @@ def _without_nul(value: object) -> object:
     return value
 
 
-def _storable(record: UsageRecord) -> UsageRecord:
-    """``record`` as PostgreSQL can store it: a NUL in any text (a Lua decision's metadata, a
-    key's name) becomes U+FFFD. Costs one search of the encoded record when there is none."""
-    body = record.to_json()
-    if _NUL_ESCAPE not in body:
-        return record
-    return UsageRecord.from_json(msgspec.json.encode(_without_nul(msgspec.json.decode(body))))
-
-
 def _storable_json(body: bytes) -> str:
-    """A record's JSON as PostgreSQL can store it (see :func:`_storable`)."""
+    """A record's JSON as PostgreSQL can store it: a NUL in any text (a Lua decision's
+    metadata, a key's name) becomes U+FFFD. Costs one search of the JSON when there is none."""
     if _NUL_ESCAPE in body:
         body = msgspec.json.encode(_without_nul(msgspec.json.decode(body)))
     return body.decode()
 
 
 def _columns(records: Sequence[UsageRecord]) -> list[list[object]]:
-    """The batch as one array per column of :data:`_INSERT`."""
+    """The batch as one array per column of :data:`_INSERT`, each record encoded once (and
+    read back from its stored form only when it held a NUL)."""
+    bodies: list[object] = []
+    storable: list[UsageRecord] = []
+    for record in records:
+        encoded = record.to_json()
+        body = _storable_json(encoded)
+        bodies.append(body)
+        # Rare: a NUL was replaced, so the columns come from the stored form too.
+        storable.append(UsageRecord.from_json(body) if _NUL_ESCAPE in encoded else record)
+    records = storable
     return [
         [r.id for r in records],
         [r.time for r in records],
@@ -231,7 +233,7 @@ def _columns(records: Sequence[UsageRecord]) -> list[list[object]]:
         [r.prompt_tokens for r in records],
         [r.completion_tokens for r in records],
         [r.total_tokens for r in records],
-        [r.to_json().decode() for r in records],
+        bodies,
     ]
 
 
@@ -374,7 +376,7 @@ class PostgresUsageStore:
         outbox: bool,
         trim: bool = True,
     ) -> None:
-        columns = _columns([_storable(r) for r in records])
+        columns = _columns(records)
         ids: list[str] = columns[0]  # type: ignore[assignment]
         if self.keep_records > 0:
             stored = await connection.fetch(_INSERT, *columns)
