@@ -149,7 +149,13 @@ def main() -> None:
             rendered = json.loads(render_gateway_config(port, mock_port, core=not args.full))
             if args.full:  # each build's records in the scratch directory, not its checkout
                 rendered["usage"] = {"database": str(work / f"{name}-usage.db")}
-            rendered["server"] = {"workers": args.workers, "watch_config": False}
+            # No shedding: both builds share one saturated core, and a build answering some
+            # requests 503 at once would look cheaper per request than it is.
+            rendered["server"] = {
+                "workers": args.workers,
+                "watch_config": False,
+                "overload": {"enabled": False},
+            }
             if args.shared_state:
                 rendered["backends"][0]["max_in_flight"] = 10_000
             for setting in args.set:

@@ -305,8 +305,8 @@ class GatewayApp:
             raise
         finally:
             watch.stop()
-            if journal is not None and exchange.journal is not None:
-                journal.end(exchange.journal)
+            if exchange.journal is not None:
+                exchange.journal.end()
             written = _finish(runtime, exchange, loop.time())
         if held is not None and held.messages:
             await held.release(written)

@@ -17,7 +17,7 @@ from llmproxy.gateway.limits_step import Settlement
 from llmproxy.gateway.request_body import RequestPeek
 from llmproxy.routing import Backend
 from llmproxy.usage import StreamUsage, Usage
-from llmproxy.usage.journal import JournalEntry
+from llmproxy.usage.journal import JournalHandle
 from llmproxy.usage.record import UsageRecord, flat_metadata
 
 
@@ -71,7 +71,7 @@ class Exchange:
     """Backends tried so far (``x-llmproxy-attempts`` on the answer)."""
     refused_by: set[Backend] | None = None
     """Backends that answered 429: a retry never goes back to them."""
-    journal: JournalEntry | None = None
+    journal: JournalHandle | None = None
     """The request's row in the usage journal (billed as interrupted if the process dies)."""
     suspect_failures: list[Backend] | None = None
     """Backends that failed this request in a way the request itself may have caused: a 5xx

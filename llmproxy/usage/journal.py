@@ -36,7 +36,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.rows import JournalCheckpoint, JournalOpen, JournalRow, Recovered
@@ -140,6 +140,21 @@ def owner_gone(owner: str, silent_for: float | None) -> bool:
     return silent_for is None or silent_for > OWNER_TIMEOUT
 
 
+class JournalHandle(Protocol):
+    """A request's place in a journal (:class:`JournalEntry`, or a slot of a file journal:
+    :mod:`llmproxy.usage.filejournal`), as the request sees it."""
+
+    @property
+    def skeleton(self) -> UsageRecord:
+        """Its record if it were cut now; the final record keeps its id."""
+
+    async def durable(self) -> None:
+        """Wait, if need be, until the request is journalled: before its first byte."""
+
+    def end(self) -> None:
+        """The request ended: its record is on its way."""
+
+
 @dataclass(slots=True, eq=False)
 class JournalEntry:
     """One journalled request."""
@@ -161,6 +176,10 @@ class JournalEntry:
         byte of the response); never longer than :data:`DURABLE_WAIT`."""
         if not self.committed.done():
             await self.journal.wait(self.committed)
+
+    def end(self) -> None:
+        """The request ended (its record is on its way)."""
+        self.journal.end(self)
 
 
 class OpenBatch:
@@ -305,6 +324,9 @@ class Journal:
             with contextlib.suppress(ValueError):
                 self._opening.remove(entry)
             entry.committed.set_result(None)
+
+    def written(self, records: list[UsageRecord]) -> None:
+        """Records were committed: nothing to do (their write deleted their rows)."""
 
     async def _open_loop(self) -> None:
         while True:

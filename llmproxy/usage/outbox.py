@@ -388,6 +388,33 @@ class UsageOutbox:
             self._depth += added
         return recovered
 
+    def settle_records(self, recovered: Sequence[Recovered], *, outbox: bool) -> list[Recovered]:
+        """Write the ``interrupted`` records of requests a crash cut off (from a journal file:
+        :mod:`llmproxy.usage.filejournal`), but those whose id is stored already (the crash came
+        after their real record was committed); answers those written."""
+        if not recovered:
+            return []
+        ids = _json.encode([r.record.id for r in recovered])
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                stored = {
+                    str(row[0])
+                    for table in ("usage", "outbox", "dead_letter")
+                    for row in self._db.execute(
+                        f"SELECT id FROM {table} WHERE id IN (SELECT value FROM json_each(?))",
+                        (ids,),
+                    )
+                }
+                fresh = [r for r in recovered if r.record.id not in stored]
+                added = self._insert([r.record for r in fresh], outbox=outbox) if fresh else 0
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth += added
+        return fresh
+
     def pending(self, limit: int) -> list[PendingRecord]:
         """The oldest ``limit`` records waiting for delivery."""
         with self._lock:

@@ -39,10 +39,11 @@ from pathlib import Path
 from llmproxy.config.model import Config
 from llmproxy.usage.bus import UsageBus
 from llmproxy.usage.delivery import UsageDelivery
+from llmproxy.usage.filejournal import FileJournal
 from llmproxy.usage.journal import Journal, OpenBatch, log_recovered, process_owner, recover
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.rows import RecordRefused, Recovered
-from llmproxy.usage.store import UsageStore, open_usage_store
+from llmproxy.usage.store import SqliteUsageStore, UsageStore, open_usage_store
 
 log = logging.getLogger("llmproxy.usage")
 
@@ -127,8 +128,10 @@ class UsageSink:
         self.on_recovered: Callable[[], None] | None = None
         """Called when a sweep settled requests a crash cut off (:meth:`take_recovered` has
         them): the daemon counts them against quotas and settles their leases."""
-        self.journal: Journal | None = None
-        """Journals requests in flight once started (:mod:`llmproxy.usage.journal`)."""
+        self.journal: Journal | FileJournal | None = None
+        """Journals requests in flight once started: in a file per process beside a SQLite
+        store (:mod:`llmproxy.usage.filejournal`), else in the database
+        (:mod:`llmproxy.usage.journal`)."""
 
     @property
     def store(self) -> UsageStore:
@@ -146,17 +149,37 @@ class UsageSink:
             await recover(self._store, outbox=self.hook_enabled, me=process_owner()), announce=False
         )
         if self.config.usage.journal:
-            self.journal = Journal(
-                self._store,
-                outbox=self.hook_enabled,
-                on_recovered=lambda recovered: self._settled(recovered, announce=True),
-                flush=self.flush,
-            )
-            await self.journal.start()
+            self.journal = await self._start_journal()
         self._tasks.append(asyncio.create_task(self._write_loop(), name="usage-writer"))
         if self._deliver:
             self._delivery = UsageDelivery(self.config.usage_hook, self._store)
             self._tasks.append(asyncio.create_task(self._delivery.run(), name="usage-delivery"))
+
+    async def _start_journal(self) -> Journal | FileJournal:
+        """The journal this store takes: a file per process beside a SQLite file (a killed
+        process is what ``synchronous: normal`` survives, and the page cache survives it too),
+        else rows in the database (PostgreSQL: replicas on other machines; ``synchronous:
+        full``: a power loss). A file journal first settles what dead processes left."""
+
+        def announce(recovered: list[Recovered]) -> None:
+            self._settled(recovered, announce=True)
+
+        store = self._store
+        journal: Journal | FileJournal
+        if isinstance(store, SqliteUsageStore) and self.config.usage.synchronous == "normal":
+            journal = FileJournal(
+                store,
+                FileJournal.directory_for(store.path),
+                outbox=self.hook_enabled,
+                on_recovered=announce,
+            )
+            self._settled(await journal.sweep(), announce=False)
+        else:
+            journal = Journal(
+                store, outbox=self.hook_enabled, on_recovered=announce, flush=self.flush
+            )
+        await journal.start()
+        return journal
 
     def _settled(self, recovered: list[Recovered], *, announce: bool) -> None:
         """Requests a crash cut off were billed: published, and kept for the daemon."""
@@ -394,6 +417,8 @@ class UsageSink:
                 error,
                 batch[0].to_json().decode(),
             )
+            if self.journal is not None:
+                self.journal.written(batch)  # logged whole: not billed again after a crash
             return True
         middle = len(batch) // 2
         first = await self._write(batch[:middle], None, retry=retry)
@@ -402,6 +427,8 @@ class UsageSink:
 
     def _written(self, batch: list[UsageRecord]) -> None:
         self.written += len(batch)
+        if self.journal is not None:
+            self.journal.written(batch)
         if self._acks:
             for record in batch:
                 written = self._acks.pop(record.id, None)

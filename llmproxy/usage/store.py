@@ -233,6 +233,12 @@ class SqliteUsageStore:
             lambda: self.outbox.settle_journal(owners, settle, outbox=outbox)
         )
 
+    async def settle_records(
+        self, recovered: Sequence[Recovered], *, outbox: bool
+    ) -> list[Recovered]:
+        """:meth:`UsageOutbox.settle_records` (the file journal's settlements)."""
+        return await self._write_call(lambda: self.outbox.settle_records(recovered, outbox=outbox))
+
     async def pending(self, limit: int) -> list[PendingRecord]:
         return await asyncio.to_thread(self.outbox.pending, limit)
 

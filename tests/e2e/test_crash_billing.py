@@ -18,13 +18,15 @@ import asyncpg
 import pytest
 
 from llmproxy.keystore import KeyStore
+from llmproxy.usage.filejournal import FileJournal
+from llmproxy.usage.slots import SUFFIX, read_rows
 from tests.e2e.daemon import LLMPROXY, free_port, running, wait_until_up
 from tests.postgres import fresh_schema_sync
 
 STREAMS = 20
 
 
-def _config(tmp_path: Path, port: int, backend_port: int, usage_db: str) -> Path:
+def _config(tmp_path: Path, port: int, backend_port: int, usage_db: str, synchronous: str) -> Path:
     config = tmp_path / "gateway.yaml"
     config.write_text(
         textwrap.dedent(
@@ -34,7 +36,7 @@ def _config(tmp_path: Path, port: int, backend_port: int, usage_db: str) -> Path
             backends: [{{url: "http://127.0.0.1:{backend_port}", models: [mock-model]}}]
             health_check: {{enabled: false}}
             auth: {{enabled: true, storage: builtin, builtin_db: keys.db}}
-            usage: {{database: "{usage_db}"}}
+            usage: {{database: "{usage_db}", synchronous: {synchronous}}}
             """
         )
     )
@@ -68,27 +70,29 @@ async def _stream(port: int, secret: str, received: list[int]) -> None:
         pass  # the gateway died under it
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("store", ["sqlite", "sqlite-full", "postgres"])
 def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(
     tmp_path: Path, store: str
 ) -> None:
     """20 live streams, the gateway killed -9: after the restart there are 20 records with
     ``status: "interrupted"``, each billed for at least what its client received minus
     250 ms of tokens (the checkpoint interval), and none twice; the key's used quota counts
-    them. With the usage store in a SQLite file and in PostgreSQL."""
+    them. With the usage store in a SQLite file (journalled in a file per process; with
+    ``synchronous: full``, in the database) and in PostgreSQL."""
     with contextlib.ExitStack() as stack:
-        if store == "sqlite":
+        if store.startswith("sqlite"):
             usage_db = "usage.db"
             usage: _UsageTables = _SqliteUsage(tmp_path / usage_db)
         else:
             usage_db = stack.enter_context(fresh_schema_sync())
             usage = _PostgresUsage(usage_db)
-        _kill_and_restart(tmp_path, usage_db, usage)
+        synchronous = "full" if store == "sqlite-full" else "normal"
+        _kill_and_restart(tmp_path, usage_db, usage, synchronous)
 
 
-def _kill_and_restart(tmp_path: Path, usage_db: str, usage: _UsageTables) -> None:
+def _kill_and_restart(tmp_path: Path, usage_db: str, usage: _UsageTables, synchronous: str) -> None:
     backend_port, port = free_port(), free_port()
-    config = _config(tmp_path, port, backend_port, usage_db)
+    config = _config(tmp_path, port, backend_port, usage_db, synchronous)
     with KeyStore(tmp_path / "keys.db") as keys:
         secret, key = keys.add(name="crash")
     itl = 0.02  # 50 tokens/s: 250 ms is 12.5 tokens
@@ -161,9 +165,11 @@ class _SqliteUsage:
             return [json.loads(body) for (body,) in db.execute("SELECT body FROM usage")]
 
     def journal_rows(self) -> int:
+        """Rows of the database journal and live slots of the file journal."""
         with sqlite3.connect(self.path) as db:
             (count,) = db.execute("SELECT count(*) FROM journal").fetchone()
-            return int(count)
+        files = FileJournal.directory_for(self.path).glob(f"*{SUFFIX}")
+        return int(count) + sum(len(read_rows(f.read_bytes(), "")) for f in files)
 
 
 class _PostgresUsage:
