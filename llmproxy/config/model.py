@@ -884,12 +884,13 @@ class UsageConfig(Section):
     the cost of an fsync per write batch. (PostgreSQL commits follow the server's own settings.)
     """
     journal: bool = True
-    """Journal every model request while it runs (committed before its first byte, tokens
-    checkpointed every 250 ms), so a gateway killed mid-stream bills what it served as
-    `status: "interrupted"` records at its next start. Costs CPU per streamed request: ~3 % for
-    200 tokens at 40 tokens/s, ~8 % for 40 tokens or fewer (the write of its row weighs more on
-    a short request); against a backend that answers in under a millisecond, ~0.4 ms of time to
-    first byte.
+    """Journal every model request while it runs (before its first byte, tokens checkpointed
+    every 250 ms), so a gateway killed mid-stream bills what it served as
+    `status: "interrupted"` records at its next start. With a SQLite file and `synchronous:
+    normal` each process journals into a memory-mapped file beside it (`<database>.inflight/`):
+    ~2 % CPU per streamed request of 40 to 200 tokens, ~5 % for 16. With PostgreSQL or
+    `synchronous: full` rows are committed to the database first (~3-10 % CPU, and up to a
+    commit's time before the first byte).
     """
     queue_size: int = Field(default=10_000, ge=1)
     """Records waiting in memory to be written; beyond it records are counted as overflow."""

@@ -1,5 +1,10 @@
 """The journal of requests in flight: what a crash (``kill -9``, OOM, power) would otherwise forget.
 
+This module is the journal in the usage database (PostgreSQL, or a SQLite file with
+``synchronous: full``); beside a SQLite file a process journals into a memory-mapped file
+instead (:mod:`llmproxy.usage.filejournal`), with the same contract and what both share here
+(:func:`interrupted`, the intervals, :class:`JournalHandle`).
+
 A usage record is written when a request ends. A gateway killed while streaming never gets
 there, and the tokens its clients already received would go unbilled. So every admitted request
 is also journalled, in the usage database, while it runs:
