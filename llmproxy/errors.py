@@ -55,6 +55,12 @@ class GatewayError(Exception):
         """The JSON body, as bytes."""
         return error_body(self.status, self.message, self.code, self.error_type, self.param)
 
+    def anthropic(self) -> tuple[int, bytes]:
+        """The status and body an Anthropic client expects for this error (on ``/v1/messages``):
+        the ``anthropic`` SDK raises its typed exceptions from these."""
+        status = ANTHROPIC_STATUS.get(self.status, self.status)
+        return status, anthropic_error_body(status, self.message)
+
 
 def error_body(
     status: int,
@@ -74,6 +80,40 @@ def error_body(
             }
         }
     )
+
+
+_ANTHROPIC_TYPE_FOR_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    431: "invalid_request_error",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+ANTHROPIC_STATUS = {503: 529}
+"""Statuses said otherwise to Anthropic clients: capacity refusals (the gateway shedding load, no
+backend slot, a body budget spent) are Anthropic's 529 ``overloaded_error``, which its clients
+know to retry."""
+
+
+def anthropic_error_body(status: int, message: str, error_type: str | None = None) -> bytes:
+    """Encode Anthropic's ``{"type": "error", "error": {"type", "message"}}`` for ``status``."""
+    kind = error_type or _ANTHROPIC_TYPE_FOR_STATUS.get(status, "api_error")
+    return _ENCODER.encode({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def anthropic_error_event(message: str, status: int = 502) -> bytes:
+    """Anthropic's ``error`` event, ending a Messages stream whose upstream failed after it
+    began (the ``anthropic`` SDK raises on it)."""
+    return b"event: error\ndata: " + anthropic_error_body(status, message) + b"\n\n"
 
 
 def sse_error_event(message: str, code: str, status: int = 502) -> bytes:

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 
+from llmproxy.apis import ENDPOINT_API, GENERATING, is_anthropic
 from llmproxy.auth.pipeline import Identity, Recognised
 from llmproxy.errors import GatewayError
 from llmproxy.gateway import auth_step, cors, limits_step
@@ -46,7 +47,10 @@ log = logging.getLogger("llmproxy.gateway")
 
 # Endpoints whose body must name a model (404 model_not_found routing needs it), by the
 # lower-case canonical path every rule reads.
-_MODEL_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+_MODEL_ENDPOINTS = frozenset(ENDPOINT_API)
+# Where the gateway asks the backend for the stream's usage event (stream_options): the
+# OpenAI surfaces; Messages and Responses streams always carry their usage.
+_USAGE_OPTION = frozenset({"/v1/chat/completions", "/v1/completions"})
 _MODELS = "/v1/models"
 _MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(rb"[!-~]{1,%d}" % _MAX_REQUEST_ID)
@@ -115,11 +119,16 @@ class GatewayApp:
                     await cors.preflight(send, server.cors, origin, rid)
                     return
                 send = cors.wrap_send(send, server.cors, origin)
+        endpoint = ""
         try:
             request = canonical_request(scope, runtime.proxy_trust, request_id, upstream_id)
+            endpoint = request.endpoint
             await self._dispatch(runtime, request, receive, send)
         except GatewayError as error:
-            await send_error(send, error, rid)
+            # Anthropic's clients get Anthropic's error shape (a path that did not even parse
+            # is judged by its raw spelling).
+            anthropic = is_anthropic(endpoint or str(scope.get("path", "")).lower())
+            await send_error(send, error, rid, anthropic=anthropic)
         except ClientGone:
             log.debug("client left before sending its whole body (request %s)", request_id)
         except Exception:
@@ -167,7 +176,8 @@ class GatewayApp:
         )
         if local_models:
             await self._models(runtime, request, send, identity)
-        elif endpoint == "/health":
+        elif endpoint in ("/health", "/"):
+            # "/": the reachability check agent tools send (Claude Code: HEAD /).
             await send_bytes(send, 200, _OK)
         elif endpoint == "/ready":
             now = asyncio.get_running_loop().time()
@@ -259,13 +269,19 @@ class GatewayApp:
             canonical=request,
             body=body,
             peek=peek,
+            api=ENDPOINT_API.get(request.endpoint),
             identity=identity,
             extra_headers=extra_headers,
             arrival=arrival,
             # Recorded as judged (the client's bytes), before the gateway's own edits.
             judged_body=body if arrival is not None else None,
         )
-        if peek.streaming and model_required and runtime.counts_tokens and not peek.include_usage:
+        if (
+            peek.streaming
+            and request.endpoint in _USAGE_OPTION
+            and runtime.counts_tokens
+            and not peek.include_usage
+        ):
             # Usage is needed to settle budgets and to bill: ask the backend for it, and hide
             # the usage event from a client that did not ask for it.
             exchange.body = with_usage_requested(body, peek)
@@ -283,7 +299,7 @@ class GatewayApp:
         loop = asyncio.get_running_loop()
         exchange.started = loop.time()
         usage = runtime.usage
-        journal = usage.journal if usage is not None and model_required else None
+        journal = usage.journal if usage is not None and request.endpoint in GENERATING else None
         if journal is not None:
             settlement = exchange.settlement
             lease = settlement.lease or "" if settlement is not None else ""
@@ -403,7 +419,7 @@ async def _admit(
     policy = limits_step.key_policy(limits.per_key, identity.limits, identity.metadata)
     if policy.requests is None and not policy.needs_lease:
         return None
-    completion = peek.max_tokens or peek.max_completion_tokens
+    completion = peek.max_tokens or peek.max_completion_tokens or peek.max_output_tokens
     reserve = (completion or limits.default_max_tokens) * peek.completions + prompt_estimate
     return await limits_step.admit(runtime, identity.key_id, policy, reserve)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmproxy.apis import Api
 from llmproxy.auth.pipeline import Identity
 from llmproxy.finish import Finished
 from llmproxy.gateway.canonical import CanonicalRequest
 from llmproxy.gateway.limits_step import Settlement
 from llmproxy.gateway.request_body import RequestPeek
 from llmproxy.routing import Backend
-from llmproxy.usage import StreamUsage, Usage
+from llmproxy.usage import StreamMeter, Usage
 from llmproxy.usage.journal import JournalHandle
 from llmproxy.usage.record import UsageRecord, flat_metadata
 
@@ -50,8 +51,10 @@ class Exchange:
     """The gateway asked for the usage event; the client did not, so it is removed."""
     usage: Usage | None = None
     """A non-streamed response's usage, when the backend reported it."""
-    stream_usage: StreamUsage | None = None
+    stream_usage: StreamMeter | None = None
     """The scanner of the streamed response relayed to the client."""
+    api: Api | None = None
+    """The model API the request speaks (None: another path)."""
     backend: str = ""
     """Name of the backend that answered (the last one tried)."""
     status: int = 0

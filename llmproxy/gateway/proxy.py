@@ -28,7 +28,7 @@ from typing import Literal
 
 from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PassiveHealthConfig
-from llmproxy.errors import GatewayError, sse_error_event
+from llmproxy.errors import GatewayError, anthropic_error_event, sse_error_event
 from llmproxy.gateway.asgi import BodyWriter, Message, Send
 from llmproxy.gateway.exchange import Exchange
 from llmproxy.gateway.headers import (
@@ -44,7 +44,7 @@ from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.backend import REFUSED
 from llmproxy.routing.prefix import prompt_prefix
-from llmproxy.usage import ResponseUsage, StreamUsage, usage_from_body
+from llmproxy.usage import ResponseUsage, StreamMeter, stream_meter, usage_from_body
 
 log = logging.getLogger("llmproxy.gateway")
 
@@ -584,7 +584,7 @@ class _StreamSink:
 
     def __init__(
         self,
-        scanner: StreamUsage,
+        scanner: StreamMeter,
         writer: BodyWriter,
         connection: UpstreamConnection,
         request: Exchange,
@@ -635,7 +635,9 @@ async def _relay_stream(
         await request.journal.durable()  # journalled before the first byte (usage.journal)
     await send(_start(request, connection.status, connection.raw_headers, body_changes=True))
     request.status = connection.status
-    scanner = request.stream_usage = StreamUsage(strip_usage_event=request.strip_usage)
+    scanner = request.stream_usage = stream_meter(
+        request.api, strip_usage_event=request.strip_usage
+    )
     sink = _StreamSink(scanner, writer, connection, request, request.hold_last)
     sink(connection.take_pending())
     connection.sink = sink
@@ -645,14 +647,15 @@ async def _relay_stream(
     except UpstreamError as error:
         if error.kind == "timeout":
             log.warning("backend %s went silent mid-stream; ending the stream", backend.name)
-            message = sse_error_event(
-                f"backend {backend.name} stopped sending", "upstream_timeout", 504
-            )
+            text, code, status = f"backend {backend.name} stopped sending", "upstream_timeout", 504
         else:
             log.warning("backend %s broke the stream: %s", backend.name, error.detail)
-            message = sse_error_event(
-                f"backend {backend.name} closed the stream before it finished", "upstream_reset"
-            )
+            text = f"backend {backend.name} closed the stream before it finished"
+            code, status = "upstream_reset", 502
+        if request.api == "messages":
+            message = anthropic_error_event(text, status)
+        else:
+            message = sse_error_event(text, code, status)
         request.complete = True
         await send({"type": "http.response.body", "body": message, "more_body": False})
         return "timeout" if error.kind == "timeout" else "broken"

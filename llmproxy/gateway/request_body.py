@@ -32,8 +32,8 @@ MAX_DEPTH = 64
 """Deepest nesting of objects and arrays accepted in a request body."""
 
 MAX_COUNT = 2**31 - 1
-"""Largest ``max_tokens``, ``max_completion_tokens`` or ``n`` accepted (a 4,000-digit count
-would reach the limits store as a number no one can add)."""
+"""Largest ``max_tokens``, ``max_completion_tokens``, ``max_output_tokens`` or ``n`` accepted
+(a 4,000-digit count would reach the limits store as a number no one can add)."""
 
 JUDGED = (
     "model",
@@ -42,6 +42,7 @@ JUDGED = (
     "priority",
     "max_tokens",
     "max_completion_tokens",
+    "max_output_tokens",
     "n",
     "user",
 )
@@ -86,6 +87,11 @@ class _MaxTokens(_Box):
 class _MaxCompletionTokens(_Box):
     __slots__ = ()
     member, kinds, what = "max_completion_tokens", (int,), _COUNT
+
+
+class _MaxOutputTokens(_Box):
+    __slots__ = ()
+    member, kinds, what = "max_output_tokens", (int,), _COUNT
 
 
 class _N(_Box):
@@ -141,6 +147,7 @@ class _Judged(msgspec.Struct):
     priority: _Priority | msgspec.UnsetType = msgspec.UNSET
     max_tokens: _MaxTokens | msgspec.UnsetType = msgspec.UNSET
     max_completion_tokens: _MaxCompletionTokens | msgspec.UnsetType = msgspec.UNSET
+    max_output_tokens: _MaxOutputTokens | msgspec.UnsetType = msgspec.UNSET
     n: _N | msgspec.UnsetType = msgspec.UNSET
     user: _User | msgspec.UnsetType = msgspec.UNSET
 
@@ -161,6 +168,8 @@ class RequestPeek(msgspec.Struct, frozen=True):
     stream: bool | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    max_output_tokens: int | None = None
+    """The Responses API's bound on the answer."""
     n: int | None = None
     has_priority: bool = False
     """The body sets ``priority`` itself (the gateway replaces it when it sends its own)."""
@@ -224,12 +233,13 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
                 400, f"the request body is not valid UTF-8 (byte {exc.start})", "invalid_json"
             ) from None
     model, stream, max_tokens = judged.model, judged.stream, judged.max_tokens
-    most, n = judged.max_completion_tokens, judged.n
+    most, n, output = judged.max_completion_tokens, judged.n, judged.max_output_tokens
     peek = RequestPeek(
         model=None if model is UNSET else model.value,
         stream=None if stream is UNSET else stream.value,
         max_tokens=None if max_tokens is UNSET else max_tokens.value,
         max_completion_tokens=None if most is UNSET else most.value,
+        max_output_tokens=None if output is UNSET else output.value,
         n=None if n is UNSET else n.value,
         has_priority=judged.priority is not UNSET,
         has_stream_options=options is not UNSET,

@@ -32,8 +32,10 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def send_error(send: Send, error: GatewayError, request_id: bytes) -> None:
-    """Send ``error`` as an OpenAI-style JSON error body."""
-    await send_bytes(
-        send, error.status, error.body(), headers=((b"x-request-id", request_id), *error.headers)
-    )
+async def send_error(
+    send: Send, error: GatewayError, request_id: bytes, *, anthropic: bool = False
+) -> None:
+    """Send ``error`` as an OpenAI-style JSON error body, or Anthropic's (``anthropic``: the
+    request was for ``/v1/messages``)."""
+    status, body = error.anthropic() if anthropic else (error.status, error.body())
+    await send_bytes(send, status, body, headers=((b"x-request-id", request_id), *error.headers))

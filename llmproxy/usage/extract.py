@@ -18,7 +18,7 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -48,16 +48,34 @@ class Usage:
 
 
 class UsageFields(msgspec.Struct):
-    """An OpenAI ``usage`` object; embeddings send only ``prompt_tokens`` and ``total_tokens``."""
+    """A ``usage`` object: OpenAI's (embeddings send only ``prompt_tokens`` and
+    ``total_tokens``), the Responses API's (``input_tokens``, ``output_tokens``) or Anthropic's
+    (``input_tokens`` not counting the prompt tokens written to or read from its cache, which
+    come in fields of their own)."""
 
     prompt_tokens: NonNegative | None = None
     completion_tokens: NonNegative | None = None
     total_tokens: NonNegative | None = None
+    input_tokens: NonNegative | None = None
+    output_tokens: NonNegative | None = None
+    cache_creation_input_tokens: NonNegative | None = None
+    cache_read_input_tokens: NonNegative | None = None
+
+    def prompt(self) -> int | None:
+        """The prompt's tokens, cached ones included; None when not reported."""
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens
+        if self.input_tokens is None:
+            return None
+        cached = (self.cache_creation_input_tokens or 0) + (self.cache_read_input_tokens or 0)
+        return self.input_tokens + cached
 
     def counts(self) -> tuple[int, int, int]:
         """``(prompt, completion, total)`` with the missing ones derived from the others."""
-        prompt = self.prompt_tokens or 0
+        prompt = self.prompt() or 0
         completion = self.completion_tokens
+        if completion is None:
+            completion = self.output_tokens
         if completion is None:
             completion = max(0, self.total_tokens - prompt) if self.total_tokens is not None else 0
         total = self.total_tokens if self.total_tokens is not None else prompt + completion
@@ -72,6 +90,7 @@ _decode_usage_holder = msgspec.json.Decoder(_UsageHolder).decode
 _decode_str = msgspec.json.Decoder(str).decode
 
 _FINISH_KEY = b'"finish_reason":'
+_STOP_KEY = b'"stop_reason":'
 _CHOICES_WITHIN = 1024
 _JSON_STRING = re.compile(rb'[ \t]*("(?:[^"\\]|\\.)*")')  # blanks, then a string
 
@@ -105,7 +124,11 @@ def usage_from_body(body: bytes) -> Usage | None:
     prompt, completion, total = holder.usage.counts()
     # Bounded, so an embeddings body (no choices, megabytes of vectors) is never scanned whole.
     choices = body.find(b'"choices":', 0, _CHOICES_WITHIN)
-    finish_reason = finish_reason_after(body, choices) if choices >= 0 else None
+    if choices >= 0:
+        finish_reason = finish_reason_after(body, choices)
+    else:  # an Anthropic message says why it stopped at its top level
+        stop = body.rfind(_STOP_KEY)
+        finish_reason = string_value_at(body, stop + len(_STOP_KEY)) if stop >= 0 else None
     return Usage(prompt, completion, total, "backend", finish_reason)
 
 
@@ -240,7 +263,9 @@ Prompt = str | list[str | int | list[int]]  # text, texts, token ids, or lists o
 class _PromptFields(msgspec.Struct):
     messages: list[_Message] | None = None
     prompt: Prompt | None = None
-    input: Prompt | None = None  # embeddings
+    input: str | list[Any] | None = None  # embeddings; the Responses API (text or items)
+    system: str | list[_Part] | None = None  # Anthropic Messages
+    instructions: str | None = None  # the Responses API
 
 
 _decode_prompt_fields = msgspec.json.Decoder(_PromptFields).decode
@@ -250,8 +275,10 @@ def estimate_prompt_tokens(body: bytes, chars_per_token: float) -> int:
     """A cheap prompt-token estimate for a request body, at least 1.
 
     Counts the characters of chat ``messages[].content`` (a string, or the ``text`` of its parts),
-    of a completions ``prompt`` or of an embeddings ``input`` (a string or a list of strings),
-    divides by ``chars_per_token`` and rounds up; pre-tokenized prompts count one token per id.
+    of a completions ``prompt``, of an embeddings ``input`` (a string or a list of strings), of
+    Anthropic's ``system`` and of a Responses ``input`` (text, or items whose ``content`` is
+    text or parts) and ``instructions``, divides by ``chars_per_token`` and rounds up;
+    pre-tokenized prompts count one token per id.
     Only those fields are decoded. A body that does not decode is estimated from its length in
     bytes, an upper bound, so a reservation made from it is never too small.
     """
@@ -266,6 +293,12 @@ def estimate_prompt_tokens(body: bytes, chars_per_token: float) -> int:
             chars += len(content)
         elif content:
             chars += sum(len(part.text) for part in content if part.text)
+    system = fields.system
+    if isinstance(system, str):
+        chars += len(system)
+    elif system:
+        chars += sum(len(part.text) for part in system if part.text)
+    chars += len(fields.instructions or "")
     for prompt in (fields.prompt, fields.input):
         if isinstance(prompt, str):
             chars += len(prompt)
@@ -273,6 +306,23 @@ def estimate_prompt_tokens(body: bytes, chars_per_token: float) -> int:
             for item in prompt:
                 if isinstance(item, str):
                     chars += len(item)
+                elif isinstance(item, dict):
+                    chars += _item_chars(item)
                 else:
                     ids += len(item) if isinstance(item, list) else 1
     return max(1, math.ceil(chars / chars_per_token) + ids)
+
+
+def _item_chars(item: dict[str, Any]) -> int:
+    """Characters of one Responses input item: its ``content`` text or its parts' ``text``."""
+    content = item.get("content")
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(part["text"])
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    output = item.get("output")  # a function call's result
+    return len(output) if isinstance(output, str) else 0
