@@ -73,7 +73,16 @@ NO_MODEL: Final = "none"
 NO_BACKEND: Final = "none"
 """The backend label of a request that never reached a backend."""
 
-ENDPOINTS: Final = ("chat/completions", "completions", "embeddings", "models", OTHER)
+ENDPOINTS: Final = (
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "messages",
+    "messages/count_tokens",
+    "responses",
+    "models",
+    OTHER,
+)
 AUTH_RESULTS: Final = ("allowed", "denied", "error")
 LIMIT_KINDS: Final = (
     "requests",

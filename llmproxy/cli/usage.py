@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from datetime import tzinfo
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -131,24 +131,30 @@ def records_table(records: Sequence[Record], now: float) -> Table:
 
 
 SummaryRow = tuple[str, str, int, int, int, int]
-"""key, model, requests, prompt, completion and total tokens."""
+"""key (or API), model, requests, prompt, completion and total tokens."""
+
+SummaryBy = Literal["key", "api"]
 
 
-def summary_rows(rows: Sequence[Record]) -> tuple[list[SummaryRow], SummaryRow]:
-    """The summary by key and model (sorted by key, then model) and its totals row."""
-    out: list[SummaryRow] = []
+def summary_rows(
+    rows: Sequence[Record], by: SummaryBy = "key"
+) -> tuple[list[SummaryRow], SummaryRow]:
+    """The summary by key (or API) and model, sorted by them, and its totals row. The daemon
+    answers per key, model and API: rows that differ only in what is not shown are added up."""
+    merged: dict[tuple[str, str], list[int]] = {}
     for row in rows:
-        key = str(row.get("key_name") or row.get("key_id") or "(no key)")
-        out.append(
-            (
-                key,
-                str(row.get("model") or NONE),
-                int(row.get("requests") or 0),
-                int(row.get("prompt_tokens") or 0),
-                int(row.get("completion_tokens") or 0),
-                int(row.get("total_tokens") or 0),
-            )
-        )
+        if by == "api":
+            label = str(row.get("api") or "other")
+        else:
+            label = str(row.get("key_name") or row.get("key_id") or "(no key)")
+        sums = merged.setdefault((label, str(row.get("model") or NONE)), [0, 0, 0, 0])
+        fields = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
+        for index, field in enumerate(fields):
+            sums[index] += int(row.get(field) or 0)
+    out: list[SummaryRow] = [
+        (label, model, sums[0], sums[1], sums[2], sums[3])
+        for (label, model), sums in merged.items()
+    ]
     out.sort(key=lambda row: (row[0], row[1]))
     totals: SummaryRow = (
         "total",
@@ -161,8 +167,10 @@ def summary_rows(rows: Sequence[Record]) -> tuple[list[SummaryRow], SummaryRow]:
     return out, totals
 
 
-def summary_table(rows: Sequence[Record], since: float, window: float) -> Table:
-    body, totals = summary_rows(rows)
+def summary_table(
+    rows: Sequence[Record], since: float, window: float, by: SummaryBy = "key"
+) -> Table:
+    body, totals = summary_rows(rows, by)
     table = Table(
         box=None,
         pad_edge=False,
@@ -172,7 +180,14 @@ def summary_table(rows: Sequence[Record], since: float, window: float) -> Table:
         title=f"usage in the last {format_duration(window)} (since {format_datetime(since)})",
         title_justify="left",
     )
-    headers = ("KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL")
+    headers = (
+        "API" if by == "api" else "KEY",
+        "MODEL",
+        "REQUESTS",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+    )
     footers = (totals[0], totals[1], *(format_count(count) for count in totals[2:]))
     for index, (header, footer) in enumerate(zip(headers, footers, strict=True)):
         table.add_column(header, footer=footer, justify="right" if index >= 2 else "left")
@@ -319,17 +334,29 @@ def summary(
     since: Annotated[
         str, typer.Option("--since", help="How far back: 1h, 30m, 7d.", show_default=True)
     ] = "1h",
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by",
+            help="Group by key (and model) or by API (chat, completions, embeddings, messages, "
+            "responses; and model).",
+            show_default=True,
+        ),
+    ] = "key",
     json_output: JsonOption = False,
     config: ConfigOption = None,
     socket: SocketOption = None,
     admin_url: AdminUrlOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Requests and tokens by key and model over a period, with totals."""
+    """Requests and tokens by key (or API) and model over a period, with totals."""
     try:
         window = parse_since(since)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--since") from None
+    if by not in ("key", "api"):
+        raise typer.BadParameter("key or api", param_hint="--by")
+    grouping: SummaryBy = "api" if by == "api" else "key"
     target = Target(config, socket, admin_url, token)
     with daemon_session(target, json_output=json_output) as client:
         # Whole seconds: the API reads an integer.
@@ -339,6 +366,6 @@ def summary(
         return
     rows = list(answer.get("rows") or [])
     start = float(answer.get("since") or time.time() - window)
-    stdout_console().print(summary_table(rows, start, window))
+    stdout_console().print(summary_table(rows, start, window, grouping))
     if not rows:
         stdout_console().print("no usage in that period", markup=False)

@@ -291,6 +291,14 @@ class BackendConfig(Section):
     """Send each request's priority (the key's `priority`, or the Lua decision's) in vLLM's
     `priority` request field; a client's own value is replaced.
     """
+    apis: tuple[
+        Literal["chat_completions", "completions", "embeddings", "messages", "responses"], ...
+    ] = ()
+    """The model APIs this backend speaks; empty means all of them (requests pass through). A
+    request for an API it does not list goes to another backend, except Anthropic Messages for
+    a backend that lists `chat_completions`: translated to chat completions and back (streams
+    too), so Anthropic clients can use a server that speaks only the OpenAI API.
+    """
     health_check: BackendHealthCheck = BackendHealthCheck()
     """How this backend is probed, where it differs from the global `health_check`."""
     max_response_size: Size = Field(default=1024 * 1024, ge=1024)

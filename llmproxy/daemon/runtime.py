@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
+import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from llmproxy.auth.build import AuthSetupError, build_pipeline
@@ -96,6 +97,7 @@ class Runtime:
                 models=frozenset(b.models) or None,
                 max_in_flight=b.max_in_flight,
                 send_priority=b.send_priority,
+                apis=frozenset(b.apis) or None,
             )
             for b in config.backends
         )
@@ -158,6 +160,7 @@ class Runtime:
         )
         limits = config.rate_limit
         self.limits: LimitStore | None = None  # built in open(): a Redis store needs the loop
+        self.response_redis: redis.asyncio.Redis | None = None
         self.daemon_limits = daemon_limits
         self.notices = notices
         self.global_rate: Rate | None = rate_of(limits.global_) if limits.enabled else None
@@ -166,6 +169,7 @@ class Runtime:
         """The process's metrics; :class:`RuntimeState` hands every snapshot the same one."""
         self.limits_enabled = limits.enabled
         self.counts_tokens = True
+        self.apis_limited = any(b.apis for b in config.backends)
         """Something needs a stream's token counts (usage records, metrics or limits): the
         backend is asked to report usage. Set by :class:`RuntimeState` with the usage sink.
         """
@@ -244,6 +248,10 @@ class Runtime:
             self.limits = await build_store(
                 self.config.rate_limit, self.pools, shared=self.daemon_limits
             )
+        limits = self.config.rate_limit
+        if limits.enabled and limits.storage == "redis" and limits.redis is not None:
+            # Replicas and workers sharing limits share which backend made each response too.
+            self.response_redis = await self.pools.redis(limits.redis)
         routing = self.config.routing
         signals = routing.load_signals
         if signals.enabled or self.strategy.load_signals:

@@ -265,11 +265,12 @@ class GatewayApp:
     ) -> None:
         """The judged request: admitted against the key's limits, forwarded, accounted."""
         model_required = request.endpoint in _MODEL_ENDPOINTS
+        api = ENDPOINT_API.get(request.endpoint)
         exchange = Exchange(
             canonical=request,
             body=body,
             peek=peek,
-            api=ENDPOINT_API.get(request.endpoint),
+            api=api,
             identity=identity,
             extra_headers=extra_headers,
             arrival=arrival,
@@ -295,6 +296,8 @@ class GatewayApp:
             if settlement is not None:
                 exchange.settlement = settlement
                 exchange.response_headers = settlement.headers
+        if api == "responses" or request.endpoint.startswith(_RESPONSE_PATH):
+            await _pin_response(runtime, exchange)
         watch = _DisconnectWatch(receive, exchange)
         loop = asyncio.get_running_loop()
         exchange.started = loop.time()
@@ -328,10 +331,46 @@ class GatewayApp:
             await held.release(written)
 
 
+_RESPONSES = "/v1/responses"
+_RESPONSE_PATH = "/v1/responses/"
+
+
+async def _pin_response(runtime: Runtime, exchange: Exchange) -> None:
+    """A Responses API request that names a response (``previous_response_id``, or
+    ``/v1/responses/{id}``) goes to the backend that made it — the only one that has it — and
+    is a 404 when no gateway saw it made; a new response's backend is noted as it is relayed."""
+    request = exchange.canonical
+    homes = runtime.fleet.responses
+    redis = runtime.response_redis
+    if request.endpoint == _RESPONSES:
+        exchange.response_homes = (homes, redis)
+        wanted = exchange.peek.previous_response_id
+        param, code = "previous_response_id", "previous_response_not_found"
+        if not wanted:
+            return
+    else:
+        wanted = request.path[len(_RESPONSE_PATH) :].partition("/")[0]
+        param, code = None, "response_not_found"
+        if request.method == "DELETE":
+            exchange.forget_response = wanted
+    name = await homes.lookup(wanted, redis) if wanted else None
+    backend = runtime.router.named(name) if name is not None else None
+    if backend is None:
+        raise GatewayError(
+            404,
+            f"Response with id '{wanted}' not found (no backend of this gateway made it).",
+            code,
+            param=param,
+        )
+    exchange.pinned = backend
+
+
 def _finish(runtime: Runtime, exchange: Exchange, now: float) -> asyncio.Future[None] | None:
     """The finish phase, whatever the outcome: settle the limits to what was used, then hand
     the ended request to each finish sink. The future is the durable usage record's."""
     used = exchange.used_usage()
+    if exchange.forget_response and exchange.status < 300 and exchange.complete:
+        runtime.fleet.responses.forget(exchange.forget_response, runtime.response_redis)
     if exchange.settlement is not None:
         exchange.settlement.settle(runtime, used.total_tokens if used is not None else 0)
     finished = exchange.finished(now, used)

@@ -28,8 +28,9 @@ _MISSING = "no API key: send it as `Authorization: Bearer <key>` or in an `X-API
 
 def needs_key(runtime: Runtime, path: str) -> bool:
     """True when auth is on and the canonical ``path`` is not under one of ``auth.skip_paths``
-    (whole segments)."""
-    return runtime.auth is not None and not under(path, runtime.auth_skip_paths)
+    (whole segments), nor the root: ``/`` is the reachability check agent tools make before
+    they send a key (Claude Code's ``HEAD /``), answered ``{"status":"ok"}`` and nothing more."""
+    return runtime.auth is not None and path != "/" and not under(path, runtime.auth_skip_paths)
 
 
 def presented_key(runtime: Runtime, headers: RawHeaders) -> PresentedKey:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
+
 from llmproxy.apis import Api
 from llmproxy.auth.pipeline import Identity
 from llmproxy.finish import Finished
@@ -17,6 +19,7 @@ from llmproxy.gateway.canonical import CanonicalRequest
 from llmproxy.gateway.limits_step import Settlement
 from llmproxy.gateway.request_body import RequestPeek
 from llmproxy.routing import Backend
+from llmproxy.routing.responses import ResponseHomes
 from llmproxy.usage import StreamMeter, Usage
 from llmproxy.usage.journal import JournalHandle
 from llmproxy.usage.record import UsageRecord, flat_metadata
@@ -55,6 +58,15 @@ class Exchange:
     """The scanner of the streamed response relayed to the client."""
     api: Api | None = None
     """The model API the request speaks (None: another path)."""
+    response_homes: tuple[ResponseHomes, Redis | None] | None = None
+    """Where to note the backend of the Responses API response this request creates."""
+    forget_response: str = ""
+    """A ``DELETE /v1/responses/{id}``: the id, forgotten once its backend deleted it."""
+    translated: bytes | None = None
+    """The body as chat completions, for a backend that does not speak its API (Messages)."""
+    pinned: Backend | None = None
+    """The one backend that can serve it (it holds a Responses API response the request
+    names)."""
     backend: str = ""
     """Name of the backend that answered (the last one tried)."""
     status: int = 0
@@ -111,6 +123,7 @@ class Exchange:
             total_tokens=self.prompt_estimate,
             usage_source="estimated",
             endpoint=self.canonical.endpoint,
+            api=self.api or "",
             stream=self.peek.streaming,
             status="interrupted",
             key_id=identity.key_id if identity is not None else "",

@@ -23,7 +23,9 @@ The rules that make this a gateway rather than a buffer:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 from llmproxy.auth.pipeline import Identity
@@ -44,6 +46,15 @@ from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.backend import REFUSED
 from llmproxy.routing.prefix import prompt_prefix
+from llmproxy.routing.responses import response_id_in
+from llmproxy.translate import (
+    ChatStreamToMessages,
+    TranslationError,
+    UpstreamResponseError,
+    chat_error_to_messages,
+    chat_response_to_messages,
+    messages_request_to_chat,
+)
 from llmproxy.usage import ResponseUsage, StreamMeter, stream_meter, usage_from_body
 
 log = logging.getLogger("llmproxy.gateway")
@@ -90,6 +101,7 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
     fleet = runtime.fleet
     fleet.sync()  # a drain made through another worker applies here before this request routes
     tried: list[Backend] = []
+    unable = _unable(runtime, request)
     last_error = GatewayError(503, _no_backend_message(model), "no_backend_available")
     try:
         for attempt in range(policy.attempts):
@@ -98,7 +110,15 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
                     # The retry budget is spent: failing fast beats doubling a struggling fleet.
                     break
                 await asyncio.sleep(policy.delay(attempt, runtime.rng))
-            backend, taken = await _choose(runtime, priority, model, tried, key, request.refused_by)
+            backend, taken = await _choose(
+                runtime,
+                priority,
+                model,
+                [*tried, *unable] if unable else tried,
+                key,
+                request.refused_by,
+                request.pinned,
+            )
             if backend is None:
                 break
             tried.append(backend)
@@ -122,6 +142,25 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
     finally:
         if request.suspect_failures:
             _judge_suspect_failures(runtime, request)
+
+
+def _unable(runtime: Runtime, request: Exchange) -> tuple[Backend, ...]:
+    """The backends that cannot take this request's API (``backends[].apis``); a 404 when no
+    backend serving its model can."""
+    api = request.api
+    if api is None or not runtime.apis_limited:
+        return ()
+    router = runtime.router
+    model = request.peek.model
+    unable = tuple(b for b in router.backends if b.speaks(api) is False)
+    if all(b in unable for b in router.backends if b.serves(model)):
+        raise GatewayError(
+            404,
+            f"no backend serves the {api} API for model `{model}` (backends[].apis)",
+            "api_not_served",
+            param="model",
+        )
+    return unable
 
 
 _ATTEMPTS = tuple(str(n).encode() for n in range(32))
@@ -175,6 +214,7 @@ async def _choose(
     tried: list[Backend],
     key: int | None,
     refused_by: set[Backend] | None = None,
+    only: Backend | None = None,
 ) -> tuple[Backend | None, int]:
     """The backend for this attempt and the slot taken on it (:meth:`Backend.try_begin`: pass
     it to ``end()``); while every backend is full, wait in the admission queue (best priority first)
@@ -192,7 +232,7 @@ async def _choose(
         if ticket is not None or not admission.ahead(priority):
             fallen = runtime.count_fallback
             backend = router.route(
-                model, now, exclude=tried, key=key, reserve=reserve, on_fallback=fallen
+                model, now, exclude=tried, key=key, reserve=reserve, on_fallback=fallen, only=only
             )
             if backend is None and tried:
                 # Every candidate was tried once: a transient fault may have passed on one
@@ -204,16 +244,21 @@ async def _choose(
                     key=key,
                     reserve=reserve,
                     on_fallback=fallen,
+                    only=only,
                 )
             taken = backend.try_begin(reserve) if backend is not None else REFUSED
             if backend is not None and taken == REFUSED:
                 continue  # another worker took the last slot since it was read: route again
-            if backend is None and not router.saturated(model, now, reserve) and not looked_again:
+            if (
+                backend is None
+                and not router.saturated(model, now, reserve, only)
+                and not looked_again
+            ):
                 # Full when routed, not full now: another worker freed a slot between the two
                 # reads. Route once more rather than answer 503 with a slot free.
                 looked_again = True
                 continue
-            if backend is not None or not router.saturated(model, now, reserve):
+            if backend is not None or not router.saturated(model, now, reserve, only):
                 if ticket is not None:
                     admission.left()
                 return backend, taken
@@ -287,13 +332,17 @@ async def _attempt(
             trusted_forwarding=canonical.client.via_trusted_proxy,
         )
         body = request.body
+        target = canonical.target
+        translating = request.api == "messages" and backend.speaks("messages") is None
+        if translating:
+            body, target = _as_chat(request), _CHAT_TARGET
         if backend.send_priority and body and request.peek.model is not None:
             body = with_priority(body, request.peek, priority)
         elif request.peek.has_priority and not _may_set_priority(request.identity):
             # The field belongs to the gateway: a client's own would jump vLLM's queue.
             body = without_priority(body)
         # The judged target goes out byte for byte, never re-normalised.
-        wire = request_bytes(canonical.method, pool, canonical.target, headers, body)
+        wire = request_bytes(canonical.method, pool, target, headers, body)
         try:
             connection = await _exchange(
                 pool, wire, client.first_byte_timeout, no_body=canonical.method == "HEAD"
@@ -350,8 +399,13 @@ async def _attempt(
         if writer is None:
             raise RuntimeError("the listener offers no body writer (llmproxy.body_writer)")
         if connection.content_type == _SSE:
+            translator = ChatStreamToMessages(request.peek.model or "") if translating else None
             outcome = await _relay_stream(
-                backend, client.idle_timeout, connection, writer, request, send
+                backend, client.idle_timeout, connection, writer, request, send, translator
+            )
+        elif translating:
+            outcome = await _relay_translated_body(
+                backend, client.hold_limit, connection, request, send
             )
         else:
             try:
@@ -538,13 +592,18 @@ async def _relay_body(
         pending = connection.take_pending()
         if status < 300:
             request.usage = usage_from_body(pending)
+            if request.response_homes is not None:
+                _note_response(request, backend, pending)
         request.bytes_sent = len(pending)
         request.complete = True
         await send({"type": "http.response.body", "body": pending, "more_body": False})
         return "done"
     reader = ResponseUsage(hold_limit) if status < 300 else None
     sink = _BodySink(reader, writer, connection, request, request.hold_last)
-    sink(connection.take_pending())
+    first = connection.take_pending()
+    if status < 300 and request.response_homes is not None:
+        _note_response(request, backend, first)  # the id comes first in the body
+    sink(first)
     connection.sink = sink
     writer.on_resume(connection.resume)
     try:
@@ -576,8 +635,10 @@ class _StreamSink:
         "_connection",
         "_hold_end",
         "_loop",
+        "_note",
         "_request",
         "_scanner",
+        "_translate",
         "_writer",
         "held",
     )  # fmt: skip
@@ -589,8 +650,14 @@ class _StreamSink:
         connection: UpstreamConnection,
         request: Exchange,
         hold_end: bool,
+        note: Callable[[bytes], bool] | None = None,
+        translate: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._scanner = scanner
+        self._translate = translate
+        """Turns the relayed chat chunks into another API's events (Messages)."""
+        self._note = note
+        """Looks for a Responses API response id in what is relayed, until it is found."""
         self._writer = writer
         self._connection = connection
         self._request = request
@@ -602,11 +669,15 @@ class _StreamSink:
     def __call__(self, chunk: bytes) -> None:
         scanner = self._scanner
         relayed = scanner.feed(chunk)
+        if self._translate is not None and relayed:
+            relayed = self._translate(relayed)
         if not relayed:
             return
         request = self._request
         if request.first_token_at is None:
             request.first_token_at = self._loop.time()
+        if self._note is not None and (self._note(relayed) or request.bytes_sent > _ID_WITHIN):
+            self._note = None
         request.bytes_sent += len(relayed)
         if self.held is not None:
             self.held.append(relayed)
@@ -625,9 +696,12 @@ async def _relay_stream(
     writer: BodyWriter,
     request: Exchange,
     send: Send,
+    translator: ChatStreamToMessages | None = None,
 ) -> Relayed:
     """Relay an SSE body chunk by chunk; ``"timeout"`` or ``"broken"`` when a mid-stream
-    failure ended it with an ``error`` event instead of the backend's own end."""
+    failure ended it with an ``error`` event instead of the backend's own end. ``translator``:
+    the backend's chat completion chunks become Anthropic Messages events on the way (the
+    usage is read from the chunks, before translation)."""
     # The first byte may take a long prefill; between chunks a shorter silence means trouble.
     connection.watch_idle(idle_timeout)
     # Cut usage events, an error event on a broken stream: never the backend's length.
@@ -636,9 +710,20 @@ async def _relay_stream(
     await send(_start(request, connection.status, connection.raw_headers, body_changes=True))
     request.status = connection.status
     scanner = request.stream_usage = stream_meter(
-        request.api, strip_usage_event=request.strip_usage
+        "chat" if translator is not None else request.api, strip_usage_event=request.strip_usage
     )
-    sink = _StreamSink(scanner, writer, connection, request, request.hold_last)
+    note = None
+    if request.response_homes is not None and connection.status < 300:
+        note = functools.partial(_note_response, request, backend)
+    sink = _StreamSink(
+        scanner,
+        writer,
+        connection,
+        request,
+        request.hold_last,
+        note,
+        translator.feed if translator is not None else None,
+    )
     sink(connection.take_pending())
     connection.sink = sink
     writer.on_resume(connection.resume)
@@ -652,7 +737,9 @@ async def _relay_stream(
             log.warning("backend %s broke the stream: %s", backend.name, error.detail)
             text = f"backend {backend.name} closed the stream before it finished"
             code, status = "upstream_reset", 502
-        if request.api == "messages":
+        if translator is not None:
+            message = translator.error(text)
+        elif request.api == "messages":
             message = anthropic_error_event(text, status)
         else:
             message = sse_error_event(text, code, status)
@@ -676,10 +763,78 @@ async def _relay_stream(
         elapsed = asyncio.get_running_loop().time() - request.first_token_at
         backend.record_token_gap(elapsed / (scanner.events - 1))
     tail = scanner.finish()
+    if translator is not None:
+        tail = translator.feed(tail) + translator.finish() if tail else translator.finish()
     if tail:
         await send({"type": "http.response.body", "body": tail, "more_body": True})
     await send(_END)
     return "done"
+
+
+_CHAT_TARGET = "/v1/chat/completions"
+
+
+def _as_chat(request: Exchange) -> bytes:
+    """The Messages request as chat completions (once per request: retries reuse it); a request
+    that cannot be said that way is the client's 400, never sent with a part dropped."""
+    if request.translated is None:
+        try:
+            request.translated = messages_request_to_chat(request.body)
+        except TranslationError as error:
+            raise GatewayError(400, error.message, "invalid_request", param=error.param) from None
+    return request.translated
+
+
+async def _relay_translated_body(
+    backend: Backend, limit: int, connection: UpstreamConnection, request: Exchange, send: Send
+) -> Relayed:
+    """A chat completion (or the backend's error) answered to a Messages request: read whole
+    (its usage billed from it; at most ``limit`` bytes, ``backends[].max_response_size``), then
+    sent as the Anthropic message (or error) it stands for."""
+    parts = [connection.take_pending()]
+    connection.sink = parts.append
+    try:
+        await connection.finished()
+    except UpstreamError as error:
+        raise _Retryable(
+            GatewayError(502, f"backend {backend.name} broke off its answer", "upstream_reset")
+        ) from error
+    status = connection.status
+    chat = b"".join(parts)
+    if len(chat) > limit:
+        raise _Retryable(_invalid_answer(backend, f"an answer over {limit} bytes to translate"))
+    if status < 300:
+        request.usage = usage_from_body(chat)
+        try:
+            body = chat_response_to_messages(chat, request.peek.model or "")
+        except UpstreamResponseError as error:
+            raise _Retryable(_invalid_answer(backend, str(error))) from None
+    else:
+        body = chat_error_to_messages(status, chat)
+    if request.journal is not None:
+        await request.journal.durable()
+    await send(_start(request, status, connection.raw_headers, body_changes=True))
+    request.status = status
+    request.bytes_sent = len(body)
+    request.complete = True
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return "done"
+
+
+_ID_WITHIN = 16 * 1024
+"""A Responses stream names its response in its first event (``response.created``)."""
+
+
+def _note_response(request: Exchange, backend: Backend, data: bytes) -> bool:
+    """Remember which backend made the Responses API response ``data`` names (its follow-ups
+    and lookups go there); whether an id was found."""
+    homes = request.response_homes
+    response_id = response_id_in(data[:_ID_WITHIN])
+    if homes is None or response_id is None:
+        return False
+    table, redis = homes
+    table.remember(response_id, backend.name, redis)
+    return True
 
 
 def _failed(

@@ -45,6 +45,7 @@ JUDGED = (
     "max_output_tokens",
     "n",
     "user",
+    "previous_response_id",
 )
 """Top-level members the gateway reads or sets; each may appear once."""
 
@@ -104,6 +105,11 @@ class _User(_Box):
     member, kinds, what = "user", (str,), "a string"
 
 
+class _PreviousResponse(_Box):
+    __slots__ = ()
+    member, kinds, what = "previous_response_id", (str,), "a string"
+
+
 class _IncludeUsage(_Box):
     __slots__ = ()
     member, kinds, what = "stream_options.include_usage", (bool,), "a boolean"
@@ -150,6 +156,7 @@ class _Judged(msgspec.Struct):
     max_output_tokens: _MaxOutputTokens | msgspec.UnsetType = msgspec.UNSET
     n: _N | msgspec.UnsetType = msgspec.UNSET
     user: _User | msgspec.UnsetType = msgspec.UNSET
+    previous_response_id: _PreviousResponse | msgspec.UnsetType = msgspec.UNSET
 
 
 UNSET = msgspec.UNSET
@@ -177,6 +184,8 @@ class RequestPeek(msgspec.Struct, frozen=True):
     """The body has a ``stream_options`` member (an object or null)."""
     include_usage: bool = False
     """The client asked for the usage event itself (``stream_options.include_usage: true``)."""
+    previous_response_id: str | None = None
+    """The Responses API response this one continues: only its backend has it."""
 
     @property
     def streaming(self) -> bool:
@@ -234,6 +243,7 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
             ) from None
     model, stream, max_tokens = judged.model, judged.stream, judged.max_tokens
     most, n, output = judged.max_completion_tokens, judged.n, judged.max_output_tokens
+    previous = judged.previous_response_id
     peek = RequestPeek(
         model=None if model is UNSET else model.value,
         stream=None if stream is UNSET else stream.value,
@@ -244,6 +254,7 @@ def peek_body(body: bytes, *, model_required: bool) -> RequestPeek:
         has_priority=judged.priority is not UNSET,
         has_stream_options=options is not UNSET,
         include_usage=include_usage,
+        previous_response_id=None if previous is UNSET else previous.value,
     )
     if model_required and not peek.model:
         raise GatewayError(

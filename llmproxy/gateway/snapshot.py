@@ -12,6 +12,8 @@ import random
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from redis.asyncio import Redis
+
 from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import Config
 from llmproxy.finish import Sink
@@ -51,9 +53,13 @@ class Snapshot(Protocol):
     auth_skip_paths: tuple[str, ...]
     secret_headers: frozenset[bytes]
     limits: LimitStore | None
+    response_redis: Redis | None
+    """Where response ids' backends are shared (the limits' Redis), or None."""
     notices: DaemonNotices | None
     global_rate: Rate | None
     counts_tokens: bool
+    apis_limited: bool
+    """Some backend lists the APIs it speaks (``backends[].apis``)."""
     body_budget: BodyBudget
     proxy_trust: ProxyTrust
     proxy_paths: tuple[str, ...]

@@ -1,5 +1,8 @@
 """An OpenAI-compatible fake vLLM: the backend for the demo, the test suite and the benchmark.
 
+It also speaks Anthropic's Messages API (``/v1/messages``) and OpenAI's Responses API
+(``/v1/responses``, with the stored responses a ``previous_response_id`` needs), on the same clock.
+
 Start one in a test and point the gateway (or an OpenAI client) at it::
 
     from llmproxy.mock import MockBackend, MockSettings

@@ -1,4 +1,4 @@
-"""Deterministic stand-ins for what a model computes: completion text, token counts, embeddings.
+"""Deterministic stand-ins for what a model computes: text, token counts, embeddings, tool calls.
 
 Everything is a pure function of its input, so a test can predict the exact bytes a gateway should
 relay (``completion_text(5)``) and the exact ``usage`` it should bill.
@@ -47,3 +47,11 @@ def embedding(text: str, dim: int) -> list[float]:
 def embedding_base64(vector: list[float]) -> str:
     """``encoding_format="base64"`` as OpenAI sends it: little-endian float32s, base64."""
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+TOOL_ARGUMENT_PIECES: tuple[str, ...] = ('{"query": ', '"lorem"', "}")
+"""The arguments of every tool call the mock makes, whatever the tool's schema, one token a piece:
+streamed as three deltas, billed as three output tokens."""
+
+TOOL_ARGUMENTS = "".join(TOOL_ARGUMENT_PIECES)
+"""``'{"query": "lorem"}'``: the arguments as one JSON string (OpenAI's ``arguments``)."""

@@ -47,6 +47,24 @@ class ChatMessage(msgspec.Struct):
         return "".join(part.text or "" for part in self.content or ())
 
 
+class FunctionName(msgspec.Struct):
+    name: str = ""
+
+
+class ChatTool(msgspec.Struct):
+    """A tool offered to the model; only ``function`` tools (the usual kind) can be called."""
+
+    type: str = "function"
+    function: FunctionName | None = None
+
+
+class NamedToolChoice(msgspec.Struct):
+    """``tool_choice: {"type": "function", "function": {"name": ...}}``: call this one."""
+
+    type: str = "function"
+    function: FunctionName | None = None
+
+
 class GenerationRequest(msgspec.Struct, kw_only=True):
     """Fields shared by chat and text completions; ``model`` may be omitted, as vLLM allows."""
 
@@ -63,6 +81,24 @@ class GenerationRequest(msgspec.Struct, kw_only=True):
 class ChatRequest(GenerationRequest, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: PositiveInt | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: str | NamedToolChoice | None = None
+
+    def tool_to_call(self) -> str | None:
+        """The function the answer calls, or None for a text answer.
+
+        A model offered tools calls one, unless told not to (``tool_choice: "none"``) or the last
+        message is a tool's result, which it answers in text: one round trip, like a real agent
+        loop. A named ``tool_choice`` is obeyed, so a test can see which name reached the backend.
+        """
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if self.messages and self.messages[-1].role == "tool":
+            return None
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function is not None:
+            return choice.function.name
+        return next((tool.function.name for tool in self.tools if tool.function), None)
 
     def prompt_tokens(self) -> int:
         chars = 0
@@ -186,6 +222,19 @@ class ChunkEncoder:
                 self._first_field if i == 0 else self._field,
                 TOKENS_JSON[i % len(TOKENS_JSON)],
                 self._finish if last else self._tail,
+            )
+        )
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        """A chat event with any ``delta`` (the pieces of a tool call), off the per-token path."""
+        return b"".join(
+            (
+                self._head,
+                b'"delta":',
+                _encode(delta),
+                b',"logprobs":null,"finish_reason":',
+                _encode(finish_reason),
+                b"}]}\n\n",
             )
         )
 

@@ -24,7 +24,6 @@ import msgspec
 from aiohttp import web
 
 from llmproxy.mock._endpoints import (
-    API_ENDPOINTS,
     APIError,
     ConnectionDroppedError,
     drop_connection,
@@ -33,6 +32,8 @@ from llmproxy.mock._endpoints import (
     inject_fault,
     json_response,
 )
+from llmproxy.mock._routes import error_body_for, find_endpoint
+from llmproxy.mock._state import BackendState, ResponseStore
 from llmproxy.mock.gpu import Gpu
 from llmproxy.mock.settings import MockSettings, with_header_overrides
 from llmproxy.mock.stats import MockStats
@@ -51,11 +52,17 @@ class MockBackend:
     ``settings`` may be reassigned while it runs; each request reads it once, on arrival, except
     the GPU's shape (``slots``, ``prefix_cache_blocks``, ``block_chars``), which changes at once
     for every request, queued ones included.
+
+    Besides OpenAI's API as vLLM serves it, it speaks Anthropic's Messages API (``/v1/messages``,
+    :mod:`llmproxy.mock._messages`) and OpenAI's Responses API (``/v1/responses``, whose stored
+    objects are in ``responses``: :mod:`llmproxy.mock._responses`).
     """
 
     def __init__(self, settings: MockSettings | None = None, *, shutdown_timeout: float = 0.5):
         self.stats = MockStats()
         self.gpu = Gpu(self.stats)
+        self.responses = ResponseStore()
+        self._state = BackendState(self.gpu, self.responses)
         self.settings = settings or MockSettings()
         self.host = "127.0.0.1"
         self.port = 0
@@ -170,27 +177,30 @@ class MockBackend:
     async def _answer(
         self, request: web.BaseRequest, path: str, settings: MockSettings
     ) -> web.StreamResponse:
+        errors = error_body_for(path)
         key = settings.api_key
-        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
-            return error_response(401, "Incorrect API key provided.", settings)
-        endpoint = API_ENDPOINTS.get((request.method, path))
+        if key is not None and not _authorized(request, key):
+            return error_response(401, "Incorrect API key provided.", settings, errors)
+        endpoint = find_endpoint(request.method, path)
         if endpoint is None:
-            return error_response(404, f"Not Found: {request.method} {path}", settings)
+            return error_response(404, f"Not Found: {request.method} {path}", settings, errors)
         try:
             settings = with_header_overrides(settings, request.headers)
         except ValueError as exc:
-            return error_response(400, str(exc), settings)
+            return error_response(400, str(exc), settings, errors)
         try:
-            faulty = await inject_fault(request, settings)
-            return faulty or await endpoint(request, settings, self.gpu)
+            faulty = await inject_fault(request, settings, errors)
+            return faulty or await endpoint(request, settings, self._state)
         except APIError as exc:
-            return error_response(exc.status, exc.message, settings)
+            if exc.body is not None:
+                return json_response(exc.status, exc.body, settings)
+            return error_response(exc.status, exc.message, settings, errors)
 
     async def _control(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         """``/mock/*``: inspect and steer the mock from a test; never counted, faulted or gated."""
         settings, method = self.settings, request.method
         if path == "/mock/echo":
-            return await echo(request, settings, self.gpu)
+            return await echo(request, settings, self._state)
         if path == "/mock/stats" and method == "GET":
             return _json(self.stats.snapshot(), settings)
         if path == "/mock/reset" and method == "POST":
@@ -209,6 +219,13 @@ class MockBackend:
                 return error_response(400, f"/mock/settings: {exc}", settings)
             return _json(self.settings.as_json(), self.settings)
         return error_response(404, f"Not Found: {method} {path}", settings)
+
+
+def _authorized(request: web.BaseRequest, key: str) -> bool:
+    """The key as OpenAI clients send it (``Authorization: Bearer``) or Anthropic's do
+    (``x-api-key``)."""
+    headers = request.headers
+    return headers.get("Authorization") == f"Bearer {key}" or headers.get("x-api-key") == key
 
 
 def _json(data: Any, settings: MockSettings) -> web.Response:

@@ -14,10 +14,11 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
-Fault = Literal["500", "429", "reset_before", "reset_mid", "stall"]
-"""What goes wrong on purpose: ``"500"``/``"429"`` answer with that status and an error body;
-``"reset_before"`` drops the connection without a response; ``"reset_mid"`` streams
-``fault_after`` tokens, then drops it (no ``[DONE]``); ``"stall"`` accepts and never answers."""
+Fault = Literal["500", "429", "529", "reset_before", "reset_mid", "stall"]
+"""What goes wrong on purpose: ``"500"``/``"429"``/``"529"`` answer with that status and an error
+body in the called API's shape (529 is Anthropic's ``overloaded_error``); ``"reset_before"`` drops
+the connection without a response; ``"reset_mid"`` streams ``fault_after`` tokens, then drops it
+(no ``[DONE]``); ``"stall"`` accepts and never answers."""
 
 FAULTS: frozenset[str] = frozenset(get_args(Fault))
 
@@ -37,7 +38,8 @@ class MockSettings:
     models: tuple[str, ...] = ("mock-model",)
     """Model names served; any other requested model gets vLLM's 404."""
     tokens: int = 16
-    """Completion tokens when the request has no ``max_tokens`` (finish_reason ``"stop"``)."""
+    """Completion tokens when the request has no ``max_tokens`` (finish_reason ``"stop"``); for
+    Anthropic's ``/v1/messages``, whose ``max_tokens`` is required, the most an answer has."""
     ttft: float = 0.0
     """Seconds before the first token (or before the whole non-streamed response)."""
     itl: float = 0.0

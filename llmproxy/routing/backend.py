@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from llmproxy.apis import CONFIG_NAMES, Api
 from llmproxy.routing.shared_slots import SlotCounter
 
 DEFAULT_EWMA_ALPHA = 0.3
@@ -109,6 +110,8 @@ class Backend:
     max_in_flight: int = 0
     # Send the request's priority in vLLM's `priority` field.
     send_priority: bool = False
+    # The model APIs it speaks, by their `backends[].apis` names (None: all of them).
+    apis: frozenset[str] | None = None
 
     in_flight: int = field(default=0, init=False)
     # The daemon's count of this backend's slots when several workers share it (None: this
@@ -173,6 +176,17 @@ class Backend:
             max_in_flight=max_in_flight,
             send_priority=send_priority,
         )
+
+    def speaks(self, api: Api) -> bool | None:
+        """Whether ``api`` may be sent here as it is (True), translated into chat completions
+        (None: a Messages request for a backend that speaks chat but not Messages), or not at
+        all (False)."""
+        apis = self.apis
+        if apis is None or CONFIG_NAMES[api] in apis:
+            return True
+        if api == "messages" and "chat_completions" in apis:
+            return None
+        return False
 
     def serves(self, model: str | None) -> bool:
         """Whether a request for `model` may be sent here; `None` (no model named) fits anywhere."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from llmproxy.routing.admission import AdmissionQueue
 from llmproxy.routing.backend import Backend
+from llmproxy.routing.responses import ResponseHomes
 from llmproxy.routing.shared_homes import HomesFile
 from llmproxy.routing.shared_slots import SharedSlots
 
@@ -34,6 +35,7 @@ class BackendSettings:
     models: frozenset[str] | None = None
     max_in_flight: int = 0
     send_priority: bool = False
+    apis: frozenset[str] | None = None
 
     def apply(self, backend: Backend) -> None:
         """Make ``backend`` follow these settings (when their snapshot becomes current)."""
@@ -41,6 +43,7 @@ class BackendSettings:
         backend.models = self.models
         backend.max_in_flight = self.max_in_flight
         backend.send_priority = self.send_priority
+        backend.apis = self.apis
 
 
 class BackendFleet:
@@ -59,6 +62,8 @@ class BackendFleet:
         """The daemon's prefix homes (several workers), which `prefix_affinity` routes by."""
         """The daemon's slot table when it has several workers: capped backends count their
         slots there, and the admission queue keeps one order across the workers."""
+        self.responses = ResponseHomes()
+        """Which backend created each Responses API response (its follow-ups go there)."""
         self.admission = AdmissionQueue(shared=shared)
         """Requests waiting for a slot on any backend (its limits follow the current config)."""
         self.retries_in_flight = 0

@@ -83,6 +83,13 @@ class Router:
         """Every configured backend, in config order (for status output)."""
         return self._backends
 
+    def named(self, name: str) -> Backend | None:
+        """The backend called ``name``, if the config still has it."""
+        for backend in self._backends:
+            if backend.name == name:
+                return backend
+        return None
+
     def serves_any(self, model: str | None) -> bool:
         """Whether any backend is configured for `model`, healthy or not."""
         if model is None:
@@ -110,12 +117,18 @@ class Router:
         key: int | None = None,
         reserve: int = 0,
         on_fallback: Callable[[Backend], None] | None = None,
+        only: Backend | None = None,
     ) -> Backend | None:
         """Pick a backend for `model`, skipping `exclude` (backends already tried for a retry).
 
         Returns None when nothing that serves the model can take the request, fallbacks included.
         When a fallback target is picked, `on_fallback` is told the primary it stands in for.
+        `only`: the request can be served by that backend alone (it holds the request's state,
+        such as a Responses API response): no balancing, no fallback.
         """
+        if only is not None:
+            usable = only.available_for(model, now) and not only.full_for(reserve)
+            return only if usable and only not in exclude else None
         if model is None:
             serving, primaries = self._backends, self._all_primaries
         else:
@@ -156,9 +169,13 @@ class Router:
             b not in exclude and b.serves(model) and b.available_for(model, now) for b in candidates
         )
 
-    def saturated(self, model: str | None, now: float, reserve: int = 0) -> bool:
+    def saturated(
+        self, model: str | None, now: float, reserve: int = 0, only: Backend | None = None
+    ) -> bool:
         """Whether some backend could serve `model` now but every such backend is full (for a
         request leaving `reserve` slots free): it should wait for a slot rather than fail."""
+        if only is not None:
+            return only.available_for(model, now) and only.full_for(reserve)
         serving = self._backends if model is None else self._by_model.get(model, self._any)
         available = [b for b in serving if b.available_for(model, now)]
         return bool(available) and all(b.full_for(reserve) for b in available)

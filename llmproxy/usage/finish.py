@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from llmproxy.apis import ENDPOINT_API
 from llmproxy.finish import Finished, Sink
 from llmproxy.usage.record import UsageRecord, flat_metadata, new_record_id
 from llmproxy.usage.sink import UsageSink
@@ -26,6 +27,7 @@ def usage_sink(sink: UsageSink) -> Sink:
             finish_reason=done.finish_reason,
             backend=done.backend,
             endpoint=done.endpoint,
+            api=ENDPOINT_API.get(done.endpoint, ""),
             stream=done.stream,
             status=done.status,
             latency_ms=done.duration * 1000,

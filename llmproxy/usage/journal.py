@@ -454,6 +454,7 @@ def interrupted(row: JournalRow) -> UsageRecord:
         metadata=skeleton.metadata,
         backend=skeleton.backend,
         endpoint=skeleton.endpoint,
+        api=skeleton.api,
         stream=skeleton.stream,
         status="interrupted",
         latency_ms=max(0.0, row.updated_at - row.opened_at) * 1000,

@@ -40,6 +40,7 @@ from llmproxy.usage.rows import (
     PendingRecord,
     Recovered,
     UsageSummaryRow,
+    summary_by_api,
 )
 
 _SCHEMA = """
@@ -576,10 +577,10 @@ class UsageOutbox:
             first = self._first_seq_since(since - _TIME_SLOP)
             # SQLite takes the bare column key_name from the row that max(seq) picked.
             rows = self._db.execute(
-                "SELECT key_id, key_name, model, count(*), sum(prompt_tokens), "
-                "sum(completion_tokens), sum(total_tokens), max(seq) "
-                "FROM usage WHERE seq >= ? AND time >= ? GROUP BY key_id, model "
-                "ORDER BY sum(total_tokens) DESC, key_id, model",
+                "SELECT key_id, key_name, model, coalesce(json_extract(body, '$.endpoint'), ''), "
+                "count(*), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), "
+                "max(seq) FROM usage WHERE seq >= ? AND time >= ? "
+                "GROUP BY key_id, model, 4 ORDER BY max(seq) DESC",
                 (first, since),
             ).fetchall()
-        return [UsageSummaryRow(*row[:7]) for row in rows]
+        return summary_by_api(row[:8] for row in rows)

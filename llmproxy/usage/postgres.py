@@ -45,6 +45,7 @@ from llmproxy.usage.rows import (
     Recovered,
     Settle,
     UsageSummaryRow,
+    summary_by_api,
 )
 
 log = logging.getLogger("llmproxy.usage")
@@ -425,16 +426,14 @@ class PostgresUsageStore:
         """Requests and tokens per key and model of the fleet since ``since`` (Unix time), the
         biggest spender first; a key renamed meanwhile shows its latest name."""
         rows = await self._fetch(
-            "SELECT key_id, (array_agg(key_name ORDER BY seq DESC))[1], model, count(*), "
-            "sum(prompt_tokens), sum(completion_tokens), sum(total_tokens) "
-            "FROM llmproxy_usage WHERE time >= $1 GROUP BY key_id, model "
-            "ORDER BY sum(total_tokens) DESC, key_id, model",
+            "SELECT key_id, (array_agg(key_name ORDER BY seq DESC))[1], model, "
+            "coalesce(body->>'endpoint', ''), count(*), sum(prompt_tokens), "
+            "sum(completion_tokens), sum(total_tokens), max(seq) "
+            "FROM llmproxy_usage WHERE time >= $1 GROUP BY key_id, model, 4 "
+            "ORDER BY max(seq) DESC",
             since,
         )
-        return [
-            UsageSummaryRow(row[0], row[1], row[2], *(int(value) for value in row[3:7]))
-            for row in rows
-        ]
+        return summary_by_api(tuple(row)[:8] for row in rows)
 
     async def follow(self) -> _Follower:
         """Every record any gateway writes from now on (LISTEN on a connection of its own,

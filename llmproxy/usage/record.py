@@ -86,6 +86,9 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, MetadataValue] = msgspec.field(default_factory=dict)
     backend: str = ""
     endpoint: str = ""
+    api: str = ""
+    """The model API (``chat``, ``completions``, ``embeddings``, ``messages``, ``responses``:
+    :mod:`llmproxy.apis`); "" for another path."""
     stream: bool = False
     status: int | Literal["interrupted"] = 200
     """The HTTP status sent; ``"interrupted"`` for a request the gateway was killed while serving

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from llmproxy.apis import ENDPOINT_API
 from llmproxy.usage.record import UsageRecord
 
 
@@ -22,7 +23,8 @@ class PendingRecord:
 
 @dataclass(frozen=True, slots=True)
 class UsageSummaryRow:
-    """What one key spent on one model: requests and tokens (``GET /usage/summary``)."""
+    """What one key spent on one model through one API: requests and tokens (``GET
+    /usage/summary``)."""
 
     key_id: str
     key_name: str
@@ -31,6 +33,8 @@ class UsageSummaryRow:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    api: str = ""
+    """``chat``, ``messages``... (:mod:`llmproxy.apis`); "" for other paths."""
 
     def as_json(self) -> dict[str, object]:
         """The row as the admin API returns it."""
@@ -42,7 +46,33 @@ class UsageSummaryRow:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "api": self.api,
         }
+
+
+SummaryByEndpoint = tuple[str, str, str, str, int, int, int, int]
+"""key id, key name, model, endpoint, requests, prompt, completion and total tokens."""
+
+
+def summary_by_api(rows: Iterable[SummaryByEndpoint]) -> list[UsageSummaryRow]:
+    """Rows a store summed per key, model and endpoint, summed per key, model and API (the
+    endpoint says the API, in records of every version), the biggest spender first."""
+    merged: dict[tuple[str, str, str], list[int]] = {}
+    names: dict[tuple[str, str, str], str] = {}
+    for key_id, key_name, model, endpoint, *counts in rows:  # the newest first
+        group = (key_id, model, ENDPOINT_API.get(endpoint, ""))
+        names.setdefault(group, key_name)
+        sums = merged.setdefault(group, [0, 0, 0, 0])
+        for index, count in enumerate(counts):
+            sums[index] += int(count)
+    out = [
+        UsageSummaryRow(
+            group[0], names[group], group[1], sums[0], sums[1], sums[2], sums[3], group[2]
+        )
+        for group, sums in merged.items()
+    ]
+    out.sort(key=lambda row: (-row.total_tokens, row.key_id, row.model, row.api))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,29 @@ def test_summary_table_with_totals(cli: Invoke, admin: FakeAdmin) -> None:
     assert lines[4] == ["total", "4", "3,010", "305", "3,315"]
 
 
+def test_summary_by_api(cli: Invoke, admin: FakeAdmin) -> None:
+    """``--by api`` adds up what each API cost per model, whichever key spent it."""
+    rows = [
+        {"key_id": "key_a", "key_name": "ci", "model": "llama", "api": "chat", "requests": 3,
+         "prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33},
+        {"key_id": "key_b", "key_name": "cc", "model": "llama", "api": "messages", "requests": 2,
+         "prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
+        {"key_id": "key_a", "key_name": "ci", "model": "llama", "api": "messages", "requests": 1,
+         "prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+    ]  # fmt: skip
+    admin.route("GET", "/usage/summary", {"since": 1_780_000_000.0, "rows": rows})
+    result = cli("usage", "summary", "--by", "api", *sock(admin))
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert lines[1] == ["API", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL"]
+    assert lines[2] == ["chat", "llama", "3", "30", "3", "33"]
+    assert lines[3] == ["messages", "llama", "3", "30", "3", "33"]
+    by_key = cli("usage", "summary", *sock(admin))
+    key_lines = [line.split() for line in by_key.stdout.splitlines()]
+    assert key_lines[2] == ["cc", "llama", "2", "20", "2", "22"]
+    assert key_lines[3] == ["ci", "llama", "4", "40", "4", "44"]  # its two APIs added up
+
+
 def test_summary_default_window_is_an_hour(cli: Invoke, admin: FakeAdmin) -> None:
     admin.route("GET", "/usage/summary", {"since": 1_780_000_000.0, "rows": []})
     result = cli("usage", "summary", *sock(admin))

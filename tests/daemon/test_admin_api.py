@@ -509,6 +509,7 @@ async def test_usage_stream_recent_and_summary_see_a_real_request(
                 "prompt_tokens": record["prompt_tokens"],
                 "completion_tokens": 3,
                 "total_tokens": record["total_tokens"],
+                "api": "chat",
             }
             assert rows["other"]["requests"] == 1
 

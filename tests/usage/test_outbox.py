@@ -102,6 +102,7 @@ def test_summary_sums_per_key_and_model_since_a_time(tmp_path: Path) -> None:
             "prompt_tokens": 5,
             "completion_tokens": 10,
             "total_tokens": 15,
+            "api": "",
         },
         {
             "key_id": "k1",
@@ -111,6 +112,7 @@ def test_summary_sums_per_key_and_model_since_a_time(tmp_path: Path) -> None:
             "prompt_tokens": 3,
             "completion_tokens": 6,
             "total_tokens": 9,
+            "api": "",
         },
         {
             "key_id": "k1",
@@ -120,6 +122,7 @@ def test_summary_sums_per_key_and_model_since_a_time(tmp_path: Path) -> None:
             "prompt_tokens": 1,
             "completion_tokens": 2,
             "total_tokens": 3,
+            "api": "",
         },
     ]
     assert outbox.summary(since=3000.0) == []

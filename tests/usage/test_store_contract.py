@@ -88,6 +88,22 @@ async def test_summary_sums_per_key_and_model_with_the_latest_name(
     assert await usage_store.summary(3000.0) == []
 
 
+async def test_summary_tells_the_apis_apart(usage_store: UsageStore) -> None:
+    """One key and model through two APIs: a row each, named by the API its endpoint says (so
+    records written before records carried ``api`` are told apart too)."""
+    await usage_store.write(
+        [
+            make_record(1, time=2000.0, endpoint="/v1/chat/completions"),
+            make_record(2, time=2001.0, endpoint="/v1/messages", api="messages"),
+            make_record(3, time=2002.0, endpoint="/v1/messages", api="messages"),
+            make_record(4, time=2003.0, endpoint="/v1/responses", api="responses"),
+        ],
+        outbox=False,
+    )
+    rows = [(r.api, r.requests, r.total_tokens) for r in await usage_store.summary(1500.0)]
+    assert rows == [("messages", 2, 15), ("responses", 1, 12), ("chat", 1, 3)]
+
+
 async def test_failed_records_go_to_the_dead_letters_and_come_back(
     usage_store: UsageStore,
 ) -> None:
