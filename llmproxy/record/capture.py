@@ -79,6 +79,12 @@ def request_shape(body: dict[str, Any]) -> RequestShape:
     if isinstance(messages, list):
         shapes = tuple(_message_shape(message) for message in messages)
     prompt = body.get("prompt", body.get("input"))
+    if isinstance(prompt, list) and any(isinstance(item, dict) for item in prompt):
+        shapes = tuple(_message_shape(item) for item in prompt)  # Responses input items
+        prompt = None
+    system = body.get("system", body.get("instructions"))  # Anthropic's; the Responses API's
+    if system is not None:
+        shapes = (MessageShape(role="system", chars=_content_chars(system)), *shapes)
     return RequestShape(
         messages=shapes,
         prompt_chars=_prompt_chars(prompt),
@@ -100,6 +106,12 @@ def redacted(body: dict[str, Any]) -> dict[str, Any]:
     for field in ("prompt", "input"):
         if field in body:
             copy[field] = _redacted_prompt(body[field])
+    for field in ("system", "instructions"):  # Anthropic's; the Responses API's
+        value = body.get(field)
+        if isinstance(value, str):
+            copy[field] = _xs(value)
+        elif isinstance(value, list):
+            copy[field] = [_redacted_part(part) for part in value]
     return copy
 
 
@@ -119,9 +131,22 @@ def _redacted_message(message: Any) -> Any:
 
 
 def _redacted_part(part: Any) -> Any:
-    if isinstance(part, dict) and isinstance(part.get("text"), str):
-        return {**part, "text": _xs(part["text"])}
-    return part
+    """A content part or block with its text as ``x`` characters: ``text``, ``thinking``, a
+    tool result's ``content``, a tool use's ``input`` (kept as an object of the same size)."""
+    if not isinstance(part, dict):
+        return part
+    copy = dict(part)
+    for field in ("text", "thinking"):
+        if isinstance(part.get(field), str):
+            copy[field] = _xs(part[field])
+    content = part.get("content")
+    if isinstance(content, str):
+        copy["content"] = _xs(content)
+    elif isinstance(content, list):
+        copy["content"] = [_redacted_part(item) for item in content]
+    if isinstance(part.get("input"), dict):
+        copy["input"] = {"redacted": "x" * len(msgspec.json.encode(part["input"]))}
+    return copy
 
 
 def _redacted_call(call: Any) -> Any:
@@ -137,7 +162,14 @@ def _redacted_prompt(prompt: Any) -> Any:
     if isinstance(prompt, str):
         return _xs(prompt)
     if isinstance(prompt, list):
-        return [_xs(item) if isinstance(item, str) else item for item in prompt]
+        return [
+            _xs(item)
+            if isinstance(item, str)
+            else _redacted_message(item)
+            if isinstance(item, dict)
+            else item
+            for item in prompt
+        ]
     return prompt
 
 
@@ -175,7 +207,7 @@ def _prompt_chars(prompt: Any) -> int:
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
-    for field in ("max_tokens", "max_completion_tokens"):
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -178,7 +178,7 @@ async def send(
                 sample.error = http_error(status)
                 sample.detail = body[:200].decode(errors="replace")
             elif request.stream and response.content_type == "text/event-stream":
-                scan = StreamScan()
+                scan = StreamScan(request.endpoint)
                 async for chunk in response.content.iter_any():
                     scan.feed(chunk, clock())
                 sample.first_token = scan.first_content
@@ -186,7 +186,7 @@ async def send(
                 sample.output_tokens = scan.output_tokens
                 if not scan.complete:
                     sample.error = BROKEN_STREAM
-                    sample.detail = scan.error or "the stream ended without data: [DONE]"
+                    sample.detail = scan.error or "the stream ended before its end event"
             else:
                 parts: list[bytes] = []
                 async for chunk in response.content.iter_any():

@@ -21,7 +21,14 @@ from llmproxy.replay.text import made_up_text
 CHAT: Final = "/v1/chat/completions"
 COMPLETIONS: Final = "/v1/completions"
 EMBEDDINGS: Final = "/v1/embeddings"
-SHAPED_ENDPOINTS: Final = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
+MESSAGES: Final = "/v1/messages"
+RESPONSES: Final = "/v1/responses"
+SHAPED_ENDPOINTS: Final = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES})
+USAGE_OPTION: Final = frozenset({CHAT, COMPLETIONS})
+"""Where a stream reports its usage only when asked (``stream_options``); Messages and
+Responses streams always do, and their servers may refuse the member."""
+DEFAULT_MAX_TOKENS: Final = 256
+"""Anthropic's API requires ``max_tokens``: when a shape recorded none."""
 """Endpoints whose body can be rebuilt from a shape."""
 
 BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
@@ -54,7 +61,8 @@ def unrebuildable(request: RecordedRequest) -> str | None:
     if request.endpoint not in SHAPED_ENDPOINTS:
         return (
             f"only the shape of a {request.method} {request.endpoint} request was recorded, and "
-            "its body cannot be made up (record bodies, or replay chat, completions, embeddings)"
+            "its body cannot be made up (record bodies, or replay chat, completions, "
+            "embeddings, messages, responses)"
         )
     return None
 
@@ -81,7 +89,7 @@ def from_recorded(
         if model:
             body["model"] = model
         stream = body.get("stream") is True
-        if stream:
+        if stream and request.endpoint in USAGE_OPTION:
             options = body.get("stream_options")
             body["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
@@ -112,17 +120,31 @@ def shaped_body(
     if endpoint == EMBEDDINGS:
         body["input"] = made_up_text(max(1, shape.prompt_chars), salt)
         return body
+    messages = [
+        {"role": message.role, "content": made_up_text(message.chars, salt)}
+        for message in shape.messages
+    ] or [{"role": "user", "content": made_up_text(max(1, shape.prompt_chars), salt)}]
     if endpoint == CHAT:
-        messages = [
-            {"role": message.role, "content": made_up_text(message.chars, salt)}
-            for message in shape.messages
-        ] or [{"role": "user", "content": made_up_text(max(1, shape.prompt_chars), salt)}]
         body["messages"] = messages
+    elif endpoint == MESSAGES:
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        if system:
+            body["system"] = "\n\n".join(system)
+        body["messages"] = [m for m in messages if m["role"] != "system"] or [
+            {"role": "user", "content": made_up_text(1, salt)}
+        ]
+        max_tokens = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS
+    elif endpoint == RESPONSES:
+        body["input"] = messages
+        if max_tokens is not None:
+            body["max_output_tokens"] = max_tokens
+        max_tokens = None
     else:
         body["prompt"] = made_up_text(max(1, shape.prompt_chars), salt)
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
     if stream:
         body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+        if endpoint in USAGE_OPTION:
+            body["stream_options"] = {"include_usage": True}
     return body

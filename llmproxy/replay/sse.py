@@ -13,16 +13,20 @@ event, never as a fake ``finish_reason``).
 
 from __future__ import annotations
 
-from llmproxy.usage import StreamUsage, usage_from_body
+from llmproxy.apis import ENDPOINT_API
+from llmproxy.usage import stream_meter, usage_from_body
 
 
 class StreamScan:
-    """Events of one SSE body, fed in arbitrary pieces (see the module docstring)."""
+    """Events of one SSE body, fed in arbitrary pieces (see the module docstring); ``endpoint``
+    says which API's events (Anthropic Messages and OpenAI Responses streams are typed events:
+    a token is a ``content_block_delta`` / ``response.*.delta``, the end ``message_stop`` /
+    ``response.completed``)."""
 
     __slots__ = ("_meter", "first_content", "last_content")
 
-    def __init__(self) -> None:
-        self._meter = StreamUsage(strip_usage_event=False)
+    def __init__(self, endpoint: str = "/v1/chat/completions") -> None:
+        self._meter = stream_meter(ENDPOINT_API.get(endpoint), strip_usage_event=False)
         self.first_content: float | None = None
         self.last_content: float | None = None
 
@@ -65,7 +69,8 @@ class StreamScan:
 
     @property
     def complete(self) -> bool:
-        """The stream ended with ``[DONE]`` and carried no error event."""
+        """The stream ended properly (``[DONE]``, ``message_stop``, ``response.completed``) and
+        carried no error event."""
         return self.done and self.error is None
 
 

@@ -182,6 +182,16 @@ class EventStreamUsage:
                 self._completion = completion
                 self._deltas_since = 0
 
+    @property
+    def content_events(self) -> int:
+        """Token events relayed (what replay times: the first is the time to first token)."""
+        return self.events
+
+    @property
+    def reported_completion(self) -> int | None:
+        """The backend's final count of the answer's tokens, once sent."""
+        return self._completion
+
     def finish(self) -> bytes:
         """At the end of the stream: a trailing event without its blank line is read too."""
         tail, self._tail = self._tail, b""

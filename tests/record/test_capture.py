@@ -182,3 +182,52 @@ def test_a_body_that_is_no_object_becomes_an_empty_shape(raw: bytes) -> None:
     assert line.body is None
     assert line.shape == RequestShape()
     assert decode_line(encode_line(line)) == line
+
+
+def test_messages_and_responses_bodies_are_shaped_and_redacted() -> None:
+    """Anthropic's ``system`` and blocks (text, tool use, tool result, thinking) and the
+    Responses API's ``instructions`` and input items: sized in the shape, their text replaced
+    by ``x``s of the same length, nothing else changed."""
+    messages = {
+        "model": "m",
+        "max_tokens": 9,
+        "system": [{"type": "text", "text": "secret system", "cache_control": {"type": "x"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "my password"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "s"},
+                    {"type": "tool_use", "id": "t1", "name": "f", "input": {"q": "private"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "result!"}],
+            },
+        ],
+    }
+    shape = request_shape(messages)
+    assert [(m.role, m.chars) for m in shape.messages] == [
+        ("system", 13), ("user", 11), ("assistant", 0), ("user", 0),
+    ]  # fmt: skip
+    assert shape.max_tokens == 9
+    hidden = redacted(messages)
+    text = json.dumps(hidden)
+    for secret in ("secret system", "my password", "hmm", "private", "result!"):
+        assert secret not in text
+    assert hidden["system"][0]["cache_control"] == {"type": "x"}
+    assert hidden["messages"][1]["content"][1]["name"] == "f"
+
+    responses = {
+        "model": "m",
+        "instructions": "be nice",
+        "max_output_tokens": 4,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "tell me"}]}],
+    }
+    shape = request_shape(responses)
+    assert [(m.role, m.chars) for m in shape.messages] == [("system", 7), ("user", 7)]
+    assert shape.max_tokens == 4
+    hidden = redacted(responses)
+    assert hidden["instructions"] == "x" * 7
+    assert hidden["input"][0]["content"][0]["text"] == "x" * 7

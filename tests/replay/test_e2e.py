@@ -365,3 +365,36 @@ async def test_closed_loop_stops_sending_at_the_duration(mock: RecordingMock) ->
     assert 14 <= results["sent"] <= 22  # 2 workers x 0.5 s / 0.05 s, give or take one each
     assert results["wall_s"] == pytest.approx(0.5, abs=0.1)
     assert mock.stats.peak_in_flight <= 2
+
+
+async def test_messages_and_responses_are_replayed_with_their_stream_timings(
+    mock: RecordingMock, tmp_path: Path
+) -> None:
+    """Anthropic Messages and OpenAI Responses lines — bodies and shapes, streamed and not —
+    are sent as their APIs want them (no ``stream_options``; Messages always with
+    ``max_tokens``) and their streams are timed and counted from their own events."""
+    messages = {
+        "model": "llama",
+        "max_tokens": 6,
+        "stream": True,
+        "system": "be brief",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+    }
+    responses = {"model": "qwen", "input": "hello", "stream": True, "max_output_tokens": 5}
+    requests = [
+        with_body(0.00, messages, endpoint="/v1/messages"),
+        with_body(0.05, {**messages, "stream": False}, endpoint="/v1/messages"),
+        with_body(0.10, responses, endpoint="/v1/responses"),
+        with_shape(0.15, "/v1/messages", model="llama", stream=True, max_tokens=3),
+        with_shape(0.20, "/v1/responses", model="qwen", stream=True, max_tokens=4),
+    ]
+    path = write(tmp_path / "rec.jsonl", requests)
+    report = tmp_path / "report.json"
+    result = await cli(str(path), "--target", mock.url, "--speed", "10", "--json", str(report))
+    assert result.exit_code == 0, result.output
+    results = _report(report)["results"]
+    assert (results["sent"], results["ok"], results["failed"]) == (5, 5, 0)
+    assert results["output_tokens"] == 6 + 6 + 5 + 3 + 4
+    assert Counter(results["by_endpoint"]) == {"/v1/messages": 3, "/v1/responses": 2}
+    assert results["ttft_ms"]["count"] == 5  # four streams and the non-streamed body's first byte
+    assert "time to first token" in result.stdout
