@@ -176,7 +176,7 @@ class GatewayApp:
         )
         if local_models:
             await self._models(runtime, request, send, identity)
-        elif endpoint in ("/health", "/"):
+        elif endpoint == "/health" or (endpoint == "/" and request.method in ("GET", "HEAD")):
             # "/": the reachability check agent tools send (Claude Code: HEAD /).
             await send_bytes(send, 200, _OK)
         elif endpoint == "/ready":
