@@ -41,6 +41,7 @@ from llmproxy.gateway.request_path import under
 from llmproxy.gateway.responses import send_bytes, send_error
 from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.gateway.snapshot import Snapshots as RuntimeState
+from llmproxy.routing.responses import Home
 from llmproxy.usage import estimate_prompt_tokens
 
 log = logging.getLogger("llmproxy.gateway")
@@ -236,17 +237,25 @@ class GatewayApp:
         try:
             body = await reader.read(receive, request.headers, runtime.config.server.max_body_size)
             peek = _judge(body, content_type, model_required)
+            home = await _response_home(runtime, request, peek)
+            # A stored response is judged by the model it was made with (a GET names none).
+            model = home.model if home is not None and request.endpoint != _RESPONSES else None
             identity = None
             extra_headers: tuple[tuple[str, str], ...] = ()
             if recognised is not None:
                 identity = _decide(
-                    runtime, request, recognised, peek.model, stream=peek.streaming, proxied=True
+                    runtime,
+                    request,
+                    recognised,
+                    model or peek.model,
+                    stream=peek.streaming,
+                    proxied=True,
                 )
                 extra_headers = auth_step.metadata_headers(
                     runtime.config.auth.forward_metadata, identity
                 )
             await self._forward(
-                runtime, request, receive, send, body, peek, identity, extra_headers, arrival
+                runtime, request, receive, send, body, peek, identity, extra_headers, arrival, home
             )
         finally:
             reader.release()
@@ -262,6 +271,7 @@ class GatewayApp:
         identity: Identity | None,
         extra_headers: tuple[tuple[str, str], ...],
         arrival: float | None,
+        home: Home | None,
     ) -> None:
         """The judged request: admitted against the key's limits, forwarded, accounted."""
         model_required = request.endpoint in _MODEL_ENDPOINTS
@@ -291,13 +301,13 @@ class GatewayApp:
             exchange.prompt_estimate = estimate_prompt_tokens(
                 exchange.body, runtime.config.rate_limit.chars_per_token
             )
+        if api == "responses" or request.endpoint.startswith(_RESPONSE_PATH):
+            _pin_response(runtime, exchange, home)  # before admission: a 404 takes nothing
         if identity is not None:
             settlement = await _admit(runtime, identity, peek, exchange.prompt_estimate)
             if settlement is not None:
                 exchange.settlement = settlement
                 exchange.response_headers = settlement.headers
-        if api == "responses" or request.endpoint.startswith(_RESPONSE_PATH):
-            await _pin_response(runtime, exchange)
         watch = _DisconnectWatch(receive, exchange)
         loop = asyncio.get_running_loop()
         exchange.started = loop.time()
@@ -335,33 +345,61 @@ _RESPONSES = "/v1/responses"
 _RESPONSE_PATH = "/v1/responses/"
 
 
-async def _pin_response(runtime: Runtime, exchange: Exchange) -> None:
-    """A Responses API request that names a response (``previous_response_id``, or
-    ``/v1/responses/{id}``) goes to the backend that made it — the only one that has it — and
-    is a 404 when no gateway saw it made; a new response's backend is noted as it is relayed."""
-    request = exchange.canonical
-    homes = runtime.fleet.responses
-    redis = runtime.response_redis
+def _named_response(request: CanonicalRequest, peek: RequestPeek) -> str | None:
+    """The response a Responses API request names (``previous_response_id``, or the id in
+    ``/v1/responses/{id}``); None for a new conversation or another path."""
     if request.endpoint == _RESPONSES:
-        exchange.response_homes = (homes, redis)
-        wanted = exchange.peek.previous_response_id
-        param, code = "previous_response_id", "previous_response_not_found"
-        if not wanted:
-            return
-    else:
-        wanted = request.path[len(_RESPONSE_PATH) :].partition("/")[0]
-        param, code = None, "response_not_found"
-        if request.method == "DELETE":
-            exchange.forget_response = wanted
-    name = await homes.lookup(wanted, redis) if wanted else None
-    backend = runtime.router.named(name) if name is not None else None
-    if backend is None:
-        raise GatewayError(
-            404,
-            f"Response with id '{wanted}' not found (no backend of this gateway made it).",
-            code,
-            param=param,
-        )
+        return peek.previous_response_id
+    if request.endpoint.startswith(_RESPONSE_PATH):
+        return request.path[len(_RESPONSE_PATH) :].partition("/")[0]
+    return None
+
+
+async def _response_home(
+    runtime: Runtime, request: CanonicalRequest, peek: RequestPeek
+) -> Home | None:
+    """Where the response the request names was made (and by whom, with which model); a 404
+    when no backend of this gateway made it."""
+    wanted = _named_response(request, peek)
+    if wanted is None:
+        return None
+    home = await runtime.fleet.responses.lookup(wanted, runtime.response_redis) if wanted else None
+    if home is None:
+        raise _no_response(request, wanted)
+    return home
+
+
+def _no_response(request: CanonicalRequest, wanted: str) -> GatewayError:
+    previous = request.endpoint == _RESPONSES
+    return GatewayError(
+        404,
+        f"Response with id '{wanted}' not found.",
+        "previous_response_not_found" if previous else "response_not_found",
+        param="previous_response_id" if previous else None,
+    )
+
+
+def _pin_response(runtime: Runtime, exchange: Exchange, home: Home | None) -> None:
+    """A Responses API request that names a response goes to the backend that made it — the
+    only one that has it — and only for the key that made it, for a model that backend serves
+    (anything else is the same 404 as an id never seen); a new response's backend, key and
+    model are noted as it is relayed."""
+    request = exchange.canonical
+    if request.endpoint == _RESPONSES:
+        exchange.response_homes = (runtime.fleet.responses, runtime.response_redis)
+    wanted = _named_response(request, exchange.peek)
+    if wanted is None:
+        return
+    if request.method == "DELETE":
+        exchange.forget_response = wanted
+    identity = exchange.identity
+    owner = identity.key_id if identity is not None else ""
+    backend = None
+    if home is not None and home.owner == owner:
+        backend = runtime.router.named(home.backend)
+    model = exchange.peek.model if request.endpoint == _RESPONSES else None
+    if backend is None or (model is not None and not backend.serves(model)):
+        raise _no_response(request, wanted)
     exchange.pinned = backend
 
 

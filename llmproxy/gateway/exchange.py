@@ -60,6 +60,8 @@ class Exchange:
     """The model API the request speaks (None: another path)."""
     response_homes: tuple[ResponseHomes, Redis | None] | None = None
     """Where to note the backend of the Responses API response this request creates."""
+    response_head: bytes = b""
+    """The answer's first bytes, until its response id is found in them."""
     forget_response: str = ""
     """A ``DELETE /v1/responses/{id}``: the id, forgotten once its backend deleted it."""
     translated: bytes | None = None

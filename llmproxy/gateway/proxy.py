@@ -46,7 +46,7 @@ from llmproxy.routing.admission import DEFAULT_PRIORITY, AdmissionRefused
 from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.backend import REFUSED
 from llmproxy.routing.prefix import prompt_prefix
-from llmproxy.routing.responses import response_id_in
+from llmproxy.routing.responses import Home, response_id_in
 from llmproxy.translate import (
     ChatStreamToMessages,
     TranslationError,
@@ -599,11 +599,12 @@ async def _relay_body(
         await send({"type": "http.response.body", "body": pending, "more_body": False})
         return "done"
     reader = ResponseUsage(hold_limit) if status < 300 else None
-    sink = _BodySink(reader, writer, connection, request, request.hold_last)
-    first = connection.take_pending()
+    body = _BodySink(reader, writer, connection, request, request.hold_last)
+    sink: Callable[[bytes], None] = body
     if status < 300 and request.response_homes is not None:
-        _note_response(request, backend, first)  # the id comes first in the body
-    sink(first)
+        # The response's id comes first in its body.
+        sink = _NotingSink(body, functools.partial(_note_response, request, backend))
+    sink(connection.take_pending())
     connection.sink = sink
     writer.on_resume(connection.resume)
     try:
@@ -615,7 +616,7 @@ async def _relay_body(
         return "timeout" if error.kind == "timeout" else "broken"
     finally:
         writer.on_resume(None)
-    last = sink.last
+    last = body.last
     if reader is not None:
         reader.feed(last)
         request.usage = reader.usage()
@@ -623,6 +624,21 @@ async def _relay_body(
     request.complete = True
     await send({"type": "http.response.body", "body": last, "more_body": False})
     return "done"
+
+
+class _NotingSink:
+    """A body sink that looks for a response id in what it relays until it is found."""
+
+    __slots__ = ("_note", "_sink")
+
+    def __init__(self, sink: _BodySink, note: Callable[[bytes], bool]) -> None:
+        self._sink = sink
+        self._note: Callable[[bytes], bool] | None = note
+
+    def __call__(self, chunk: bytes) -> None:
+        if self._note is not None and self._note(chunk):
+            self._note = None
+        self._sink(chunk)
 
 
 class _StreamSink:
@@ -676,7 +692,7 @@ class _StreamSink:
         request = self._request
         if request.first_token_at is None:
             request.first_token_at = self._loop.time()
-        if self._note is not None and (self._note(relayed) or request.bytes_sent > _ID_WITHIN):
+        if self._note is not None and self._note(relayed):
             self._note = None
         request.bytes_sent += len(relayed)
         if self.held is not None:
@@ -826,14 +842,21 @@ _ID_WITHIN = 16 * 1024
 
 
 def _note_response(request: Exchange, backend: Backend, data: bytes) -> bool:
-    """Remember which backend made the Responses API response ``data`` names (its follow-ups
-    and lookups go there); whether an id was found."""
+    """Remember which backend made the Responses API response named in the answer's first
+    bytes (``data`` and what came before it: an id may be cut between two reads), and by which
+    key and model; whether to stop looking (found, or not in the first bytes)."""
     homes = request.response_homes
-    response_id = response_id_in(data[:_ID_WITHIN])
-    if homes is None or response_id is None:
+    if homes is None:
         return False
+    seen = request.response_head = (request.response_head + data)[:_ID_WITHIN]
+    response_id = response_id_in(seen)
+    if response_id is None:
+        return len(seen) >= _ID_WITHIN  # not in its first bytes: not there at all
     table, redis = homes
-    table.remember(response_id, backend.name, redis)
+    identity = request.identity
+    owner = identity.key_id if identity is not None else ""
+    table.remember(response_id, Home(backend.name, owner, request.peek.model or ""), redis)
+    request.response_head = b""
     return True
 
 

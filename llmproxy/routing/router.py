@@ -127,7 +127,9 @@ class Router:
         such as a Responses API response): no balancing, no fallback.
         """
         if only is not None:
-            usable = only.available_for(model, now) and not only.full_for(reserve)
+            usable = (
+                only.serves(model) and only.available_for(model, now) and not only.full_for(reserve)
+            )
             return only if usable and only not in exclude else None
         if model is None:
             serving, primaries = self._backends, self._all_primaries
