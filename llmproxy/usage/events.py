@@ -18,6 +18,7 @@ billed the backend's prompt count (when ``message_start`` came) plus the deltas 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -36,33 +37,49 @@ _MAX_USAGE_EVENT: Final = 16 * 1024 * 1024
 """...except when the event is one that carries usage: kept up to this many bytes."""
 
 
+def _typed(*names: str) -> tuple[bytes, ...]:
+    """``"type":"<name>"`` as JSON writers put it, with or without a space: a member, never text
+    (inside a JSON string every quote is escaped, so text cannot hold it; a text that *is* an
+    event's name is ``"<name>"`` without the ``"type":`` before it)."""
+    return tuple(f'"type":{space}"{name}"'.encode() for name in names for space in ("", " "))
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     """What marks a token, a usage event and the end in one API's stream."""
 
-    deltas: bytes
-    """A token's event holds this (the quote ends a ``"type"`` value: never inside a string)."""
+    deltas: tuple[bytes, ...] | re.Pattern[bytes]
+    """A token's event holds one of these (or matches)."""
     usage: tuple[bytes, ...]
     """Events that carry usage (decoded)."""
     end: tuple[bytes, ...]
     """Events that end the stream properly."""
 
+    def count(self, data: bytes) -> int:
+        """Token events in ``data`` (whole events)."""
+        deltas = self.deltas
+        if isinstance(deltas, tuple):
+            return sum(data.count(marker) for marker in deltas)
+        return sum(1 for _ in deltas.finditer(data))
+
 
 MESSAGES: Final = Dialect(
-    deltas=b'"content_block_delta"',  # (the ``event:`` line has no quotes)
-    usage=(b'"message_start"', b'"message_delta"'),
-    end=(b'"message_stop"',),
+    deltas=_typed("content_block_delta"),
+    usage=_typed("message_start", "message_delta"),
+    end=_typed("message_stop"),
 )
 """Anthropic Messages."""
 
+_RESPONSE_ENDS: Final = _typed("response.completed", "response.incomplete", "response.failed")
 RESPONSES: Final = Dialect(
-    deltas=b'.delta"',  # response.output_text.delta, .reasoning_text.delta, .arguments.delta...
-    usage=(b'"response.completed"', b'"response.incomplete"', b'"response.failed"'),
-    end=(b'"response.completed"', b'"response.incomplete"', b'"response.failed"'),
+    # response.output_text.delta, .reasoning_text.delta, .function_call_arguments.delta...
+    deltas=re.compile(rb'"type": ?"response\.[a-z_.]*\.delta"'),
+    usage=_RESPONSE_ENDS,
+    end=_RESPONSE_ENDS,
 )
 """OpenAI Responses."""
 
-_ERRORS: Final = (b'"type":"error"', b'"type": "error"')
+_ERRORS: Final = _typed("error")
 
 
 class _Holder(msgspec.Struct):
@@ -91,7 +108,9 @@ class EventStreamUsage:
         "_deltas_since",
         "_dialect",
         "_prompt",
-        "_tail",
+        "_held",
+        "_limit",
+        "_parts",
         "done",
         "error",
         "events",
@@ -100,7 +119,10 @@ class EventStreamUsage:
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
-        self._tail = b""
+        self._parts: list[bytes] = []
+        """The incomplete trailing event, in the pieces it came in (joined once it ends)."""
+        self._held = 0
+        self._limit = _MAX_EVENT
         self._prompt: int | None = None
         self._completion: int | None = None
         self._deltas_since = 0
@@ -113,8 +135,13 @@ class EventStreamUsage:
 
     def feed(self, chunk: bytes) -> bytes:
         """Take the next upstream chunk; the bytes to send on: always ``chunk`` itself."""
-        if self._tail:
-            data = self._tail + chunk
+        if self._parts:
+            if b"\n" not in chunk:
+                # Still inside a long line (JSON holds no raw newline): no event ends here.
+                self._hold(chunk)
+                return chunk
+            parts, self._parts, self._held, self._limit = self._parts, [], 0, _MAX_EVENT
+            data = b"".join((*parts, chunk))
         elif chunk.endswith(b"\n\n"):  # whole events, as servers write them
             self._events(chunk)
             return chunk
@@ -127,20 +154,30 @@ class EventStreamUsage:
             self._hold(data)
             return chunk
         self._events(data[:cut])
-        self._hold(data[cut:])
+        if cut < len(data):
+            self._hold(data[cut:])
         return chunk
 
-    def _hold(self, partial: bytes) -> None:
-        """Keep an incomplete trailing event, unless it is too long to be one worth reading:
-        then its rest arrives as a fragment that holds no marker (inside its JSON strings every
-        quote is escaped), and scanning goes on after it."""
-        limit = _MAX_USAGE_EVENT if any(m in partial for m in self._dialect.usage) else _MAX_EVENT
-        self._tail = partial if len(partial) <= limit else b""
+    def _hold(self, piece: bytes) -> None:
+        """Keep a piece of an incomplete trailing event (each byte once: no rescans), unless
+        the event grows too long to be one worth reading — an event that carries usage may be
+        long (its first bytes say so) — then its rest arrives as a fragment that holds no
+        marker, and scanning goes on after it."""
+        self._parts.append(piece)
+        self._held += len(piece)
+        if self._held <= self._limit:
+            return
+        if self._limit == _MAX_EVENT:  # decided once, when the event first grows long
+            head = b"".join(self._parts)[:1024]
+            if any(marker in head for marker in self._dialect.usage):
+                self._limit = _MAX_USAGE_EVENT
+                return
+        self._parts, self._held, self._limit = [], 0, _MAX_EVENT
 
     def _events(self, data: bytes) -> None:
         """Whole events: count the deltas, read the usage events, note the end and errors."""
         dialect = self._dialect
-        deltas = data.count(dialect.deltas)
+        deltas = dialect.count(data)
         if deltas:
             self.events += deltas
             self._deltas_since += deltas
@@ -194,9 +231,9 @@ class EventStreamUsage:
 
     def finish(self) -> bytes:
         """At the end of the stream: a trailing event without its blank line is read too."""
-        tail, self._tail = self._tail, b""
-        if tail:
-            self._events(tail)
+        parts, self._parts, self._held, self._limit = self._parts, [], 0, _MAX_EVENT
+        if parts:
+            self._events(b"".join(parts))
         return b""
 
     def usage(self, prompt_estimate: int) -> Usage:

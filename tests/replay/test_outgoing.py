@@ -99,7 +99,7 @@ def test_a_get_has_no_body() -> None:
 @pytest.mark.parametrize(
     ("request_", "problem"),
     [
-        (with_shape(0.0, "/v1/responses"), "/v1/responses"),
+        (with_shape(0.0, "/v1/audio/speech"), "/v1/audio/speech"),
         (with_body(0.0, chat_body(), endpoint="v1/chat"), "not a path"),
     ],
 )
