@@ -41,4 +41,8 @@ GENERATING: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/m
 def is_anthropic(endpoint: str) -> bool:
     """Whether ``endpoint`` is Anthropic's surface, whose clients expect Anthropic's error
     shape (``{"type": "error", "error": {...}}``) and statuses."""
-    return endpoint == "/v1/messages" or endpoint.startswith("/v1/messages/")
+    if not endpoint.startswith("/v1/messages"):
+        return False
+    # "/v1/messages", "/v1/messages/count_tokens", and refused spellings of them
+    # ("/v1/messages;x=1", "/v1/messages?..."): answered in the shape their clients read.
+    return len(endpoint) == 12 or endpoint[12] in "/;?"

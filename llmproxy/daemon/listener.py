@@ -39,8 +39,9 @@ from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from llmproxy.apis import is_anthropic
 from llmproxy.config.model import ServerConfig
-from llmproxy.errors import error_body
+from llmproxy.errors import GatewayError, error_body
 from llmproxy.gateway.asgi import BODY_WRITER
 from llmproxy.gateway.canonical import ABORT
 
@@ -71,8 +72,17 @@ class ConnectionLimits:
 
 
 def refusal(status: int, reason: bytes, message: str, code: str) -> bytes:
-    """A whole HTTP/1.1 response that closes the connection, with an OpenAI-style body."""
-    body = error_body(status, message, code)
+    """A whole HTTP/1.1 response that closes the connection, with an OpenAI-style body (its
+    Anthropic twin, for a request on ``/v1/messages``, is kept in :data:`_ANTHROPIC`)."""
+    response = _response(status, reason, error_body(status, message, code))
+    if response not in _ANTHROPIC:
+        error = GatewayError(status, message, code)
+        twin_status, body = error.anthropic()
+        _ANTHROPIC[response] = _response(twin_status, reason, body)
+    return response
+
+
+def _response(status: int, reason: bytes, body: bytes) -> bytes:
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, reason),
@@ -82,6 +92,10 @@ def refusal(status: int, reason: bytes, message: str, code: str) -> bytes:
             body,
         )
     )
+
+
+_ANTHROPIC: dict[bytes, bytes] = {}
+"""Each refusal as Anthropic's clients read it."""
 
 
 _TOO_MANY = refusal(
@@ -314,6 +328,11 @@ class GatewayProtocol(HttpToolsProtocol):
         ):
             self._close()  # mid-answer: nothing more can be said on this connection
             return
+        url = getattr(self, "url", b"") or b""
+        if url.startswith(b"/v1/messages") and is_anthropic(
+            url.partition(b"?")[0].decode("latin-1").lower()
+        ):
+            response = _ANTHROPIC.get(response, response)
         self._refused = True
         self._head_deadline = self._body_deadline = 0.0
         if cycle is not None and not cycle.response_complete:

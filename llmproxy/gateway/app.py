@@ -136,9 +136,13 @@ class GatewayApp:
             # A defect, not the client's doing: the operator gets the traceback, the client an
             # OpenAI-style 500 (or, mid-response, a closed connection), never a plain-text page.
             log.exception("request %s failed inside the gateway", request_id)
+            anthropic = is_anthropic(endpoint or str(scope.get("path", "")).lower())
             with contextlib.suppress(RuntimeError, OSError):
                 await send_error(
-                    send, GatewayError(500, "internal gateway error", "internal_error"), rid
+                    send,
+                    GatewayError(500, "internal gateway error", "internal_error"),
+                    rid,
+                    anthropic=anthropic,
                 )
 
     async def _dispatch(

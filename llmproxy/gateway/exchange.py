@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from llmproxy.apis import Api
+from llmproxy.apis import GENERATING, Api
 from llmproxy.auth.pipeline import Identity
 from llmproxy.finish import Finished
 from llmproxy.gateway.canonical import CanonicalRequest
@@ -142,6 +142,10 @@ class Exchange:
             return self.usage
         if self.stream_usage is not None and self.status < 300:
             return self.stream_usage.usage(self.prompt_estimate)
+        if 200 <= self.status < 300 and self.canonical.endpoint in GENERATING:
+            # Answered without a usage the gateway could read: the prompt, as estimated.
+            estimate = self.prompt_estimate
+            return Usage(estimate, 0, estimate, "estimated")
         return None
 
     def finished(self, now: float, used: Usage | None) -> Finished:

@@ -30,7 +30,12 @@ from typing import Literal
 
 from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PassiveHealthConfig
-from llmproxy.errors import GatewayError, anthropic_error_event, sse_error_event
+from llmproxy.errors import (
+    ANTHROPIC_STATUS,
+    GatewayError,
+    anthropic_error_event,
+    sse_error_event,
+)
 from llmproxy.gateway.asgi import BodyWriter, Message, Send
 from llmproxy.gateway.exchange import Exchange
 from llmproxy.gateway.headers import (
@@ -152,7 +157,11 @@ def _unable(runtime: Runtime, request: Exchange) -> tuple[Backend, ...]:
         return ()
     router = runtime.router
     model = request.peek.model
-    unable = tuple(b for b in router.backends if b.speaks(api) is False)
+    # count_tokens has no chat completions form: a backend that would need translating cannot.
+    strict = request.canonical.endpoint != _MESSAGES
+    unable = tuple(
+        b for b in router.backends if b.speaks(api) is False or (strict and b.speaks(api) is None)
+    )
     if all(b in unable for b in router.backends if b.serves(model)):
         raise GatewayError(
             404,
@@ -333,7 +342,7 @@ async def _attempt(
         )
         body = request.body
         target = canonical.target
-        translating = request.api == "messages" and backend.speaks("messages") is None
+        translating = canonical.endpoint == _MESSAGES and backend.speaks("messages") is None
         if translating:
             body, target = _as_chat(request), _CHAT_TARGET
         if backend.send_priority and body and request.peek.model is not None:
@@ -405,7 +414,12 @@ async def _attempt(
             )
         elif translating:
             outcome = await _relay_translated_body(
-                backend, client.hold_limit, connection, request, send
+                backend,
+                client.hold_limit,
+                client.first_byte_timeout,
+                connection,
+                request,
+                send,
             )
         else:
             try:
@@ -788,12 +802,18 @@ async def _relay_stream(
 
 
 _CHAT_TARGET = "/v1/chat/completions"
+_MESSAGES = "/v1/messages"
 
 
 def _as_chat(request: Exchange) -> bytes:
     """The Messages request as chat completions (once per request: retries reuse it); a request
     that cannot be said that way is the client's 400, never sent with a part dropped."""
     if request.translated is None:
+        if request.peek.max_tokens is None:
+            # Anthropic's API requires it, and a chat backend would generate without bound.
+            raise GatewayError(
+                400, "max_tokens: Field required", "invalid_request", param="max_tokens"
+            )
         try:
             request.translated = messages_request_to_chat(request.body)
         except TranslationError as error:
@@ -802,31 +822,53 @@ def _as_chat(request: Exchange) -> bytes:
 
 
 async def _relay_translated_body(
-    backend: Backend, limit: int, connection: UpstreamConnection, request: Exchange, send: Send
+    backend: Backend,
+    limit: int,
+    read_timeout: float | None,
+    connection: UpstreamConnection,
+    request: Exchange,
+    send: Send,
 ) -> Relayed:
     """A chat completion (or the backend's error) answered to a Messages request: read whole
-    (its usage billed from it; at most ``limit`` bytes, ``backends[].max_response_size``), then
-    sent as the Anthropic message (or error) it stands for."""
+    — at most ``limit`` bytes (``backends[].max_response_size``), with no silence longer than
+    ``read_timeout`` — then sent as the Anthropic message (or error) it stands for, and billed
+    from its usage once it is one."""
     parts = [connection.take_pending()]
-    connection.sink = parts.append
+    held = len(parts[0])
+
+    def take(chunk: bytes) -> None:
+        nonlocal held
+        held += len(chunk)
+        if held > limit:
+            connection.give_up(f"an answer over {limit} bytes to translate")
+        else:
+            parts.append(chunk)
+
+    connection.sink = take
+    connection.watch_idle(read_timeout)
     try:
         await connection.finished()
     except UpstreamError as error:
+        if error.kind == "timeout":
+            raise _Retryable(
+                GatewayError(504, f"backend {backend.name} timed out", "upstream_timeout")
+            ) from None
+        if error.kind == "invalid":
+            raise _Retryable(_invalid_answer(backend, error.detail)) from None
         raise _Retryable(
             GatewayError(502, f"backend {backend.name} broke off its answer", "upstream_reset")
         ) from error
     status = connection.status
     chat = b"".join(parts)
-    if len(chat) > limit:
-        raise _Retryable(_invalid_answer(backend, f"an answer over {limit} bytes to translate"))
     if status < 300:
-        request.usage = usage_from_body(chat)
         try:
             body = chat_response_to_messages(chat, request.peek.model or "")
         except UpstreamResponseError as error:
             raise _Retryable(_invalid_answer(backend, str(error))) from None
+        request.usage = usage_from_body(chat)
     else:
         body = chat_error_to_messages(status, chat)
+        status = ANTHROPIC_STATUS.get(status, status)
     if request.journal is not None:
         await request.journal.durable()
     await send(_start(request, status, connection.raw_headers, body_changes=True))

@@ -321,6 +321,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_timer()
         self._close_transport()
 
+    def give_up(self, detail: str) -> None:
+        """Stop reading an answer the gateway will not relay (one too large to hold): the
+        exchange fails as ``invalid`` and the connection closes."""
+        self._fail(UpstreamError("invalid", detail))
+
     # internals
 
     def _on_end(self) -> None:

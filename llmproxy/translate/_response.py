@@ -17,7 +17,8 @@ from llmproxy.translate._chat_wire import (
 from llmproxy.translate._errors import UpstreamResponseError
 
 _decode_completion = msgspec.json.Decoder(Completion).decode
-_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+"""A JSON object (tool arguments), or a msgspec error."""
 _encode = msgspec.json.encode
 
 
@@ -85,6 +86,6 @@ def _tool_input(function: Function) -> dict[str, Any]:
     if arguments is None or not arguments.strip():
         return {}
     try:
-        return _decode_object(arguments)
+        return decode_object(arguments)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return {RAW_ARGUMENTS: arguments}

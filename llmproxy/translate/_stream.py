@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from llmproxy.translate._chat_wire import (
+    RAW_ARGUMENTS,
     Chunk,
     ErrorObject,
     ToolCallDelta,
@@ -16,6 +17,7 @@ from llmproxy.translate._chat_wire import (
     tool_use_id,
 )
 from llmproxy.translate._errors import error_event, error_message, status_of
+from llmproxy.translate._response import decode_object
 from llmproxy.translate._sse import EventTooLarge, SseEvents
 
 _decode_chunk = msgspec.json.Decoder(Chunk).decode
@@ -65,6 +67,7 @@ class ChatStreamToMessages:
     """
 
     __slots__ = (
+        "_arguments",
         "_ended",
         "_events",
         "_finish_reason",
@@ -90,6 +93,10 @@ class ChatStreamToMessages:
         self._index = -1
         self._index_json = b"-1"
         self._tools: dict[int, tuple[bytes, str | None]] = {}  # chat index: block index, call id
+        self._arguments: dict[bytes, list[str]] = {}
+        """The open tool block's arguments so far: sent whole when it ends, as one JSON object
+        (a backend's arguments that are not one are sent as the whole answer shows them, under
+        ``_raw_arguments``: the SDK would fail on the whole stream otherwise)."""
         self._waiting: dict[int, tuple[str | None, str]] = {}  # calls not named yet: id, arguments
         self._finish_reason: str | None = None
         self._matched: int | str | None = None
@@ -195,7 +202,11 @@ class ChatStreamToMessages:
             known = None  # a server that numbers every call 0 tells them apart by id
         if known is not None:
             if arguments:
-                out.append(_DELTA + known[0] + _JSON_DELTA + _encode(arguments) + _DELTA_END)
+                held = self._arguments.get(known[0])
+                if held is not None:
+                    held.append(arguments)
+                else:  # its block was closed (interleaved calls): sent as they come
+                    out.append(_DELTA + known[0] + _JSON_DELTA + _encode(arguments) + _DELTA_END)
             return
         waited_id, waited_arguments = self._waiting.pop(call.index, (None, ""))
         call_id = call.id or waited_id
@@ -210,8 +221,7 @@ class ChatStreamToMessages:
         block = {"type": "tool_use", "id": tool_use_id(call_id), "name": name, "input": {}}
         out.append(self._start_block(index, _encode(block)))
         self._tools[index] = (self._index_json, call_id)
-        if arguments:
-            out.append(_DELTA + self._index_json + _JSON_DELTA + _encode(arguments) + _DELTA_END)
+        self._arguments[self._index_json] = [arguments] if arguments else []
 
     def _start_block(self, kind: int, block: bytes) -> bytes:
         stop = self._stop_block()
@@ -224,7 +234,18 @@ class ChatStreamToMessages:
         if self._open is None:
             return b""
         self._open = None
-        return _BLOCK_STOP + self._index_json + _END
+        held = self._arguments.pop(self._index_json, None)
+        stop = _BLOCK_STOP + self._index_json + _END
+        if not held:
+            return stop
+        text = "".join(held)
+        if not text.strip():
+            return stop
+        try:
+            decode_object(text)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            text = _encode({RAW_ARGUMENTS: text}).decode()
+        return _DELTA + self._index_json + _JSON_DELTA + _encode(text) + _DELTA_END + stop
 
     def _close(self) -> bytes:
         out = [] if self._started else [self._start(None)]

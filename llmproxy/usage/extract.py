@@ -24,7 +24,12 @@ import msgspec
 
 from llmproxy.finish import UsageSource
 
-NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+MAX_COUNT = 2**31 - 1
+"""The most tokens a backend may report in one count: more is no real request's (a context of
+two billion tokens), so such a ``usage`` is not believed — the count falls back to what was
+relayed or estimated, never a number no quota can hold."""
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 
 
 @dataclass(frozen=True, slots=True)
