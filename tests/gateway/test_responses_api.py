@@ -85,3 +85,38 @@ async def test_a_follow_up_lands_on_the_backend_that_made_the_response(tmp_path:
     assert all(count >= 2 for count in served.values()), served  # spread over all three
     assert unknown.value.body is not None
     assert "resp_neverseen" in str(unknown.value)
+
+
+async def test_responses_go_only_to_backends_that_speak_them(tmp_path: Path) -> None:
+    """``backends[].apis``: a backend that lists only chat completions never gets a Responses
+    request (its neighbour that speaks everything does); with none left, a 404 names why."""
+    async with mock_backend(name="all") as full, mock_backend(name="chat") as chat_only:
+        both = make_config(
+            [
+                {"url": full.url, "name": "all"},
+                {"url": chat_only.url, "name": "chat", "apis": ["chat_completions"]},
+            ]
+        )
+        async with (
+            _gateway(both, tmp_path) as (gw, _),
+            openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0) as client,
+        ):
+            for _ in range(4):
+                await client.responses.create(model="mock-model", input="hi")
+            await client.chat.completions.create(
+                model="mock-model", messages=[{"role": "user", "content": "hi"}]
+            )
+            await client.chat.completions.create(
+                model="mock-model", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert full.stats.by_path["/v1/responses"] == 4
+        assert chat_only.stats.by_path.get("/v1/responses", 0) == 0
+        assert chat_only.stats.by_path["/v1/chat/completions"] == 1  # round robin for chat
+        alone = make_config([{"url": chat_only.url, "apis": ["chat_completions"]}])
+        async with (
+            _gateway(alone, tmp_path / "alone") as (gw, _),
+            openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0) as client,
+        ):
+            with pytest.raises(openai.NotFoundError) as refused:
+                await client.responses.create(model="mock-model", input="hi")
+    assert "responses API" in str(refused.value)
