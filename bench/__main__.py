@@ -9,6 +9,7 @@ missed, and says which ones were met.
     python -m bench --quick                  # a smoke run of a few seconds
     python -m bench --scenarios single,stream16 --json out.json
     python -m bench --scenarios decode --streams 300,1000 --loop closed
+    python -m bench --scenarios single,single-json --api chat,messages   # same rounds
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench import decode, report
+from bench.bodies import APIS, parse_apis
 from bench.runner import BACKGROUND_BUSY, SCENARIOS, Sample, Scenario, measure
 from bench.stats import machine_busy_ticks, nan_to_null
 from bench.targets import Target, ensure_tools, start_targets
@@ -35,12 +37,22 @@ RETRIES = 2
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = [scenario.name for scenario in SCENARIOS] + ["decode"]
+    defaults = [scenario.name for scenario in SCENARIOS if scenario.default] + ["decode"]
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all targets (default 3)")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s runs (smoke test)")
     parser.add_argument(
-        "--scenarios", default=",".join(names), help=f"comma-separated subset of {','.join(names)}"
+        "--scenarios",
+        default=",".join(defaults),
+        help=f"comma-separated subset of {','.join(names)} (default {','.join(defaults)})",
+    )
+    parser.add_argument(
+        "--api",
+        default="chat",
+        help=f"comma-separated model APIs of {','.join(APIS)} (default chat): each scenario "
+        "but decode runs on each, every target included, in the same rounds; a scenario on "
+        "another API than chat is reported as NAME@API",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
@@ -69,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.scenarios.split(",")) - set(names)
     if unknown:
         parser.error(f"--scenarios: unknown {', '.join(sorted(unknown))}; choose from {names}")
+    try:
+        args.apis = parse_apis(args.api)
+    except ValueError as exc:
+        parser.error(f"--api: {exc}")
     if args.quick:
         args.duration, args.rounds = 1.0, 1
         args.streams, args.tokens, args.itl, args.decode_duration = "50", 20, 0.02, 1.0
@@ -106,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         with start_targets(workdir, nginx, args.workers) as targets:
             console.print("  targets: " + ", ".join(f"{t.name} {t.url}" for t in targets))
             for scenario in chosen:
-                console.print(f"[bold]{scenario.name}[/]: {scenario.title}")
-                samples += _run_rounds(console, scenario, targets, workdir, wrk, args)
+                variants = [scenario.on(api) for api in args.apis]
+                for variant in variants:
+                    console.print(f"[bold]{variant.name}[/]: {variant.title}")
+                samples += _run_rounds(console, variants, targets, workdir, wrk, args)
             if "decode" in args.scenarios.split(","):
                 console.print("[bold]decode[/]: many streams at a decode speed, one run each")
+                if args.apis != ("chat",):
+                    console.print("  (chat completions only: --api does not apply to decode)")
                 decode_runs = decode.run_all(console, targets, args.decode)
     summary = report.summarize(samples)
     added = report.overhead(summary)
@@ -124,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         document = {
             "environment": env,
             "settings": {
-                key: value for key, value in vars(args).items() if key not in ("json", "decode")
+                key: value
+                for key, value in vars(args).items()
+                if key not in ("json", "decode", "apis")
             },
             "summary": summary,
             "overhead": added,
@@ -140,40 +162,50 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_rounds(
     console: Console,
-    scenario: Scenario,
+    variants: list[Scenario],
     targets: list[Target],
     workdir: Path,
     wrk: str | None,
     args: argparse.Namespace,
 ) -> list[Sample]:
-    """A warm-up run per target, then ``args.rounds`` rounds over all targets in rotating order."""
-    mock_pid = targets[0].pid
+    """A warm-up run per target, then ``args.rounds`` rounds over all targets in rotating order.
 
-    def run(target: Target, duration: float, round_no: int) -> Sample:
+    ``variants`` are one scenario on each ``--api``: their runs are interleaved in the same
+    rounds, so the machine's drift over a run falls on every API alike and their added latency
+    can be compared with each other, not only with direct's.
+    """
+    mock_pid = targets[0].pid
+    units = [(variant, target) for variant in variants for target in targets]
+    width = 8 if len(variants) == 1 else 8 + 1 + max(len(v.api) for v in variants)
+
+    def run(unit: tuple[Scenario, Target], duration: float, round_no: int) -> Sample:
         return measure(
-            scenario, target, mock_pid, duration=duration, round_no=round_no, wrk=wrk,
+            unit[0], unit[1], mock_pid, duration=duration, round_no=round_no, wrk=wrk,
             workdir=workdir,
         )  # fmt: skip
 
-    for target in targets:  # fill the connection pools, fault in the code paths
-        run(target, min(1.0, args.duration), round_no=0)
+    def label(unit: tuple[Scenario, Target]) -> str:
+        return unit[1].name if len(variants) == 1 else f"{unit[1].name}@{unit[0].api}"
+
+    for unit in units:  # fill the connection pools, fault in the code paths
+        run(unit, min(1.0, args.duration), round_no=0)
     samples = []
     for round_no in range(1, args.rounds + 1):
-        shift = (round_no - 1) % len(targets)  # no target always runs first (or after another)
-        for target in targets[shift:] + targets[:shift]:
-            sample = run(target, args.duration, round_no)
+        shift = (round_no - 1) % len(units)  # no target always runs first (or after another)
+        for unit in units[shift:] + units[:shift]:
+            sample = run(unit, args.duration, round_no)
             for _ in range(RETRIES):  # the machine is shared: redo a run other load disturbed
                 if sample.background_cpu <= BACKGROUND_BUSY:
                     break
                 console.print(
-                    f"  round {round_no}  {target.name:8} disturbed by other processes "
+                    f"  round {round_no}  {label(unit):{width}} disturbed by other processes "
                     f"({sample.background_cpu:.2f} cores); running it again"
                 )
-                again = run(target, args.duration, round_no)
+                again = run(unit, args.duration, round_no)
                 sample = min(sample, again, key=lambda s: s.background_cpu)
             samples.append(sample)
             console.print(
-                f"  round {round_no}  {target.name:8} {sample.rps:8,.0f} req/s  "
+                f"  round {round_no}  {label(unit):{width}} {sample.rps:8,.0f} req/s  "
                 f"p50 {sample.p50_ms:7.2f} ms  p99 {sample.p99_ms:7.2f} ms  "
                 f"CPU/req {sample.cpu_ms_per_req:.3f} ms  {', '.join(sample.warnings())}"
             )

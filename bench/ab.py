@@ -12,6 +12,15 @@ One checkout under two configs measures what a setting costs (``--set NAME:KEY=J
 number of times)::
 
     python -m bench.ab off=. on=. --full --stream --set off:usage.journal=false
+
+``--api messages`` (or ``responses``) sends both builds that API's body on its path; with
+``--apis NAME:chat_completions`` one build's backend speaks only chat completions, so the gateway
+translates Messages for it and the ratio is what translation costs::
+
+    python -m bench.ab pass=. trans=. --full --stream --api messages --apis trans:chat_completions
+
+``--api NAME:API`` sends one build another API than the other: one checkout twice then compares
+what two APIs cost in the same rounds (``chat=. msgs=. --api msgs:messages``).
 """
 
 from __future__ import annotations
@@ -28,8 +37,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bodies import APIS, PATHS, Api
 from bench.targets import ensure_tools, free_port, render_gateway_config, wait_ready
 from bench.wrk import render_lua
+from llmproxy.apis import CONFIG_NAMES
+
+BACKEND_APIS = tuple(CONFIG_NAMES.values())
+"""What ``backends[].apis`` accepts (the gateway's config spelling, not ``--api``'s)."""
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -76,6 +90,49 @@ def _apply(config: dict[str, object], build: str, setting: str) -> None:
     section[last] = value
 
 
+def _apply_apis(config: dict[str, object], build: str, setting: str) -> None:
+    """``NAME:API[,API...]`` into the first backend's ``apis`` when NAME is ``build``.
+
+    Its own option because ``--set`` walks sections by name and cannot reach into the
+    ``backends`` list. An unknown API name stops the run here rather than in the gateway's
+    config check, which would only show as a build that never answers ``/health``.
+    """
+    name, _, names = setting.partition(":")
+    if name != build:
+        return
+    apis = [api.strip() for api in names.split(",") if api.strip()]
+    unknown = sorted(set(apis) - set(BACKEND_APIS))
+    if unknown:
+        raise ValueError(f"--apis {setting}: unknown {unknown}; choose from {BACKEND_APIS}")
+    backends = config["backends"]
+    assert isinstance(backends, list), "backends is not a list"
+    assert backends, "the config has no backend"
+    backends[0]["apis"] = apis
+
+
+def build_apis(values: list[str], builds: list[str]) -> dict[str, Api]:
+    """The API each build is sent, from ``--api`` values ``API`` (every build) or ``NAME:API``
+    (that build; it wins over a plain ``API``, whatever the order). Chat by default.
+
+    Per build, so that two APIs are compared in the same rounds on the same core: two runs of
+    ``bench.ab`` differ by more than the APIs do. ValueError names a wrong value.
+    """
+    everyone: Api = "chat"
+    chosen: dict[str, Api] = {}
+    for value in values:
+        name, _, text = value.rpartition(":")
+        api = next((known for known in APIS if known == text), None)
+        if api is None:
+            raise ValueError(f"--api {value}: unknown API {text!r}; choose from {APIS}")
+        if not name:
+            everyone = api
+        elif name in builds:
+            chosen[name] = api
+        else:
+            raise ValueError(f"--api {value}: {name!r} is not one of the builds {builds}")
+    return {build: chosen.get(build, everyone) for build in builds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("builds", nargs=2, help="NAME=DIR of a checkout, twice")
@@ -111,11 +168,38 @@ def main() -> None:
         metavar="NAME:KEY=JSON",
         help="a config value for one build, e.g. off:usage.journal=false (dotted key, JSON value)",
     )
+    parser.add_argument(
+        "--api",
+        action="append",
+        default=[],
+        metavar="[NAME:]API",
+        help=f"the model API ({', '.join(APIS)}; default chat) both builds are sent, its path "
+        "and body; NAME:API for one build only",
+    )
+    parser.add_argument(
+        "--apis",
+        action="append",
+        default=[],
+        metavar="NAME:API[,API]",
+        help="backends[0].apis of one build, e.g. trans:chat_completions (Messages translated)",
+    )
     args = parser.parse_args()
+    builds = dict(pair.split("=", 1) for pair in args.builds)
+    try:
+        apis = build_apis(args.api, list(builds))
+    except ValueError as exc:
+        parser.error(str(exc))
+    for setting in args.apis:  # a typo fails now, not as a build that never comes up
+        name = setting.partition(":")[0]
+        if name not in builds:
+            parser.error(f"--apis {setting}: {name!r} is not one of the builds {list(builds)}")
+        try:
+            _apply_apis({"backends": [{}]}, name, setting)
+        except ValueError as exc:
+            parser.error(str(exc))
     wrk, _ = ensure_tools(want_nginx=False)
     if wrk is None:
         sys.exit("bench.ab needs wrk")
-    builds = dict(pair.split("=", 1) for pair in args.builds)
     work = Path(tempfile.mkdtemp(prefix="llmproxy-ab-"))
     mock_port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -136,11 +220,10 @@ def main() -> None:
         Path.cwd(),
         env,
     )
-    script = work / "post.lua"
-    lua = render_lua(args.tokens)
-    if args.stream:
-        lua = lua.replace('"messages"', '"stream": true, "messages"', 1)
-    script.write_text(lua)
+    scripts = {}
+    for name, api in apis.items():
+        scripts[name] = work / f"post-{name}.lua"
+        scripts[name].write_text(render_lua(args.tokens, api, stream=args.stream))
     gateways: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for name, directory in builds.items():
@@ -160,6 +243,8 @@ def main() -> None:
                 rendered["backends"][0]["max_in_flight"] = 10_000
             for setting in args.set:
                 _apply(rendered, name, setting)
+            for setting in args.apis:
+                _apply_apis(rendered, name, setting)
             config.write_text(json.dumps(rendered, indent=2) + "\n")
             checkout = Path(directory).resolve()
             command = [sys.executable, "-m", "llmproxy", "serve", "--config", str(config)]
@@ -184,8 +269,8 @@ def main() -> None:
                         f"-c{args.connections}",
                         f"-d{args.seconds}s",
                         "-s",
-                        str(script),
-                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                        str(scripts[name]),
+                        f"http://127.0.0.1:{port}{PATHS[apis[name]]}",
                     ],
                     stdout=subprocess.PIPE,
                     text=True,

@@ -23,6 +23,7 @@ from typing import Any, cast
 import httptools
 import uvloop
 
+from bench.bodies import APIS, PATHS, Api, prompt_fields
 from bench.stats import percentile
 
 BENCH_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
@@ -33,20 +34,23 @@ LAG_TICK = 0.005
 
 
 def build_request(
-    port: int, *, stream: bool, tokens: int, itl: float, api_key: str = BENCH_KEY
+    port: int,
+    *,
+    stream: bool,
+    tokens: int,
+    itl: float,
+    api_key: str = BENCH_KEY,
+    api: Api = "chat",
 ) -> bytes:
-    """The raw bytes of one chat completion POST; the ``x-mock-*`` headers steer the mock.
+    """The raw bytes of one POST of ``api`` (a chat completion by default); the ``x-mock-*``
+    headers steer the mock.
 
-    Every target gets the gateway's bench key: the gateway checks it, the others ignore it."""
-    body = json.dumps(
-        {
-            "model": "mock-model",
-            "messages": [{"role": "user", "content": "Say hello"}],
-            "stream": stream,
-        }
-    ).encode()
+    Every target gets the gateway's bench key: the gateway checks it, the others ignore it.
+    ``stream`` is the body's last field, as it always was for chat (same bytes as earlier runs)."""
+    fields = {"model": "mock-model", **prompt_fields(api, tokens), "stream": stream}
+    body = json.dumps(fields).encode()
     head = (
-        "POST /v1/chat/completions HTTP/1.1\r\n"
+        f"POST {PATHS[api]} HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{port}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
@@ -219,8 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--itl", type=float, default=0.0)
     parser.add_argument("--ramp", type=float, default=0.0, help="seconds to spread the starts")
     parser.add_argument("--no-stream", dest="stream", action="store_false")
+    parser.add_argument("--api", choices=APIS, default="chat", help="the model API (chat)")
     args = parser.parse_args(argv)
-    request = build_request(args.port, stream=args.stream, tokens=args.tokens, itl=args.itl)
+    request = build_request(
+        args.port, stream=args.stream, tokens=args.tokens, itl=args.itl, api=args.api
+    )
     result = uvloop.run(run(args.port, args.concurrency, args.duration, request, args.ramp))
     json.dump(result, sys.stdout)
 

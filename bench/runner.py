@@ -15,10 +15,11 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.bodies import PATHS, Api
 from bench.stats import CLOCK_TICKS, machine_busy_ticks, percentile, process_cpu_seconds
 from bench.targets import Target
 from bench.wrk import render_lua, run_wrk
@@ -40,6 +41,18 @@ class Scenario:
     tokens: int
     itl: float = 0.0
     stream: bool = True
+    api: Api = "chat"
+    """The model API every target is sent (``--api``); :meth:`on` names the variant."""
+    default: bool = True
+    """Run when ``--scenarios`` is not given. The opt-in ones stay out so that a plain
+    ``python -m bench`` measures and prints what it always did."""
+
+    def on(self, api: Api) -> Scenario:
+        """This scenario on ``api``. Chat keeps the plain name (and so its targets' verdicts);
+        another API is ``name@api``, a row of its own that no chat target judges."""
+        name = self.name if api == "chat" else f"{self.name}@{api}"
+        title = self.title if api == "chat" else f"{self.title}, {PATHS[api]}"
+        return replace(self, name=name, title=title, api=api)
 
 
 SCENARIOS = (
@@ -47,6 +60,14 @@ SCENARIOS = (
     Scenario("stream", "streaming 64 tokens 5 ms apart, c=100", 100, tokens=64, itl=0.005),
     Scenario("single", "streaming 16 tokens, one request at a time", 1, tokens=16),
     Scenario("stream16", "streaming 16 tokens at once, c=16 (CPU per request)", 16, tokens=16),
+    Scenario(
+        "single-json",
+        "non-streaming 16 tokens, one request at a time (wrk -c1)",
+        1,
+        tokens=16,
+        stream=False,
+        default=False,
+    ),
 )
 
 
@@ -95,6 +116,7 @@ def _run_generator(target: Target, scenario: Scenario, duration: float) -> dict[
     command += ["--tokens", str(scenario.tokens), "--itl", str(scenario.itl)]
     command += ["--ramp", str(scenario.tokens * scenario.itl)]
     command += [] if scenario.stream else ["--no-stream"]
+    command += [] if scenario.api == "chat" else ["--api", scenario.api]
     done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=duration + 60)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed against {target.url}:\n{done.stderr.decode()}")
@@ -114,9 +136,9 @@ def measure(
 ) -> Sample:
     """Load ``target`` with ``scenario`` for ``duration`` seconds and account for every CPU."""
     use_wrk = wrk is not None and not scenario.stream
-    script = workdir / f"post-{scenario.tokens}.lua"
+    script = workdir / f"post-{scenario.api}-{scenario.tokens}.lua"
     if use_wrk and not script.exists():
-        script.write_text(render_lua(scenario.tokens))
+        script.write_text(render_lua(scenario.tokens, scenario.api))
     serving0, mock0 = process_cpu_seconds(target.pid), process_cpu_seconds(mock_pid)
     busy0, _ = machine_busy_ticks()
     children0 = _children_cpu()
@@ -124,8 +146,8 @@ def measure(
     if use_wrk:
         assert wrk is not None
         result = run_wrk(
-            wrk, target.url + "/v1/chat/completions", script,
-            concurrency=scenario.concurrency, duration=duration,
+            wrk, target.url + PATHS[scenario.api], script, concurrency=scenario.concurrency,
+            duration=duration, threads=min(2, scenario.concurrency),  # wrk: threads ≤ connections
         )  # fmt: skip
         window = time.perf_counter() - start
         generator_cpu = (_children_cpu() - children0) / window

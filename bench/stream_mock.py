@@ -9,9 +9,13 @@ string written by one timer callback, about 2 µs of CPU.
 It answers ``POST /v1/chat/completions`` (and any other path) like vLLM would for the benchmark's
 purpose: streamed when the body says ``"stream": true`` (chunked ``text/event-stream``, one event
 per token, a usage event when ``include_usage`` is asked for, then ``[DONE]``), otherwise one JSON
-answer. ``x-mock-tokens`` and ``x-mock-itl`` override ``--tokens``/``--itl`` per request, as
-:mod:`llmproxy.mock` does. ``GET /health`` answers 200. It counts the token chunks it wrote:
-``GET /mock/chunks`` returns the count, which is what "CPU per relayed chunk" divides by.
+answer. ``POST /v1/messages`` and ``/v1/responses`` answer in Anthropic's and OpenAI's Responses
+shapes the same way (the events :mod:`llmproxy.mock` sends: an opening burst without text, one
+``content_block_delta`` / ``response.output_text.delta`` per token, then the closing events with
+the usage), so the gateway meters them as it would a real server's and ``--api`` compares the
+APIs over one backend. ``x-mock-tokens`` and ``x-mock-itl`` override ``--tokens``/``--itl`` per
+request, as :mod:`llmproxy.mock` does. ``GET /health`` answers 200. It counts the token chunks it
+wrote: ``GET /mock/chunks`` returns the count, which is what "CPU per relayed chunk" divides by.
 
 ``python -m bench.stream_mock --port P [--tokens 100] [--itl 0.05]``
 """
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import signal
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import uvloop
@@ -30,9 +35,23 @@ import uvloop
 _ID = "chatcmpl-bench0000000000000000000000"
 
 
-def _event(payload: dict[str, object]) -> bytes:
-    data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+def _frame(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _event(payload: dict[str, object]) -> bytes:
+    return _frame(b"data: " + _encode(payload) + b"\n\n")
+
+
+def _typed(payload: dict[str, Any]) -> bytes:
+    """An event as Anthropic and the Responses API frame it: its ``type`` as the event name."""
+    name: str = payload["type"]
+    return _frame(b"event: " + name.encode() + b"\ndata: " + _encode(payload) + b"\n\n")
 
 
 def _chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
@@ -71,6 +90,11 @@ def _usage(tokens: int) -> bytes:
     )
 
 
+def _json(body: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    return head % len(body) + body
+
+
 def _json_answer(tokens: int) -> bytes:
     body = json.dumps(
         {
@@ -103,21 +127,239 @@ class Counters:
     """Token events written (the usage event and ``[DONE]`` are not counted)."""
 
 
+class ChatAnswer:
+    """One chat completion: the events of its stream, or its JSON answer.
+
+    Each API's answer has the same four parts, so :class:`Stream` writes any of them alike: the
+    opening events (no text yet: what time to first token sees), one event per token, the
+    closing events (with the usage) and the end of the chunked body.
+    """
+
+    def __init__(self, tokens: int, usage: bool) -> None:
+        self.tokens, self.usage = tokens, usage
+
+    def opening(self) -> bytes:
+        return _FIRST
+
+    def token(self, index: int) -> bytes:
+        return _TOKEN
+
+    def closing(self) -> bytes:
+        return _LAST + (_usage(self.tokens) if self.usage else b"") + _DONE
+
+    def whole(self) -> bytes:
+        return _json_answer(self.tokens)
+
+
+_END = b"0\r\n\r\n"
+_MESSAGE_ID = "msg_bench0000000000000000000000"
+_TEXT_DELTA = _typed(
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " token"}}
+)
+
+
+class MessagesAnswer(ChatAnswer):
+    """One Anthropic message, with the events :mod:`llmproxy.mock._messages` sends."""
+
+    def _message(self, content: list[dict[str, str]], stop: str | None, out: int) -> dict[str, Any]:
+        return {
+            "id": _MESSAGE_ID,
+            "type": "message",
+            "role": "assistant",
+            "model": "mock-model",
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 10,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": out,
+            },
+        }
+
+    def opening(self) -> bytes:
+        return b"".join(
+            (
+                _typed({"type": "message_start", "message": self._message([], None, 1)}),
+                _typed({"type": "ping"}),
+                _typed(
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    }
+                ),
+            )
+        )
+
+    def token(self, index: int) -> bytes:
+        return _TEXT_DELTA
+
+    def closing(self) -> bytes:
+        delta = {"stop_reason": "end_turn", "stop_sequence": None}
+        return b"".join(
+            (
+                _typed({"type": "content_block_stop", "index": 0}),
+                _typed(
+                    {
+                        "type": "message_delta",
+                        "delta": delta,
+                        "usage": {"output_tokens": self.tokens},
+                    }
+                ),
+                _typed({"type": "message_stop"}),
+                _END,
+            )
+        )
+
+    def whole(self) -> bytes:
+        content = [{"type": "text", "text": " token" * self.tokens}]
+        return _json(_encode(self._message(content, "end_turn", self.tokens)))
+
+
+_response_ids = itertools.count()
+
+
+class ResponsesAnswer(ChatAnswer):
+    """One OpenAI Responses API response, with the events :mod:`llmproxy.mock._responses`
+    sends. Each has its own id, as a real server's does: the gateway notes which backend made
+    every response (for follow-ups), and one id over and over would make that cheaper."""
+
+    def __init__(self, tokens: int, usage: bool) -> None:
+        super().__init__(tokens, usage)
+        number = next(_response_ids)
+        self.id, self.item_id = f"resp_bench{number:020d}", f"msg_bench{number:020d}"
+        self._delta = (
+            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+            b'"item_id":"' + self.item_id.encode() + b'","output_index":0,"content_index":0,'
+            b'"logprobs":[],"delta":" token","sequence_number":%d}\n\n'
+        )
+
+    def _response(self, status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
+        usage = {
+            "input_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": self.tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 10 + self.tokens,
+        }
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": 1700000000,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "model": "mock-model",
+            "output": output,
+            "store": True,
+            "usage": None if status == "in_progress" else usage,
+        }
+
+    def _item(self, status: str, text: str | None) -> dict[str, Any]:
+        content = [] if text is None else [_output_text(text)]
+        return {
+            "id": self.item_id,
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
+
+    def _where(self, sequence: int, kind: str) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "item_id": self.item_id,
+            "output_index": 0,
+            "content_index": 0,
+            "sequence_number": sequence,
+        }
+
+    def opening(self) -> bytes:
+        started = self._response("in_progress", [])
+        added = {"type": "response.output_item.added", "output_index": 0, "sequence_number": 2}
+        added["item"] = self._item("in_progress", None)
+        return b"".join(
+            (
+                _typed({"type": "response.created", "response": started, "sequence_number": 0}),
+                _typed({"type": "response.in_progress", "response": started, "sequence_number": 1}),
+                _typed(added),
+                _typed({**self._where(3, "response.content_part.added"), "part": _output_text("")}),
+            )
+        )
+
+    def token(self, index: int) -> bytes:
+        return _frame(self._delta % (4 + index))
+
+    def closing(self) -> bytes:
+        text, seq = " token" * self.tokens, 4 + self.tokens
+        item = self._item("completed", text)
+        done = {**self._where(seq, "response.output_text.done"), "text": text, "logprobs": []}
+        return b"".join(
+            (
+                _typed(done),
+                _typed(
+                    {
+                        **self._where(seq + 1, "response.content_part.done"),
+                        "part": item["content"][0],
+                    }
+                ),
+                _typed(
+                    {
+                        "type": "response.output_item.done",
+                        "output_index": 0,
+                        "item": item,
+                        "sequence_number": seq + 2,
+                    }
+                ),
+                _typed(
+                    {
+                        "type": "response.completed",
+                        "response": self._response("completed", [item]),
+                        "sequence_number": seq + 3,
+                    }
+                ),
+                _END,
+            )
+        )
+
+    def whole(self) -> bytes:
+        item = self._item("completed", " token" * self.tokens)
+        return _json(_encode(self._response("completed", [item])))
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def answer_for(url: bytes, tokens: int, usage: bool) -> ChatAnswer:
+    """The answer of the API ``url`` names (chat for any path but Messages' and Responses')."""
+    path = url.split(b"?", 1)[0]
+    if path == b"/v1/messages":
+        return MessagesAnswer(tokens, usage)
+    if path == b"/v1/responses":
+        return ResponsesAnswer(tokens, usage)
+    return ChatAnswer(tokens, usage)
+
+
 class Stream:
     """One answer being written, one timer callback per token."""
 
-    __slots__ = ("handle", "itl", "left", "loop", "tokens", "transport", "usage")
+    __slots__ = ("answer", "handle", "itl", "left", "loop", "tokens", "transport")
 
-    def __init__(self, transport: asyncio.Transport, tokens: int, itl: float, usage: bool) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, tokens: int, itl: float, answer: ChatAnswer
+    ) -> None:
         self.transport = transport
         self.tokens = self.left = tokens
         self.itl = itl
-        self.usage = usage
+        self.answer = answer
         self.loop = asyncio.get_running_loop()
         self.handle: asyncio.TimerHandle | asyncio.Handle | None = None
 
     def start(self) -> None:
-        self.transport.write(_STREAM_HEAD + _FIRST)
+        self.transport.write(_STREAM_HEAD + self.answer.opening())
         self._next()
 
     def _next(self) -> None:
@@ -132,12 +374,12 @@ class Stream:
             return
         Counters.chunks += 1
         self.left -= 1
+        token = self.answer.token(self.tokens - self.left - 1)
         if self.left > 0:
-            transport.write(_TOKEN)
+            transport.write(token)
             self._next()
             return
-        tail = _LAST + (_usage(self.tokens) if self.usage else b"") + _DONE
-        transport.write(_TOKEN + tail)
+        transport.write(token + self.answer.closing())
         self.handle = None
 
     def cancel(self) -> None:
@@ -200,12 +442,13 @@ class MockProtocol(asyncio.Protocol):
         if b"x-mock-itl" in self._headers:
             itl = float(self._headers[b"x-mock-itl"])
         body = b"".join(self._body)
+        answer = answer_for(self._url, tokens, b'"include_usage":true' in body)
         if b'"stream":true' in body.replace(b" ", b""):
-            self._stream = Stream(transport, tokens, itl, b'"include_usage":true' in body)
+            self._stream = Stream(transport, tokens, itl, answer)
             self._stream.start()
         else:
             Counters.chunks += 1
-            transport.write(_json_answer(tokens))
+            transport.write(answer.whole())
 
 
 async def serve(port: int, tokens: int, itl: float) -> None:

@@ -1,8 +1,8 @@
 """Non-streaming throughput with ``wrk``: a C load generator, so it is never the bottleneck.
 
-The Lua script POSTs a small chat body and, in wrk's ``done()`` hook, prints one ``BENCH`` line of
-``key=value`` pairs (exact microsecond percentiles instead of wrk's rounded human output), which
-:func:`parse_wrk_output` reads back.
+The Lua script POSTs a small body of one model API (:mod:`bench.bodies`) and, in wrk's ``done()``
+hook, prints one ``BENCH`` line of ``key=value`` pairs (exact microsecond percentiles instead of
+wrk's rounded human output), which :func:`parse_wrk_output` reads back.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.bodies import Api, prompt_fields
 from bench.loadgen import BENCH_KEY
 
 _SCRIPT = """\
@@ -44,13 +45,19 @@ class WrkResult:
         return self.requests / self.duration_s if self.duration_s else 0.0
 
 
-def render_lua(tokens: int) -> str:
-    """The wrk script: POST a non-streamed chat completion of ``tokens`` tokens, with the
-    benchmark gateway's key (the other targets ignore it)."""
-    body = json.dumps(
-        {"model": "mock-model", "messages": [{"role": "user", "content": "Say hello"}]}
-    )
-    return _SCRIPT.format(body=body, tokens=tokens, key=BENCH_KEY)
+def render_lua(tokens: int, api: Api = "chat", *, stream: bool = False) -> str:
+    """The wrk script: POST a request of ``api`` for ``tokens`` tokens, with the benchmark
+    gateway's key (the other targets ignore it). wrk is given the URL, so the path is the
+    caller's (:data:`bench.bodies.PATHS`).
+
+    ``stream`` adds ``"stream": true`` right after ``model``, where ``bench.ab`` has always put
+    it: a chat body is byte for byte what earlier runs sent, streamed or not.
+    """
+    body: dict[str, object] = {"model": "mock-model"}
+    if stream:
+        body["stream"] = True
+    body.update(prompt_fields(api, tokens))
+    return _SCRIPT.format(body=json.dumps(body), tokens=tokens, key=BENCH_KEY)
 
 
 def parse_wrk_output(stdout: str) -> WrkResult:
