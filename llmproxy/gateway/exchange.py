@@ -8,6 +8,7 @@ rather than locals of one long handler. Its finish turns it into the plain
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -20,6 +21,7 @@ from llmproxy.gateway.limits_step import Settlement
 from llmproxy.gateway.request_body import RequestPeek
 from llmproxy.routing import Backend
 from llmproxy.routing.responses import ResponseHomes
+from llmproxy.translate import messages_stop_reason
 from llmproxy.usage import StreamMeter, Usage
 from llmproxy.usage.journal import JournalHandle
 from llmproxy.usage.record import UsageRecord, flat_metadata
@@ -136,6 +138,14 @@ class Exchange:
         )
 
     def used_usage(self) -> Usage | None:
+        """What this request consumed (see :meth:`_used`); a request translated for its
+        backend says why it stopped as its own API does."""
+        used = self._used()
+        if used is not None and self.translated is not None and used.finish_reason is not None:
+            return dataclasses.replace(used, finish_reason=messages_stop_reason(used.finish_reason))
+        return used
+
+    def _used(self) -> Usage | None:
         """What this request consumed: the backend's count, or what was streamed; None when
         nothing reached the client (the backend was never reached, or it refused)."""
         if self.usage is not None:

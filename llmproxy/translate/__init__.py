@@ -9,6 +9,7 @@ from llmproxy.translate.messages import (
     chat_error_to_messages,
     chat_response_to_messages,
     messages_request_to_chat,
+    messages_stop_reason,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "chat_error_to_messages",
     "chat_response_to_messages",
     "messages_request_to_chat",
+    "messages_stop_reason",
 ]

@@ -23,6 +23,7 @@ is done: the request in :mod:`~llmproxy.translate._request`, stop reasons and to
 
 from __future__ import annotations
 
+from llmproxy.translate._chat_wire import stop_reason
 from llmproxy.translate._errors import (
     TranslationError,
     UpstreamResponseError,
@@ -32,6 +33,13 @@ from llmproxy.translate._request import messages_request_to_chat
 from llmproxy.translate._response import chat_response_to_messages
 from llmproxy.translate._stream import ChatStreamToMessages
 
+
+def messages_stop_reason(finish_reason: str) -> str:
+    """Anthropic's ``stop_reason`` for a chat ``finish_reason`` (``length`` → ``max_tokens``):
+    a translated request's usage record says it as its client's API does."""
+    return stop_reason(finish_reason, None, called_tools=False)[0]
+
+
 __all__ = [
     "ChatStreamToMessages",
     "TranslationError",
@@ -39,4 +47,5 @@ __all__ = [
     "chat_error_to_messages",
     "chat_response_to_messages",
     "messages_request_to_chat",
+    "messages_stop_reason",
 ]

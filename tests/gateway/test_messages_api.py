@@ -323,3 +323,6 @@ async def test_a_chat_only_backend_serves_messages_translated(tmp_path: Path) ->
         (True, 6, "backend"),
     ]
     assert {r.api for r in records} == {"messages"}
+    # Recorded in the client's API's words, as a passed-through Messages answer is.
+    reasons = {r.finish_reason for r in records if r.status == 200}
+    assert reasons == {"max_tokens", "tool_use"}, reasons
