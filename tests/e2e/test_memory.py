@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from llmproxy.daemon.memory import TRIM_INTERVAL
+from llmproxy.daemon.memory import GROWTH, TRIM_INTERVAL
 from llmproxy.mock import MockBackend
 from tests.e2e.daemon import free_port, running
 
@@ -68,9 +68,12 @@ async def test_rss_returns_near_its_baseline_after_a_burst_of_large_bodies(
             statuses = await _burst(url + "/v1/chat/completions")
             assert statuses == [200] * CLIENTS
             peak = _rss_mib(daemon.pid)
+            # Near its baseline: within 20 %, or within the growth that triggers a trim (a burst
+            # that ran less concurrently on a loaded machine may grow the heap by less).
+            bound = max(1.2 * baseline, baseline + GROWTH / 2**20)
             for _ in range(int(TRIM_INTERVAL + 5) * 2):  # the next trim comes within this
                 after = _rss_mib(daemon.pid)
-                if after <= 1.2 * baseline:
+                if after <= bound:
                     break
                 await asyncio.sleep(0.5)
-    assert after <= 1.2 * baseline, f"RSS {baseline:.0f} → {peak:.0f} → {after:.0f} MiB"
+    assert after <= bound, f"RSS {baseline:.0f} → {peak:.0f} → {after:.0f} MiB"
