@@ -22,20 +22,31 @@ CONFIG_NAMES: Final[dict[Api, str]] = {
 }
 """``backends[].apis`` spells each API as this."""
 
+CHAT: Final = "/v1/chat/completions"
+COMPLETIONS: Final = "/v1/completions"
+EMBEDDINGS: Final = "/v1/embeddings"
+MESSAGES: Final = "/v1/messages"
+COUNT_TOKENS: Final = "/v1/messages/count_tokens"
+RESPONSES: Final = "/v1/responses"
+
 ENDPOINT_API: Final[dict[str, Api]] = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/messages": "messages",
-    "/v1/messages/count_tokens": "messages",
-    "/v1/responses": "responses",
+    CHAT: "chat",
+    COMPLETIONS: "completions",
+    EMBEDDINGS: "embeddings",
+    MESSAGES: "messages",
+    COUNT_TOKENS: "messages",
+    RESPONSES: "responses",
 }
 """The endpoints whose body names a model (routed, limited and billed by it), by the lower-case
 canonical path every rule reads."""
 
-GENERATING: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/messages",
-                               "/v1/responses", "/v1/embeddings"})  # fmt: skip
+GENERATING: Final = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES})
 """Model endpoints that consume tokens (``count_tokens`` only counts them: never billed)."""
+
+ASKS_FOR_USAGE: Final = frozenset({CHAT, COMPLETIONS})
+"""Where a stream reports its usage only when asked (``stream_options.include_usage``): the
+gateway and replay ask there. Messages and Responses streams always report it, and their
+servers may refuse the member."""
 
 
 def is_anthropic(endpoint: str) -> bool:

@@ -94,6 +94,7 @@ _ANTHROPIC_TYPE_FOR_STATUS = {
     415: "invalid_request_error",
     431: "invalid_request_error",
     429: "rate_limit_error",
+    503: "overloaded_error",
     504: "timeout_error",
     529: "overloaded_error",
 }

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 
-from llmproxy.apis import ENDPOINT_API, GENERATING, is_anthropic
+from llmproxy.apis import ASKS_FOR_USAGE, ENDPOINT_API, GENERATING, RESPONSES, is_anthropic
 from llmproxy.auth.pipeline import Identity, Recognised
 from llmproxy.errors import GatewayError
 from llmproxy.gateway import auth_step, cors, limits_step
@@ -49,9 +49,6 @@ log = logging.getLogger("llmproxy.gateway")
 # Endpoints whose body must name a model (404 model_not_found routing needs it), by the
 # lower-case canonical path every rule reads.
 _MODEL_ENDPOINTS = frozenset(ENDPOINT_API)
-# Where the gateway asks the backend for the stream's usage event (stream_options): the
-# OpenAI surfaces; Messages and Responses streams always carry their usage.
-_USAGE_OPTION = frozenset({"/v1/chat/completions", "/v1/completions"})
 _MODELS = "/v1/models"
 _MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(rb"[!-~]{1,%d}" % _MAX_REQUEST_ID)
@@ -126,23 +123,19 @@ class GatewayApp:
             endpoint = request.endpoint
             await self._dispatch(runtime, request, receive, send)
         except GatewayError as error:
-            # Anthropic's clients get Anthropic's error shape (a path that did not even parse
-            # is judged by its raw spelling).
-            anthropic = is_anthropic(endpoint or str(scope.get("path", "")).lower())
-            await send_error(send, error, rid, anthropic=anthropic)
+            await send_error(send, error, rid, anthropic=_anthropic(scope, endpoint))
         except ClientGone:
             log.debug("client left before sending its whole body (request %s)", request_id)
         except Exception:
             # A defect, not the client's doing: the operator gets the traceback, the client an
             # OpenAI-style 500 (or, mid-response, a closed connection), never a plain-text page.
             log.exception("request %s failed inside the gateway", request_id)
-            anthropic = is_anthropic(endpoint or str(scope.get("path", "")).lower())
             with contextlib.suppress(RuntimeError, OSError):
                 await send_error(
                     send,
                     GatewayError(500, "internal gateway error", "internal_error"),
                     rid,
-                    anthropic=anthropic,
+                    anthropic=_anthropic(scope, endpoint),
                 )
 
     async def _dispatch(
@@ -243,7 +236,7 @@ class GatewayApp:
             peek = _judge(body, content_type, model_required)
             home = await _response_home(runtime, request, peek)
             # A stored response is judged by the model it was made with (a GET names none).
-            model = home.model if home is not None and request.endpoint != _RESPONSES else None
+            model = home.model if home is not None and request.endpoint != RESPONSES else None
             identity = None
             extra_headers: tuple[tuple[str, str], ...] = ()
             if recognised is not None:
@@ -293,7 +286,7 @@ class GatewayApp:
         )
         if (
             peek.streaming
-            and request.endpoint in _USAGE_OPTION
+            and request.endpoint in ASKS_FOR_USAGE
             and runtime.counts_tokens
             and not peek.include_usage
         ):
@@ -345,14 +338,19 @@ class GatewayApp:
             await held.release(written)
 
 
-_RESPONSES = "/v1/responses"
-_RESPONSE_PATH = "/v1/responses/"
+_RESPONSE_PATH = RESPONSES + "/"
+
+
+def _anthropic(scope: Scope, endpoint: str) -> bool:
+    """Whether an error goes to an Anthropic client, in Anthropic's shape: by the canonical
+    endpoint, or, for a path that did not even parse, by its raw spelling."""
+    return is_anthropic(endpoint or str(scope.get("path", "")).lower())
 
 
 def _named_response(request: CanonicalRequest, peek: RequestPeek) -> str | None:
     """The response a Responses API request names (``previous_response_id``, or the id in
     ``/v1/responses/{id}``); None for a new conversation or another path."""
-    if request.endpoint == _RESPONSES:
+    if request.endpoint == RESPONSES:
         return peek.previous_response_id
     if request.endpoint.startswith(_RESPONSE_PATH):
         return request.path[len(_RESPONSE_PATH) :].partition("/")[0]
@@ -374,7 +372,7 @@ async def _response_home(
 
 
 def _no_response(request: CanonicalRequest, wanted: str) -> GatewayError:
-    previous = request.endpoint == _RESPONSES
+    previous = request.endpoint == RESPONSES
     return GatewayError(
         404,
         f"Response with id '{wanted}' not found.",
@@ -389,7 +387,7 @@ def _pin_response(runtime: Runtime, exchange: Exchange, home: Home | None) -> No
     (anything else is the same 404 as an id never seen); a new response's backend, key and
     model are noted as it is relayed."""
     request = exchange.canonical
-    if request.endpoint == _RESPONSES:
+    if request.endpoint == RESPONSES:
         exchange.response_homes = (runtime.fleet.responses, runtime.response_redis)
     wanted = _named_response(request, exchange.peek)
     if wanted is None:
@@ -401,7 +399,7 @@ def _pin_response(runtime: Runtime, exchange: Exchange, home: Home | None) -> No
     backend = None
     if home is not None and home.owner == owner:
         backend = runtime.router.named(home.backend)
-    model = exchange.peek.model if request.endpoint == _RESPONSES else None
+    model = exchange.peek.model if request.endpoint == RESPONSES else None
     if backend is None or (model is not None and not backend.serves(model)):
         raise _no_response(request, wanted)
     exchange.pinned = backend

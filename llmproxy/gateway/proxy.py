@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
+from llmproxy.apis import CHAT, MESSAGES
 from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PassiveHealthConfig
 from llmproxy.errors import (
@@ -158,10 +159,8 @@ def _unable(runtime: Runtime, request: Exchange) -> tuple[Backend, ...]:
     router = runtime.router
     model = request.peek.model
     # count_tokens has no chat completions form: a backend that would need translating cannot.
-    strict = request.canonical.endpoint != _MESSAGES
-    unable = tuple(
-        b for b in router.backends if b.speaks(api) is False or (strict and b.speaks(api) is None)
-    )
+    usable = (True,) if request.canonical.endpoint != MESSAGES else (True, None)
+    unable = tuple(b for b in router.backends if b.speaks(api) not in usable)
     if all(b in unable for b in router.backends if b.serves(model)):
         raise GatewayError(
             404,
@@ -342,9 +341,9 @@ async def _attempt(
         )
         body = request.body
         target = canonical.target
-        translating = canonical.endpoint == _MESSAGES and backend.speaks("messages") is None
+        translating = canonical.endpoint == MESSAGES and backend.speaks("messages") is None
         if translating:
-            body, target = _as_chat(request), _CHAT_TARGET
+            body, target = _as_chat(request), CHAT
         if backend.send_priority and body and request.peek.model is not None:
             body = with_priority(body, request.peek, priority)
         elif request.peek.has_priority and not _may_set_priority(request.identity):
@@ -799,10 +798,6 @@ async def _relay_stream(
         await send({"type": "http.response.body", "body": tail, "more_body": True})
     await send(_END)
     return "done"
-
-
-_CHAT_TARGET = "/v1/chat/completions"
-_MESSAGES = "/v1/messages"
 
 
 def _as_chat(request: Exchange) -> bytes:

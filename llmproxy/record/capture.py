@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from llmproxy.record.format import MessageShape, Outcome, RecordedRequest, RequestShape
+from llmproxy.usage.extract import content_chars
 
 _decode = msgspec.json.Decoder().decode
 
@@ -84,7 +85,7 @@ def request_shape(body: dict[str, Any]) -> RequestShape:
         prompt = None
     system = body.get("system", body.get("instructions"))  # Anthropic's; the Responses API's
     if system is not None:
-        shapes = (MessageShape(role="system", chars=_content_chars(system)), *shapes)
+        shapes = (MessageShape(role="system", chars=content_chars(system)), *shapes)
     return RequestShape(
         messages=shapes,
         prompt_chars=_prompt_chars(prompt),
@@ -182,20 +183,8 @@ def _message_shape(message: Any) -> MessageShape:
         return MessageShape(role="", chars=0)
     role = message.get("role")
     return MessageShape(
-        role=role if isinstance(role, str) else "", chars=_content_chars(message.get("content"))
+        role=role if isinstance(role, str) else "", chars=content_chars(message.get("content"))
     )
-
-
-def _content_chars(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(
-            len(part["text"])
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return 0
 
 
 def _prompt_chars(prompt: Any) -> int:

@@ -15,18 +15,11 @@ from typing import Any, Final
 
 import msgspec
 
+from llmproxy.apis import ASKS_FOR_USAGE, CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 from llmproxy.record.format import RecordedRequest, RequestShape
 from llmproxy.replay.text import made_up_text
 
-CHAT: Final = "/v1/chat/completions"
-COMPLETIONS: Final = "/v1/completions"
-EMBEDDINGS: Final = "/v1/embeddings"
-MESSAGES: Final = "/v1/messages"
-RESPONSES: Final = "/v1/responses"
 SHAPED_ENDPOINTS: Final = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES})
-USAGE_OPTION: Final = frozenset({CHAT, COMPLETIONS})
-"""Where a stream reports its usage only when asked (``stream_options``); Messages and
-Responses streams always do, and their servers may refuse the member."""
 DEFAULT_MAX_TOKENS: Final = 256
 """Anthropic's API requires ``max_tokens``: when a shape recorded none."""
 """Endpoints whose body can be rebuilt from a shape."""
@@ -89,7 +82,7 @@ def from_recorded(
         if model:
             body["model"] = model
         stream = body.get("stream") is True
-        if stream and request.endpoint in USAGE_OPTION:
+        if stream and request.endpoint in ASKS_FOR_USAGE:
             options = body.get("stream_options")
             body["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
@@ -145,6 +138,6 @@ def shaped_body(
         body["max_tokens"] = max_tokens
     if stream:
         body["stream"] = True
-        if endpoint in USAGE_OPTION:
+        if endpoint in ASKS_FOR_USAGE:
             body["stream_options"] = {"include_usage": True}
     return body

@@ -13,7 +13,7 @@ event, never as a fake ``finish_reason``).
 
 from __future__ import annotations
 
-from llmproxy.apis import ENDPOINT_API
+from llmproxy.apis import CHAT, ENDPOINT_API
 from llmproxy.usage import stream_meter, usage_from_body
 
 
@@ -25,7 +25,7 @@ class StreamScan:
 
     __slots__ = ("_meter", "first_content", "last_content")
 
-    def __init__(self, endpoint: str = "/v1/chat/completions") -> None:
+    def __init__(self, endpoint: str = CHAT) -> None:
         self._meter = stream_meter(ENDPOINT_API.get(endpoint), strip_usage_event=False)
         self.first_content: float | None = None
         self.last_content: float | None = None

@@ -22,7 +22,8 @@ from typing import Any
 
 import msgspec
 
-from llmproxy.replay.outgoing import CHAT, Outgoing
+from llmproxy.apis import CHAT
+from llmproxy.replay.outgoing import Outgoing
 from llmproxy.replay.text import chars_for_tokens, made_up_text
 
 DEFAULT_SPREAD = 0.5

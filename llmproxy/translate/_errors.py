@@ -12,8 +12,6 @@ _MAX_RAW_MESSAGE = 1000
 """A backend error body that is not JSON is quoted up to this many characters (an HTML error page
 from a proxy in front of the backend says nothing useful past its title)."""
 
-_OVERLOADED = frozenset({503, 529})
-
 
 class TranslationError(Exception):
     """A Messages request that cannot be expressed as chat completions: the gateway answers 400
@@ -57,18 +55,7 @@ def chat_error_to_messages(status: int, body: bytes) -> bytes:
     ``overloaded_error``, other 5xx ``api_error``...), which is what the ``anthropic`` SDK and
     Claude Code branch on; the message is the backend's own.
     """
-    return _body(status, error_message(body, status))
-
-
-def error_event(status: int, message: str) -> bytes:
-    """Anthropic's ``error`` event, typed by ``status`` as :func:`chat_error_to_messages` types
-    a whole answer: the ``anthropic`` SDK raises its typed exception on it."""
-    return b"event: error\ndata: " + _body(status, message) + b"\n\n"
-
-
-def _body(status: int, message: str) -> bytes:
-    kind = "overloaded_error" if status in _OVERLOADED else None
-    return anthropic_error_body(status, message, kind)
+    return anthropic_error_body(status, error_message(body, status))
 
 
 def error_message(body: bytes, status: int) -> str:

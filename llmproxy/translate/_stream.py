@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from llmproxy.errors import anthropic_error_event
 from llmproxy.translate._chat_wire import (
     RAW_ARGUMENTS,
     Chunk,
@@ -16,7 +17,7 @@ from llmproxy.translate._chat_wire import (
     stop_reason,
     tool_use_id,
 )
-from llmproxy.translate._errors import error_event, error_message, status_of
+from llmproxy.translate._errors import error_message, status_of
 from llmproxy.translate._response import decode_object
 from llmproxy.translate._sse import EventTooLarge, SseEvents
 
@@ -278,4 +279,4 @@ class ChatStreamToMessages:
 
     def _fail(self, message: str, status: int = 502) -> bytes:
         self._ended = True
-        return error_event(status, message)
+        return anthropic_error_event(message, status)

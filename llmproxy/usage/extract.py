@@ -318,9 +318,9 @@ def estimate_prompt_tokens(body: bytes, chars_per_token: float) -> int:
     return max(1, math.ceil(chars / chars_per_token) + ids)
 
 
-def _item_chars(item: dict[str, Any]) -> int:
-    """Characters of one Responses input item: its ``content`` text or its parts' ``text``."""
-    content = item.get("content")
+def content_chars(content: Any) -> int:
+    """Characters of a message's decoded ``content``: the text, or its parts' ``text`` (the
+    recorder sizes messages with it too)."""
     if isinstance(content, str):
         return len(content)
     if isinstance(content, list):
@@ -329,5 +329,13 @@ def _item_chars(item: dict[str, Any]) -> int:
             for part in content
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
-    output = item.get("output")  # a function call's result
+    return 0
+
+
+def _item_chars(item: dict[str, Any]) -> int:
+    """Characters of one Responses input item: its ``content``, or a function call's result."""
+    content = item.get("content")
+    if isinstance(content, str | list):
+        return content_chars(content)
+    output = item.get("output")
     return len(output) if isinstance(output, str) else 0

@@ -31,6 +31,7 @@ from llmproxy.usage.journal import (
     HEARTBEAT_INTERVAL,
     Counter,
     RecoveredHook,
+    ended,
     interrupted,
     log_recovered,
     process_owner,
@@ -46,10 +47,6 @@ DIRECTORY_SUFFIX: Final = ".inflight"
 """The journal files of a usage file ``X`` live in the directory ``X.inflight``."""
 
 _NOT_JOURNALLED: Final = -1
-
-
-def _ended() -> tuple[int, int]:
-    return 0, 0
 
 
 class SlotEntry:
@@ -162,7 +159,7 @@ class FileJournal:
         self._live.pop(entry.key, None)
         # The counter is the request's own method: forgetting it breaks the request → entry →
         # request cycle, so the request (and its body) is freed now, not by the next GC pass.
-        entry.counter = _ended
+        entry.counter = ended
         if entry.offset != _NOT_JOURNALLED:
             self._ending[entry.key] = entry.offset
 

@@ -84,7 +84,9 @@ Flush = Callable[[], Awaitable[None]]
 """Writes the opens waiting (:meth:`Journal.take_opens`), with whatever else waits to be written."""
 
 
-def _ended() -> tuple[int, int]:
+def ended() -> tuple[int, int]:
+    """The counter of a request that ended: its own method is let go (it holds the request, and
+    the request its entry), so the request is freed now, not by the next GC pass."""
     return 0, 0
 
 
@@ -324,7 +326,7 @@ class Journal:
         self._live.pop(entry.key, None)
         # The counter is the request's own method: forgetting it breaks the request → entry →
         # request cycle, so the request (and its body) is freed now, not by the next GC pass.
-        entry.counter = _ended
+        entry.counter = ended
         if not entry.committed.done():
             with contextlib.suppress(ValueError):
                 self._opening.remove(entry)

@@ -1,8 +1,9 @@
 """Red-team tests of the Anthropic Messages and OpenAI Responses surfaces, end to end through the
 real gateway on loopback: the mock backend, or a small hostile aiohttp backend started here.
 
-Tests that fail today demonstrate a defect (their docstring says what is wrong and what should
-happen); the passing ones pin behaviour that must stay right.
+A docstring that begins "Regression" names a defect the red-team pass found (where it was, and
+what the gateway did wrong, in the past tense of that pass) and what must happen instead; each
+is fixed and the test keeps it so. The others pin behaviour that was right from the start.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def _chat_only_config(url: str, **sections: Any) -> Config:
 async def test_count_tokens_on_a_chat_only_backend_is_not_a_generation(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (proxy.py ``_attempt``: ``translating = request.api == "messages" and ...``):
+    """Regression (proxy.py ``_attempt``: ``translating = request.api == "messages" and ...``):
     ``/v1/messages/count_tokens`` has api ``messages``, so for a chat-only backend it is
     translated into a *chat completion* and sent to ``/v1/chat/completions``: the backend
     generates a whole answer (the body has no ``max_tokens``: as long as the backend likes),
@@ -326,7 +327,7 @@ async def _post_within(
 
 
 async def test_translated_answer_stalling_after_its_head_times_out(tmp_path: Path) -> None:
-    """DEFECT (proxy.py ``_relay_translated_body``): the whole chat answer is awaited with
+    """Regression (proxy.py ``_relay_translated_body``): the whole chat answer is awaited with
     ``connection.finished()`` and no ``watch_idle`` — unlike ``_relay_body`` and
     ``_relay_stream`` — so a chat-only backend that sends its head and a few bytes and then
     goes silent holds the client (and a backend slot, a concurrency lease) forever, whatever
@@ -364,7 +365,7 @@ async def test_translated_answer_stalling_after_its_head_times_out(tmp_path: Pat
 async def test_translated_answer_over_max_response_size_is_cut_while_it_arrives(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (proxy.py ``_relay_translated_body``): the chat answer is collected whole
+    """Regression (proxy.py ``_relay_translated_body``): the chat answer is collected whole
     (``connection.sink = parts.append``) and only *then* compared with
     ``backends[].max_response_size``: a hostile or broken backend can make the gateway hold
     an answer of any size in memory (here 8 MiB against a 1 MiB limit, then silence; it
@@ -428,7 +429,7 @@ def _two_models_config(a: str, b: str, **sections: Any) -> Config:
 
 
 async def test_another_key_cannot_read_or_delete_a_response(tmp_path: Path) -> None:
-    """DEFECT (routing/responses.py ``ResponseHomes`` keeps id -> backend only;
+    """Regression (routing/responses.py ``ResponseHomes`` keeps id -> backend only;
     app.py ``_pin_response`` never asks who made the response): any key that is not limited to
     models can ``GET`` (read the whole conversation's output) and ``DELETE`` a response another
     key created, just by its id. A response id must only be usable by the key (tenant) that
@@ -455,7 +456,7 @@ async def test_another_key_cannot_read_or_delete_a_response(tmp_path: Path) -> N
 
 
 async def test_another_key_cannot_continue_a_response(tmp_path: Path) -> None:
-    """DEFECT (app.py ``_pin_response``): ``previous_response_id`` naming a response made by
+    """Regression (app.py ``_pin_response``): ``previous_response_id`` naming a response made by
     another key is honoured: the follow-up goes to the backend holding it, which continues
     that tenant's conversation (its context) for the other key. It should be a 404
     ``previous_response_not_found``, as for an id the gateway never saw."""
@@ -475,7 +476,7 @@ async def test_another_key_cannot_continue_a_response(tmp_path: Path) -> None:
 async def test_a_limited_key_cannot_continue_a_response_of_a_model_it_may_not_use(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (app.py ``_pin_response`` + routing/router.py ``route(only=...)``): a key allowed
+    """Regression (app.py ``_pin_response`` + routing/router.py ``route(only=...)``): a key allowed
     only ``m-b`` names ``model: m-b`` (allowed, so auth passes) and the ``previous_response_id``
     of a response made with ``m-a`` on backend ``a``. The request is pinned to ``a`` — a
     backend that does not serve ``m-b`` (``route(only=)`` checks availability, not
@@ -506,7 +507,7 @@ async def test_a_limited_key_cannot_continue_a_response_of_a_model_it_may_not_us
 
 
 async def test_a_limited_key_can_read_its_own_response(tmp_path: Path) -> None:
-    """DEFECT (auth pipeline ``model_required`` on every proxied request without a model, and
+    """Regression (auth pipeline ``model_required`` on every proxied request without a model, and
     ``_pin_response`` knowing no model per response): a key limited to ``m-b`` creates a
     response with ``m-b`` but can never ``GET`` or ``DELETE`` it (403 ``model_required``:
     the request has no body to name a model). The gateway knows the response's home; it
@@ -526,7 +527,7 @@ async def test_a_limited_key_can_read_its_own_response(tmp_path: Path) -> None:
 
 
 async def test_an_unknown_previous_response_does_not_keep_the_keys_slot(tmp_path: Path) -> None:
-    """DEFECT (app.py ``_forward``: ``_pin_response`` runs after ``_admit`` and outside the
+    """Regression (app.py ``_forward``: ``_pin_response`` runs after ``_admit`` and outside the
     ``try/finally`` that calls ``_finish``): the 404 for an unknown ``previous_response_id``
     (or ``GET /v1/responses/{unknown}``) never settles the admission, so the key's
     concurrency slot and token reservation are never given back. With ``max_concurrent: 1``
@@ -548,7 +549,7 @@ async def test_an_unknown_previous_response_does_not_keep_the_keys_slot(tmp_path
 async def test_an_unknown_previous_response_does_not_keep_the_token_reservation(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (same place as above): each 404 for an unknown ``previous_response_id`` keeps
+    """Regression (same place as above): each 404 for an unknown ``previous_response_id`` keeps
     its token reservation (``max_output_tokens`` + prompt estimate) against the key's
     ``tokens_per_minute``: three 404s that used nothing spend a 3,000-token budget and the
     key's next real request is refused 429."""
@@ -569,7 +570,7 @@ async def test_an_unknown_previous_response_does_not_keep_the_token_reservation(
 
 
 async def test_a_backend_cannot_claim_another_backends_response_id(tmp_path: Path) -> None:
-    """DEFECT (proxy.py ``_note_response`` -> ``ResponseHomes.remember``: last writer wins):
+    """Regression (proxy.py ``_note_response`` -> ``ResponseHomes.remember``: last writer wins):
     a hostile (or merely buggy) backend ``h`` that answers with the id of a response made on
     ``a`` takes it over: every later ``GET`` / ``previous_response_id`` for it — with the
     client's next input — goes to ``h``. An id already homed on another backend must not be
@@ -852,7 +853,7 @@ async def test_repeated_message_delta_counts_are_not_added_up(tmp_path: Path) ->
 async def test_absurd_usage_numbers_are_not_billed_as_the_backends(
     tmp_path: Path, where: str, value: int
 ) -> None:
-    """DEFECT (usage/extract.py ``UsageFields``: ``NonNegative`` has no upper bound; read by
+    """Regression (usage/extract.py ``UsageFields``: ``NonNegative`` has no upper bound; read by
     usage/events.py ``EventStreamUsage._read_usage``): a backend reporting
     ``output_tokens: 18446744073709551615`` (or an input count past 2**63) for a 4-token,
     ``max_tokens: 8`` answer is billed exactly that, labelled ``backend`` (exact). A count no
@@ -869,7 +870,7 @@ async def test_absurd_usage_numbers_are_not_billed_as_the_backends(
 
 
 async def test_absurd_usage_numbers_in_a_whole_message_are_not_billed(tmp_path: Path) -> None:
-    """DEFECT (usage/extract.py ``usage_from_body`` / ``UsageFields``): the same for a
+    """Regression (usage/extract.py ``usage_from_body`` / ``UsageFields``): the same for a
     non-streamed Message: ``"output_tokens": 2**64-1`` is billed as is, ``backend``."""
 
     async def handler(request: web.Request) -> web.Response:
@@ -892,7 +893,7 @@ async def test_absurd_usage_numbers_in_a_whole_message_are_not_billed(tmp_path: 
 
 
 async def test_a_200_that_is_not_a_message_is_not_billed_zero_silently(tmp_path: Path) -> None:
-    """DEFECT (gateway/exchange.py ``used_usage`` -> ``finished``): a backend answering
+    """Regression (gateway/exchange.py ``used_usage`` -> ``finished``): a backend answering
     ``200`` with a body that carries no usage (here not JSON at all) is recorded with 0 prompt
     and 0 completion tokens and ``usage_source: "counted"`` — as if exact. The request was
     served and its prompt was sent to the model: the record should carry at least the prompt
@@ -911,7 +912,7 @@ async def test_a_200_that_is_not_a_message_is_not_billed_zero_silently(tmp_path:
 
 
 async def test_event_names_written_as_text_are_not_counted_as_tokens(tmp_path: Path) -> None:
-    """DEFECT (usage/events.py ``EventStreamUsage._events``, which counts
+    """Regression (usage/events.py ``EventStreamUsage._events``, which counts
     ``b'"content_block_delta"'`` anywhere in the data): the marker is searched in the whole
     event, and a text delta whose text *is* ``content_block_delta`` encodes as
     ``"text":"content_block_delta"`` — the marker, unescaped. Each such delta counts twice.
@@ -931,7 +932,7 @@ LOOKALIKE = "message_stop"
 async def test_a_stop_event_name_written_as_text_does_not_hold_back_the_stream(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (usage/events.py ``EventStreamUsage._events``: ``done`` is set when
+    """Regression (usage/events.py ``EventStreamUsage._events``: ``done`` is set when
     ``b'"message_stop"'`` is anywhere in the data; proxy.py ``_StreamSink`` then holds every
     later chunk under ``usage.acknowledge: durable``): a model that writes the text
     ``message_stop`` (``"text":"message_stop"``) makes the gateway believe the stream ended,
@@ -1062,7 +1063,7 @@ TOOLS: list[Any] = [
 async def test_translated_tool_arguments_that_are_not_json_stream_like_they_answer(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (translate/_stream.py ``ChatStreamToMessages._tool_call``): arguments that are
+    """Regression (translate/_stream.py ``ChatStreamToMessages._tool_call``): arguments that are
     not JSON are handed to a non-streamed client as ``{"_raw_arguments": text}``
     (translate/_response.py ``_tool_input``), but in a stream they go out as ``partial_json``
     pieces unchanged, so the anthropic SDK's stream helper — which parses ``partial_json`` —
@@ -1104,7 +1105,7 @@ async def test_a_translated_stream_cut_mid_event_is_an_error_for_the_sdk(tmp_pat
 async def test_a_limited_key_cannot_read_a_response_by_naming_an_allowed_model_in_a_get_body(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (app.py ``_proxy``/``_pin_response``): the model allowlist is judged on the
+    """Regression (app.py ``_proxy``/``_pin_response``): the model allowlist is judged on the
     body's ``model`` even for ``GET /v1/responses/{id}``, and the id's home is used whatever
     that model is. A key allowed only ``m-b`` sends ``GET /v1/responses/{alpha's m-a id}``
     with the JSON body ``{"model": "m-b"}``: auth passes (m-b is allowed), the request is
@@ -1156,7 +1157,7 @@ def _responses_stream_backend(response_id: str, *, split: int) -> Handler:
 
 
 async def test_a_response_id_cut_between_two_chunks_is_still_noted(tmp_path: Path) -> None:
-    """DEFECT (proxy.py ``_StreamSink`` / ``_note_response``): the id is searched in each
+    """Regression (proxy.py ``_StreamSink`` / ``_note_response``): the id is searched in each
     relayed chunk on its own (``response_id_in(data[:_ID_WITHIN])``), so a
     ``response.created`` event that arrives in pieces — any TCP segmentation, here 16-byte
     writes — is never matched: the response gets no home and its ``GET`` /
@@ -1189,7 +1190,7 @@ async def test_a_response_id_cut_between_two_chunks_is_still_noted(tmp_path: Pat
 async def test_a_whole_response_whose_first_chunk_is_short_is_still_noted(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (proxy.py ``_relay_body``: ``_note_response(request, backend, first)`` reads only
+    """Regression (proxy.py ``_relay_body``: ``_note_response(request, backend, first)`` reads only
     the first chunk — "the id comes first in the body"): a non-streamed Responses answer whose
     first piece ends before its id (a backend writing its JSON in pieces) is never noted, so
     follow-ups on it are 404 from the gateway."""
@@ -1224,7 +1225,7 @@ async def test_a_whole_response_whose_first_chunk_is_short_is_still_noted(
 
 
 async def test_a_translated_answer_refused_as_invalid_is_not_billed(tmp_path: Path) -> None:
-    """DEFECT (proxy.py ``_relay_translated_body``: ``request.usage = usage_from_body(chat)``
+    """Regression (proxy.py ``_relay_translated_body``: ``request.usage = usage_from_body(chat)``
     is set *before* the answer is found not to be a chat completion): the client gets a 502
     and nothing else, yet the record bills the usage of the answer it never got. A request
     answered with an error the gateway made should bill nothing (as ``_relay_body`` does for
@@ -1381,7 +1382,7 @@ async def test_a_client_leaving_mid_stream_is_billed_what_it_got(
 async def test_a_translated_request_without_max_tokens_is_refused_like_anthropic_does(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (translate/_request.py ``_Request.max_tokens: ... | None = None``): Anthropic's
+    """Regression (translate/_request.py ``_Request.max_tokens: ... | None = None``): Anthropic's
     API requires ``max_tokens`` (the mock's Messages endpoint, like Anthropic, answers 400),
     but for a chat-only backend the translation sends a chat request with no bound at all:
     the answer runs to the backend's own limit (the context window) while the key's limits
@@ -1410,7 +1411,7 @@ async def test_a_translated_request_without_max_tokens_is_refused_like_anthropic
 
 
 def test_metering_a_long_usage_event_in_small_reads_is_linear() -> None:
-    """DEFECT (usage/events.py ``EventStreamUsage.feed``/``_hold``): an unfinished event is
+    """Regression (usage/events.py ``EventStreamUsage.feed``/``_hold``): an unfinished event is
     kept as ``self._tail`` and each new chunk does ``self._tail + chunk``, ``rfind`` and a
     marker search over the whole tail — quadratic in the event's size. A Responses
     ``response.completed`` holds the whole answer and may be kept up to 16 MiB: a backend
@@ -1491,7 +1492,7 @@ async def test_messages_requests_refused_before_parsing_are_anthropic_shaped(
 async def test_a_messages_path_with_a_matrix_parameter_is_refused_in_anthropics_shape(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (app.py ``_http``: ``is_anthropic(endpoint or str(scope["path"]).lower())`` with
+    """Regression (app.py ``_http``: ``is_anthropic(endpoint or str(scope["path"]).lower())`` with
     apis.py ``is_anthropic`` matching only ``/v1/messages`` or ``/v1/messages/...``):
     ``POST /v1/messages;x=1`` — refused 400 ``invalid_path`` — is answered in the OpenAI shape,
     since the raw spelling ``/v1/messages;x=1`` is neither. A path that is a Messages path up
@@ -1546,7 +1547,7 @@ async def test_listener_refusals_on_messages_paths_are_anthropic_shaped(tmp_path
 async def test_an_internal_failure_on_messages_is_an_anthropic_500(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DEFECT (app.py ``GatewayApp._http``: the ``except Exception`` branch calls
+    """Regression (app.py ``GatewayApp._http``: the ``except Exception`` branch calls
     ``send_error(...)`` without ``anthropic=``): when anything inside the gateway fails on a
     ``/v1/messages`` request (simulated here by making the prompt estimate raise), the client
     gets the OpenAI-shaped ``{"error": {...}}`` 500; the anthropic SDK then cannot read its
