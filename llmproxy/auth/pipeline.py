@@ -40,6 +40,7 @@ from llmproxy.auth.lua import LuaError, LuaScript
 from llmproxy.auth.providers.base import KeyData, KeyProvider, ProviderError
 from llmproxy.auth.providers.builtin import BuiltinProvider
 from llmproxy.auth.refusal import AuthRefused
+from llmproxy.budgets import Budget
 from llmproxy.config.model import AuthCacheConfig, AuthConfig, StatusCodeConfig
 
 log = logging.getLogger("llmproxy.auth")
@@ -84,6 +85,11 @@ class Identity:
     metadata: Mapping[str, object] = field(default_factory=dict)
     models: frozenset[str] | None = None
     """The models the key may use (None: any); ``GET /v1/models`` lists only these."""
+    team: str = ""
+    """The team the key belongs to ("" for none): its limits and budget apply too, and its
+    cost is reported under it."""
+    budget: Budget | None = None
+    """The key's own budget in money over a period (None: none)."""
 
 
 @dataclass(frozen=True, slots=True)
