@@ -52,6 +52,13 @@ class Finished(msgspec.Struct, frozen=True):
     """When recording sampled it: its arrival time (else None)."""
     body: bytes | None = None
     """When recording sampled it: the body as judged, before the gateway's own edits."""
+    cached_tokens: int = 0
+    """Of ``prompt_tokens``, those read from the backend's prefix cache."""
+    team: str = ""
+    """The key's team ("" for none)."""
+    cost: float = 0.0
+    """What the tokens cost by the ``pricing`` table, in ``pricing_currency`` (a whole number of
+    nano-units: :mod:`llmproxy.pricing`)."""
     record_id: str = ""
     """The usage record id its journal row was given ("" when not journalled): the record keeps
     it, so a request settled as interrupted by another gateway is never stored twice."""

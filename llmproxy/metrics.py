@@ -72,6 +72,11 @@ NO_MODEL: Final = "none"
 """The model label of a request that names no model (``/v1/models``, early rejections)."""
 NO_BACKEND: Final = "none"
 """The backend label of a request that never reached a backend."""
+NO_TEAM: Final = "none"
+"""The team label of a request whose key belongs to no team."""
+MAX_TEAMS: Final = 256
+"""Team names that become label values (teams are an operator's, but a provider's data or a
+decision script can name one: beyond this many, ``other``)."""
 
 ENDPOINTS: Final = (
     "chat/completions",
@@ -173,6 +178,7 @@ class GatewayMetrics:
         self.registry = registry
         self._models: set[str] = set()
         self._learned = 0
+        self._teams: set[str] = set()
         self._usage: UsageSource | None = None
         self._usage_seen = (0, 0, 0)
 
@@ -207,6 +213,12 @@ class GatewayMetrics:
             "llmproxy_tokens",
             "Tokens processed, by model and type (prompt or completion).",
             ("model", "type"),
+            registry=registry,
+        )
+        self.cost = Counter(
+            "llmproxy_cost",
+            "What requests cost by the pricing table, in pricing_currency, by model and team.",
+            ("model", "team"),
             registry=registry,
         )
         self.in_flight_requests = Gauge(
@@ -367,6 +379,20 @@ class GatewayMetrics:
             gap = mean_inter_token(done.duration, done.ttft, completion)
             if gap is not None:
                 self.inter_token(done.backend, model, gap)
+        if done.cost:
+            self.cost.labels(self.model_label(model), self._team_label(done.team)).inc(done.cost)
+
+    def _team_label(self, team: str) -> str:
+        """The label for ``team``: itself (the first :data:`MAX_TEAMS` seen), ``none`` for no
+        team, else ``other``."""
+        if not team:
+            return NO_TEAM
+        if team in self._teams:
+            return team
+        if len(self._teams) < MAX_TEAMS and len(team) <= MAX_MODEL_LABEL and team.isprintable():
+            self._teams.add(team)
+            return team
+        return OTHER
 
     def request_finished(
         self,

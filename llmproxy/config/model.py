@@ -819,6 +819,18 @@ class RateLimitConfig(Section):
         return self
 
 
+class PriceConfig(Section):
+    """``pricing.<model>``: what one model's tokens cost, per million, in ``pricing_currency``."""
+
+    input_per_million: float = Field(ge=0, allow_inf_nan=False)
+    """Price of a million prompt tokens."""
+    cached_input_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Price of a million prompt tokens the backend read from its prefix cache (vLLM's
+    `prompt_tokens_details.cached_tokens`); unset means `input_per_million`."""
+    output_per_million: float = Field(ge=0, allow_inf_nan=False)
+    """Price of a million completion tokens."""
+
+
 class UsageHookConfig(Section):
     """``usage_hook``: webhook delivery of usage records."""
 
@@ -1013,6 +1025,11 @@ class Config(Section):
     """API keys and who may use the gateway."""
     rate_limit: RateLimitConfig = RateLimitConfig()
     """Request and token rate limits."""
+    pricing: dict[str, PriceConfig] = Field(default_factory=dict)
+    """Prices per model name as clients send it (`"*"`: every model not listed), so each usage
+    record carries its `cost`; a model without a price costs 0."""
+    pricing_currency: str = Field(default="USD", pattern=r"^[A-Za-z]{1,12}$")
+    """The currency of `pricing` and of every budget (a label: nothing is converted)."""
     usage_hook: UsageHookConfig = Field(default=UsageHookConfig(), json_schema_extra=RESTART_ONLY)
     """Delivery of usage records to a webhook."""
     usage: UsageConfig = Field(default=UsageConfig(), json_schema_extra=RESTART_ONLY)

@@ -40,6 +40,7 @@ from llmproxy.limits.redis import REDIS_LEASE_PREFIX
 from llmproxy.limits.shared import SharedLimits
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.notices import DaemonNotices, Notice
+from llmproxy.pricing import PriceTable
 from llmproxy.record.finish import recording_sink
 from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, HealthChecker, RetryPolicy, Router, strategy_spec
@@ -168,6 +169,8 @@ class Runtime:
         self.metrics: GatewayMetrics = _NO_METRICS
         """The process's metrics; :class:`RuntimeState` hands every snapshot the same one."""
         self.limits_enabled = limits.enabled
+        self.prices = PriceTable.of(config.pricing)
+        """What each model's tokens cost (``pricing``): usage records, metrics, budgets."""
         self.counts_tokens = True
         self.apis_limited = any(b.apis for b in config.backends)
         """Something needs a stream's token counts (usage records, metrics or limits): the
@@ -456,6 +459,9 @@ class RuntimeState:
         runtime.body_budget = self.body_budget
         runtime.loop_lag = self.loop_lag
         runtime.usage = self.usage
+        if self.usage is not None:
+            # Records of requests a crash cut off are priced when settled, at today's prices.
+            self.usage.prices = runtime.prices
         runtime.access_log = self.access_log
         record = runtime.config.record
         self.recorder.configure(record, runtime.base_dir)

@@ -413,7 +413,12 @@ def _finish(runtime: Runtime, exchange: Exchange, now: float) -> asyncio.Future[
         runtime.fleet.responses.forget(exchange.forget_response, runtime.response_redis)
     if exchange.settlement is not None:
         exchange.settlement.settle(runtime, used.total_tokens if used is not None else 0)
-    finished = exchange.finished(now, used)
+    cost = 0
+    if used is not None and runtime.prices:
+        model = exchange.peek.model or ""
+        prompt, cached = used.prompt_tokens, used.cached_tokens
+        cost = runtime.prices.cost_nanos(model, prompt, cached, used.completion_tokens)
+    finished = exchange.finished(now, used, cost)
     written = None
     for sink in runtime.finish_sinks:
         result = sink(finished)

@@ -19,6 +19,7 @@ from llmproxy.finish import Finished
 from llmproxy.gateway.canonical import CanonicalRequest
 from llmproxy.gateway.limits_step import Settlement
 from llmproxy.gateway.request_body import RequestPeek
+from llmproxy.pricing import NANOS
 from llmproxy.routing import Backend
 from llmproxy.routing.responses import ResponseHomes
 from llmproxy.translate import messages_stop_reason
@@ -135,6 +136,7 @@ class Exchange:
             key_prefix=identity.key_prefix if identity is not None else "",
             user_id=identity.user_id if identity is not None else "",
             metadata=flat_metadata(identity.metadata) if identity is not None else {},
+            team=identity.team if identity is not None else "",
         )
 
     def used_usage(self) -> Usage | None:
@@ -158,7 +160,7 @@ class Exchange:
             return Usage(estimate, 0, estimate, "estimated")
         return None
 
-    def finished(self, now: float, used: Usage | None) -> Finished:
+    def finished(self, now: float, used: Usage | None, cost_nanos: int = 0) -> Finished:
         """The ended request as the finish sinks read it."""
         canonical = self.canonical
         identity = self.identity
@@ -189,4 +191,7 @@ class Exchange:
             arrival=self.arrival,
             body=self.judged_body,
             record_id=self.journal.skeleton.id if self.journal is not None else "",
+            cached_tokens=used.cached_tokens if used is not None else 0,
+            team=identity.team if identity is not None else "",
+            cost=cost_nanos / NANOS,
         )

@@ -25,6 +25,7 @@ from llmproxy.gateway.upstream import UpstreamClient
 from llmproxy.limits import LimitStore, Rate
 from llmproxy.metrics import GatewayMetrics
 from llmproxy.notices import DaemonNotices
+from llmproxy.pricing import PriceTable
 from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, RetryPolicy, Router
 from llmproxy.routing.admission import AdmissionQueue
@@ -66,6 +67,7 @@ class Snapshot(Protocol):
     proxy_path_set: frozenset[str]
     model_list_cache: tuple[float, tuple[str, ...]] | None
     finish_sinks: tuple[Sink, ...]
+    prices: PriceTable
     loop_lag: LoopLag
     shed_lag: float
     shed_headers: tuple[tuple[bytes, bytes], ...]

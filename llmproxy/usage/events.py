@@ -104,6 +104,7 @@ class EventStreamUsage:
     docstring); the same reading interface as :class:`~llmproxy.usage.stream.StreamUsage`."""
 
     __slots__ = (
+        "_cached",
         "_completion",
         "_deltas_since",
         "_dialect",
@@ -124,6 +125,7 @@ class EventStreamUsage:
         self._held = 0
         self._limit = _MAX_EVENT
         self._prompt: int | None = None
+        self._cached = 0  # of the prompt, tokens read from the prefix cache
         self._completion: int | None = None
         self._deltas_since = 0
         """Deltas after the backend's final count (a stream that went on: counted on top)."""
@@ -211,6 +213,7 @@ class EventStreamUsage:
         prompt = usage.prompt()
         if prompt is not None:
             self._prompt = prompt
+            self._cached = usage.cached()
         if fields.type != "message_start":  # its output_tokens is a placeholder (1)
             completion = usage.completion_tokens
             if completion is None:
@@ -248,7 +251,8 @@ class EventStreamUsage:
             source = "counted"
         else:
             source = "backend"
-        return Usage(prompt, completion, prompt + completion, source, self.finish_reason)
+        cached = min(self._cached, prompt)
+        return Usage(prompt, completion, prompt + completion, source, self.finish_reason, cached)
 
     def counted(self, prompt_estimate: int) -> tuple[int, int]:
         """(prompt, completion) of :meth:`usage`, without building it (the journal's reads)."""

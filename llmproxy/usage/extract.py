@@ -50,6 +50,13 @@ class Usage:
     total_tokens: int
     source: UsageSource
     finish_reason: str | None = None
+    cached_tokens: int = 0
+    """Of ``prompt_tokens``, those the backend read from its prefix cache (priced apart:
+    ``pricing.<model>.cached_input_per_million``); 0 when it reported none."""
+
+
+class _TokenDetails(msgspec.Struct):
+    cached_tokens: NonNegative | None = None
 
 
 class UsageFields(msgspec.Struct):
@@ -65,6 +72,18 @@ class UsageFields(msgspec.Struct):
     output_tokens: NonNegative | None = None
     cache_creation_input_tokens: NonNegative | None = None
     cache_read_input_tokens: NonNegative | None = None
+    prompt_tokens_details: _TokenDetails | None = None
+    input_tokens_details: _TokenDetails | None = None
+
+    def cached(self) -> int:
+        """Prompt tokens served from the backend's prefix cache: OpenAI's
+        ``prompt_tokens_details.cached_tokens`` (vLLM sends it with prefix caching on), the
+        Responses API's ``input_tokens_details.cached_tokens``, Anthropic's
+        ``cache_read_input_tokens``."""
+        details = self.prompt_tokens_details or self.input_tokens_details
+        if details is not None and details.cached_tokens is not None:
+            return details.cached_tokens
+        return self.cache_read_input_tokens or 0
 
     def prompt(self) -> int | None:
         """The prompt's tokens, cached ones included; None when not reported."""
@@ -126,7 +145,8 @@ def usage_from_body(body: bytes) -> Usage | None:
             return None
     if holder.usage is None:
         return None
-    prompt, completion, total = holder.usage.counts()
+    usage = holder.usage
+    prompt, completion, total = usage.counts()
     # Bounded, so an embeddings body (no choices, megabytes of vectors) is never scanned whole.
     choices = body.find(b'"choices":', 0, _CHOICES_WITHIN)
     if choices >= 0:
@@ -134,7 +154,7 @@ def usage_from_body(body: bytes) -> Usage | None:
     else:  # an Anthropic message says why it stopped at its top level
         stop = body.rfind(_STOP_KEY)
         finish_reason = string_value_at(body, stop + len(_STOP_KEY)) if stop >= 0 else None
-    return Usage(prompt, completion, total, "backend", finish_reason)
+    return Usage(prompt, completion, total, "backend", finish_reason, min(usage.cached(), prompt))
 
 
 def finish_reason_after(data: bytes, start: int) -> str | None:
@@ -250,8 +270,11 @@ class ResponseUsage:
         self._settle_capture()
         if self._found is None:
             return None
-        prompt, completion, total = self._found.counts()
-        return Usage(prompt, completion, total, "backend", self._reason)
+        found = self._found
+        prompt, completion, total = found.counts()
+        return Usage(
+            prompt, completion, total, "backend", self._reason, min(found.cached(), prompt)
+        )
 
 
 class _Part(msgspec.Struct):

@@ -26,10 +26,12 @@ import time
 from pathlib import Path
 from typing import Final
 
+from llmproxy.pricing import NO_PRICES
 from llmproxy.usage.journal import (
     CHECKPOINT_INTERVAL,
     HEARTBEAT_INTERVAL,
     Counter,
+    Prices,
     RecoveredHook,
     ended,
     interrupted,
@@ -84,8 +86,10 @@ class FileJournal:
         *,
         outbox: bool,
         on_recovered: RecoveredHook | None = None,
+        prices: Prices = lambda: NO_PRICES,
     ) -> None:
         self._store = store
+        self._prices = prices
         self.directory = directory
         self._outbox = outbox
         self.on_recovered = on_recovered
@@ -215,7 +219,8 @@ class FileJournal:
         for index, orphan in enumerate(found):
             try:
                 rows = read_rows(await asyncio.to_thread(orphan.read), orphan.path.stem)
-                recovered = [Recovered(interrupted(row), row.lease) for row in rows]
+                prices = self._prices()
+                recovered = [Recovered(interrupted(row, prices), row.lease) for row in rows]
                 settled += await self._store.settle_records(recovered, outbox=self._outbox)
             except BaseException:
                 for left in found[index:]:

@@ -38,6 +38,9 @@ def usage_sink(sink: UsageSink) -> Sink:
             key_prefix=done.key_prefix,
             user_id=done.user_id,
             metadata=flat_metadata(done.metadata),
+            cached_tokens=done.cached_tokens,
+            team=done.team,
+            cost=done.cost,
         )
         if sink.durable:
             return sink.submit_durable(record)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -43,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from llmproxy.pricing import NANOS, NO_PRICES, PriceTable
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.rows import JournalCheckpoint, JournalOpen, JournalRow, Recovered
 from llmproxy.usage.store import UsageStore
@@ -81,6 +83,9 @@ RecoveredHook = Callable[[list[Recovered]], None]
 """Called on the loop with the requests a sweep settled (their quota and leases to settle)."""
 
 Flush = Callable[[], Awaitable[None]]
+
+Prices = Callable[[], PriceTable]
+"""The prices a settled request is billed at: the current snapshot's, read when it is."""
 """Writes the opens waiting (:meth:`Journal.take_opens`), with whatever else waits to be written."""
 
 
@@ -226,8 +231,10 @@ class Journal:
         outbox: bool,
         on_recovered: RecoveredHook | None = None,
         flush: Flush | None = None,
+        prices: Prices = lambda: NO_PRICES,
     ) -> None:
         self._store = store
+        self._prices = prices
         """Its writes run in the order they are called: a record's deletion of its row never
         runs before the row's insert."""
         self._outbox = outbox
@@ -403,7 +410,9 @@ class Journal:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             try:
                 await self._store.heartbeat(self.owner, time.time())
-                recovered = await recover(self._store, outbox=self._outbox, me=self.owner)
+                recovered = await recover(
+                    self._store, outbox=self._outbox, me=self.owner, prices=self._prices()
+                )
             except Exception as exc:
                 log.error("usage journal: heartbeat failed: %s", exc)
                 continue
@@ -413,7 +422,9 @@ class Journal:
                     self.on_recovered(recovered)
 
 
-async def recover(store: UsageStore, *, outbox: bool, me: str = "") -> list[Recovered]:
+async def recover(
+    store: UsageStore, *, outbox: bool, me: str = "", prices: PriceTable = NO_PRICES
+) -> list[Recovered]:
     """Settle the journal rows of owners that are gone: each becomes its ``interrupted`` record,
     written — and queued for the webhook when ``outbox`` — in the transaction that deletes it."""
     gone = [
@@ -423,7 +434,9 @@ async def recover(store: UsageStore, *, outbox: bool, me: str = "") -> list[Reco
     ]
     if not gone:
         return []
-    return await store.settle_journal(gone, interrupted, outbox=outbox)
+    return await store.settle_journal(
+        gone, functools.partial(interrupted, prices=prices), outbox=outbox
+    )
 
 
 def log_recovered(recovered: list[Recovered]) -> None:
@@ -435,11 +448,13 @@ def log_recovered(recovered: list[Recovered]) -> None:
     )
 
 
-def interrupted(row: JournalRow) -> UsageRecord:
+def interrupted(row: JournalRow, prices: PriceTable = NO_PRICES) -> UsageRecord:
     """The record of a request a crash cut off: its skeleton, billed for the prompt and the
-    tokens counted at its last checkpoint; it keeps the skeleton's id (stored once)."""
+    tokens counted at its last checkpoint, at ``prices``; it keeps the skeleton's id (stored
+    once)."""
     skeleton = UsageRecord.from_json(row.body)
     prompt = max(row.prompt_tokens, skeleton.prompt_tokens)
+    cost = prices.cost_nanos(skeleton.model, prompt, 0, row.completion_tokens) / NANOS
     return UsageRecord(
         id=skeleton.id,
         request_id=skeleton.request_id,
@@ -462,4 +477,6 @@ def interrupted(row: JournalRow) -> UsageRecord:
         latency_ms=max(0.0, row.updated_at - row.opened_at) * 1000,
         finish_reason="interrupted",
         cancelled=True,
+        team=skeleton.team,
+        cost=cost,
     )

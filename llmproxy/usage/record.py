@@ -97,6 +97,13 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     ttft_ms: float | None = None
     finish_reason: str | None = None
     cancelled: bool = False
+    cached_tokens: int = 0
+    """Of ``prompt_tokens``, those the backend read from its prefix cache."""
+    team: str = ""
+    """The team of the key ("" for none)."""
+    cost: float = 0.0
+    """What the request cost by the gateway's ``pricing`` table, in its ``pricing_currency``
+    (0 for a model without a price): a whole number of nano-units (:mod:`llmproxy.pricing`)."""
 
     @classmethod
     def from_usage(cls, usage: Usage, **fields: Any) -> UsageRecord:
@@ -104,6 +111,7 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
         if usage.finish_reason is not None:
             fields.setdefault("finish_reason", usage.finish_reason)
         return cls(
+            cached_tokens=usage.cached_tokens,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from llmproxy.config.model import Config
+from llmproxy.pricing import PriceTable
 from llmproxy.usage.bus import UsageBus
 from llmproxy.usage.delivery import UsageDelivery
 from llmproxy.usage.filejournal import FileJournal
@@ -128,10 +129,15 @@ class UsageSink:
         self.on_recovered: Callable[[], None] | None = None
         """Called when a sweep settled requests a crash cut off (:meth:`take_recovered` has
         them): the daemon counts them against quotas and settles their leases."""
+        self.prices = PriceTable.of(config.pricing)
+        """Prices records of requests a crash cut off (the current snapshot's, set on reload)."""
         self.journal: Journal | FileJournal | None = None
         """Journals requests in flight once started: in a file per process beside a SQLite
         store (:mod:`llmproxy.usage.filejournal`), else in the database
         (:mod:`llmproxy.usage.journal`)."""
+
+    def _current_prices(self) -> PriceTable:
+        return self.prices
 
     @property
     def store(self) -> UsageStore:
@@ -146,7 +152,10 @@ class UsageSink:
         self._opened = True
         # Requests a killed process left open are billed before anything new is served.
         self._settled(
-            await recover(self._store, outbox=self.hook_enabled, me=process_owner()), announce=False
+            await recover(
+                self._store, outbox=self.hook_enabled, me=process_owner(), prices=self.prices
+            ),
+            announce=False,
         )
         if self.config.usage.journal:
             self.journal = await self._start_journal()
@@ -172,11 +181,16 @@ class UsageSink:
                 FileJournal.directory_for(store.path),
                 outbox=self.hook_enabled,
                 on_recovered=announce,
+                prices=self._current_prices,
             )
             self._settled(await journal.sweep(), announce=False)
         else:
             journal = Journal(
-                store, outbox=self.hook_enabled, on_recovered=announce, flush=self.flush
+                store,
+                outbox=self.hook_enabled,
+                on_recovered=announce,
+                flush=self.flush,
+                prices=self._current_prices,
             )
         await journal.start()
         return journal

@@ -78,6 +78,7 @@ class StreamUsage:
     """
 
     __slots__ = (
+        "_cached",
         "_content_events",
         "_content_since_usage",
         "_held",
@@ -97,6 +98,7 @@ class StreamUsage:
         self._held = False  # whether _tail has been kept from the client (strip mode only)
         self._lost = False  # inside an over-long event: skipping to its blank line
         self._usage: tuple[int, int, int] | None = None  # the backend's latest usage
+        self._cached = 0  # of its prompt, tokens read from the prefix cache
         self._content_events = 0
         self._content_since_usage = 0
         self.finish_reason: str | None = None
@@ -179,11 +181,12 @@ class StreamUsage:
                 prompt_estimate, completion, prompt_estimate + completion, "estimated", reason
             )
         prompt, completion, total = self._usage
+        cached = min(self._cached, prompt)
         extra = self._content_since_usage
         if not extra:
-            return Usage(prompt, completion, total, "backend", reason)
+            return Usage(prompt, completion, total, "backend", reason, cached)
         completion += extra
-        return Usage(prompt, completion, prompt + completion, "counted", reason)
+        return Usage(prompt, completion, prompt + completion, "counted", reason, cached)
 
     def counted(self, prompt_estimate: int) -> tuple[int, int]:
         """(prompt, completion) of :meth:`usage`, without building it: the journal reads every
@@ -328,6 +331,7 @@ class StreamUsage:
         if fields.usage is None:
             return False  # "usage": null, as OpenAI sends in every chunk
         self._usage = fields.usage.counts()
+        self._cached = fields.usage.cached()
         self._content_since_usage = 0
         for choice in fields.choices or ():
             if choice.finish_reason is not None:

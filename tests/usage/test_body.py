@@ -58,13 +58,13 @@ def test_nested_usage_key_is_not_taken() -> None:
 
 
 def test_usage_with_details() -> None:
-    """Nested detail objects inside usage are ignored."""
+    """The prompt's cached tokens are read from ``prompt_tokens_details``."""
     body = (
         b'{"choices":[{"finish_reason":null}],"usage":{"prompt_tokens":2,'
         b'"completion_tokens":1,"total_tokens":3,'
         b'"prompt_tokens_details":{"cached_tokens":1}}}'
     )
-    assert usage_from_body(body) == Usage(2, 1, 3, "backend", None)
+    assert usage_from_body(body) == Usage(2, 1, 3, "backend", None, cached_tokens=1)
 
 
 @pytest.mark.parametrize(
