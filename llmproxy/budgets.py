@@ -49,3 +49,21 @@ def period_bounds(period: Period, now: float) -> tuple[float, float | None]:
         start = day.replace(day=1)
         end = (start + dt.timedelta(days=32)).replace(day=1)
     return start.timestamp(), end.timestamp()
+
+
+DAY: Final = 86_400
+"""Seconds in a (UTC) day: spend is kept per scope and day, and every period starts at a day's
+start, so a period's spend is a sum of whole days."""
+
+ScopeKind = Literal["key", "team"]
+
+
+def scope(kind: ScopeKind, name: str) -> str:
+    """Whose spend: ``key:<key id>`` or ``team:<name>`` (the spend table's and the limit
+    store's name for it)."""
+    return f"{kind}:{name}"
+
+
+def day_of(when: float) -> int:
+    """The UTC day ``when`` falls on, counted from the epoch."""
+    return int(when // DAY)

@@ -130,29 +130,44 @@ def records_table(records: Sequence[Record], now: float) -> Table:
     return table
 
 
-SummaryRow = tuple[str, str, int, int, int, int]
-"""key (or API), model, requests, prompt, completion and total tokens."""
+SummaryRow = tuple[str, str, int, int, int, int, float]
+"""key (or user, team, model, API), model, requests, prompt, completion and total tokens,
+cost."""
 
-SummaryBy = Literal["key", "api"]
+SummaryBy = Literal["key", "user", "team", "model", "api"]
+SUMMARY_BY: tuple[SummaryBy, ...] = ("key", "user", "team", "model", "api")
+
+
+def _summary_label(row: Record, by: SummaryBy) -> str:
+    if by == "api":
+        return str(row.get("api") or "other")
+    if by == "user":
+        return str(row.get("user_id") or "(no user)")
+    if by == "team":
+        return str(row.get("team") or "(no team)")
+    if by == "model":
+        return str(row.get("model") or NONE)
+    return str(row.get("key_name") or row.get("key_id") or "(no key)")
 
 
 def summary_rows(
     rows: Sequence[Record], by: SummaryBy = "key"
 ) -> tuple[list[SummaryRow], SummaryRow]:
-    """The summary by key (or API) and model, sorted by them, and its totals row. The daemon
-    answers per key, model and API: rows that differ only in what is not shown are added up."""
+    """The summary by key (or user, team, model, API) and model, sorted by them, and its
+    totals row. The daemon answers per key, model, API, user and team: rows that differ only in
+    what is not shown are added up."""
     merged: dict[tuple[str, str], list[int]] = {}
+    costs: dict[tuple[str, str], float] = {}
     for row in rows:
-        if by == "api":
-            label = str(row.get("api") or "other")
-        else:
-            label = str(row.get("key_name") or row.get("key_id") or "(no key)")
-        sums = merged.setdefault((label, str(row.get("model") or NONE)), [0, 0, 0, 0])
+        model = "" if by == "model" else str(row.get("model") or NONE)
+        group = (_summary_label(row, by), model)
+        sums = merged.setdefault(group, [0, 0, 0, 0])
         fields = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
         for index, field in enumerate(fields):
             sums[index] += int(row.get(field) or 0)
+        costs[group] = costs.get(group, 0.0) + float(row.get("cost") or 0)
     out: list[SummaryRow] = [
-        (label, model, sums[0], sums[1], sums[2], sums[3])
+        (label, model, sums[0], sums[1], sums[2], sums[3], costs[(label, model)])
         for (label, model), sums in merged.items()
     ]
     out.sort(key=lambda row: (row[0], row[1]))
@@ -163,12 +178,22 @@ def summary_rows(
         sum(row[3] for row in out),
         sum(row[4] for row in out),
         sum(row[5] for row in out),
+        sum(row[6] for row in out),
     )
     return out, totals
 
 
+def format_cost(value: float) -> str:
+    """A cost: cents above one unit, four decimals below (a request costs fractions of one)."""
+    return f"{value:,.2f}" if value >= 1 else f"{value:.4f}"
+
+
 def summary_table(
-    rows: Sequence[Record], since: float, window: float, by: SummaryBy = "key"
+    rows: Sequence[Record],
+    since: float,
+    window: float,
+    by: SummaryBy = "key",
+    currency: str = "",
 ) -> Table:
     body, totals = summary_rows(rows, by)
     table = Table(
@@ -180,19 +205,29 @@ def summary_table(
         title=f"usage in the last {format_duration(window)} (since {format_datetime(since)})",
         title_justify="left",
     )
-    headers = (
-        "API" if by == "api" else "KEY",
-        "MODEL",
-        "REQUESTS",
-        "PROMPT",
-        "COMPLETION",
-        "TOTAL",
-    )
-    footers = (totals[0], totals[1], *(format_count(count) for count in totals[2:]))
+    with_model = by != "model"
+    with_cost = any(row[6] > 0 for row in body)
+    headers = [by.upper() if by != "api" else "API"]
+    footers = [totals[0]]
+    if with_model:
+        headers.append("MODEL")
+        footers.append(totals[1])
+    headers += ["REQUESTS", "PROMPT", "COMPLETION", "TOTAL"]
+    footers += [format_count(count) for count in totals[2:6]]
+    if with_cost:
+        headers.append(f"COST ({currency})" if currency else "COST")
+        footers.append(format_cost(totals[6]))
+    first_number = 2 if with_model else 1
     for index, (header, footer) in enumerate(zip(headers, footers, strict=True)):
-        table.add_column(header, footer=footer, justify="right" if index >= 2 else "left")
-    for key, model, *counts in body:
-        table.add_row(key, model, *(format_count(count) for count in counts))
+        table.add_column(
+            header, footer=footer, justify="right" if index >= first_number else "left"
+        )
+    for label, model, *counts, cost in body:
+        cells = [label, model] if with_model else [label]
+        cells += [format_count(count) for count in counts]
+        if with_cost:
+            cells.append(format_cost(cost))
+        table.add_row(*cells)
     return table
 
 
@@ -338,8 +373,7 @@ def summary(
         str,
         typer.Option(
             "--by",
-            help="Group by key (and model) or by API (chat, completions, embeddings, messages, "
-            "responses; and model).",
+            help="Group by key, user, team or API (each with its models), or by model alone.",
             show_default=True,
         ),
     ] = "key",
@@ -349,14 +383,14 @@ def summary(
     admin_url: AdminUrlOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Requests and tokens by key (or API) and model over a period, with totals."""
+    """Requests, tokens and cost by key, user, team, model or API over a period, with totals."""
     try:
         window = parse_since(since)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--since") from None
-    if by not in ("key", "api"):
-        raise typer.BadParameter("key or api", param_hint="--by")
-    grouping: SummaryBy = "api" if by == "api" else "key"
+    grouping = next((choice for choice in SUMMARY_BY if choice == by), None)
+    if grouping is None:
+        raise typer.BadParameter(f"one of {', '.join(SUMMARY_BY)}", param_hint="--by")
     target = Target(config, socket, admin_url, token)
     with daemon_session(target, json_output=json_output) as client:
         # Whole seconds: the API reads an integer.
@@ -366,6 +400,7 @@ def summary(
         return
     rows = list(answer.get("rows") or [])
     start = float(answer.get("since") or time.time() - window)
-    stdout_console().print(summary_table(rows, start, window, grouping))
+    currency = str(answer.get("currency") or "")
+    stdout_console().print(summary_table(rows, start, window, grouping, currency))
     if not rows:
         stdout_console().print("no usage in that period", markup=False)

@@ -101,6 +101,10 @@ class UsageApi:
                 503, "the usage store is not open yet", "usage_store_starting"
             ) from None
 
+    def _currency(self) -> str:
+        """The current config's ``pricing_currency`` (what every ``cost`` is counted in)."""
+        return self._state.current.config.pricing_currency
+
     @staticmethod
     async def _read(work: Awaitable[_T]) -> _T:
         """A read of the store; its failure (a database down) is a 503 naming it."""
@@ -120,7 +124,13 @@ class UsageApi:
         store = self._store()
         since = time.time() - query_seconds(request, "since", DEFAULT_SUMMARY_WINDOW)
         rows = await self._read(store.summary(since))
-        return json_response({"since": since, "rows": [row.as_json() for row in rows]})
+        return json_response(
+            {
+                "since": since,
+                "currency": self._currency(),
+                "rows": [row.as_json() for row in rows],
+            }
+        )
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         """Records the webhook receiver failed ``max_attempts`` times, newest first."""

@@ -42,6 +42,7 @@ from llmproxy.usage.rows import (
     UsageSummaryRow,
     summary_by_api,
 )
+from llmproxy.usage.spend import spend_rows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -155,6 +156,18 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         END
         """,
     ),
+    # 5: spend per key and per team and UTC day (llmproxy.usage.spend): budgets' periods outlast
+    #    the records kept, so what each spent is summed apart, in the records' own transaction.
+    (
+        """
+        CREATE TABLE spend (
+            scope TEXT NOT NULL,
+            day INTEGER NOT NULL,
+            nanos INTEGER NOT NULL,
+            PRIMARY KEY (scope, day)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 """Append an entry to change the schema; never edit one that has shipped."""
 
@@ -179,6 +192,11 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
         raise
 
+
+_ADD_SPEND: Final = (
+    "INSERT INTO spend (scope, day, nanos) VALUES (?, ?, ?) "
+    "ON CONFLICT (scope, day) DO UPDATE SET nanos = nanos + excluded.nanos"
+)
 
 _INSERT_USAGE: Final = """
 INSERT INTO usage (id, key_id, body)
@@ -281,6 +299,9 @@ class UsageOutbox:
         # statement per table instead of one step per row, so the writer thread takes the GIL
         # back once per batch rather than once per record while the event loop is busy.
         batch = records_json(records)
+        spent = sorted(spend_rows(records))
+        if spent:
+            self._db.executemany(_ADD_SPEND, spent)
         if self.keep_records > 0:
             self._db.execute(_INSERT_USAGE, (batch,))
             self._since_trim += len(records)
@@ -570,8 +591,9 @@ class UsageOutbox:
         return int(low)
 
     def summary(self, since: float) -> list[UsageSummaryRow]:
-        """Requests and tokens per key and model of the stored records since ``since`` (Unix
-        time), the biggest spender first. A key renamed meanwhile shows its latest name.
+        """Requests, tokens and cost per key, model, API, user and team of the stored records
+        since ``since`` (Unix time), the biggest spender first. A key renamed meanwhile shows
+        its latest name.
         """
         with self._lock:
             first = self._first_seq_since(since - _TIME_SLOP)
@@ -579,8 +601,23 @@ class UsageOutbox:
             rows = self._db.execute(
                 "SELECT key_id, key_name, model, coalesce(json_extract(body, '$.endpoint'), ''), "
                 "count(*), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens), "
+                "coalesce(json_extract(body, '$.user_id'), ''), "
+                "coalesce(json_extract(body, '$.team'), ''), "
+                "coalesce(sum(json_extract(body, '$.cost')), 0), "
                 "max(seq) FROM usage WHERE seq >= ? AND time >= ? "
-                "GROUP BY key_id, model, 4 ORDER BY max(seq) DESC",
+                "GROUP BY key_id, model, 4, 9, 10 ORDER BY max(seq) DESC",
                 (first, since),
             ).fetchall()
-        return summary_by_api(row[:8] for row in rows)
+        return summary_by_api(row[:11] for row in rows)
+
+    def spent(self, scopes: Collection[str], since_day: int) -> dict[str, int]:
+        """Nano-units each of ``scopes`` spent from the UTC day ``since_day`` on."""
+        if not scopes:
+            return {}
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT scope, sum(nanos) FROM spend WHERE day >= ? AND scope IN "
+                "(SELECT value FROM json_each(?)) GROUP BY scope",
+                (since_day, _json.encode(list(scopes))),
+            ).fetchall()
+        return {str(name): int(nanos) for name, nanos in rows}

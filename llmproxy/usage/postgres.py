@@ -47,6 +47,7 @@ from llmproxy.usage.rows import (
     UsageSummaryRow,
     summary_by_api,
 )
+from llmproxy.usage.spend import spend_rows
 
 log = logging.getLogger("llmproxy.usage")
 
@@ -118,6 +119,18 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    # 2: spend per key and per team and UTC day (llmproxy.usage.spend), added to in the
+    #    transaction that stores the records: budgets' periods outlast the records kept.
+    (
+        """
+        CREATE TABLE llmproxy_spend (
+            scope TEXT NOT NULL,
+            day BIGINT NOT NULL,
+            nanos BIGINT NOT NULL,
+            PRIMARY KEY (scope, day)
+        )
+        """,
+    ),
 )
 
 _ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -139,6 +152,11 @@ INSERT INTO llmproxy_usage_outbox (id, body, queued_at)
 SELECT b.id, b.body::jsonb, $3 FROM unnest($1::text[], $2::text[]) AS b(id, body)
 WHERE b.id = ANY($4::text[])
 ON CONFLICT (id) DO NOTHING
+"""
+_ADD_SPEND: Final = """
+INSERT INTO llmproxy_spend (scope, day, nanos)
+SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[])
+ON CONFLICT (scope, day) DO UPDATE SET nanos = llmproxy_spend.nanos + excluded.nanos
 """
 _NOTIFY: Final = (
     "SELECT pg_notify($1, $2::text || ':' || $3::text || ':' "
@@ -395,6 +413,14 @@ class PostgresUsageStore:
                     )
         else:
             new = ids  # nothing kept to tell repeats by: the outbox's own ids do
+        if new:
+            fresh = set(new)
+            # Sorted: replicas adding to the same rows lock them in one order (no deadlock).
+            spent = sorted(spend_rows(r for r in records if r.id in fresh))
+            if spent:
+                await connection.execute(
+                    _ADD_SPEND, [r[0] for r in spent], [r[1] for r in spent], [r[2] for r in spent]
+                )
         await connection.execute(
             "DELETE FROM llmproxy_usage_journal WHERE request_id = ANY($1::text[])", ids
         )
@@ -428,12 +454,25 @@ class PostgresUsageStore:
         rows = await self._fetch(
             "SELECT key_id, (array_agg(key_name ORDER BY seq DESC))[1], model, "
             "coalesce(body->>'endpoint', ''), count(*), sum(prompt_tokens), "
-            "sum(completion_tokens), sum(total_tokens), max(seq) "
-            "FROM llmproxy_usage WHERE time >= $1 GROUP BY key_id, model, 4 "
+            "sum(completion_tokens), sum(total_tokens), user_id, coalesce(body->>'team', ''), "
+            "coalesce(sum((body->>'cost')::float8), 0), max(seq) "
+            "FROM llmproxy_usage WHERE time >= $1 GROUP BY key_id, model, 4, 9, 10 "
             "ORDER BY max(seq) DESC",
             since,
         )
-        return summary_by_api(tuple(row)[:8] for row in rows)
+        return summary_by_api(tuple(row)[:11] for row in rows)
+
+    async def spent(self, scopes: Collection[str], since_day: int) -> dict[str, int]:
+        """Nano-units each of ``scopes`` spent from the UTC day ``since_day`` on, fleet-wide."""
+        if not scopes:
+            return {}
+        rows = await self._fetch(
+            "SELECT scope, sum(nanos)::int8 FROM llmproxy_spend "
+            "WHERE day >= $1 AND scope = ANY($2::text[]) GROUP BY scope",
+            since_day,
+            list(scopes),
+        )
+        return {str(row[0]): int(row[1]) for row in rows}
 
     async def follow(self) -> _Follower:
         """Every record any gateway writes from now on (LISTEN on a connection of its own,

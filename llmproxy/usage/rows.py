@@ -23,8 +23,8 @@ class PendingRecord:
 
 @dataclass(frozen=True, slots=True)
 class UsageSummaryRow:
-    """What one key spent on one model through one API: requests and tokens (``GET
-    /usage/summary``)."""
+    """What one key spent on one model through one API: requests, tokens and cost (``GET
+    /usage/summary``), with the key's user and team, so a client can group by any of them."""
 
     key_id: str
     key_name: str
@@ -35,43 +35,64 @@ class UsageSummaryRow:
     total_tokens: int
     api: str = ""
     """``chat``, ``messages``... (:mod:`llmproxy.apis`); "" for other paths."""
+    user_id: str = ""
+    team: str = ""
+    cost: float = 0.0
+    """In the gateway's ``pricing_currency``."""
 
     def as_json(self) -> dict[str, object]:
         """The row as the admin API returns it."""
         return {
             "key_id": self.key_id,
             "key_name": self.key_name,
+            "user_id": self.user_id,
+            "team": self.team,
             "model": self.model,
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "cost": round(self.cost, 9),
             "api": self.api,
         }
 
 
-SummaryByEndpoint = tuple[str, str, str, str, int, int, int, int]
-"""key id, key name, model, endpoint, requests, prompt, completion and total tokens."""
+SummaryByEndpoint = tuple[str, str, str, str, int, int, int, int, str, str, float]
+"""key id, key name, model, endpoint, requests, prompt, completion and total tokens, user id,
+team, cost."""
 
 
 def summary_by_api(rows: Iterable[SummaryByEndpoint]) -> list[UsageSummaryRow]:
-    """Rows a store summed per key, model and endpoint, summed per key, model and API (the
-    endpoint says the API, in records of every version), the biggest spender first."""
-    merged: dict[tuple[str, str, str], list[int]] = {}
-    names: dict[tuple[str, str, str], str] = {}
-    for key_id, key_name, model, endpoint, *counts in rows:  # the newest first
-        group = (key_id, model, ENDPOINT_API.get(endpoint, ""))
+    """Rows a store summed per key, model, endpoint, user and team, summed per key, model, API,
+    user and team (the endpoint says the API, in records of every version), the biggest spender
+    first."""
+    merged: dict[tuple[str, str, str, str, str], list[int]] = {}
+    costs: dict[tuple[str, str, str, str, str], float] = {}
+    names: dict[tuple[str, str, str, str, str], str] = {}
+    for key_id, key_name, model, endpoint, *counts, user_id, team, cost in rows:  # newest first
+        group = (key_id, model, ENDPOINT_API.get(endpoint, ""), user_id, team)
         names.setdefault(group, key_name)
         sums = merged.setdefault(group, [0, 0, 0, 0])
         for index, count in enumerate(counts):
             sums[index] += int(count)
+        costs[group] = costs.get(group, 0.0) + float(cost or 0)
     out = [
         UsageSummaryRow(
-            group[0], names[group], group[1], sums[0], sums[1], sums[2], sums[3], group[2]
+            group[0],
+            names[group],
+            group[1],
+            sums[0],
+            sums[1],
+            sums[2],
+            sums[3],
+            group[2],
+            group[3],
+            group[4],
+            costs[group],
         )
         for group, sums in merged.items()
     ]
-    out.sort(key=lambda row: (-row.total_tokens, row.key_id, row.model, row.api))
+    out.sort(key=lambda row: (-row.cost, -row.total_tokens, row.key_id, row.model, row.api))
     return out
 
 

@@ -132,6 +132,10 @@ class UsageStore(Protocol):
     async def summary(self, since: float) -> list[UsageSummaryRow]:
         """Requests and tokens per key and model since ``since``, the biggest spender first."""
 
+    async def spent(self, scopes: Collection[str], since_day: int) -> dict[str, int]:
+        """Nano-units each of ``scopes`` (:func:`llmproxy.budgets.scope`) spent from the UTC
+        day ``since_day`` on (absent: nothing)."""
+
     async def follow(self) -> Follower:
         """Every record any writer stores from the moment this returns, in batches; an empty
         batch now and then when nothing is written (so the reader can check whether to stop).
@@ -268,6 +272,9 @@ class SqliteUsageStore:
 
     async def summary(self, since: float) -> list[UsageSummaryRow]:
         return await asyncio.to_thread(self.outbox.summary, since)
+
+    async def spent(self, scopes: Collection[str], since_day: int) -> dict[str, int]:
+        return await asyncio.to_thread(self.outbox.spent, scopes, since_day)
 
     async def follow(self) -> Follower:
         """Every record any worker writes to the file, read every :data:`FOLLOW_INTERVAL`."""

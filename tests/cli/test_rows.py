@@ -350,11 +350,11 @@ def test_summary_rows_sorted_with_totals() -> None:
     ]  # fmt: skip
     body, totals = usage.summary_rows(rows)
     assert body == [
-        ("(no key)", "x", 3, 30, 3, 33),
-        ("key_b", "m", 2, 20, 2, 22),
-        ("zed", "m", 1, 10, 1, 11),
+        ("(no key)", "x", 3, 30, 3, 33, 0.0),
+        ("key_b", "m", 2, 20, 2, 22, 0.0),
+        ("zed", "m", 1, 10, 1, 11, 0.0),
     ]
-    assert totals == ("total", "", 6, 60, 6, 66)
+    assert totals == ("total", "", 6, 60, 6, 66, 0.0)
 
 
 def test_filters_leave_out_what_was_not_given() -> None:

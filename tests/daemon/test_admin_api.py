@@ -510,7 +510,11 @@ async def test_usage_stream_recent_and_summary_see_a_real_request(
                 "completion_tokens": 3,
                 "total_tokens": record["total_tokens"],
                 "api": "chat",
+                "user_id": "",
+                "team": "",
+                "cost": 0.0,
             }
+            assert summary["currency"] == "USD"
             assert rows["other"]["requests"] == 1
 
 

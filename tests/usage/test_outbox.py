@@ -103,6 +103,9 @@ def test_summary_sums_per_key_and_model_since_a_time(tmp_path: Path) -> None:
             "completion_tokens": 10,
             "total_tokens": 15,
             "api": "",
+            "user_id": "",
+            "team": "",
+            "cost": 0.0,
         },
         {
             "key_id": "k1",
@@ -113,6 +116,9 @@ def test_summary_sums_per_key_and_model_since_a_time(tmp_path: Path) -> None:
             "completion_tokens": 6,
             "total_tokens": 9,
             "api": "",
+            "user_id": "",
+            "team": "",
+            "cost": 0.0,
         },
         {
             "key_id": "k1",
@@ -123,6 +129,9 @@ def test_summary_sums_per_key_and_model_since_a_time(tmp_path: Path) -> None:
             "completion_tokens": 2,
             "total_tokens": 3,
             "api": "",
+            "user_id": "",
+            "team": "",
+            "cost": 0.0,
         },
     ]
     assert outbox.summary(since=3000.0) == []
