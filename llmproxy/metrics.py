@@ -94,6 +94,7 @@ LIMIT_KINDS: Final = (
     "concurrency",
     "tokens",
     "quota",
+    "budget",
     "unavailable",
     "capacity",
     "overload",
@@ -219,6 +220,12 @@ class GatewayMetrics:
             "llmproxy_cost",
             "What requests cost by the pricing table, in pricing_currency, by model and team.",
             ("model", "team"),
+            registry=registry,
+        )
+        self.budget_alerts = Counter(
+            "llmproxy_budget_alerts",
+            "Budgets that passed a threshold (0.8, 1) of their period, by scope (key, team).",
+            ("scope", "threshold"),
             registry=registry,
         )
         self.in_flight_requests = Gauge(
@@ -381,6 +388,10 @@ class GatewayMetrics:
                 self.inter_token(done.backend, model, gap)
         if done.cost:
             self.cost.labels(self.model_label(model), self._team_label(done.team)).inc(done.cost)
+
+    def budget_alert(self, scope: str, threshold: float) -> None:
+        """A budget passed ``threshold`` (this process raised the fleet's one alert)."""
+        self.budget_alerts.labels(scope, f"{threshold:g}").inc()
 
     def _team_label(self, team: str) -> str:
         """The label for ``team``: itself (the first :data:`MAX_TEAMS` seen), ``none`` for no

@@ -48,9 +48,11 @@ from llmproxy.routing.fleet import BackendFleet, BackendSettings
 from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
 from llmproxy.routing.strategies import BalancerInputs
+from llmproxy.usage.alerts import BudgetAlert
 from llmproxy.usage.finish import usage_sink
 from llmproxy.usage.rows import Recovered
 from llmproxy.usage.sink import UsageSink
+from llmproxy.usage.spendbook import SpendBook
 
 log = logging.getLogger("llmproxy.daemon")
 
@@ -65,6 +67,8 @@ USAGE_SYNC_INTERVAL = 1.0
 
 # A placeholder until RuntimeState adopts the snapshot; its own registry keeps it out of /metrics.
 _NO_METRICS = GatewayMetrics(CollectorRegistry())
+_NO_SPEND = SpendBook(None)
+"""A snapshot's stand-in until the process hands it its own."""
 
 
 class Runtime:
@@ -169,6 +173,9 @@ class Runtime:
         self.metrics: GatewayMetrics = _NO_METRICS
         """The process's metrics; :class:`RuntimeState` hands every snapshot the same one."""
         self.limits_enabled = limits.enabled
+        self.spend: SpendBook = _NO_SPEND
+        """The process's spend book (budgets); :class:`RuntimeState` hands every snapshot its
+        own."""
         self.prices = PriceTable.of(config.pricing)
         """What each model's tokens cost (``pricing``): usage records, metrics, budgets."""
         self.counts_tokens = True
@@ -418,6 +425,8 @@ class RuntimeState:
         self.loop_lag = LoopLag(report=self.metrics.event_loop_lag)
         """How late the process's event loop runs (``server.overload`` sheds on it)."""
         self.usage = usage
+        self.spend = SpendBook(None, on_alert=self._budget_alert)
+        """What budgets' scopes spent this period (read from the usage store once it is open)."""
         self.access_log = access_log
         self.recorder = recorder or Recorder(self.metrics)
         self._recording = recording_sink(self.recorder)
@@ -463,6 +472,8 @@ class RuntimeState:
             # Records of requests a crash cut off are priced when settled, at today's prices.
             self.usage.prices = runtime.prices
         runtime.access_log = self.access_log
+        self.spend.currency = runtime.config.pricing_currency
+        runtime.spend = self.spend
         record = runtime.config.record
         self.recorder.configure(record, runtime.base_dir)
         runtime.recorder = self.recorder if record.enabled else None
@@ -505,6 +516,7 @@ class RuntimeState:
         if self.usage is not None:
             await self.usage.start()
             self._usage_sync = asyncio.get_running_loop().create_task(self._sync_usage())
+            self.spend.start(self.usage.store, outbox=self.usage.hook_enabled)
         if self.access_log is not None:
             self.access_log.start()
         self.recorder.start()
@@ -515,6 +527,9 @@ class RuntimeState:
             await self._settle_recovered(usage.take_recovered())
             # Later sweeps (a worker or a replica killed while this one runs) settle the same way.
             usage.on_recovered = lambda: self._later(self._settle_recovered(usage.take_recovered()))
+
+    def _budget_alert(self, alert: BudgetAlert) -> None:
+        self.metrics.budget_alert(alert.scope, alert.threshold)
 
     async def _settle_recovered(self, recovered: list[Recovered]) -> None:
         """Requests a crash cut off are billed: their tokens count against a builtin key's quota
@@ -560,6 +575,7 @@ class RuntimeState:
     async def close(self) -> None:
         """Close every snapshot: current, retired and those already closing."""
         self.loop_lag.stop()
+        await self.spend.close()
         if self._usage_sync is not None:
             self._usage_sync.cancel()
             self._usage_sync = None

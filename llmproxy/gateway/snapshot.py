@@ -31,6 +31,7 @@ from llmproxy.routing import Backend, RetryPolicy, Router
 from llmproxy.routing.admission import AdmissionQueue
 from llmproxy.routing.fleet import BackendFleet
 from llmproxy.usage.sink import UsageSink
+from llmproxy.usage.spendbook import SpendBook
 
 
 class Snapshot(Protocol):
@@ -68,6 +69,7 @@ class Snapshot(Protocol):
     model_list_cache: tuple[float, tuple[str, ...]] | None
     finish_sinks: tuple[Sink, ...]
     prices: PriceTable
+    spend: SpendBook
     loop_lag: LoopLag
     shed_lag: float
     shed_headers: tuple[tuple[bytes, bytes], ...]

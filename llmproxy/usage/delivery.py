@@ -9,6 +9,9 @@ What a receiver gets, for ``format: batch`` (the default), one POST per batch::
 
     {"records": [{"id": "...", "request_id": "...", "prompt_tokens": 12, ...}, ...]}
 
+Budget alerts (:mod:`llmproxy.usage.alerts`) travel through the same outbox but in a POST of
+their own, in every format: ``{"events": [{"event": "budget_alert", ...}]}``.
+
 ``format: seed`` posts one record per request, in the Go version's field names, with the record's
 ``id`` added and the key's prefix (never the key) as ``api_key``::
 
@@ -42,6 +45,7 @@ import aiohttp
 import msgspec
 
 from llmproxy.config.model import UsageHookConfig
+from llmproxy.usage.alerts import EVENT, EVENT_PREFIX
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.rows import PendingRecord
 from llmproxy.usage.store import Claim, UsageStore
@@ -69,6 +73,33 @@ def verify_signature(secret: str, timestamp: str, body: bytes, signature: str) -
 def batch_body(bodies: Sequence[bytes]) -> bytes:
     """The ``batch`` format: the stored JSON joined into ``{"records": [...]}``, not re-encoded."""
     return b'{"records":[' + b",".join(bodies) + b"]}"
+
+
+def events_body(bodies: Sequence[bytes]) -> bytes:
+    """Events that are not usage records (budget alerts: :mod:`llmproxy.usage.alerts`), joined
+    into ``{"events": [...]}``, in every ``format``."""
+    return b'{"events":[' + b",".join(bodies) + b"]}"
+
+
+class _Probe(msgspec.Struct):
+    event: str = ""
+
+
+_probe = msgspec.json.Decoder(_Probe).decode
+
+
+def is_event(body: bytes) -> bool:
+    """Whether an outbox body is an event (it has a top-level ``event``) rather than a usage
+    record (which never has one). PostgreSQL hands JSON back with its keys reordered, so the
+    member is looked up, not the prefix."""
+    if body.startswith(EVENT_PREFIX):
+        return True
+    if b'"event"' not in body:
+        return False
+    try:
+        return _probe(body).event == EVENT
+    except msgspec.MsgspecError:
+        return False
 
 
 class SeedRecord(msgspec.Struct):
@@ -181,16 +212,28 @@ class UsageDelivery:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
 
     async def _send(self, session: aiohttp.ClientSession, claim: Claim) -> bool:
-        """Deliver the claimed records; answers whether every one was acknowledged."""
-        batch = claim.records
+        """Deliver the claimed records (and budget alerts, in a body of their own); answers
+        whether every one was acknowledged."""
+        batch: list[PendingRecord] = []
+        events: list[PendingRecord] = []
+        for row in claim.records:
+            (events if is_event(row.body) else batch).append(row)
+        ok = True
+        if events:
+            body = events_body([row.body for row in events])
+            ok = await self._post(session, claim, body, [row.id for row in events])
+        if not batch:
+            return ok
         if self.config.format == "seed":
-            ok = True
             for row in batch:
                 body = seed_body(UsageRecord.from_json(row.body))
                 ok = await self._post(session, claim, body, [row.id]) and ok
             return ok
-        return await self._post(
-            session, claim, batch_body([row.body for row in batch]), [r.id for r in batch]
+        return (
+            await self._post(
+                session, claim, batch_body([row.body for row in batch]), [r.id for r in batch]
+            )
+            and ok
         )
 
     async def _post(

@@ -31,6 +31,7 @@ from typing import Final, Literal
 import msgspec
 
 from llmproxy.private_files import private_file
+from llmproxy.usage.alerts import BudgetAlert
 from llmproxy.usage.record import UsageRecord, records_json
 from llmproxy.usage.rows import (
     DeadLetter,
@@ -165,6 +166,13 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             day INTEGER NOT NULL,
             nanos INTEGER NOT NULL,
             PRIMARY KEY (scope, day)
+        ) WITHOUT ROWID
+        """,
+        # The budget alerts raised (llmproxy.usage.alerts), so each is raised once.
+        """
+        CREATE TABLE budget_alert (
+            id TEXT PRIMARY KEY,
+            raised_at REAL NOT NULL
         ) WITHOUT ROWID
         """,
     ),
@@ -609,6 +617,32 @@ class UsageOutbox:
                 (first, since),
             ).fetchall()
         return summary_by_api(row[:11] for row in rows)
+
+    def raise_alert(self, alert: BudgetAlert, *, outbox: bool) -> bool:
+        """Note ``alert`` as raised and queue it for the webhook when ``outbox``, unless it was
+        raised before (by any process); answers whether it is new."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                new = (
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO budget_alert (id, raised_at) VALUES (?, ?)",
+                        (alert.id, alert.time),
+                    ).rowcount
+                    == 1
+                )
+                queued = 0
+                if new and outbox:
+                    queued = self._db.execute(
+                        "INSERT OR IGNORE INTO outbox (id, body, queued_at) VALUES (?, ?, ?)",
+                        (alert.id, alert.to_json(), time.time()),
+                    ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth += queued
+        return new
 
     def spent(self, scopes: Collection[str], since_day: int) -> dict[str, int]:
         """Nano-units each of ``scopes`` spent from the UTC day ``since_day`` on."""

@@ -34,6 +34,7 @@ import msgspec
 
 from llmproxy import pg_schema
 from llmproxy.dsn import postgres_dsn, scrub_dsn
+from llmproxy.usage.alerts import BudgetAlert
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.rows import (
     DeadLetter,
@@ -128,6 +129,13 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             day BIGINT NOT NULL,
             nanos BIGINT NOT NULL,
             PRIMARY KEY (scope, day)
+        )
+        """,
+        # The budget alerts raised (llmproxy.usage.alerts), so the fleet raises each once.
+        """
+        CREATE TABLE llmproxy_budget_alert (
+            id TEXT PRIMARY KEY,
+            raised_at DOUBLE PRECISION NOT NULL
         )
         """,
     ),
@@ -461,6 +469,26 @@ class PostgresUsageStore:
             since,
         )
         return summary_by_api(tuple(row)[:11] for row in rows)
+
+    async def raise_alert(self, alert: BudgetAlert, *, outbox: bool) -> bool:
+        """Note ``alert`` as raised (fleet-wide) and queue it for the webhook when ``outbox``,
+        unless some gateway raised it before; answers whether it is new."""
+        async with self._writing() as connection:
+            new = await connection.fetchval(
+                "INSERT INTO llmproxy_budget_alert (id, raised_at) VALUES ($1, $2) "
+                "ON CONFLICT (id) DO NOTHING RETURNING true",
+                alert.id,
+                alert.time,
+            )
+            if new and outbox:
+                await connection.execute(
+                    "INSERT INTO llmproxy_usage_outbox (id, body, queued_at) "
+                    "VALUES ($1, $2::jsonb, $3) ON CONFLICT (id) DO NOTHING",
+                    alert.id,
+                    alert.to_json().decode(),
+                    time.time(),
+                )
+        return bool(new)
 
     async def spent(self, scopes: Collection[str], since_day: int) -> dict[str, int]:
         """Nano-units each of ``scopes`` spent from the UTC day ``since_day`` on, fleet-wide."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Final, Literal, Protocol, TypeVar
 
 from llmproxy.dsn import is_postgres_url
+from llmproxy.usage.alerts import BudgetAlert
 from llmproxy.usage.outbox import UsageOutbox
 from llmproxy.usage.postgres import PostgresUsageStore
 from llmproxy.usage.record import UsageRecord
@@ -131,6 +132,10 @@ class UsageStore(Protocol):
 
     async def summary(self, since: float) -> list[UsageSummaryRow]:
         """Requests and tokens per key and model since ``since``, the biggest spender first."""
+
+    async def raise_alert(self, alert: BudgetAlert, *, outbox: bool) -> bool:
+        """Note ``alert`` raised and queue it for the webhook when ``outbox``, unless it was
+        raised before by any gateway sharing the store; answers whether it is new."""
 
     async def spent(self, scopes: Collection[str], since_day: int) -> dict[str, int]:
         """Nano-units each of ``scopes`` (:func:`llmproxy.budgets.scope`) spent from the UTC
@@ -272,6 +277,9 @@ class SqliteUsageStore:
 
     async def summary(self, since: float) -> list[UsageSummaryRow]:
         return await asyncio.to_thread(self.outbox.summary, since)
+
+    async def raise_alert(self, alert: BudgetAlert, *, outbox: bool) -> bool:
+        return await self._write_call(lambda: self.outbox.raise_alert(alert, outbox=outbox))
 
     async def spent(self, scopes: Collection[str], since_day: int) -> dict[str, int]:
         return await asyncio.to_thread(self.outbox.spent, scopes, since_day)
