@@ -24,6 +24,7 @@ from tests.e2e.daemon import LLMPROXY, free_port, running, wait_until_up
 from tests.postgres import fresh_schema_sync
 
 STREAMS = 20
+INPUT_PRICE, OUTPUT_PRICE = 2.0, 8.0
 
 
 def _config(tmp_path: Path, port: int, backend_port: int, usage_db: str, synchronous: str) -> Path:
@@ -37,6 +38,8 @@ def _config(tmp_path: Path, port: int, backend_port: int, usage_db: str, synchro
             health_check: {{enabled: false}}
             auth: {{enabled: true, storage: builtin, builtin_db: keys.db}}
             usage: {{database: "{usage_db}", synchronous: {synchronous}}}
+            pricing:
+              mock-model: {{input_per_million: {INPUT_PRICE}, output_per_million: {OUTPUT_PRICE}}}
             """
         )
     )
@@ -77,7 +80,8 @@ def test_kill_9_with_live_streams_bills_every_one_at_the_next_start(
     """20 live streams, the gateway killed -9: after the restart there are 20 records with
     ``status: "interrupted"``, each billed for at least what its client received minus
     250 ms of tokens (the checkpoint interval), and none twice; the key's used quota counts
-    them. With the usage store in a SQLite file (journalled in a file per process; with
+    them, and each record's cost is its tokens at the configured prices. With the usage store
+    in a SQLite file (journalled in a file per process; with
     ``synchronous: full``, in the database) and in PostgreSQL."""
     with contextlib.ExitStack() as stack:
         if store.startswith("sqlite"):
@@ -148,6 +152,12 @@ def _kill_and_restart(tmp_path: Path, usage_db: str, usage: _UsageTables, synchr
     for got, billed_tokens in zip(sorted(received), billed, strict=True):
         assert billed_tokens >= got - slack, (sorted(received), billed)
     assert all(r["prompt_tokens"] > 0 for r in records)
+    # Priced when settled: the tokens billed at the configured prices.
+    for r in records:
+        nanos = round(
+            r["prompt_tokens"] * INPUT_PRICE * 1000 + r["completion_tokens"] * OUTPUT_PRICE * 1000
+        )
+        assert r["cost"] == nanos / 1e9, r
     assert journal_left == 0
 
 
