@@ -15,6 +15,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmproxy.config.model import Config
@@ -24,7 +25,9 @@ from tests.harness import RunningGateway, make_config, mock_backend
 
 KEY = "sk-cost-test"
 PRICES = {"input_per_million": 3.0, "cached_input_per_million": 0.3, "output_per_million": 15.0}
-QUESTION = [{"role": "user", "content": "what is the price of a token, in a few words?"}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "what is the price of a token, in a few words?"}
+]
 
 
 def _config(url: str, pricing: dict[str, Any] | None = None) -> Config:

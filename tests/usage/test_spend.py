@@ -100,7 +100,8 @@ async def test_an_alert_is_raised_once_and_queued_as_an_event(usage_store: Usage
     assert [p.id for p in pending] == ["budget:team:t:1796083200:0.8"]
     assert is_event(pending[0].body)
     event = json.loads(events_body([pending[0].body]))["events"][0]
-    assert event["event"] == "budget_alert" and event["threshold"] == 0.8
+    assert event["event"] == "budget_alert"
+    assert event["threshold"] == 0.8
     async with usage_store.claim(10) as claim:
         await claim.delivered([p.id for p in claim.records])
     assert not await usage_store.raise_alert(_alert(0.8), outbox=True)
@@ -125,21 +126,15 @@ async def test_the_spend_book_reads_once_and_raises_each_threshold_once(
     raised: list[BudgetAlert] = []
     book = SpendBook(usage_store, outbox=True, on_alert=raised.append, clock=lambda: now[0])
     budget = Budget(1.0, "daily")
-    await usage_store.write(
-        [make_record(1, key_id="a", cost=0.5, time=now[0] - 60)], outbox=False
-    )
+    await usage_store.write([make_record(1, key_id="a", cost=0.5, time=now[0] - 60)], outbox=False)
     spent, start, end = await book.spent("key:a", "alice", budget)
     assert (spent, start, end) == (500_000_000, *period_bounds("daily", now[0]))
-    await usage_store.write(
-        [make_record(2, key_id="a", cost=0.35, time=now[0] - 30)], outbox=False
-    )
+    await usage_store.write([make_record(2, key_id="a", cost=0.35, time=now[0] - 30)], outbox=False)
     assert (await book.spent("key:a", "alice", budget))[0] == 500_000_000  # from memory
     await book.refresh()
     assert (await book.spent("key:a", "alice", budget))[0] == 850_000_000
     assert [(a.threshold, a.label, a.spent) for a in raised] == [(0.8, "alice", 0.85)]
-    await usage_store.write(
-        [make_record(3, key_id="a", cost=0.2, time=now[0] - 10)], outbox=False
-    )
+    await usage_store.write([make_record(3, key_id="a", cost=0.2, time=now[0] - 10)], outbox=False)
     await book.refresh()
     await book.refresh()
     assert [a.threshold for a in raised] == [0.8, 1.0]
