@@ -1023,7 +1023,7 @@ def otel_installed() -> bool:
             importlib.util.find_spec(name) is not None
             for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
         )
-    except ModuleNotFoundError:  # a parent package is missing
+    except (ModuleNotFoundError, ValueError):  # a parent package is missing, or blocked
         return False
 
 
