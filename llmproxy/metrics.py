@@ -101,6 +101,7 @@ LIMIT_KINDS: Final = (
 )
 RELOAD_RESULTS: Final = ("success", "failure")
 RECORD_RESULTS: Final = ("written", "dropped")
+TRACE_DROP_REASONS: Final = ("queue_full", "export_failed")
 TOKEN_TYPES: Final = ("prompt", "completion")
 
 # Buckets in seconds, chosen for LLM serving: a cached short prompt answers in a few ms, a long
@@ -318,6 +319,18 @@ class GatewayMetrics:
             ("result",),
             registry=registry,
         )
+        self.trace_spans_exported = Counter(
+            "llmproxy_trace_spans_exported",
+            "Trace spans the OTLP collector accepted (tracing).",
+            registry=registry,
+        )
+        self.trace_spans_dropped = Counter(
+            "llmproxy_trace_spans_dropped",
+            "Trace spans dropped, by reason: queue_full (the export queue was full) or "
+            "export_failed (the collector refused, was unreachable or timed out).",
+            ("reason",),
+            registry=registry,
+        )
 
         # Label children, cached: `labels()` costs ~3 µs, a dict lookup ~50 ns.
         self._finished: dict[tuple[str, str, str, str], _Finished] = {}
@@ -332,6 +345,9 @@ class GatewayMetrics:
         for result in RELOAD_RESULTS:
             self.config_reloads.labels(result)
         self._record = {result: self.record_lines.labels(result) for result in RECORD_RESULTS}
+        self._trace_spans = {"exported": self.trace_spans_exported} | {
+            reason: self.trace_spans_dropped.labels(reason) for reason in TRACE_DROP_REASONS
+        }
 
     # -- label bounds ------------------------------------------------------------------------
 
@@ -488,6 +504,13 @@ class GatewayMetrics:
         """Count ``count`` recording lines ``written`` or ``dropped`` (thread-safe: the recorder's
         writer thread counts what it wrote)."""
         child = self._record.get(result)
+        if child is not None:
+            child.inc(count)
+
+    def trace_spans(self, result: str, count: int) -> None:
+        """Count ``count`` trace spans ``exported`` or dropped (``queue_full``,
+        ``export_failed``); thread-safe: the export thread counts what it sent."""
+        child = self._trace_spans.get(result)
         if child is not None:
             child.inc(count)
 

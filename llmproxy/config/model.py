@@ -9,6 +9,7 @@ accepted as a whole. Nothing here performs I/O.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from typing import Annotated, Any, Final, Literal
@@ -969,6 +970,75 @@ class MetricsConfig(Section):
     """Path of the metrics endpoint."""
 
 
+class TracingConfig(Section):
+    """``tracing``: an OpenTelemetry trace of each request, exported over OTLP/HTTP (protobuf)
+    to `<endpoint>/v1/traces`. Needs the extra: `pip install 'llmproxy[otel]'`. See
+    docs/observability.md for the spans, their attributes and how to follow one request.
+    """
+
+    enabled: bool = Field(default=False, json_schema_extra=RESTART_ONLY)
+    """Trace requests. Off costs nothing per request (the SDK is not even imported)."""
+    endpoint: str = Field(default="http://127.0.0.1:4318", json_schema_extra=RESTART_ONLY)
+    """The OTLP/HTTP collector's base URL; spans are sent to `<endpoint>/v1/traces` (gRPC is
+    not supported: point it at the collector's HTTP receiver, port 4318)."""
+    headers: dict[str, str] = Field(default_factory=dict, json_schema_extra=RESTART_ONLY)
+    """Headers sent with each export (a collector's `Authorization`); use `${ENV}`."""
+    service_name: str = Field(default="llmproxy", min_length=1, json_schema_extra=RESTART_ONLY)
+    """`service.name` of the gateway's spans."""
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of new traces kept (by trace id, as OpenTelemetry's `TraceIdRatioBased`); a
+    trusted client's `traceparent` decides for its own trace (parent-based)."""
+    sample_errors: bool = True
+    """Also export a request that was not sampled when it ends in a 5xx or a failed attempt
+    (its spans are built at its end from timestamps every traced request keeps)."""
+    client_context: Literal["trusted_proxies", "always", "never"] = "trusted_proxies"
+    """Whose `traceparent`/`tracestate` the gateway continues: `trusted_proxies` (only a peer
+    in `server.trusted_proxies`), `always`, or `never`. An untrusted one starts a new trace;
+    the backend always gets the gateway's own `traceparent`, never the client's."""
+    max_queue_size: int = Field(default=4096, ge=1, json_schema_extra=RESTART_ONLY)
+    """Spans waiting for export; beyond it spans are dropped and counted
+    (`llmproxy_trace_spans_dropped_total`), a request never waits for the collector."""
+    batch_delay: Duration = Field(default=1.0, gt=0, json_schema_extra=RESTART_ONLY)
+    """Longest a finished span waits before its batch is exported."""
+    export_timeout: Duration = Field(default=5.0, gt=0, json_schema_extra=RESTART_ONLY)
+    """Longest one export (with its retries) may take; a batch not delivered by then is
+    dropped and counted."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://collector:4318")
+        return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable(cls, value: dict[str, str]) -> dict[str, str]:
+        return sendable_headers(value)
+
+    @model_validator(mode="after")
+    def _sdk_installed(self) -> TracingConfig:
+        if self.enabled and not otel_installed():
+            raise PathValueError(
+                "tracing needs the OpenTelemetry SDK and OTLP exporter: "
+                "pip install 'llmproxy[otel]'",
+                ("enabled",),
+            )
+        return self
+
+
+def otel_installed() -> bool:
+    """Whether the ``otel`` extra is importable (looked up, not imported)."""
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except (ModuleNotFoundError, ValueError):  # a parent package is missing, or blocked
+        return False
+
+
 class LoggingConfig(Section):
     """``logging``: level, format and the access log."""
 
@@ -1040,6 +1110,8 @@ class Config(Section):
     """Keys served by a `file` provider."""
     metrics: MetricsConfig = Field(default=MetricsConfig(), json_schema_extra=RESTART_ONLY)
     """Prometheus metrics."""
+    tracing: TracingConfig = TracingConfig()
+    """OpenTelemetry traces of requests."""
     logging: LoggingConfig = LoggingConfig()
     """Logging."""
     admin: AdminConfig = Field(default=AdminConfig(), json_schema_extra=RESTART_ONLY)

@@ -48,6 +48,7 @@ from llmproxy.routing.fleet import BackendFleet, BackendSettings
 from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
 from llmproxy.routing.strategies import BalancerInputs
+from llmproxy.tracing import TRACE_HEADERS, TraceExport, Tracer
 from llmproxy.usage.alerts import BudgetAlert
 from llmproxy.usage.finish import usage_sink
 from llmproxy.usage.rows import Recovered
@@ -153,6 +154,8 @@ class Runtime:
             _ALWAYS_SECRET
             | frozenset(self.auth_header_names)
             | frozenset(header_order(tuple(auth.forward_metadata.values())))
+            # Traced, the backend gets the gateway's own trace context, never the client's.
+            | (TRACE_HEADERS if config.tracing.enabled else frozenset())
         )
         self.pools = ConnectionPools()
         self.lua = LuaSandbox(
@@ -204,6 +207,9 @@ class Runtime:
         self.recorder: Recorder | None = None
         """The process's traffic recorder while ``record.enabled`` (None: one check per request
         is all recording costs when it is off)."""
+        self.tracing: Tracer | None = None
+        """Begins and ends request traces while ``tracing.enabled`` (set by
+        :class:`RuntimeState`, which owns the export); None costs a request one check."""
         self._owns_limits = True
         self._background: set[asyncio.Task[None]] = set()
         self.in_flight = 0
@@ -403,7 +409,8 @@ class RuntimeState:
     """The one mutable reference to the current :class:`Runtime`, and the retired ones.
 
     It also owns what lives as long as the process rather than a config: the metrics, the
-    request-body budget, the usage sink, the access log and the traffic recorder (which,
+    request-body budget, the usage sink, the access log, the trace export and the traffic
+    recorder (which,
     unlike the others, every adopted snapshot reconfigures: ``record`` changes with a reload).
     """
 
@@ -429,6 +436,9 @@ class RuntimeState:
         """What budgets' scopes spent this period (read from the usage store once it is open)."""
         self.access_log = access_log
         self.recorder = recorder or Recorder(self.metrics)
+        tracing = runtime.config.tracing
+        self.traces = TraceExport(tracing, self.metrics.trace_spans) if tracing.enabled else None
+        """The process's trace export (its thread and queue outlive reloads)."""
         self._recording = recording_sink(self.recorder)
         self._usage_sink = usage_sink(usage) if usage is not None else None
         if usage is not None:
@@ -474,6 +484,8 @@ class RuntimeState:
         runtime.access_log = self.access_log
         self.spend.currency = runtime.config.pricing_currency
         runtime.spend = self.spend
+        if self.traces is not None and runtime.config.tracing.enabled:
+            runtime.tracing = Tracer(runtime.config.tracing, self.traces)
         record = runtime.config.record
         self.recorder.configure(record, runtime.base_dir)
         runtime.recorder = self.recorder if record.enabled else None
@@ -520,6 +532,8 @@ class RuntimeState:
         if self.access_log is not None:
             self.access_log.start()
         self.recorder.start()
+        if self.traces is not None:
+            self.traces.start()
         self.loop_lag.start()
         await self.current.open()
         if self.usage is not None:
@@ -561,6 +575,8 @@ class RuntimeState:
         if self.access_log is not None:
             self.access_log.stop()
         self.recorder.stop(timeout)
+        if self.traces is not None:
+            await asyncio.to_thread(self.traces.shutdown, timeout)
 
     async def _sync_usage(self) -> None:
         """Copy the usage counters into the metrics every second.
@@ -591,3 +607,7 @@ class RuntimeState:
         if self.access_log is not None:
             self.access_log.stop()
         self.recorder.stop(self.current.config.server.shutdown_timeout or 5.0)
+        if self.traces is not None:
+            # Off the loop: the last export may wait for a slow collector (bounded).
+            timeout = self.current.config.server.shutdown_timeout or 5.0
+            await asyncio.to_thread(self.traces.shutdown, timeout)

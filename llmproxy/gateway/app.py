@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import re
+from time import time_ns
 
 from llmproxy.apis import ASKS_FOR_USAGE, ENDPOINT_API, GENERATING, RESPONSES, is_anthropic
 from llmproxy.auth.pipeline import Identity, Recognised
@@ -42,6 +43,7 @@ from llmproxy.gateway.responses import send_bytes, send_error
 from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.gateway.snapshot import Snapshots as RuntimeState
 from llmproxy.routing.responses import Home
+from llmproxy.tracing import RequestTrace
 from llmproxy.usage import estimate_prompt_tokens
 
 log = logging.getLogger("llmproxy.gateway")
@@ -53,6 +55,8 @@ _MODELS = "/v1/models"
 _MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(rb"[!-~]{1,%d}" % _MAX_REQUEST_ID)
 _OK = b'{"status":"ok"}'
+_UNTRACED = frozenset({"/", "/health", "/ready"})
+"""Probes: never traced (a span per liveness check is noise in every trace backend)."""
 
 
 class GatewayApp:
@@ -97,6 +101,9 @@ class GatewayApp:
                 return
 
     async def _http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+        tracing = runtime.tracing
+        arrived = time_ns() if tracing is not None else 0
+        trace: RequestTrace | None = None
         headers = scope["headers"]
         given_id = find_header(headers, b"x-request-id")
         own_id = f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFFFFFF:012x}"
@@ -121,12 +128,27 @@ class GatewayApp:
         try:
             request = canonical_request(scope, runtime.proxy_trust, request_id, upstream_id)
             endpoint = request.endpoint
-            await self._dispatch(runtime, request, receive, send)
+            if tracing is not None and _traced(runtime, endpoint):
+                trace = tracing.begin(
+                    arrived,
+                    headers,
+                    request.client.via_trusted_proxy,
+                    request.method,
+                    endpoint,
+                    request_id,
+                )
+            await self._dispatch(runtime, request, receive, send, trace)
         except GatewayError as error:
+            if trace is not None:
+                trace.status, trace.error = error.status, error.code or ""
             await send_error(send, error, rid, anthropic=_anthropic(scope, endpoint))
         except ClientGone:
+            if trace is not None:
+                trace.status, trace.error = 499, "client_gone"
             log.debug("client left before sending its whole body (request %s)", request_id)
         except Exception:
+            if trace is not None:
+                trace.status, trace.error = 500, "internal_error"
             # A defect, not the client's doing: the operator gets the traceback, the client an
             # OpenAI-style 500 (or, mid-response, a closed connection), never a plain-text page.
             log.exception("request %s failed inside the gateway", request_id)
@@ -137,9 +159,17 @@ class GatewayApp:
                     rid,
                     anthropic=_anthropic(scope, endpoint),
                 )
+        finally:
+            if trace is not None and tracing is not None:
+                tracing.end(trace)
 
     async def _dispatch(
-        self, runtime: Runtime, request: CanonicalRequest, receive: Receive, send: Send
+        self,
+        runtime: Runtime,
+        request: CanonicalRequest,
+        receive: Receive,
+        send: Send,
+        trace: RequestTrace | None = None,
     ) -> None:
         endpoint = request.endpoint
         local_models = endpoint == _MODELS or endpoint.startswith("/v1/models/")
@@ -163,10 +193,15 @@ class GatewayApp:
         if auth_step.needs_key(runtime, endpoint):
             key = auth_step.presented_key(runtime, request.headers)
             # Before the body is read: an unknown key costs no more than its headers.
+            began = time_ns() if trace is not None else 0
             recognised = await auth_step.recognise(runtime, key, request.client_ip)
+            if trace is not None:
+                trace.phase("auth", began, auth_step.trace_attributes(recognised))
         if proxied:
-            await self._proxy(runtime, request, receive, send, recognised)
+            await self._proxy(runtime, request, receive, send, recognised, trace)
             return
+        if trace is not None:
+            trace.status = 200  # answered here (an error raised below overrides it)
         identity = (
             _decide(runtime, request, recognised, None, stream=False, proxied=False)
             if recognised is not None
@@ -223,6 +258,7 @@ class GatewayApp:
         receive: Receive,
         send: Send,
         recognised: Recognised | None,
+        trace: RequestTrace | None = None,
     ) -> None:
         endpoint = request.endpoint
         model_required = endpoint in _MODEL_ENDPOINTS
@@ -252,7 +288,17 @@ class GatewayApp:
                     runtime.config.auth.forward_metadata, identity
                 )
             await self._forward(
-                runtime, request, receive, send, body, peek, identity, extra_headers, arrival, home
+                runtime,
+                request,
+                receive,
+                send,
+                body,
+                peek,
+                identity,
+                extra_headers,
+                arrival,
+                home,
+                trace,
             )
         finally:
             reader.release()
@@ -269,6 +315,7 @@ class GatewayApp:
         extra_headers: tuple[tuple[str, str], ...],
         arrival: float | None,
         home: Home | None,
+        trace: RequestTrace | None = None,
     ) -> None:
         """The judged request: admitted against the key's limits, forwarded, accounted."""
         model_required = request.endpoint in _MODEL_ENDPOINTS
@@ -283,6 +330,7 @@ class GatewayApp:
             arrival=arrival,
             # Recorded as judged (the client's bytes), before the gateway's own edits.
             judged_body=body if arrival is not None else None,
+            trace=trace,
         )
         if (
             peek.streaming
@@ -301,7 +349,10 @@ class GatewayApp:
         if api == "responses" or request.endpoint.startswith(_RESPONSE_PATH):
             _pin_response(runtime, exchange, home)  # before admission: a 404 takes nothing
         if identity is not None:
+            began = time_ns() if trace is not None else 0
             settlement = await _admit(runtime, identity, peek, exchange.prompt_estimate)
+            if trace is not None:
+                trace.phase("limits", began)
             if settlement is not None:
                 exchange.settlement = settlement
                 exchange.response_headers = settlement.headers
@@ -339,6 +390,11 @@ class GatewayApp:
 
 
 _RESPONSE_PATH = RESPONSES + "/"
+
+
+def _traced(runtime: Runtime, endpoint: str) -> bool:
+    """Whether a request to ``endpoint`` gets a trace: all but probes and metrics scrapes."""
+    return endpoint not in _UNTRACED and endpoint != runtime.config.metrics.path
 
 
 def _anthropic(scope: Scope, endpoint: str) -> bool:
@@ -419,6 +475,10 @@ def _finish(runtime: Runtime, exchange: Exchange, now: float) -> asyncio.Future[
         prompt, cached = used.prompt_tokens, used.cached_tokens
         cost = runtime.prices.cost_nanos(model, prompt, cached, used.completion_tokens)
     finished = exchange.finished(now, used, cost)
+    if exchange.trace is not None:
+        peek = exchange.peek
+        asked = peek.max_tokens or peek.max_completion_tokens or peek.max_output_tokens
+        exchange.trace.ended(finished, asked)
     written = None
     for sink in runtime.finish_sinks:
         result = sink(finished)

@@ -58,6 +58,13 @@ async def recognise(runtime: Runtime, key: PresentedKey, client_ip: str | None) 
         raise _refusal(runtime, refused) from None
 
 
+def trace_attributes(recognised: Recognised) -> dict[str, str | int]:
+    """The auth span's attributes: which provider(s) knew the key (a cached lookup shows as a
+    span of microseconds, a provider's as its round trip)."""
+    names = ",".join(stage.provider.name for stage, _ in recognised.found)
+    return {"llmproxy.auth.provider": names}
+
+
 def decide(
     runtime: Runtime,
     recognised: Recognised,

@@ -22,6 +22,7 @@ from llmproxy.gateway.request_body import RequestPeek
 from llmproxy.pricing import NANOS
 from llmproxy.routing import Backend
 from llmproxy.routing.responses import ResponseHomes
+from llmproxy.tracing import RequestTrace
 from llmproxy.translate import messages_stop_reason
 from llmproxy.usage import StreamMeter, Usage
 from llmproxy.usage.journal import JournalHandle
@@ -97,6 +98,9 @@ class Exchange:
     """Backends that failed this request in a way the request itself may have caused: a 5xx
     answer, or a timeout (a long prompt, a long non-streamed generation); judged when the
     request ends (:func:`_judge_suspect_failures`)."""
+    trace: RequestTrace | None = None
+    """The request's trace notes, when tracing is on and keeps this request (else None: each
+    phase's tracing is one ``is None`` check)."""
 
     @property
     def request_id(self) -> str:

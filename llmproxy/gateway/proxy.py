@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from time import time_ns
 from typing import Literal
 
 from llmproxy.apis import CHAT, MESSAGES
@@ -53,6 +54,7 @@ from llmproxy.routing.affinity import prefix_key
 from llmproxy.routing.backend import REFUSED
 from llmproxy.routing.prefix import prompt_prefix
 from llmproxy.routing.responses import Home, response_id_in
+from llmproxy.tracing import RequestTrace
 from llmproxy.translate import (
     ChatStreamToMessages,
     TranslationError,
@@ -124,6 +126,7 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
                 key,
                 request.refused_by,
                 request.pinned,
+                request.trace,
             )
             if backend is None:
                 break
@@ -140,6 +143,8 @@ async def forward(runtime: Runtime, request: Exchange, send: Send) -> None:
                 return
             except _Retryable as retryable:
                 last_error = retryable.error
+                if request.trace is not None:
+                    request.trace.attempt_failed(last_error.code or "upstream_error")
             finally:
                 if attempt:
                     fleet.retries_in_flight -= 1
@@ -223,6 +228,7 @@ async def _choose(
     key: int | None,
     refused_by: set[Backend] | None = None,
     only: Backend | None = None,
+    trace: RequestTrace | None = None,
 ) -> tuple[Backend | None, int]:
     """The backend for this attempt and the slot taken on it (:meth:`Backend.try_begin`: pass
     it to ``end()``); while every backend is full, wait in the admission queue (best priority first)
@@ -234,6 +240,7 @@ async def _choose(
     loop = asyncio.get_running_loop()
     ticket: int | None = None
     deadline = 0.0
+    queued = 0
     looked_again = False
     while True:
         now = loop.time()
@@ -269,12 +276,17 @@ async def _choose(
             if backend is not None or not router.saturated(model, now, reserve, only):
                 if ticket is not None:
                     admission.left()
+                    if trace is not None:
+                        trace.phase("queue", queued)
                 return backend, taken
         if ticket is None:
             deadline = now + admission.timeout
+            queued = time_ns() if trace is not None else 0
         try:
             ticket = await admission.wait(priority, ticket=ticket, deadline=deadline)
         except AdmissionRefused as refused:
+            if trace is not None:
+                trace.phase("queue", queued, {"error.type": "backend_capacity"})
             runtime.metrics.limit_rejection("capacity")
             raise GatewayError(503, refused.message, "backend_capacity") from None
 
@@ -339,6 +351,12 @@ async def _attempt(
             canonical.client.forwarded_for,
             trusted_forwarding=canonical.client.via_trusted_proxy,
         )
+        trace = request.trace
+        if trace is not None:
+            # The backend's spans (vLLM's) become children of this attempt's span.
+            headers["traceparent"] = trace.begin_attempt(backend.name)
+            if trace.tracestate:
+                headers["tracestate"] = trace.tracestate
         body = request.body
         target = canonical.target
         translating = canonical.endpoint == MESSAGES and backend.speaks("messages") is None
@@ -438,6 +456,8 @@ async def _attempt(
                     _failed(runtime, backend, loop.time(), passive)
                 raise
         consumed = outcome == "done"
+        if outcome != "done" and request.trace is not None:
+            request.trace.attempt_failed(f"upstream_{outcome}")
         if outcome == "timeout":
             _suspect(request, backend)
             return
@@ -454,6 +474,8 @@ async def _attempt(
                 connection.abort()
             pool.release(connection)
         backend.end(taken)
+        if request.trace is not None:
+            request.trace.end_attempt(connection.status if connection is not None else 0)
         metrics.in_flight(backend.name, -1)
         if backend.max_in_flight:
             runtime.admission.release()
@@ -705,6 +727,8 @@ class _StreamSink:
         request = self._request
         if request.first_token_at is None:
             request.first_token_at = self._loop.time()
+            if request.trace is not None:
+                request.trace.first_token_now()
         if self._note is not None and self._note(relayed):
             self._note = None
         request.bytes_sent += len(relayed)

@@ -30,6 +30,7 @@ from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, RetryPolicy, Router
 from llmproxy.routing.admission import AdmissionQueue
 from llmproxy.routing.fleet import BackendFleet
+from llmproxy.tracing import Tracer
 from llmproxy.usage.sink import UsageSink
 from llmproxy.usage.spendbook import SpendBook
 
@@ -73,6 +74,8 @@ class Snapshot(Protocol):
     loop_lag: LoopLag
     shed_lag: float
     shed_headers: tuple[tuple[bytes, bytes], ...]
+    tracing: Tracer | None
+    """Request traces while ``tracing.enabled``; None: tracing costs one check."""
 
     def count_fallback(self, primary: Backend) -> None:
         """A fallback target serves a request in ``primary``'s stead."""

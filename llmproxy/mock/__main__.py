@@ -10,7 +10,9 @@ from llmproxy.mock.server import serve_forever
 from llmproxy.mock.settings import Fault, MockSettings
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[MockSettings, str, int]:
+def parse_args(
+    argv: Sequence[str] | None = None,
+) -> tuple[MockSettings, str, int, str | None]:
     """Turn command-line flags into ``(settings, host, port)``; the flags mirror the knobs."""
     defaults = MockSettings()
     parser = argparse.ArgumentParser(
@@ -48,6 +50,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[MockSettings, str, in
         default=defaults.block_chars,
         help="prompt characters per cache block",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="export a span per request to this OTLP/HTTP collector (needs llmproxy[otel])",
+    )
     args = parser.parse_args(argv)
     try:
         settings = MockSettings(
@@ -67,12 +74,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[MockSettings, str, in
         )
     except ValueError as exc:
         parser.error(str(exc))
-    return settings, args.host, args.port
+    return settings, args.host, args.port, args.otlp_endpoint
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings, host, port = parse_args(argv)
-    serve_forever(settings, host, port)
+    settings, host, port, otlp_endpoint = parse_args(argv)
+    serve_forever(settings, host, port, otlp_endpoint)
 
 
 if __name__ == "__main__":

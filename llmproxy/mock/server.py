@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -37,6 +37,9 @@ from llmproxy.mock._state import BackendState, ResponseStore
 from llmproxy.mock.gpu import Gpu
 from llmproxy.mock.settings import MockSettings, with_header_overrides
 from llmproxy.mock.stats import MockStats
+
+if TYPE_CHECKING:
+    from llmproxy.mock._tracing import MockTracing
 
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -58,7 +61,13 @@ class MockBackend:
     objects are in ``responses``: :mod:`llmproxy.mock._responses`).
     """
 
-    def __init__(self, settings: MockSettings | None = None, *, shutdown_timeout: float = 0.5):
+    def __init__(
+        self,
+        settings: MockSettings | None = None,
+        *,
+        shutdown_timeout: float = 0.5,
+        otlp_endpoint: str | None = None,
+    ):
         self.stats = MockStats()
         self.gpu = Gpu(self.stats)
         self.responses = ResponseStore()
@@ -68,6 +77,9 @@ class MockBackend:
         self.port = 0
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.ServerRunner | None = None
+        self._otlp_endpoint = otlp_endpoint
+        """Export a SERVER span per ``/v1`` request there (OTLP/HTTP), as a traced vLLM does."""
+        self._tracing: MockTracing | None = None
 
     @property
     def settings(self) -> MockSettings:
@@ -95,6 +107,10 @@ class MockBackend:
             sock.close()
             raise
         self.host, self.port = host, sock.getsockname()[1]
+        if self._otlp_endpoint is not None and self._tracing is None:
+            from llmproxy.mock._tracing import MockTracing
+
+            self._tracing = MockTracing(self._otlp_endpoint, self.settings.name)
         server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         self._runner = web.ServerRunner(server, shutdown_timeout=self._shutdown_timeout)
         await self._runner.setup()
@@ -106,6 +122,9 @@ class MockBackend:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if self._tracing is not None:
+            tracing, self._tracing = self._tracing, None
+            await asyncio.to_thread(tracing.shutdown)
 
     async def __aenter__(self) -> MockBackend:
         await self.start()
@@ -127,6 +146,10 @@ class MockBackend:
         by_path = self.stats.by_path
         by_path[path] = by_path.get(path, 0) + 1
         if path.startswith("/v1/"):
+            if self._tracing is not None:
+                return await self._tracing.traced(
+                    request, lambda: self._serve_api(request, path, settings)
+                )
             return await self._serve_api(request, path, settings)
         if path == "/metrics":
             text = self.stats.render_metrics(settings.models, settings.slots)
@@ -232,7 +255,12 @@ def _json(data: Any, settings: MockSettings) -> web.Response:
     return json_response(200, msgspec.json.encode(data), settings)
 
 
-def serve_forever(settings: MockSettings, host: str = "127.0.0.1", port: int = 9001) -> None:
+def serve_forever(
+    settings: MockSettings,
+    host: str = "127.0.0.1",
+    port: int = 9001,
+    otlp_endpoint: str | None = None,
+) -> None:
     """Run a mock backend in the foreground until SIGINT or SIGTERM (``llmproxy mock-backend``).
 
     Uses uvloop when it is installed, like the gateway, so a benchmark compares like with like.
@@ -243,11 +271,13 @@ def serve_forever(settings: MockSettings, host: str = "127.0.0.1", port: int = 9
 
         loop_factory = uvloop.new_event_loop
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as run:
-        run.run(_serve(settings, host, port))
+        run.run(_serve(settings, host, port, otlp_endpoint))
 
 
-async def _serve(settings: MockSettings, host: str, port: int) -> None:
-    backend = MockBackend(settings)
+async def _serve(
+    settings: MockSettings, host: str, port: int, otlp_endpoint: str | None = None
+) -> None:
+    backend = MockBackend(settings, otlp_endpoint=otlp_endpoint)
     await backend.start(host, port)
     models = ",".join(settings.models)
     print(f"mock backend {settings.name!r} serving {models} on {backend.url}", file=sys.stderr)

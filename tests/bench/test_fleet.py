@@ -185,7 +185,7 @@ def test_turn_body_streams_with_usage() -> None:
 def test_replica_command_matches_the_mock_flags() -> None:
     """The fleet's command line is accepted by ``python -m llmproxy.mock`` as intended."""
     fleet = Fleet(slots=8, prefill_per_token=0.0005, prefix_cache_blocks=378, tokens=32)
-    settings, _, port = mock_args(fleet.command(9100, "gpu-1")[3:])
+    settings, _, port, _ = mock_args(fleet.command(9100, "gpu-1")[3:])
     assert port == 9100
     assert settings == MockSettings(
         name="gpu-1", slots=8, tokens=32, itl=0.01, prefill_per_token=0.0005,

@@ -55,7 +55,7 @@ def test_header_overrides() -> None:
 
 def test_cli_flags() -> None:
     """The command-line flags mirror the knobs."""
-    settings, host, port = parse_args(
+    settings, host, port, _ = parse_args(
         ["--port", "9005", "--models", "a, b", "--itl", "0.01", "--fault", "429", "--name", "n"]
     )
     assert (host, port) == ("127.0.0.1", 9005)
@@ -64,7 +64,7 @@ def test_cli_flags() -> None:
 
 def test_cli_gpu_flags() -> None:
     """The simulated GPU's knobs have flags too, and keep their defaults when not given."""
-    settings, _, _ = parse_args(
+    settings, _, _, _ = parse_args(
         ["--slots", "8", "--prefill-per-token", "0.0005", "--prefix-cache-blocks", "512"]
     )
     assert settings == MockSettings(slots=8, prefill_per_token=0.0005, prefix_cache_blocks=512)
