@@ -29,6 +29,7 @@ from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, RetryPolicy, Router
 from llmproxy.routing.admission import AdmissionQueue
 from llmproxy.routing.fleet import BackendFleet
+from llmproxy.teams import TeamDirectory
 from llmproxy.usage.sink import UsageSink
 
 
@@ -53,6 +54,8 @@ class Snapshot(Protocol):
     auth_skip_paths: tuple[str, ...]
     secret_headers: frozenset[bytes]
     limits: LimitStore | None
+    teams: TeamDirectory
+    """The teams of the key store, by name (empty without one)."""
     response_redis: Redis | None
     """Where response ids' backends are shared (the limits' Redis), or None."""
     notices: DaemonNotices | None
