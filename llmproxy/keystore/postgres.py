@@ -156,6 +156,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
 )
 
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+"""The key store's schema version on PostgreSQL (``llmproxy_schema``, component ``keys``)."""
+
 _ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 """What a PostgreSQL call may raise when the server, the network or the schema is the problem."""
 
@@ -415,7 +418,7 @@ class PostgresKeyStore:
             raise TeamConflict(f"a team named {values['name']!r} exists", "team_exists")
         return team_from_row(row)
 
-    async def update_team(self, name: str, **changes: object) -> Team:
+    async def update_team(self, name: str, /, **changes: object) -> Team:
         """Change fields of a team (``None`` clears an optional one)."""
         checked = check_team_fields(changes)
         try:

@@ -276,7 +276,7 @@ class KeyStore:
                 ) from None
             return self._team(connection, str(values["name"]))
 
-    def update_team(self, name: str, **changes: object) -> Team:
+    def update_team(self, name: str, /, **changes: object) -> Team:
         """Change fields of a team (``None`` clears an optional one); :class:`TeamNotFound`."""
         checked = check_team_fields(changes)
         with self._writing() as connection:
