@@ -53,14 +53,16 @@ async def test_a_team_keeps_its_fields_and_names_are_unique_and_case_sensitive(
         20,
         5_000_000,
     )
-    assert team.used_quota == 0 and team.created_at > 0
+    assert team.used_quota == 0
+    assert team.created_at > 0
     assert await store.get_team("research") == team
     with pytest.raises(TeamConflict, match="a team named 'research' exists") as exists:
         await store.add_team(name="research")
     assert exists.value.code == "team_exists"
     other = await store.add_team(name="Research")  # case-sensitive: another team
     assert [t.name for t in await store.list_teams()] == ["Research", "research"]
-    assert other.budget is None and await store.get_team("RESEARCH") is None
+    assert other.budget is None
+    assert await store.get_team("RESEARCH") is None
 
 
 async def test_bad_team_values_are_refused_naming_the_field(store: KeyStoreAccess) -> None:
@@ -138,7 +140,8 @@ async def test_quota_used_by_keys_counts_for_their_team(store: KeyStoreAccess) -
     await store.add_usage({one.id: 10, two.id: 5, alone.id: 7})
     await store.add_usage({one.id: 1})
     team = await store.get_team("ml")
-    assert team is not None and team.used_quota == 16
+    assert team is not None
+    assert team.used_quota == 16
     assert (await store.get(alone.id)).used_quota == 7  # type: ignore[union-attr]
 
 
@@ -146,7 +149,8 @@ async def test_changes_carry_the_teams_when_they_changed(store: KeyStoreAccess) 
     """A full load holds every team; a later poll holds them again only after a team write."""
     await store.add_team(name="ml", rpm=5)
     full = await store.changes(None)
-    assert full.complete and [t.name for t in full.teams or []] == ["ml"]
+    assert full.complete
+    assert [t.name for t in full.teams or []] == ["ml"]
     quiet = await store.changes(full.cursor)
     assert quiet.teams is None
     await store.update_team("ml", rpm=6)
