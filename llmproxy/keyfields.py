@@ -17,21 +17,25 @@ import difflib
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal, cast
 
+from llmproxy.budgets import check_period
+
 KeyStatus = Literal["active", "disabled", "expired", "quota_exceeded"]
 STATUSES: Final[tuple[KeyStatus, ...]] = ("active", "disabled", "expired", "quota_exceeded")
 
-FieldKind = Literal["text", "status", "list", "time", "count", "mapping"]
-"""How a value is written on a command line and kept in a SQL row: lists and mappings as JSON."""
+FieldKind = Literal["text", "status", "list", "time", "count", "mapping", "money", "period"]
+"""How a value is written on a command line and kept in a SQL row: lists and mappings as JSON,
+money as a float (in ``pricing_currency``), a period as one of :data:`~llmproxy.budgets.PERIODS`."""
 
 
 @dataclass(frozen=True, slots=True)
 class KeyField:
-    """One field an operator may give a key."""
+    """One field an operator may give a key (or a team: :mod:`llmproxy.teamfields` reuses it)."""
 
     name: str
     doc: str
@@ -60,6 +64,8 @@ class KeyField:
             return {}
         if self.kind == "text":
             return ""
+        if self.kind == "period":
+            return "monthly"
         return None
 
     @property
@@ -172,6 +178,52 @@ def _metadata(field: str, value: object) -> dict[str, object]:
     return copy
 
 
+TEAM_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A team's name: letters, digits, ``.``, ``_``, ``-``, at most 64 characters; case-sensitive.
+
+Kept this narrow because it is part of the limit store's id (``team:<name>``), of URLs
+(``/teams/<name>``) and of usage reports, and an operator types it."""
+
+
+def check_team_name(field: str, value: object) -> str:
+    """A team's name (see :data:`TEAM_NAME`)."""
+    text = _text(field, value)
+    if not TEAM_NAME.fullmatch(text):
+        raise ValueError(
+            f"{field}: expected 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
+            f"or digit), got {value!r}"
+        )
+    return text
+
+
+def _team(field: str, value: object) -> str:
+    """The team a key belongs to; "" for none."""
+    if value == "" or value is None:
+        return ""
+    return check_team_name(field, value)
+
+
+def check_money(field: str, value: object) -> float | None:
+    """An amount of money (``pricing_currency``), at least 0; None for none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field}: expected an amount or None, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{field}: must be a finite amount of at least 0, got {value!r}")
+    return float(value)
+
+
+def check_text(field: str, value: object) -> str:
+    """Printable text, stripped."""
+    return _text(field, value)
+
+
+def check_limit(minimum: int | None) -> Callable[[str, object], int | None]:
+    """A whole number of at least ``minimum`` (None: no bound below), or None for no limit."""
+    return _limit(minimum)
+
+
 # The table -----------------------------------------------------------------------------------
 
 KEY_FIELDS: Final[tuple[KeyField, ...]] = (
@@ -240,6 +292,26 @@ KEY_FIELDS: Final[tuple[KeyField, ...]] = (
         "mapping",
         _metadata,
     ),
+    KeyField(
+        "team",
+        "Team the key belongs to (`llmproxy teams`): its limits apply too, the stricter wins.",
+        "text",
+        _team,
+    ),
+    KeyField(
+        "budget",
+        "What the key's requests may cost per `budget_period`, in `pricing_currency`; unset "
+        "means no budget of its own.",
+        "money",
+        check_money,
+    ),
+    KeyField(
+        "budget_period",
+        "Period of the key's budget: daily, weekly, monthly (calendar, UTC) or total.",
+        "period",
+        check_period,
+        clearable=False,
+    ),
 )
 
 FIELDS: Final[Mapping[str, KeyField]] = MappingProxyType({f.name: f for f in KEY_FIELDS})
@@ -263,13 +335,24 @@ def check_fields(
     fields: Mapping[str, object], allowed: Iterable[str] = SETTABLE_FIELDS
 ) -> dict[str, object]:
     """``fields`` validated and normalised; raises ``ValueError`` naming the first bad one."""
+    return check_values(FIELDS, "key", fields, allowed)
+
+
+def check_values(
+    table: Mapping[str, KeyField],
+    what: str,
+    fields: Mapping[str, object],
+    allowed: Iterable[str],
+) -> dict[str, object]:
+    """``fields`` of a ``what`` (key, team) validated by ``table``'s rules; ``ValueError``
+    naming the first bad one, or an unknown one with the closest known name."""
     allowed = tuple(allowed)
     checked: dict[str, object] = {}
     for name, value in fields.items():
-        field = FIELDS.get(name)
+        field = table.get(name)
         if field is None or name not in allowed:
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{name}: not a key field{hint}; fields: {', '.join(allowed)}")
+            raise ValueError(f"{name}: not a {what} field{hint}; fields: {', '.join(allowed)}")
         checked[name] = field.check(name, value)
     return checked

@@ -25,7 +25,8 @@ class Notice(IntEnum):
     """What a counter counts (its slot after the 8-byte magic)."""
 
     KEYS = 1
-    """Writes to the key store through the admin API (add, update, revoke)."""
+    """Writes to the key store through the admin API: keys (add, update, revoke) and teams
+    (add, update, remove), which live in the same store and are reloaded with the keys."""
 
 
 class DaemonNotices:

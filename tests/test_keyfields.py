@@ -78,6 +78,8 @@ def test_clearing_sets_each_fields_none_and_the_store_accepts_it() -> None:
         "max_concurrent": None,
         "priority": None,
         "metadata": {},
+        "team": "",
+        "budget": None,
     }
     with pytest.raises(ValueError, match=r"status: not a key field; fields: name, user_id,"):
         check_fields({"status": "active"}, ADD_FIELDS)

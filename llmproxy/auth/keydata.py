@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from llmproxy.auth.providers.base import KeyData
+from llmproxy.budgets import Budget, check_period
 
 KeyState = Literal["active", "disabled", "expired", "quota_exceeded"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -61,6 +62,10 @@ class KeyInfo:
     networks: tuple[Network, ...]
     limits: KeyLimits = field(default_factory=KeyLimits)
     metadata: Mapping[str, object] = field(default_factory=dict)
+    team: str = ""
+    """The key's team (its data's ``team``; "" for none)."""
+    budget: Budget | None = None
+    """The key's own budget (its data's ``budget`` and ``budget_period``)."""
 
 
 def parse_status(value: object) -> KeyState:
@@ -169,7 +174,17 @@ def key_info(data: KeyData, fallback_id: str) -> KeyInfo:
             used_quota=_optional_int(data, "used_quota") or 0,
         ),
         metadata=metadata if isinstance(metadata, Mapping) else {},
+        team=str(data.get("team") or ""),
+        budget=_budget(data),
     )
+
+
+def _budget(data: KeyData) -> Budget | None:
+    amount = _optional_float(data, "budget")
+    if amount is None:
+        return None
+    period = data.get("budget_period") or "monthly"
+    return Budget(amount, check_period("budget_period", period))
 
 
 def effective_state(info: KeyInfo, now: float) -> KeyState:

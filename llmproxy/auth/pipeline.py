@@ -20,6 +20,7 @@ clients raise ``AuthenticationError`` (401), ``PermissionDeniedError`` (403) or 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -324,6 +325,8 @@ class AuthPipeline:
             limits=info.limits,
             metadata=dict(metadata),
             models=info.models,
+            team=info.team,
+            budget=info.budget,
         )
 
     def _check_standing(self, info: KeyInfo, ip: str | None, now: float) -> None:
@@ -346,16 +349,8 @@ class AuthPipeline:
 
 def _with_metadata(identity: Identity, metadata: Mapping[str, object]) -> Identity:
     user_id = str(metadata.get("user_id") or identity.user_id)
-    return Identity(
-        key_id=identity.key_id,
-        key_prefix=identity.key_prefix,
-        name=identity.name,
-        user_id=user_id,
-        provider=identity.provider,
-        limits=identity.limits,
-        metadata=dict(metadata),
-        models=identity.models,
-    )
+    # replace(): every other field (team, budget...) is the deciding stage's, as it was.
+    return dataclasses.replace(identity, user_id=user_id, metadata=dict(metadata))
 
 
 def _lua_request(request: AuthRequest) -> dict[str, object]:

@@ -226,6 +226,11 @@ class AdminClient:
     def patch(self, path: str, body: Mapping[str, object]) -> JSONObject:
         return self.request("PATCH", path, body=body)
 
+    def delete(
+        self, path: str, params: Mapping[str, str | int | float] | None = None
+    ) -> JSONObject:
+        return self.request("DELETE", path, params=params)
+
     def stream(
         self,
         path: str,

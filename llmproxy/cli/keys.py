@@ -21,6 +21,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from llmproxy.budgets import PERIODS, check_period
 from llmproxy.cli.connection import (
     AdminUrlOption,
     ConfigOption,
@@ -152,8 +153,27 @@ def key_fields(key: Key, now: float, tz: tzinfo | None = None) -> list[tuple[str
         ("tokens / min", _limit(key.get("tpm"))),
         ("max concurrent", _limit(key.get("max_concurrent"))),
         ("priority", _limit(key.get("priority"))),
+        ("team", str(key.get("team") or NONE)),
+        ("budget", budget_text(key.get("budget"), key.get("budget_period"))),
         ("metadata", json.dumps(metadata, ensure_ascii=False) if metadata else NONE),
     ]
+
+
+def budget_text(amount: object, period: object) -> str:
+    """``100.00 monthly``, or ``-`` without a budget (the amount is in ``pricing_currency``)."""
+    if amount is None:
+        return NONE
+    return f"{float(str(amount)):,.2f} {period or 'monthly'}"
+
+
+def period_value(value: str | None, hint: str) -> str | None:
+    """A ``--period`` / ``--budget-period`` value checked (a usage error otherwise)."""
+    if value is None:
+        return None
+    try:
+        return check_period(hint.lstrip("-"), value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=hint) from None
 
 
 def key_panel(key: Key, now: float) -> Text:
@@ -200,11 +220,21 @@ def key_fields_body(
     max_concurrent: int | None = None,
     priority: int | None = None,
     expires: str | None = None,
+    team: str | None = None,
+    budget: float | None = None,
+    budget_period: str | None = None,
 ) -> dict[str, object]:
     """The API fields for the options given (``None`` = not given); ``BadParameter`` if wrong."""
     body: dict[str, object] = {}
     if user_id is not None:
         body["user_id"] = user_id
+    if team is not None:
+        body["team"] = team
+    if budget is not None:
+        body["budget"] = budget
+    period = period_value(budget_period, "--budget-period")
+    if period is not None:
+        body["budget_period"] = period
     if models is not None:
         body["models"] = parse_list(models)
     if allowed_ips is not None:
@@ -287,6 +317,16 @@ MaxConcurrentOption = Annotated[
     int | None, typer.Option("--max-concurrent", min=0, help=doc("max_concurrent"))
 ]
 PriorityOption = Annotated[int | None, typer.Option("--priority", help=doc("priority"))]
+TeamOption = Annotated[str | None, typer.Option("--team", help=doc("team"))]
+BudgetOption = Annotated[float | None, typer.Option("--budget", min=0, help=doc("budget"))]
+BudgetPeriodOption = Annotated[
+    str | None,
+    typer.Option(
+        "--budget-period",
+        help=doc("budget_period"),
+        autocompletion=lambda incomplete: [p for p in PERIODS if p.startswith(incomplete)],
+    ),
+]
 ExpiresOption = Annotated[
     str | None,
     typer.Option(
@@ -322,6 +362,9 @@ def add(
     priority: PriorityOption = None,
     expires: ExpiresOption = None,
     metadata: MetadataOption = None,
+    team: TeamOption = None,
+    budget: BudgetOption = None,
+    budget_period: BudgetPeriodOption = None,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     socket: SocketOption = None,
@@ -340,6 +383,9 @@ def add(
         max_concurrent=max_concurrent,
         priority=priority,
         expires=expires,
+        team=team,
+        budget=budget,
+        budget_period=budget_period,
     )
     body["name"] = name
     extra = metadata_option(metadata)
@@ -463,6 +509,9 @@ def update(
     max_concurrent: MaxConcurrentOption = None,
     priority: PriorityOption = None,
     expires: ExpiresOption = None,
+    team: TeamOption = None,
+    budget: BudgetOption = None,
+    budget_period: BudgetPeriodOption = None,
     metadata: Annotated[
         list[str] | None,
         typer.Option(
@@ -509,6 +558,9 @@ def update(
         max_concurrent=max_concurrent,
         priority=priority,
         expires=expires,
+        team=team,
+        budget=budget,
+        budget_period=budget_period,
     )
     extra = metadata_option(metadata)
     cleared = list(dict.fromkeys(clear or []))

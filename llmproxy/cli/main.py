@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from llmproxy import __version__
-from llmproxy.cli import backends, keys, ops, replay, usage
+from llmproxy.cli import backends, keys, ops, replay, teams, usage
 from llmproxy.cli.output import EXIT_CODES_EPILOG
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(config_app, name="config")
 app.command("status", epilog=EXIT_CODES_EPILOG)(ops.status)
 app.command("reload", epilog=EXIT_CODES_EPILOG)(ops.reload)
 app.add_typer(keys.app, name="keys")
+app.add_typer(teams.app, name="teams")
 app.add_typer(backends.app, name="backends")
 app.add_typer(usage.app, name="usage")
 # Load testing: replay recorded or synthetic traffic against any OpenAI-compatible endpoint.

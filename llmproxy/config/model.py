@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
+from llmproxy.budgets import Period
 from llmproxy.config.errors import PathValueError
 from llmproxy.config.units import parse_duration, parse_size
 from llmproxy.dsn import is_postgres_url, postgres_dsn
@@ -576,6 +577,9 @@ class StaticKey(Section):
     max_concurrent: int | None = Field(default=None, description=doc("max_concurrent"))
     priority: int | None = Field(default=None, description=doc("priority"))
     metadata: dict[str, Any] = Field(default_factory=dict, description=doc("metadata"))
+    team: str = Field(default="", description=doc("team"))
+    budget: float | None = Field(default=None, ge=0, description=doc("budget"))
+    budget_period: Period = Field(default="monthly", description=doc("budget_period"))
 
     @field_validator("user_id")
     @classmethod

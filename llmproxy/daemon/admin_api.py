@@ -38,6 +38,7 @@ from llmproxy.daemon.admin_http import (
 )
 from llmproxy.daemon.admin_keys import KeysApi
 from llmproxy.daemon.admin_socket import admin_socket_path, bind_admin_socket, peer_uid
+from llmproxy.daemon.admin_teams import TeamsApi
 from llmproxy.daemon.admin_usage import UsageApi
 from llmproxy.daemon.board import WorkerBoard
 from llmproxy.daemon.control import DaemonControl
@@ -71,6 +72,7 @@ def admin_app(
     """
     closing = asyncio.Event()
     keys = KeysApi(state)
+    teams = TeamsApi(state)
     usage = UsageApi(state, closing, every_worker=board is not None)
     daemon = _DaemonApi(state, control, board)
     app = web.Application(
@@ -78,6 +80,7 @@ def admin_app(
     )
     daemon.register(app.router)
     keys.register(app.router)
+    teams.register(app.router)
     usage.register(app.router)
 
     async def stop_streams(_app: web.Application) -> None:

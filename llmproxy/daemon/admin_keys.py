@@ -28,8 +28,8 @@ from llmproxy.daemon.admin_http import (
     query_text,
 )
 from llmproxy.daemon.runtime import RuntimeState, builtin_providers
-from llmproxy.keyfields import ADD_FIELDS, FIELDS
-from llmproxy.keystore import KeyNotFound, KeyRecord, KeyStoreError
+from llmproxy.keyfields import ADD_FIELDS, FIELDS, KeyField
+from llmproxy.keystore import KeyNotFound, KeyRecord, KeyStoreError, TeamConflict, TeamNotFound
 from llmproxy.keystore.access import KeyStoreAccess
 from llmproxy.notices import Notice
 
@@ -50,9 +50,14 @@ def key_json(record: KeyRecord) -> dict[str, object]:
     }
 
 
-def store_fields(body: Mapping[str, object], allowed: frozenset[str]) -> dict[str, object]:
+def store_fields(
+    body: Mapping[str, object],
+    allowed: frozenset[str],
+    table: Mapping[str, KeyField] = FIELDS,
+) -> dict[str, object]:
     """A request body as store arguments: unknown fields refused, ``null`` clears, and
     ``expires_at`` also read from an ISO-8601 text. The store validates the values themselves.
+    ``table`` holds the fields (a key's; :data:`~llmproxy.teamfields.TEAM_FIELD_MAP` for a team).
     """
     unknown = sorted(set(body) - allowed)
     if unknown:
@@ -63,9 +68,9 @@ def store_fields(body: Mapping[str, object], allowed: frozenset[str]) -> dict[st
     for name, value in body.items():
         if value is None:
             # null clears a field to its "none"; for one that has none the store refuses it.
-            field = FIELDS.get(name)
+            field = table.get(name)
             fields[name] = field.cleared() if field is not None and field.clearable else None
-        elif FIELDS[name].kind == "time" and isinstance(value, str):
+        elif table[name].kind == "time" and isinstance(value, str):
             try:
                 fields[name] = parse_timestamp(value)
             except ValueError as exc:
@@ -125,7 +130,7 @@ class KeysApi:
     async def list_keys(self, request: web.Request) -> web.Response:
         store = self._store()
         include_revoked, user_id = query_flag(request, "all"), query_text(request, "user_id")
-        records = await _call(store.list(include_revoked, user_id=user_id))
+        records = await call(store.list(include_revoked, user_id=user_id))
         return json_response({"keys": [key_json(r) for r in records]})
 
     async def add_key(self, request: web.Request) -> web.Response:
@@ -136,69 +141,85 @@ class KeysApi:
         store = self._store()
         # The store checks every value (and names the field it refuses).
         extra: dict[str, Any] = fields
-        secret, record = await _call(store.add(name=name, **extra))
+        secret, record = await call(store.add(name=name, **extra))
         await self._publish(record)
         return json_response({"secret": secret, "key": key_json(record)}, status=201)
 
     async def show_key(self, request: web.Request) -> web.Response:
         store = self._store()
-        record = await _call(resolve_key(store, request.match_info["ref"]))
+        record = await call(resolve_key(store, request.match_info["ref"]))
         return json_response({"key": key_json(record)})
 
     async def update_key(self, request: web.Request) -> web.Response:
         changes = store_fields(await json_object(request), frozenset(FIELDS))
         store = self._store()
-        key = await _call(resolve_key(store, request.match_info["ref"]))
-        record = await _call(store.update(key.id, **changes))
+        key = await call(resolve_key(store, request.match_info["ref"]))
+        record = await call(store.update(key.id, **changes))
         await self._publish(record)
         return json_response({"key": key_json(record)})
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         store = self._store()
-        key = await _call(resolve_key(store, request.match_info["ref"]))
-        record = await _call(store.revoke(key.id))
+        key = await call(resolve_key(store, request.match_info["ref"]))
+        record = await call(store.revoke(key.id))
         await self._publish(record)
         return json_response({"key": key_json(record)})
 
     # Store access --------------------------------------------------------------------------
 
     def _store(self) -> KeyStoreAccess:
-        providers = builtin_providers(self._state.current)
-        if not providers:
-            raise AdminError(
-                409,
-                "this daemon has no builtin key store: its auth pipeline has no provider of "
-                "type builtin (or auth is disabled)",
-                "no_key_store",
-            )
-        return providers[0].store
+        return key_store(self._state)
 
     async def _publish(self, record: KeyRecord) -> None:
-        """Make the running gateway see a write at once (call after every one)."""
-        runtime = self._state.current
-        for provider in builtin_providers(runtime):
-            try:
-                await provider.reload_now()
-            except ProviderError as exc:
-                # The write is committed; the provider's poll retries the reload (the store's
-                # version moved past the one it loaded), so this delays the change, never loses it.
-                log.warning("key %s written but not reloaded yet: %s", record.id, exc)
+        await publish(self._state, f"key {record.id}", record.sha256)
+
+
+def key_store(state: RuntimeState) -> KeyStoreAccess:
+    """The store of the running config's ``builtin`` provider, or the 409 ``no_key_store``."""
+    providers = builtin_providers(state.current)
+    if not providers:
+        raise AdminError(
+            409,
+            "this daemon has no builtin key store: its auth pipeline has no provider of "
+            "type builtin (or auth is disabled)",
+            "no_key_store",
+        )
+    return providers[0].store
+
+
+async def publish(state: RuntimeState, what: str, sha256: str | None = None) -> None:
+    """Make the running gateway see a write to the key store at once (call after every one):
+    this worker reloads its keys and teams and forgets the cached lookup of ``sha256`` (None:
+    of every key); the other workers reload before their next request (:mod:`llmproxy.notices`).
+    ``what`` names the written thing in the log."""
+    runtime = state.current
+    for provider in builtin_providers(runtime):
+        try:
+            await provider.reload_now()
+        except ProviderError as exc:
+            # The write is committed; the provider's poll retries the reload (the store's
+            # version moved past the one it loaded), so this delays the change, never loses it.
+            log.warning("%s written but not reloaded yet: %s", what, exc)
+    if runtime.auth is not None:
+        runtime.auth.invalidate(sha256)
+    notices = state.notices
+    if notices is not None:
+        # The other workers load the store again before their next request; this one has.
+        seen = notices.bump(Notice.KEYS)
         if runtime.auth is not None:
-            runtime.auth.invalidate(record.sha256)
-        notices = self._state.notices
-        if notices is not None:
-            # The other workers load the store again before their next request; this one has.
-            seen = notices.bump(Notice.KEYS)
-            if runtime.auth is not None:
-                runtime.auth.keys_seen = seen
+            runtime.auth.keys_seen = seen
 
 
-async def _call(work: Awaitable[_T]) -> _T:
+async def call(work: Awaitable[_T]) -> _T:
     """Await store work; its failures as the API's errors."""
     try:
         return await work
     except KeyNotFound as exc:
         raise AdminError(404, str(exc), "key_not_found") from None
+    except TeamNotFound as exc:
+        raise AdminError(404, str(exc), "team_not_found") from None
+    except TeamConflict as exc:
+        raise AdminError(409, str(exc), exc.code) from None
     except ValueError as exc:  # a bad field value, named by the store
         raise invalid(str(exc)) from None
     except KeyStoreError as exc:  # not open, not a key store, locked too long, server down

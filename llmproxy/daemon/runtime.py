@@ -48,6 +48,7 @@ from llmproxy.routing.fleet import BackendFleet, BackendSettings
 from llmproxy.routing.health import Probe
 from llmproxy.routing.signals import SignalScraper
 from llmproxy.routing.strategies import BalancerInputs
+from llmproxy.teams import TeamDirectory, TeamIndex
 from llmproxy.tracing import TRACE_HEADERS, TraceExport, Tracer
 from llmproxy.usage.alerts import BudgetAlert
 from llmproxy.usage.finish import usage_sink
@@ -166,6 +167,10 @@ class Runtime:
         self.auth: AuthPipeline | None = (
             build_pipeline(config, self.pools, self.lua, self.base_dir) if auth.enabled else None
         )
+        builtin = builtin_providers(self)
+        self.teams: TeamDirectory = builtin[0].teams if builtin else TeamIndex()
+        """The teams of the key store (the builtin provider's, refreshed with its keys); an
+        empty directory without one."""
         limits = config.rate_limit
         self.limits: LimitStore | None = None  # built in open(): a Redis store needs the loop
         self.response_redis: redis.asyncio.Redis | None = None

@@ -363,7 +363,11 @@ class GatewayApp:
         journal = usage.journal if usage is not None and request.endpoint in GENERATING else None
         if journal is not None:
             settlement = exchange.settlement
-            lease = settlement.lease or "" if settlement is not None else ""
+            lease = (
+                settlement.lease_of(identity.key_id)
+                if settlement is not None and identity is not None
+                else ""
+            )
             exchange.journal = journal.open(exchange.interrupted(), exchange.counted, lease)
         held = None
         if usage is not None and usage.durable:
@@ -556,16 +560,17 @@ def _check_shape(request: CanonicalRequest, model_required: bool) -> bytes | Non
 async def _admit(
     runtime: Runtime, identity: Identity, peek: RequestPeek, prompt_estimate: int
 ) -> limits_step.Settlement | None:
-    """The key's limits: a 429 now, or what to settle when the request ends (None: no limits)."""
+    """The limits of the key and of its team: a 429 now, or what to settle when the request
+    ends (None: no limits). Another kind of limit is one more :class:`limits_step.Limit`."""
     if runtime.limits is None:
         return None
-    limits = runtime.config.rate_limit
-    policy = limits_step.key_policy(limits.per_key, identity.limits, identity.metadata)
-    if policy.requests is None and not policy.needs_lease:
+    config = runtime.config.rate_limit
+    limits = limits_step.limits_of(config.per_key, identity, runtime.teams)
+    if not limits:
         return None
     completion = peek.max_tokens or peek.max_completion_tokens or peek.max_output_tokens
-    reserve = (completion or limits.default_max_tokens) * peek.completions + prompt_estimate
-    return await limits_step.admit(runtime, identity.key_id, policy, reserve)
+    reserve = (completion or config.default_max_tokens) * peek.completions + prompt_estimate
+    return await limits_step.admit(runtime, limits, reserve)
 
 
 class _HeldEnd:

@@ -1,9 +1,15 @@
 """The limits step of the request path: admission before forwarding, settlement after.
 
-Admission is all-or-nothing (request bucket, concurrency slot, token reservation, quota); the
-reservation is the request's ``max_tokens`` (or ``rate_limit.default_max_tokens``) plus an estimate
-of its prompt. Whatever ends the request — completion, backend error, client disconnect, timeout —
-:meth:`Settlement.settle` gives the slot back and settles the reservation to the real usage, once.
+A request is admitted against each of its limits (:class:`Limit`) — its key's, then its team's
+(:func:`limits_of`) — and each admission is all-or-nothing (request bucket, concurrency slot,
+token reservation, quota); so is the whole: when one refuses, those already granted are given back
+(settled with nothing used). The reservation is the request's ``max_tokens`` (or
+``rate_limit.default_max_tokens``) plus an estimate of its prompt. Whatever ends the request —
+completion, backend error, client disconnect, timeout — :meth:`Settlement.settle` gives every slot
+back and settles every reservation to the real usage, once.
+
+The stricter limit wins by construction (every one must admit); the ``x-ratelimit-*`` headers show,
+per dimension, the admission with the least remaining.
 
 Refusals are 429s with an OpenAI-style body (``rate_limit_exceeded`` or ``insufficient_quota``)
 and a ``Retry-After``; a limits store that cannot answer under ``redis_failure: closed`` is a 503,
@@ -12,17 +18,20 @@ never a 429. Admitted responses carry the ``x-ratelimit-*`` headers OpenAI clien
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 from llmproxy.auth.keydata import KeyLimits
+from llmproxy.auth.pipeline import Identity
 from llmproxy.config.model import PerKeyRateSpec
 from llmproxy.errors import GatewayError
 from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.limits import Admission, KeyPolicy, LimitStore, LimitsUnavailable, Rate, rate_of
+from llmproxy.teams import Team, TeamDirectory
 
 log = logging.getLogger("llmproxy.limits")
 
@@ -31,6 +40,12 @@ _REFUSALS = {
     "concurrency": ("rate_limit_exceeded", "too many concurrent requests for this API key"),
     "tokens": ("rate_limit_exceeded", "rate limit reached for tokens per minute"),
     "quota": ("insufficient_quota", "this API key's remaining quota cannot cover the request"),
+}
+_TEAM_REFUSALS = {
+    "requests": "rate limit reached for requests of this key's team `{}`",
+    "concurrency": "too many concurrent requests for this key's team `{}`",
+    "tokens": "rate limit reached for tokens per minute of this key's team `{}`",
+    "quota": "the remaining quota of this key's team `{}` cannot cover the request",
 }
 
 
@@ -91,7 +106,7 @@ def _overridden(
     requests = base.requests
     rpm = pick("rpm", limits.rpm, None)
     if rpm is not None and rpm > 0:
-        requests = Rate(per_second=rpm / 60.0, burst=spec.burst_size or max(1, math.ceil(rpm / 60)))
+        requests = _per_minute(spec, rpm)
     return KeyPolicy(
         requests=requests,
         max_concurrent=pick("max_concurrent", limits.max_concurrent, base.max_concurrent) or None,
@@ -101,9 +116,56 @@ def _overridden(
     )
 
 
-def refusal(admission: Admission) -> GatewayError:
-    """The 429 for a refused admission, with ``Retry-After`` and the limit headers."""
+def _per_minute(spec: PerKeyRateSpec, rpm: int) -> Rate:
+    """A bucket of ``rpm`` requests per minute: ``per_key.burst_size``, else a second's worth."""
+    return Rate(per_second=rpm / 60.0, burst=spec.burst_size or max(1, math.ceil(rpm / 60)))
+
+
+@functools.lru_cache(maxsize=256)
+def team_policy(spec: PerKeyRateSpec, team: Team) -> KeyPolicy:
+    """A team's limits as one policy of the limit store: its rpm bucket bursts like a key's own
+    rpm (``per_key.burst_size``); its quota counts from the ``used_quota`` the store wrote back.
+    Cached: a team is frozen and only a reload of the directory makes a new one."""
+    return KeyPolicy(
+        requests=None if team.rpm is None else _per_minute(spec, team.rpm),
+        max_concurrent=team.max_concurrent,
+        tokens_per_minute=team.tpm,
+        total_quota=team.total_quota,
+        used_quota=team.used_quota,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit a request is admitted against: its id in the limit store and its policy."""
+
+    limit_id: str
+    policy: KeyPolicy
+    team: str = ""
+    """The team whose limit this is ("" for the key's own): its refusal names it."""
+
+
+def limits_of(spec: PerKeyRateSpec, identity: Identity, teams: TeamDirectory) -> list[Limit]:
+    """The limits of ``identity``'s request, key first: the key's policy (config defaults, the
+    key's data, its Lua decision), then its team's when the team has limits. A team the
+    directory does not know (a static key naming none) limits nothing."""
+    limits: list[Limit] = []
+    policy = key_policy(spec, identity.limits, identity.metadata)
+    if policy.requests is not None or policy.needs_lease:
+        limits.append(Limit(identity.key_id, policy))
+    if identity.team:
+        team = teams.get(identity.team)
+        if team is not None and team.limited:
+            limits.append(Limit(team.limit_id, team_policy(spec, team), team.name))
+    return limits
+
+
+def refusal(admission: Admission, team: str = "") -> GatewayError:
+    """The 429 for a refused admission, with ``Retry-After`` and the limit headers; ``team``
+    names the team whose limit refused ("" for the key's own)."""
     code, message = _REFUSALS[admission.reason or "requests"]
+    if team:
+        message = _TEAM_REFUSALS[admission.reason or "requests"].format(team)
     headers = list(limit_headers(admission))
     if admission.retry_after is not None:
         headers.append((b"retry-after", str(max(1, math.ceil(admission.retry_after))).encode()))
@@ -147,7 +209,7 @@ def _duration(seconds: float) -> bytes:
     return b"%dm%ds" % divmod(round(seconds), 60)
 
 
-async def _ask(runtime: Runtime, question: Awaitable[Admission]) -> Admission:
+async def _ask(runtime: Runtime, question: Awaitable[Admission], team: str = "") -> Admission:
     """The store's admission, or the 429 / 503 (counted) when it refuses or cannot answer."""
     try:
         admission = await question
@@ -156,8 +218,37 @@ async def _ask(runtime: Runtime, question: Awaitable[Admission]) -> Admission:
         raise unavailable() from None
     if not admission.allowed:
         runtime.metrics.limit_rejection(admission.reason or "requests")
-        raise refusal(admission)
+        raise refusal(admission, team)
     return admission
+
+
+def stricter(admissions: Sequence[Admission]) -> Admission:
+    """One admission for the headers: per dimension (requests, tokens), the one with the least
+    remaining — what the client can really still send."""
+    requests = [a for a in admissions if a.requests_limit is not None]
+    tokens = [a for a in admissions if a.tokens_limit is not None]
+    merged = Admission(allowed=True)
+    if requests:
+        a = min(requests, key=lambda a: _remaining(a.requests_remaining))
+        merged = dataclasses.replace(
+            merged,
+            requests_limit=a.requests_limit,
+            requests_remaining=a.requests_remaining,
+            requests_reset=a.requests_reset,
+        )
+    if tokens:
+        a = min(tokens, key=lambda a: _remaining(a.tokens_remaining))
+        merged = dataclasses.replace(
+            merged,
+            tokens_limit=a.tokens_limit,
+            tokens_remaining=a.tokens_remaining,
+            tokens_reset=a.tokens_reset,
+        )
+    return merged
+
+
+def _remaining(value: int | None) -> float:
+    return math.inf if value is None else value
 
 
 async def check_global(runtime: Runtime, store: LimitStore, rate: Rate) -> None:
@@ -166,50 +257,78 @@ async def check_global(runtime: Runtime, store: LimitStore, rate: Rate) -> None:
 
 
 @dataclass(slots=True)
-class Settlement:
-    """An admitted request's slot and reservation, to be settled exactly once."""
+class Hold:
+    """What one admission holds until the request ends: a slot and reservations of one limit."""
 
-    store: LimitStore
-    key_id: str
+    limit_id: str
     policy: KeyPolicy
     lease: str | None
+    """None: nothing to settle (a request rate only, or an outage under ``open``)."""
     reserved: int
+
+
+@dataclass(slots=True)
+class Settlement:
+    """An admitted request's holds (its key's, its team's...), to be settled exactly once."""
+
+    store: LimitStore
+    holds: list[Hold]
     headers: tuple[tuple[bytes, bytes], ...]
     settled: bool = False
 
+    def lease_of(self, limit_id: str) -> str:
+        """The lease held on ``limit_id`` ("" for none): the usage journal keeps the key's, so
+        a request a crash cut off is settled against it."""
+        for hold in self.holds:
+            if hold.limit_id == limit_id:
+                return hold.lease or ""
+        return ""
+
     def settle(self, runtime: Runtime, used_tokens: int) -> None:
-        """Give back the slot and settle to ``used_tokens``, off the request's path.
+        """Give back every slot and settle every reservation to ``used_tokens``, off the
+        request's path.
 
         Runs as its own task so that a request cancelled by its client still settles, and the
         response is not held up by a Redis round trip.
         """
-        if self.settled or self.lease is None:
+        if self.settled:
             return
         self.settled = True
-        runtime.background(self._settle(used_tokens))
+        if any(hold.lease is not None for hold in self.holds):
+            runtime.background(self._settle(used_tokens))
 
     async def _settle(self, used_tokens: int) -> None:
-        assert self.lease is not None
-        try:
-            await self.store.settle(
-                self.key_id, self.policy, self.lease, self.reserved, used_tokens
-            )
-        except Exception:  # a lost settle leaks a slot until its lease expires: say so loudly
-            log.exception("settling the limits of key %s failed", self.key_id)
+        for hold in self.holds:
+            if hold.lease is None:
+                continue
+            try:
+                await self.store.settle(
+                    hold.limit_id, hold.policy, hold.lease, hold.reserved, used_tokens
+                )
+            except Exception:  # a lost settle leaks a slot until its lease expires: say so
+                log.exception("settling the limits of %s failed", hold.limit_id)
 
 
-async def admit(
-    runtime: Runtime, key_id: str, policy: KeyPolicy, reserve_tokens: int
-) -> Settlement:
-    """Admit one request of ``key_id`` or raise the 429 / 503."""
+async def admit(runtime: Runtime, limits: Sequence[Limit], reserve_tokens: int) -> Settlement:
+    """Admit one request against every one of ``limits``, in order, or raise the 429 / 503 of
+    the first that refuses — after giving back what the others granted (all or nothing)."""
     store = runtime.limits
     assert store is not None
-    admission = await _ask(runtime, store.admit(key_id, policy, reserve_tokens))
-    return Settlement(
-        store=store,
-        key_id=key_id,
-        policy=policy,
-        lease=admission.lease,
-        reserved=reserve_tokens,
-        headers=limit_headers(admission),
+    settlement = Settlement(store=store, holds=[], headers=())
+    admissions: list[Admission] = []
+    try:
+        for limit in limits:
+            admission = await _ask(
+                runtime, store.admit(limit.limit_id, limit.policy, reserve_tokens), limit.team
+            )
+            admissions.append(admission)
+            settlement.holds.append(
+                Hold(limit.limit_id, limit.policy, admission.lease, reserve_tokens)
+            )
+    except BaseException:
+        settlement.settle(runtime, 0)  # the holds granted so far, as if nothing was used
+        raise
+    settlement.headers = limit_headers(
+        admissions[0] if len(admissions) == 1 else stricter(admissions)
     )
+    return settlement

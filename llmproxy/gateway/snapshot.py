@@ -30,6 +30,7 @@ from llmproxy.record.recorder import Recorder
 from llmproxy.routing import Backend, RetryPolicy, Router
 from llmproxy.routing.admission import AdmissionQueue
 from llmproxy.routing.fleet import BackendFleet
+from llmproxy.teams import TeamDirectory
 from llmproxy.tracing import Tracer
 from llmproxy.usage.sink import UsageSink
 from llmproxy.usage.spendbook import SpendBook
@@ -56,6 +57,8 @@ class Snapshot(Protocol):
     auth_skip_paths: tuple[str, ...]
     secret_headers: frozenset[bytes]
     limits: LimitStore | None
+    teams: TeamDirectory
+    """The teams of the key store, by name (empty without one)."""
     response_redis: Redis | None
     """Where response ids' backends are shared (the limits' Redis), or None."""
     notices: DaemonNotices | None

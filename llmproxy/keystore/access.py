@@ -27,6 +27,7 @@ from llmproxy.keystore.errors import KeyStoreError
 from llmproxy.keystore.postgres import PostgresKeyStore
 from llmproxy.keystore.record import KeyChanges, KeyRecord
 from llmproxy.keystore.store import KeyStore
+from llmproxy.teams import Team
 
 _T = TypeVar("_T")
 
@@ -46,8 +47,17 @@ class KeyStoreAccess(Protocol):
     async def add_usage(self, used: Mapping[str, int]) -> None: ...
     async def get(self, key_id: str) -> KeyRecord | None: ...
     async def list(
-        self, include_revoked: bool = False, *, user_id: str | None = None
+        self,
+        include_revoked: bool = False,
+        *,
+        user_id: str | None = None,
+        team: str | None = None,
     ) -> builtins.list[KeyRecord]: ...
+    async def add_team(self, *, name: str, **fields: object) -> Team: ...
+    async def update_team(self, name: str, /, **changes: object) -> Team: ...
+    async def remove_team(self, name: str, *, force: bool = False) -> tuple[Team, int]: ...
+    async def get_team(self, name: str) -> Team | None: ...
+    async def list_teams(self) -> builtins.list[Team]: ...
     async def changes(self, cursor: object | None, ids: Collection[str] = ()) -> KeyChanges: ...
 
     def on_change(self, callback: Callable[[str], None]) -> None:
@@ -98,9 +108,30 @@ class SqliteKeys:
         return await self._run(lambda: self._store.get(key_id))
 
     async def list(
-        self, include_revoked: bool = False, *, user_id: str | None = None
+        self,
+        include_revoked: bool = False,
+        *,
+        user_id: str | None = None,
+        team: str | None = None,
     ) -> builtins.list[KeyRecord]:
-        return await self._run(lambda: self._store.list(include_revoked, user_id=user_id))
+        return await self._run(
+            lambda: self._store.list(include_revoked, user_id=user_id, team=team)
+        )
+
+    async def add_team(self, *, name: str, **fields: object) -> Team:
+        return await self._run(lambda: self._store.add_team(name=name, **fields))
+
+    async def update_team(self, name: str, /, **changes: object) -> Team:
+        return await self._run(lambda: self._store.update_team(name, **changes))
+
+    async def remove_team(self, name: str, *, force: bool = False) -> tuple[Team, int]:
+        return await self._run(lambda: self._store.remove_team(name, force=force))
+
+    async def get_team(self, name: str) -> Team | None:
+        return await self._run(lambda: self._store.get_team(name))
+
+    async def list_teams(self) -> builtins.list[Team]:
+        return await self._run(self._store.list_teams)
 
     async def changes(self, cursor: object | None, ids: Collection[str] = ()) -> KeyChanges:
         return await self._run(lambda: self._changes(cursor))
@@ -111,7 +142,9 @@ class SqliteKeys:
         version = self._store.data_version()
         if cursor is not None and version == cursor:
             return KeyChanges(version, [], complete=False)
-        return KeyChanges(version, self._store.all_records(), complete=True)
+        return KeyChanges(
+            version, self._store.all_records(), complete=True, teams=self._store.list_teams()
+        )
 
     def on_change(self, callback: Callable[[str], None]) -> None:
         """SQLite cannot tell; the admin API of this daemon reloads after its own writes."""

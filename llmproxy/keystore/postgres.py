@@ -34,16 +34,23 @@ from llmproxy import pg_schema
 from llmproxy.apikey import display_prefix, generate_key, key_sha256
 from llmproxy.dsn import postgres_dsn, scrub_dsn
 from llmproxy.keyfields import ADD_FIELDS, FIELDS, check_fields
-from llmproxy.keystore.errors import KeyNotFound, KeyStoreError
+from llmproxy.keystore.errors import KeyNotFound, KeyStoreError, TeamConflict, TeamNotFound
 from llmproxy.keystore.record import (
     COLUMNS,
+    TEAM_COLUMNS,
     KeyChanges,
     KeyRecord,
     check_secret,
     column_value,
     new_key_id,
     record_from_row,
+    team_columns,
+    team_from_row,
+    team_in_use,
+    unknown_team,
 )
+from llmproxy.teamfields import TEAM_ADD_FIELDS, check_team_fields
+from llmproxy.teams import Team
 
 log = logging.getLogger("llmproxy.keystore")
 
@@ -52,6 +59,9 @@ CHANNEL: Final = "llmproxy_keys"
 
 _COMPONENT: Final = "keys"
 _SELECT: Final = f"SELECT {', '.join(COLUMNS)}, change_seq FROM llmproxy_keys"
+_TEAMS: Final = f"SELECT {', '.join(TEAM_COLUMNS)} FROM llmproxy_teams"
+TEAM_CHANGED: Final = "team:"
+"""The NOTIFY payload of a change to the teams (a key id never starts with it)."""
 _TIME_FIELDS: Final = frozenset(name for name, field in FIELDS.items() if field.kind == "time")
 
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -101,7 +111,53 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         FOR EACH ROW EXECUTE FUNCTION llmproxy_keys_changed()
         """,
     ),
+    # 2: teams (llmproxy.teamfields), and a key's team and own budget. A team's changes take
+    #    their change_seq from the keys' sequence, so one cursor follows both, and are announced
+    #    on the keys' channel as 'team:' (a removal too: it has no row left to find).
+    (
+        "ALTER TABLE llmproxy_keys ADD COLUMN team TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE llmproxy_keys ADD COLUMN budget DOUBLE PRECISION",
+        "ALTER TABLE llmproxy_keys ADD COLUMN budget_period TEXT NOT NULL DEFAULT 'monthly'",
+        "CREATE INDEX llmproxy_keys_team ON llmproxy_keys (team)",
+        """
+        CREATE TABLE llmproxy_teams (
+            name TEXT NOT NULL PRIMARY KEY,
+            description TEXT NOT NULL DEFAULT '',
+            budget DOUBLE PRECISION,
+            period TEXT NOT NULL DEFAULT 'monthly',
+            rpm BIGINT,
+            tpm BIGINT,
+            max_concurrent BIGINT,
+            total_quota BIGINT,
+            used_quota BIGINT NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            change_seq BIGINT NOT NULL DEFAULT nextval('llmproxy_keys_change_seq')
+        )
+        """,
+        """
+        CREATE FUNCTION llmproxy_teams_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('llmproxy_keys', 'team:');
+            IF TG_OP = 'DELETE' THEN
+                RETURN OLD;
+            END IF;
+            IF TG_OP = 'UPDATE' THEN
+                NEW.change_seq := nextval('llmproxy_keys_change_seq');
+            END IF;
+            RETURN NEW;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER llmproxy_teams_changed BEFORE INSERT OR UPDATE OR DELETE
+        ON llmproxy_teams FOR EACH ROW EXECUTE FUNCTION llmproxy_teams_changed()
+        """,
+    ),
 )
+
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+"""The key store's schema version on PostgreSQL (``llmproxy_schema``, component ``keys``)."""
 
 _ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 """What a PostgreSQL call may raise when the server, the network or the schema is the problem."""
@@ -113,6 +169,20 @@ def _argument(field: str, value: object) -> object:
     if field in _TIME_FIELDS and value is not None:
         return float(value)  # type: ignore[arg-type]
     return value
+
+
+def _teams(rows: builtins.list[asyncpg.Record]) -> builtins.list[Team]:
+    return [team_from_row(row) for row in rows]
+
+
+async def _check_team(connection: asyncpg.Connection, checked: Mapping[str, object]) -> None:
+    """Refuse a key naming a team the store does not hold (in the write's transaction; the
+    team row is locked so a concurrent removal waits for it)."""
+    team = checked.get("team")
+    if team and not await connection.fetchval(
+        "SELECT 1 FROM llmproxy_teams WHERE name = $1 FOR SHARE", team
+    ):
+        raise unknown_team(str(team))
 
 
 class PostgresKeyStore:
@@ -235,7 +305,8 @@ class PostgresKeyStore:
         columns = ", ".join(values)
         placeholders = ", ".join(f"${n}" for n in range(1, len(values) + 1))
         try:
-            async with self._connected().acquire() as connection:
+            async with self._connected().acquire() as connection, connection.transaction():
+                await _check_team(connection, checked)
                 row = await connection.fetchrow(
                     f"INSERT INTO llmproxy_keys ({columns}) VALUES ({placeholders}) "
                     "ON CONFLICT (sha256) DO NOTHING "
@@ -285,6 +356,7 @@ class PostgresKeyStore:
                     raise ValueError(f"{key_id}: revoked keys cannot be changed; add a new key")
                 if not checked:
                     return record_from_row(row)
+                await _check_team(connection, checked)
                 values = {field: _argument(field, value) for field, value in checked.items()}
                 values["updated_at"] = time.time()
                 assignments = ", ".join(
@@ -307,14 +379,103 @@ class PostgresKeyStore:
             return
         try:
             async with self._connected().acquire() as connection:
-                await connection.execute(
-                    "UPDATE llmproxy_keys AS k SET used_quota = k.used_quota + u.tokens "
-                    "FROM unnest($1::text[], $2::bigint[]) AS u(id, tokens) WHERE k.id = u.id",
-                    builtins.list(batch),
-                    builtins.list(batch.values()),
+                ids, tokens = builtins.list(batch), builtins.list(batch.values())
+                async with connection.transaction():
+                    await connection.execute(
+                        "UPDATE llmproxy_keys AS k SET used_quota = k.used_quota + u.tokens "
+                        "FROM unnest($1::text[], $2::bigint[]) AS u(id, tokens) WHERE k.id = u.id",
+                        ids,
+                        tokens,
+                    )
+                    # A team's quota used is its keys' together, in the same transaction.
+                    await connection.execute(
+                        "UPDATE llmproxy_teams AS t SET used_quota = t.used_quota + s.tokens "
+                        "FROM (SELECT k.team, sum(u.tokens) AS tokens "
+                        "      FROM unnest($1::text[], $2::bigint[]) AS u(id, tokens) "
+                        "      JOIN llmproxy_keys AS k ON k.id = u.id WHERE k.team <> '' "
+                        "      GROUP BY k.team) AS s "
+                        "WHERE t.name = s.team",
+                        ids,
+                        tokens,
+                    )
+        except _ERRORS as exc:
+            raise self._failure(exc) from None
+
+    # Teams ---------------------------------------------------------------------------------
+
+    async def add_team(self, *, name: str, **fields: object) -> Team:
+        """Add a team; see :meth:`~llmproxy.keystore.store.KeyStore.add_team`."""
+        values = team_columns(check_team_fields({"name": name, **fields}, TEAM_ADD_FIELDS), None)
+        now = time.time()
+        values.update(created_at=now, updated_at=now)
+        placeholders = ", ".join(f"${n}" for n in range(1, len(values) + 1))
+        row = await self._fetchrow(
+            f"INSERT INTO llmproxy_teams ({', '.join(values)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (name) DO NOTHING RETURNING {', '.join(TEAM_COLUMNS)}",
+            *values.values(),
+        )
+        if row is None:
+            raise TeamConflict(f"a team named {values['name']!r} exists", "team_exists")
+        return team_from_row(row)
+
+    async def update_team(self, name: str, /, **changes: object) -> Team:
+        """Change fields of a team (``None`` clears an optional one)."""
+        checked = check_team_fields(changes)
+        try:
+            async with self._connected().acquire() as connection, connection.transaction():
+                row = await connection.fetchrow(f"{_TEAMS} WHERE name = $1 FOR UPDATE", name)
+                if row is None:
+                    raise TeamNotFound(name)
+                if not checked:
+                    return team_from_row(row)
+                values = team_columns(checked, team_from_row(row))
+                values["updated_at"] = time.time()
+                assignments = ", ".join(
+                    f"{column} = ${n}" for n, column in enumerate(values, start=1)
+                )
+                row = await connection.fetchrow(
+                    f"UPDATE llmproxy_teams SET {assignments} WHERE name = ${len(values) + 1} "
+                    f"RETURNING {', '.join(TEAM_COLUMNS)}",
+                    *values.values(),
+                    name,
                 )
         except _ERRORS as exc:
             raise self._failure(exc) from None
+        return team_from_row(row)
+
+    async def remove_team(self, name: str, *, force: bool = False) -> tuple[Team, int]:
+        """Remove a team; see :meth:`~llmproxy.keystore.store.KeyStore.remove_team`."""
+        try:
+            async with self._connected().acquire() as connection, connection.transaction():
+                row = await connection.fetchrow(f"{_TEAMS} WHERE name = $1 FOR UPDATE", name)
+                if row is None:
+                    raise TeamNotFound(name)
+                live = int(
+                    await connection.fetchval(
+                        "SELECT count(*) FROM llmproxy_keys WHERE team = $1 AND revoked_at IS NULL",
+                        name,
+                    )
+                )
+                if live and not force:
+                    raise team_in_use(name, live)
+                await connection.execute(
+                    "UPDATE llmproxy_keys SET team = '', updated_at = $1 WHERE team = $2",
+                    time.time(),
+                    name,
+                )
+                await connection.execute("DELETE FROM llmproxy_teams WHERE name = $1", name)
+        except _ERRORS as exc:
+            raise self._failure(exc) from None
+        return team_from_row(row), live
+
+    async def get_team(self, name: str) -> Team | None:
+        """The team called ``name`` (case-sensitive)."""
+        row = await self._fetchrow(f"{_TEAMS} WHERE name = $1", name)
+        return None if row is None else team_from_row(row)
+
+    async def list_teams(self) -> builtins.list[Team]:
+        """Every team, by name."""
+        return [team_from_row(row) for row in await self._fetch(f"{_TEAMS} ORDER BY name")]
 
     # Reads ---------------------------------------------------------------------------------
 
@@ -324,42 +485,63 @@ class PostgresKeyStore:
         return None if row is None else record_from_row(row)
 
     async def list(
-        self, include_revoked: bool = False, *, user_id: str | None = None
+        self,
+        include_revoked: bool = False,
+        *,
+        user_id: str | None = None,
+        team: str | None = None,
     ) -> builtins.list[KeyRecord]:
-        """Keys oldest first; only ``user_id``'s when given."""
+        """Keys oldest first; only ``user_id``'s and ``team``'s when given."""
         where = [] if include_revoked else ["revoked_at IS NULL"]
         arguments: tuple[object, ...] = ()
         if user_id is not None:
-            where.append("user_id = $1")
-            arguments = (user_id,)
+            arguments += (user_id,)
+            where.append(f"user_id = ${len(arguments)}")
+        if team is not None:
+            arguments += (team,)
+            where.append(f"team = ${len(arguments)}")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(f"{_SELECT}{clause} ORDER BY created_at, id", *arguments)
         return [record_from_row(row) for row in rows]
 
     async def changes(self, cursor: object | None, ids: Collection[str] = ()) -> KeyChanges:
         """Every live key when ``cursor`` is None (``complete``), else the keys changed since
-        ``cursor`` or named in ``ids``, revoked ones included so the reader drops them."""
+        ``cursor`` or named in ``ids``, revoked ones included so the reader drops them.
+
+        Every team comes too when any changed since ``cursor`` (or ``ids`` holds
+        :data:`TEAM_CHANGED`: a removal leaves no row to find)."""
         try:
             async with self._connected().acquire() as connection:
                 if cursor is None:
                     # The high mark first: a change committed between the two reads is above it
                     # and comes again with the next poll rather than being missed.
-                    mark = await connection.fetchval("SELECT max(change_seq) FROM llmproxy_keys")
+                    mark = await connection.fetchval(
+                        "SELECT greatest((SELECT max(change_seq) FROM llmproxy_keys), "
+                        "(SELECT max(change_seq) FROM llmproxy_teams))"
+                    )
                     rows = await connection.fetch(f"{_SELECT} WHERE revoked_at IS NULL")
                     records = [record_from_row(row) for row in rows]
-                    return KeyChanges(int(mark or 0), records, complete=True)
+                    teams = await connection.fetch(_TEAMS)
+                    return KeyChanges(int(mark or 0), records, complete=True, teams=_teams(teams))
                 rows = await connection.fetch(
                     f"{_SELECT} WHERE change_seq > $1 OR id = ANY($2::text[])",
                     cursor,
                     builtins.list(ids),
                 )
+                team_mark = await connection.fetchval(
+                    "SELECT max(change_seq) FROM llmproxy_teams WHERE change_seq > $1", cursor
+                )
+                teams = None
+                if team_mark is not None or TEAM_CHANGED in ids:
+                    teams = _teams(await connection.fetch(_TEAMS))
         except _ERRORS as exc:
             raise self._failure(exc) from None
         mark = max((int(row["change_seq"]) for row in rows), default=0)
         return KeyChanges(
-            max(mark, int(cursor)),  # type: ignore[call-overload]
+            max(mark, int(team_mark or 0), int(cursor)),  # type: ignore[call-overload]
             [record_from_row(row) for row in rows],
             complete=False,
+            teams=teams,
         )
 
     async def _fetchrow(self, query: str, *arguments: object) -> asyncpg.Record | None:

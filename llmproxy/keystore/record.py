@@ -18,7 +18,10 @@ from types import MappingProxyType
 from typing import Any, Final, NamedTuple, Protocol
 
 from llmproxy.apikey import has_valid_checksum, is_llmproxy_key
+from llmproxy.budgets import Budget, Period
 from llmproxy.keyfields import FIELDS, KEY_FIELDS, KeyStatus
+from llmproxy.keystore.errors import TeamConflict
+from llmproxy.teams import Team
 
 STORE_FIELDS: Final = ("id", "sha256", "prefix", "created_at", "updated_at", "revoked_at")
 """What the store keeps beside the operator's fields."""
@@ -58,6 +61,9 @@ class KeyRecord:
     max_concurrent: int | None
     priority: int | None
     metadata: Mapping[str, object]
+    team: str = ""
+    budget: float | None = None
+    budget_period: Period = "monthly"
 
     @property
     def revoked(self) -> bool:
@@ -110,6 +116,8 @@ class KeyChanges(NamedTuple):
     complete: bool
     """Every live key (replace the index); else only changed keys, revoked ones included
     (patch it)."""
+    teams: list[Team] | None = None
+    """Every team, when the teams may have changed since the cursor (None: they did not)."""
 
 
 def record_from_row(row: Row) -> KeyRecord:
@@ -130,3 +138,71 @@ def column_value(field: str, value: object) -> object:
     if FIELDS[field].stored_as_json:
         return json.dumps(list(value) if isinstance(value, tuple) else value)
     return value
+
+
+# Teams -----------------------------------------------------------------------------------------
+
+TEAM_COLUMNS: Final = (
+    "name",
+    "description",
+    "budget",
+    "period",
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "total_quota",
+    "used_quota",
+    "created_at",
+    "updated_at",
+)
+"""A team's columns (the fields of :mod:`llmproxy.teamfields` and its times), in the order
+every store selects them."""
+
+
+def team_from_row(row: Row) -> Team:
+    """A :class:`~llmproxy.teams.Team` from a row of :data:`TEAM_COLUMNS`."""
+    budget = row["budget"]
+    return Team(
+        name=row["name"],
+        description=row["description"],
+        budget=None if budget is None else Budget(float(budget), row["period"]),
+        rpm=row["rpm"],
+        tpm=row["tpm"],
+        max_concurrent=row["max_concurrent"],
+        total_quota=row["total_quota"],
+        used_quota=int(row["used_quota"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def team_columns(checked: Mapping[str, object], current: Team | None) -> dict[str, object]:
+    """Checked team fields as column values, with the one rule between two of them: a period
+    belongs to a budget (given with it, or the team's), and clearing the budget resets it."""
+    values = dict(checked)
+    has_budget = (
+        values["budget"] is not None
+        if "budget" in values
+        else current is not None and current.budget is not None
+    )
+    if "period" in values and not has_budget:
+        name = values.get("name") or (current.name if current is not None else "")
+        raise ValueError(f"period: team {name!r} has no budget; give a budget with its period")
+    if "budget" in values and values["budget"] is None:
+        values["period"] = "monthly"
+    return values
+
+
+def unknown_team(team: str) -> ValueError:
+    """The refusal of a key naming a team the store does not hold."""
+    return ValueError(f"team: no team named {team!r}; add it first: llmproxy teams add {team}")
+
+
+def team_in_use(name: str, keys: int) -> TeamConflict:
+    """The refusal to remove a team that live keys still belong to."""
+    return TeamConflict(
+        f"team {name!r} still has {keys} key(s): move them first (llmproxy keys update KEY "
+        "--team OTHER, or --clear team), or remove it with --force, which leaves them without "
+        "a team",
+        "team_in_use",
+    )

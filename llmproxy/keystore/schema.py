@@ -41,6 +41,29 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX keys_user_id ON keys (user_id)",
     ),
+    # 2: teams (llmproxy.teamfields), and a key's team and own budget. A team's name is its
+    #    key (case-sensitive); a key's team is '' for none.
+    (
+        "ALTER TABLE keys ADD COLUMN team TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE keys ADD COLUMN budget REAL",
+        "ALTER TABLE keys ADD COLUMN budget_period TEXT NOT NULL DEFAULT 'monthly'",
+        "CREATE INDEX keys_team ON keys (team)",
+        """
+        CREATE TABLE teams (
+            name TEXT NOT NULL PRIMARY KEY,
+            description TEXT NOT NULL DEFAULT '',
+            budget REAL,
+            period TEXT NOT NULL DEFAULT 'monthly',
+            rpm INTEGER,
+            tpm INTEGER,
+            max_concurrent INTEGER,
+            total_quota INTEGER,
+            used_quota INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

@@ -29,19 +29,27 @@ from typing import Final, Self
 
 from llmproxy.apikey import display_prefix, generate_key, key_sha256
 from llmproxy.keyfields import ADD_FIELDS, check_fields
-from llmproxy.keystore.errors import KeyNotFound, KeyStoreError
+from llmproxy.keystore.errors import KeyNotFound, KeyStoreError, TeamConflict, TeamNotFound
 from llmproxy.keystore.record import (
     COLUMNS,
+    TEAM_COLUMNS,
     KeyRecord,
     check_secret,
     column_value,
     new_key_id,
     record_from_row,
+    team_columns,
+    team_from_row,
+    team_in_use,
+    unknown_team,
 )
 from llmproxy.keystore.schema import migrate
 from llmproxy.private_files import private_file
+from llmproxy.teamfields import TEAM_ADD_FIELDS, check_team_fields
+from llmproxy.teams import Team
 
 _COLUMNS: Final = ", ".join(COLUMNS)
+_TEAM_COLUMNS: Final = ", ".join(TEAM_COLUMNS)
 
 
 class KeyStore:
@@ -164,6 +172,7 @@ class KeyStore:
             row = connection.execute("SELECT id FROM keys WHERE sha256 = ?", (sha256,)).fetchone()
             if row is not None:
                 raise ValueError(f"key: already in the store as {row[0]}")
+            self._check_team(connection, checked)
             key_id = new_key_id()
             while connection.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone():
                 key_id = new_key_id()
@@ -207,6 +216,7 @@ class KeyStore:
                 raise ValueError(f"{key_id}: revoked keys cannot be changed; add a new key")
             if not checked:
                 return record
+            self._check_team(connection, checked)
             values = {field: column_value(field, value) for field, value in checked.items()}
             values["updated_at"] = time.time()
             assignments = ", ".join(f"{column} = ?" for column in values)
@@ -214,6 +224,16 @@ class KeyStore:
                 f"UPDATE keys SET {assignments} WHERE id = ?", (*values.values(), key_id)
             )
             return self._fetch(connection, key_id)
+
+    @staticmethod
+    def _check_team(connection: sqlite3.Connection, checked: Mapping[str, object]) -> None:
+        """Refuse a key naming a team the store does not hold (in the write's transaction)."""
+        team = checked.get("team")
+        if (
+            team
+            and not connection.execute("SELECT 1 FROM teams WHERE name = ?", (team,)).fetchone()
+        ):
+            raise unknown_team(str(team))
 
     def add_usage(self, used: Mapping[str, int]) -> None:
         """Count tokens against keys' quotas (key id → tokens), in one transaction, atomically
@@ -228,6 +248,89 @@ class KeyStore:
             connection.executemany(
                 "UPDATE keys SET used_quota = used_quota + ? WHERE id = ?", batch
             )
+            # A team's quota used is its keys' together, counted in the same transaction.
+            connection.executemany(
+                "UPDATE teams SET used_quota = used_quota + ? "
+                "WHERE name = (SELECT team FROM keys WHERE id = ?)",
+                batch,
+            )
+
+    # Teams ---------------------------------------------------------------------------------
+
+    def add_team(self, *, name: str, **fields: object) -> Team:
+        """Add a team; ``fields`` are any of :data:`~llmproxy.teamfields.TEAM_ADD_FIELDS`.
+        Raises :class:`TeamConflict` (``team_exists``) when the name is taken."""
+        values = team_columns(check_team_fields({"name": name, **fields}, TEAM_ADD_FIELDS), None)
+        now = time.time()
+        values.update(created_at=now, updated_at=now)
+        with self._writing() as connection:
+            try:
+                connection.execute(
+                    f"INSERT INTO teams ({', '.join(values)}) "
+                    f"VALUES ({', '.join('?' * len(values))})",
+                    tuple(values.values()),
+                )
+            except sqlite3.IntegrityError:
+                raise TeamConflict(
+                    f"a team named {values['name']!r} exists", "team_exists"
+                ) from None
+            return self._team(connection, str(values["name"]))
+
+    def update_team(self, name: str, /, **changes: object) -> Team:
+        """Change fields of a team (``None`` clears an optional one); :class:`TeamNotFound`."""
+        checked = check_team_fields(changes)
+        with self._writing() as connection:
+            current = self._team(connection, name)
+            if not checked:
+                return current
+            values = team_columns(checked, current)
+            values["updated_at"] = time.time()
+            assignments = ", ".join(f"{column} = ?" for column in values)
+            connection.execute(
+                f"UPDATE teams SET {assignments} WHERE name = ?", (*values.values(), name)
+            )
+            return self._team(connection, name)
+
+    def remove_team(self, name: str, *, force: bool = False) -> tuple[Team, int]:
+        """Remove a team; answers it and how many live keys it left without a team.
+
+        Live keys still in the team make it a :class:`TeamConflict` (``team_in_use``) unless
+        ``force``, which moves them (and revoked ones) to no team first.
+        """
+        with self._writing() as connection:
+            team = self._team(connection, name)
+            (live,) = connection.execute(
+                "SELECT count(*) FROM keys WHERE team = ? AND revoked_at IS NULL", (name,)
+            ).fetchone()
+            if live and not force:
+                raise team_in_use(name, live)
+            connection.execute(
+                "UPDATE keys SET team = '', updated_at = ? WHERE team = ?", (time.time(), name)
+            )
+            connection.execute("DELETE FROM teams WHERE name = ?", (name,))
+            return team, int(live)
+
+    def _team(self, connection: sqlite3.Connection, name: str) -> Team:
+        row = connection.execute(
+            f"SELECT {_TEAM_COLUMNS} FROM teams WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise TeamNotFound(name)
+        return team_from_row(row)
+
+    def get_team(self, name: str) -> Team | None:
+        """The team called ``name`` (case-sensitive)."""
+        with self._reading() as connection:
+            try:
+                return self._team(connection, name)
+            except TeamNotFound:
+                return None
+
+    def list_teams(self) -> builtins.list[Team]:
+        """Every team, by name."""
+        with self._reading() as connection:
+            rows = connection.execute(f"SELECT {_TEAM_COLUMNS} FROM teams ORDER BY name").fetchall()
+        return [team_from_row(row) for row in rows]
 
     # Reads ---------------------------------------------------------------------------------
 
@@ -254,14 +357,21 @@ class KeyStore:
         return None if row is None else record_from_row(row)
 
     def list(
-        self, include_revoked: bool = False, *, user_id: str | None = None
+        self,
+        include_revoked: bool = False,
+        *,
+        user_id: str | None = None,
+        team: str | None = None,
     ) -> builtins.list[KeyRecord]:
-        """Keys oldest first, for listings; only ``user_id``'s when given."""
+        """Keys oldest first, for listings; only ``user_id``'s and ``team``'s when given."""
         where = [] if include_revoked else ["revoked_at IS NULL"]
         parameters: tuple[object, ...] = ()
         if user_id is not None:
             where.append("user_id = ?")
-            parameters = (user_id,)
+            parameters += (user_id,)
+        if team is not None:
+            where.append("team = ?")
+            parameters += (team,)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         with self._reading() as connection:
             rows = connection.execute(

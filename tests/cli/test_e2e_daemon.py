@@ -304,3 +304,56 @@ def test_stopped_daemon_is_reported_as_unreachable(cli: Invoke, tmp_path: Path) 
             process.kill()
             process.wait()
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_teams_lifecycle_through_the_cli(cli: Invoke, daemon: Daemon) -> None:
+    """teams add/list/show/update/remove, keys --team: exit codes, tables, JSON, refusals."""
+    config = ["-c", str(daemon.config)]
+    added = cli(
+        "teams", "add", "research", "--budget", "100", "--period", "weekly", "--rpm", "600",
+        "--tpm", "200000", "--max-concurrent", "20", "--quota", "5000000",
+        "--description", "R&D", *config,
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    assert "100.00 weekly" in added.stdout
+    again = cli("teams", "add", "research", *config)
+    assert again.exit_code == 1
+    assert "a team named 'research' exists" in again.stderr
+    bad = cli("teams", "add", "research", "--period", "yearly", *config)
+    assert bad.exit_code == 2
+
+    ghost = cli("keys", "add", "--name", "orphan", "--team", "ghost", *config)
+    assert ghost.exit_code == 2
+    assert "no team named 'ghost'" in ghost.stderr
+    secret = cli(
+        "keys", "add", "--name", "member", "--team", "research", "--budget", "5",
+        "--budget-period", "daily", *config,
+    ).stdout.strip()  # fmt: skip
+    assert daemon.chat(secret) == 200
+    key = json.loads(cli("keys", "show", "member", "--json", *config).stdout)["key"]
+    assert (key["team"], key["budget"], key["budget_period"]) == ("research", 5.0, "daily")
+    assert "5.00 daily" in cli("keys", "show", "member", *config).stdout
+
+    row = next(
+        line.split() for line in cli("teams", "list", *config).stdout.splitlines()
+        if line.startswith("research")
+    )  # fmt: skip
+    assert row[:4] == ["research", "1", "100.00", "weekly"]
+    shown = cli("teams", "show", "research", *config).stdout
+    assert key["id"] in shown
+    assert key["prefix"] in shown
+    assert secret not in shown
+
+    updated = cli("teams", "update", "research", "--clear", "rpm", "--json", *config)
+    assert updated.exit_code == 0, updated.output
+    assert json.loads(updated.stdout)["team"]["rpm"] is None
+
+    refused = cli("teams", "remove", "research", "--yes", *config)
+    assert refused.exit_code == 1
+    assert "still has 1 key(s)" in refused.stderr
+    removed = cli("teams", "remove", "research", "--force", "--yes", *config)
+    assert removed.exit_code == 0, removed.output
+    assert "1 key(s) left without a team" in removed.stdout
+    assert json.loads(cli("keys", "show", "member", "--json", *config).stdout)["key"]["team"] == ""
+    assert daemon.chat(secret) == 200
+    assert cli("teams", "show", "research", *config).exit_code == 1

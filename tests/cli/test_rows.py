@@ -134,6 +134,8 @@ def test_update_body_clears_to_each_fields_empty_value() -> None:
         "priority": None,
         "expires_at": None,
         "metadata": {},
+        "team": "",
+        "budget": None,
     }
 
 

@@ -13,7 +13,7 @@ import pytest
 from llmproxy.apikey import key_sha256
 from llmproxy.keystore import KeyNotFound, KeyStoreError
 from llmproxy.keystore.access import KeyStoreAccess, open_key_store
-from llmproxy.keystore.postgres import PostgresKeyStore
+from llmproxy.keystore.postgres import SCHEMA_VERSION, PostgresKeyStore
 from tests.postgres import fresh_schema
 
 
@@ -153,7 +153,7 @@ async def test_postgres_announces_changes_and_migrates_once(pg_url: str) -> None
         version = await connection.fetchval(
             f"SELECT version FROM {schema}.llmproxy_schema WHERE component = 'keys'"
         )
-        assert version == 1
+        assert version == SCHEMA_VERSION == 2
     finally:
         await connection.close()
     # A failure names the database without its password.

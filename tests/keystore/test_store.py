@@ -313,7 +313,8 @@ def test_empty_file_is_migrated(tmp_path: Path) -> None:
     assert columns == [
         "id", "sha256", "prefix", "name", "user_id", "status", "created_at", "updated_at",
         "expires_at", "revoked_at", "models", "allowed_ips", "total_quota", "used_quota", "rpm",
-        "tpm", "max_concurrent", "priority", "metadata",
+        "tpm", "max_concurrent", "priority", "metadata", "team", "budget",
+        "budget_period",
     ]  # fmt: skip
     with KeyStore(path) as reopened:
         assert [record.name for record in reopened.list()] == ["first"]
@@ -407,5 +408,8 @@ def test_as_data_is_the_pipeline_mapping(store: KeyStore) -> None:
         "max_concurrent": 3,
         "priority": 4,
         "metadata": {"team": "x"},
+        "team": "",
+        "budget": None,
+        "budget_period": "monthly",
     }
     assert secret not in data.values()

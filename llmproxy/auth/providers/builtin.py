@@ -14,6 +14,9 @@ store (``auth.builtin_db``: a SQLite file, or a PostgreSQL database that replica
 - the admin API calls :meth:`BuiltinProvider.reload_now` after a write, so the change is visible to
   this process at once (then ``AuthPipeline.invalidate(sha256)`` drops its cached lookup).
 
+The provider's :attr:`~BuiltinProvider.teams` follows the store's teams the same way: every
+load that finds them changed replaces the directory the request path reads.
+
 A second task writes quota use back (:meth:`count_usage`, batched every
 :data:`QUOTA_FLUSH_INTERVAL`), so a restart or another replica starts from what was used.
 When the store cannot be read the provider keeps serving the index it has and logs the failure once.
@@ -33,6 +36,7 @@ from llmproxy.apikey import PresentedKey, digests_equal
 from llmproxy.auth.providers.base import KeyData, ProviderError
 from llmproxy.keystore import KeyRecord, KeyStoreError
 from llmproxy.keystore.access import KeyStoreAccess, open_key_store
+from llmproxy.teams import TeamIndex
 
 log = logging.getLogger("llmproxy.auth")
 
@@ -83,6 +87,8 @@ class BuiltinProvider:
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
         self._usage: dict[str, int] = {}
+        self.teams = TeamIndex()
+        """The store's teams, following it like the keys (the request path's directory)."""
 
     async def open(self) -> None:
         """Open (or create) the store, load the index, then follow the store's changes."""
@@ -145,6 +151,8 @@ class BuiltinProvider:
             # One reference swap: a concurrent lookup sees the old index or the new one, whole.
             self._index = index
             self._ids = ids
+            if changes.teams is not None:
+                self.teams.replace(changes.teams)
             self._cursor = changes.cursor
 
     def _patched(self, records: Collection[KeyRecord]) -> tuple[_Index, dict[str, str]]:
