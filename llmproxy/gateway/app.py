@@ -471,13 +471,13 @@ def _finish(runtime: Runtime, exchange: Exchange, now: float) -> asyncio.Future[
     used = exchange.used_usage()
     if exchange.forget_response and exchange.status < 300 and exchange.complete:
         runtime.fleet.responses.forget(exchange.forget_response, runtime.response_redis)
-    if exchange.settlement is not None:
-        exchange.settlement.settle(runtime, used.total_tokens if used is not None else 0)
     cost = 0
     if used is not None and runtime.prices:
         model = exchange.peek.model or ""
         prompt, cached = used.prompt_tokens, used.cached_tokens
         cost = runtime.prices.cost_nanos(model, prompt, cached, used.completion_tokens)
+    if exchange.settlement is not None:
+        exchange.settlement.settle(runtime, used.total_tokens if used is not None else 0, cost)
     finished = exchange.finished(now, used, cost)
     if exchange.trace is not None:
         peek = exchange.peek
@@ -560,17 +560,23 @@ def _check_shape(request: CanonicalRequest, model_required: bool) -> bytes | Non
 async def _admit(
     runtime: Runtime, identity: Identity, peek: RequestPeek, prompt_estimate: int
 ) -> limits_step.Settlement | None:
-    """The limits of the key and of its team: a 429 now, or what to settle when the request
-    ends (None: no limits). Another kind of limit is one more :class:`limits_step.Limit`."""
+    """The limits of the key and of its team, and their budgets: a 429 now, or what to settle
+    when the request ends (None: no limits). Another kind of limit is one more
+    :class:`limits_step.Limit`."""
     if runtime.limits is None:
         return None
     config = runtime.config.rate_limit
     limits = limits_step.limits_of(config.per_key, identity, runtime.teams)
+    completion = peek.max_tokens or peek.max_completion_tokens or peek.max_output_tokens
+    answer = (completion or config.default_max_tokens) * peek.completions
+    if identity.budget is not None or identity.team:
+        # A budget reserves what the request can cost at most (at least one nano-unit, so a
+        # spent budget refuses even an unpriced model).
+        most = runtime.prices.cost_nanos(peek.model or "", prompt_estimate, 0, answer)
+        limits += await limits_step.budget_limits(runtime, identity, max(1, most))
     if not limits:
         return None
-    completion = peek.max_tokens or peek.max_completion_tokens or peek.max_output_tokens
-    reserve = (completion or config.default_max_tokens) * peek.completions + prompt_estimate
-    return await limits_step.admit(runtime, limits, reserve)
+    return await limits_step.admit(runtime, limits, answer + prompt_estimate)
 
 
 class _HeldEnd:

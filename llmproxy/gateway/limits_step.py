@@ -19,18 +19,22 @@ never a 429. Admitted responses carry the ``x-ratelimit-*`` headers OpenAI clien
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 from llmproxy.auth.keydata import KeyLimits
 from llmproxy.auth.pipeline import Identity
+from llmproxy.budgets import Budget, ScopeKind, day_of, scope
 from llmproxy.config.model import PerKeyRateSpec
 from llmproxy.errors import GatewayError
 from llmproxy.gateway.snapshot import Snapshot as Runtime
 from llmproxy.limits import Admission, KeyPolicy, LimitStore, LimitsUnavailable, Rate, rate_of
+from llmproxy.pricing import NANOS
 from llmproxy.teams import Team, TeamDirectory
 
 log = logging.getLogger("llmproxy.limits")
@@ -143,6 +147,85 @@ class Limit:
     policy: KeyPolicy
     team: str = ""
     """The team whose limit this is ("" for the key's own): its refusal names it."""
+    budget: BudgetLimit | None = None
+    """A budget in money: reserved and settled in nano-units of cost, not in tokens."""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    """What a budget's refusal says and how long its client should wait."""
+
+    kind: ScopeKind
+    label: str
+    """The team's name, or the key's."""
+    budget: Budget
+    currency: str
+    ends: float | None
+    """When the period ends (None: a total budget never resets)."""
+    reserve: int
+    """Nano-units this request reserves: its cost at its most (prompt and ``max_tokens``)."""
+
+    def refusal(self, admission: Admission, now: float) -> GatewayError:
+        """The 429 ``budget_exceeded``: ``Retry-After`` is the period's end, or a second when
+        requests in flight hold what is left (they may settle lower)."""
+        whose = f"this key's team `{self.label}`" if self.kind == "team" else "this API key"
+        value = self.budget.amount
+        amount = f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
+        amount += f" {self.currency}"
+        period = "in total" if self.budget.period == "total" else self.budget.period
+        if admission.retry_after is not None:
+            message = (
+                f"the budget of {whose} ({amount} {period}) left cannot cover the request "
+                "while its requests in flight hold the rest"
+            )
+            wait: float | None = admission.retry_after
+        else:
+            message = f"the budget of {whose} ({amount} {period}) is spent"
+            wait = None if self.ends is None else self.ends - now
+            if self.ends is not None:
+                message += f"; it renews at {_iso(self.ends)}"
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        if wait is not None:
+            headers = ((b"retry-after", str(max(1, math.ceil(wait))).encode()),)
+        return GatewayError(
+            429, message, "budget_exceeded", error_type="insufficient_quota", headers=headers
+        )
+
+
+def _iso(when: float) -> str:
+    return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def budget_limits(runtime: Runtime, identity: Identity, reserve_nanos: int) -> list[Limit]:
+    """The budgets a request is charged to — its key's own, its team's — as limits of the
+    limit store in nano-units: the budget is the quota, the spend the usage store counted this
+    period its floor (:class:`~llmproxy.usage.spendbook.SpendBook`), ``reserve_nanos`` the
+    reservation. A period is part of the limit's id, so a new period starts from nothing."""
+    team = runtime.teams.get(identity.team) if identity.team else None
+    owners: list[tuple[ScopeKind, str, str, Budget]] = []
+    if identity.budget is not None:
+        owners.append(("key", identity.key_id, identity.name, identity.budget))
+    if team is not None and team.budget is not None:
+        owners.append(("team", team.name, team.name, team.budget))
+    limits: list[Limit] = []
+    currency = runtime.config.pricing_currency
+    for kind, name, label, budget in owners:
+        where = scope(kind, name)
+        spent, start, end = await runtime.spend.spent(where, label, budget)
+        policy = KeyPolicy(total_quota=round(budget.amount * NANOS), used_quota=spent)
+        limits.append(
+            Limit(
+                f"{BUDGET_PREFIX}{where}:{day_of(start)}",
+                policy,
+                budget=BudgetLimit(kind, label, budget, currency, end, reserve_nanos),
+            )
+        )
+    return limits
+
+
+BUDGET_PREFIX = "budget:"
+"""Budgets' ids in the limit store: ``budget:key:<id>:<day>``, ``budget:team:<name>:<day>``
+(the UTC day the period starts on)."""
 
 
 def limits_of(spec: PerKeyRateSpec, identity: Identity, teams: TeamDirectory) -> list[Limit]:
@@ -209,7 +292,9 @@ def _duration(seconds: float) -> bytes:
     return b"%dm%ds" % divmod(round(seconds), 60)
 
 
-async def _ask(runtime: Runtime, question: Awaitable[Admission], team: str = "") -> Admission:
+async def _ask(
+    runtime: Runtime, question: Awaitable[Admission], limit: Limit | None = None
+) -> Admission:
     """The store's admission, or the 429 / 503 (counted) when it refuses or cannot answer."""
     try:
         admission = await question
@@ -217,8 +302,11 @@ async def _ask(runtime: Runtime, question: Awaitable[Admission], team: str = "")
         runtime.metrics.limit_rejection("unavailable")
         raise unavailable() from None
     if not admission.allowed:
+        if limit is not None and limit.budget is not None:
+            runtime.metrics.limit_rejection("budget")
+            raise limit.budget.refusal(admission, time.time())
         runtime.metrics.limit_rejection(admission.reason or "requests")
-        raise refusal(admission, team)
+        raise refusal(admission, limit.team if limit is not None else "")
     return admission
 
 
@@ -265,6 +353,8 @@ class Hold:
     lease: str | None
     """None: nothing to settle (a request rate only, or an outage under ``open``)."""
     reserved: int
+    money: bool = False
+    """A budget's hold: reserved and settled in nano-units of cost."""
 
 
 @dataclass(slots=True)
@@ -284,9 +374,9 @@ class Settlement:
                 return hold.lease or ""
         return ""
 
-    def settle(self, runtime: Runtime, used_tokens: int) -> None:
-        """Give back every slot and settle every reservation to ``used_tokens``, off the
-        request's path.
+    def settle(self, runtime: Runtime, used_tokens: int, cost_nanos: int = 0) -> None:
+        """Give back every slot and settle every reservation to ``used_tokens`` (a budget's:
+        to ``cost_nanos``), off the request's path.
 
         Runs as its own task so that a request cancelled by its client still settles, and the
         response is not held up by a Redis round trip.
@@ -295,16 +385,15 @@ class Settlement:
             return
         self.settled = True
         if any(hold.lease is not None for hold in self.holds):
-            runtime.background(self._settle(used_tokens))
+            runtime.background(self._settle(used_tokens, cost_nanos))
 
-    async def _settle(self, used_tokens: int) -> None:
+    async def _settle(self, used_tokens: int, cost_nanos: int) -> None:
         for hold in self.holds:
             if hold.lease is None:
                 continue
+            used = cost_nanos if hold.money else used_tokens
             try:
-                await self.store.settle(
-                    hold.limit_id, hold.policy, hold.lease, hold.reserved, used_tokens
-                )
+                await self.store.settle(hold.limit_id, hold.policy, hold.lease, hold.reserved, used)
             except Exception:  # a lost settle leaks a slot until its lease expires: say so
                 log.exception("settling the limits of %s failed", hold.limit_id)
 
@@ -318,17 +407,21 @@ async def admit(runtime: Runtime, limits: Sequence[Limit], reserve_tokens: int) 
     admissions: list[Admission] = []
     try:
         for limit in limits:
+            budget = limit.budget
+            reserve = reserve_tokens if budget is None else budget.reserve
             admission = await _ask(
-                runtime, store.admit(limit.limit_id, limit.policy, reserve_tokens), limit.team
+                runtime, store.admit(limit.limit_id, limit.policy, reserve), limit
             )
-            admissions.append(admission)
+            if budget is None:
+                admissions.append(admission)  # a budget has no x-ratelimit header
             settlement.holds.append(
-                Hold(limit.limit_id, limit.policy, admission.lease, reserve_tokens)
+                Hold(limit.limit_id, limit.policy, admission.lease, reserve, budget is not None)
             )
     except BaseException:
         settlement.settle(runtime, 0)  # the holds granted so far, as if nothing was used
         raise
-    settlement.headers = limit_headers(
-        admissions[0] if len(admissions) == 1 else stricter(admissions)
-    )
+    if admissions:
+        settlement.headers = limit_headers(
+            admissions[0] if len(admissions) == 1 else stricter(admissions)
+        )
     return settlement
