@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import logging
@@ -564,6 +565,8 @@ async def _admit(
     when the request ends (None: no limits). Another kind of limit is one more
     :class:`limits_step.Limit`."""
     if runtime.limits is None:
+        if identity.budget is not None or identity.team:
+            _warn_unenforced()
         return None
     config = runtime.config.rate_limit
     limits = limits_step.limits_of(config.per_key, identity, runtime.teams)
@@ -577,6 +580,15 @@ async def _admit(
     if not limits:
         return None
     return await limits_step.admit(runtime, limits, answer + prompt_estimate)
+
+
+@functools.cache
+def _warn_unenforced() -> None:
+    """Once per process: a key or team has a budget or limits, but nothing enforces them."""
+    log.warning(
+        "a key with a team or a budget is in use but rate_limit.enabled is false: team limits "
+        "and budgets are not enforced (costs are still recorded)"
+    )
 
 
 class _HeldEnd:
