@@ -104,6 +104,16 @@ def team_fields(team: TeamJson, tz: tzinfo | None = None) -> list[tuple[str, str
     ]
 
 
+def spent_text(spent: Mapping[str, Any], budget: object) -> str:
+    """``81.20 of 100.00 USD (81 %)``: a team's spend this period against its budget."""
+    amount = float(spent.get("amount") or 0)
+    currency = str(spent.get("currency") or "")
+    if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
+        return f"{amount:,.2f} {currency}".strip()
+    share = amount / budget * 100
+    return f"{amount:,.2f} of {budget:,.2f} {currency} ({share:.0f} %)"
+
+
 def members_table(keys: Sequence[Mapping[str, Any]]) -> Table:
     """The keys of ``teams show``: id, name, prefix, owner, status (never a secret)."""
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -274,7 +284,11 @@ def show(
         print_json(answer)
         return
     console = stdout_console()
-    console.print(labelled([(k, v, "") for k, v in team_fields(answer["team"])]), soft_wrap=True)
+    lines = team_fields(answer["team"])
+    spent = answer.get("spent")
+    if isinstance(spent, Mapping):
+        lines.insert(3, ("spent this period", spent_text(spent, answer["team"].get("budget"))))
+    console.print(labelled([(k, v, "") for k, v in lines]), soft_wrap=True)
     keys = list(answer.get("keys") or [])
     console.print("")
     if keys:

@@ -11,15 +11,18 @@ Removing a team that live keys still belong to is a 409 ``team_in_use`` naming h
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
 from aiohttp import web
 
+from llmproxy.budgets import day_of, period_bounds, scope
 from llmproxy.daemon.admin_http import AdminError, invalid, json_object, json_response, query_flag
 from llmproxy.daemon.admin_keys import call, key_store, publish, store_fields
 from llmproxy.daemon.runtime import RuntimeState
 from llmproxy.keystore import KeyRecord
+from llmproxy.pricing import NANOS
 from llmproxy.teamfields import TEAM_ADD_FIELDS, TEAM_FIELD_MAP, TEAM_SETTABLE
 from llmproxy.teams import Team
 
@@ -80,7 +83,32 @@ class TeamsApi:
         store = key_store(self._state)
         team = await self._team(request)
         keys = await call(store.list(team=team.name))
-        return json_response({"team": team_json(team), "keys": [member_json(k) for k in keys]})
+        return json_response(
+            {
+                "team": team_json(team),
+                "keys": [member_json(k) for k in keys],
+                "spent": await self._spent(team),
+            }
+        )
+
+    async def _spent(self, team: Team) -> dict[str, object] | None:
+        """What the team spent this period by the usage store (None: no budget, no store, or
+        the store cannot answer now)."""
+        sink = self._state.usage
+        if team.budget is None or sink is None:
+            return None
+        start, end = period_bounds(team.budget.period, time.time())
+        where = scope("team", team.name)
+        try:
+            nanos = (await sink.store.spent([where], day_of(start))).get(where, 0)
+        except Exception:  # the store starting or down: the team is shown without it
+            return None
+        return {
+            "amount": nanos / NANOS,
+            "currency": self._state.current.config.pricing_currency,
+            "period_start": start,
+            "period_end": end,
+        }
 
     async def update_team(self, request: web.Request) -> web.Response:
         body = await json_object(request)

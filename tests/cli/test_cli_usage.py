@@ -163,3 +163,32 @@ def test_dead_letters_are_listed_and_requeued(cli: Invoke, admin: FakeAdmin) -> 
         ("GET", "/usage/dead-letters"),
         ("POST", "/usage/dead-letters/requeue"),
     ]
+
+
+def test_summary_by_team_shows_cost_in_the_daemons_currency(cli: Invoke, admin: FakeAdmin) -> None:
+    """``--by team`` regroups the daemon's rows per team and model, with a COST column in the
+    currency the daemon names."""
+    rows = [
+        {"key_id": "key_a", "key_name": "ci", "team": "ml", "model": "llama", "requests": 3,
+         "prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33, "cost": 1.5},
+        {"key_id": "key_b", "key_name": "cc", "team": "ml", "model": "llama", "requests": 1,
+         "prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11, "cost": 0.25},
+    ]  # fmt: skip
+    answer = {"since": 1_780_000_000.0, "currency": "EUR", "rows": rows}
+    admin.route("GET", "/usage/summary", answer)
+    result = cli("usage", "summary", "--by", "team", *sock(admin))
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert lines[1] == [
+        "TEAM",
+        "MODEL",
+        "REQUESTS",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+        "COST",
+        "(EUR)",
+    ]
+    assert lines[2] == ["ml", "llama", "4", "40", "4", "44", "1.75"]
+    bad = cli("usage", "summary", "--by", "colour", *sock(admin))
+    assert bad.exit_code == 2

@@ -466,3 +466,28 @@ def test_models_out_are_marked_in_the_models_cell() -> None:
     )
     assert models_cell({"models": None, "models_out": {"x": 3.0}}) == "any, x (out 3s)"
     assert models_cell({"models": None}) == "any"
+
+
+def test_team_spend_is_shown_against_its_budget() -> None:
+    """``teams show``: what the team spent this period, of its budget, as a share."""
+    from llmproxy.cli.teams import spent_text
+
+    assert spent_text({"amount": 81.2, "currency": "USD"}, 100) == "81.20 of 100.00 USD (81 %)"
+    assert spent_text({"amount": 3, "currency": "EUR"}, None) == "3.00 EUR"
+
+
+def test_usage_summary_by_team_and_model_with_cost() -> None:
+    """``usage summary --by team`` adds up keys of a team; ``--by model`` has no model column
+    and sums cost across keys."""
+    rows: list[dict[str, Any]] = [
+        {"key_id": "a", "team": "ml", "model": "m", "requests": 1, "total_tokens": 10,
+         "cost": 0.5},
+        {"key_id": "b", "team": "ml", "model": "m", "requests": 2, "total_tokens": 20,
+         "cost": 0.25},
+        {"key_id": "c", "team": "", "model": "x", "requests": 1, "total_tokens": 5, "cost": 0.0},
+    ]  # fmt: skip
+    body, totals = usage.summary_rows(rows, "team")
+    assert body == [("(no team)", "x", 1, 0, 0, 5, 0.0), ("ml", "m", 3, 0, 0, 30, 0.75)]
+    assert totals[6] == 0.75
+    body, _ = usage.summary_rows(rows, "model")
+    assert body == [("m", "", 3, 0, 0, 30, 0.75), ("x", "", 1, 0, 0, 5, 0.0)]

@@ -185,6 +185,9 @@ def test_64_concurrent_requests_across_two_gateways_spend_a_team_budget_exactly(
                 assert time.monotonic() < deadline, (cost, count, counted)
                 time.sleep(0.1)
             assert round(cost * 1e9) == int(counted) == round(AFFORDABLE * COST * 1e9)
+            shown = admin.get(f"/teams/{team}").json()["spent"]
+            assert shown["amount"] == AFFORDABLE * COST
+            assert (shown["currency"], shown["period_start"]) == ("USD", start)
 
             after = httpx.post(
                 urls[1] + "/v1/chat/completions",
