@@ -14,6 +14,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Final, Literal
 
+MAX_BUDGET: Final = 9_000_000.0
+"""The largest budget: budgets are counted exactly in nano-units, and Redis's scripts count in
+doubles, exact to 2⁵³ (about 9.007 × 10⁶ units)."""
+
 Period = Literal["daily", "weekly", "monthly", "total"]
 PERIODS: Final[tuple[Period, ...]] = ("daily", "weekly", "monthly", "total")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal, cast
 
-from llmproxy.budgets import check_period
+from llmproxy.budgets import MAX_BUDGET, check_period
 
 KeyStatus = Literal["active", "disabled", "expired", "quota_exceeded"]
 STATUSES: Final[tuple[KeyStatus, ...]] = ("active", "disabled", "expired", "quota_exceeded")
@@ -209,8 +209,8 @@ def check_money(field: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{field}: expected an amount or None, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{field}: must be a finite amount of at least 0, got {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_BUDGET:
+        raise ValueError(f"{field}: must be an amount from 0 to {MAX_BUDGET:,.0f}, got {value!r}")
     return float(value)
 
 

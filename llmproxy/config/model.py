@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
-from llmproxy.budgets import Period
+from llmproxy.budgets import MAX_BUDGET, Period
 from llmproxy.config.errors import PathValueError
 from llmproxy.config.units import parse_duration, parse_size
 from llmproxy.dsn import is_postgres_url, postgres_dsn
@@ -578,7 +578,9 @@ class StaticKey(Section):
     priority: int | None = Field(default=None, description=doc("priority"))
     metadata: dict[str, Any] = Field(default_factory=dict, description=doc("metadata"))
     team: str = Field(default="", description=doc("team"))
-    budget: float | None = Field(default=None, ge=0, description=doc("budget"))
+    budget: float | None = Field(
+        default=None, ge=0, le=MAX_BUDGET, allow_inf_nan=False, description=doc("budget")
+    )
     budget_period: Period = Field(default="monthly", description=doc("budget_period"))
 
     @field_validator("user_id")
@@ -824,15 +826,22 @@ class RateLimitConfig(Section):
         return self
 
 
+MAX_PRICE: Final = 1_000_000.0
+"""The largest price per million tokens (one unit a token): costs stay far inside the integers
+the limit store counts in."""
+
+
 class PriceConfig(Section):
     """``pricing.<model>``: what one model's tokens cost, per million, in ``pricing_currency``."""
 
-    input_per_million: float = Field(ge=0, allow_inf_nan=False)
+    input_per_million: float = Field(ge=0, le=MAX_PRICE, allow_inf_nan=False)
     """Price of a million prompt tokens."""
-    cached_input_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cached_input_per_million: float | None = Field(
+        default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False
+    )
     """Price of a million prompt tokens the backend read from its prefix cache (vLLM's
     `prompt_tokens_details.cached_tokens`); unset means `input_per_million`."""
-    output_per_million: float = Field(ge=0, allow_inf_nan=False)
+    output_per_million: float = Field(ge=0, le=MAX_PRICE, allow_inf_nan=False)
     """Price of a million completion tokens."""
 
 

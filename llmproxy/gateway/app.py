@@ -21,7 +21,14 @@ import os
 import re
 from time import time_ns
 
-from llmproxy.apis import ASKS_FOR_USAGE, ENDPOINT_API, GENERATING, RESPONSES, is_anthropic
+from llmproxy.apis import (
+    ASKS_FOR_USAGE,
+    EMBEDDINGS,
+    ENDPOINT_API,
+    GENERATING,
+    RESPONSES,
+    is_anthropic,
+)
 from llmproxy.auth.pipeline import Identity, Recognised
 from llmproxy.errors import GatewayError
 from llmproxy.gateway import auth_step, cors, limits_step
@@ -37,6 +44,7 @@ from llmproxy.gateway.request_body import (
     RequestPeek,
     peek_body,
     peek_form,
+    with_output_limit,
     with_usage_requested,
 )
 from llmproxy.gateway.request_path import under
@@ -351,7 +359,17 @@ class GatewayApp:
             _pin_response(runtime, exchange, home)  # before admission: a 404 takes nothing
         if identity is not None:
             began = time_ns() if trace is not None else 0
-            settlement = await _admit(runtime, identity, peek, exchange.prompt_estimate)
+            billed = request.endpoint in GENERATING  # what a budget is charged for
+            generating = billed and request.endpoint != EMBEDDINGS
+            if generating and _bounded_by_budget(runtime, identity, peek):
+                # No bound on the answer: the budget reserves the default, and that is all the
+                # backend may generate (else the whole answer, unbounded, would be billed).
+                member = "max_output_tokens" if api == "responses" else "max_tokens"
+                tokens = runtime.config.rate_limit.default_max_tokens
+                exchange.body = with_output_limit(exchange.body, member, tokens)
+            settlement = await _admit(
+                runtime, identity, peek, exchange.prompt_estimate, billed, generating
+            )
             if trace is not None:
                 trace.phase("limits", began)
             if settlement is not None:
@@ -558,20 +576,42 @@ def _check_shape(request: CanonicalRequest, model_required: bool) -> bytes | Non
     return content_type
 
 
+def _bounded_by_budget(runtime: Runtime, identity: Identity, peek: RequestPeek) -> bool:
+    """A budget applies (the key's or its team's) and the request sets no bound on its answer."""
+    if peek.max_tokens or peek.max_completion_tokens or peek.max_output_tokens:
+        return False
+    if runtime.limits is None:
+        return False  # nothing enforces budgets
+    if identity.budget is not None:
+        return True
+    team = runtime.teams.get(identity.team) if identity.team else None
+    return team is not None and team.budget is not None
+
+
 async def _admit(
-    runtime: Runtime, identity: Identity, peek: RequestPeek, prompt_estimate: int
+    runtime: Runtime,
+    identity: Identity,
+    peek: RequestPeek,
+    prompt_estimate: int,
+    billed: bool = True,
+    generating: bool = True,
 ) -> limits_step.Settlement | None:
     """The limits of the key and of its team, and their budgets: a 429 now, or what to settle
     when the request ends (None: no limits). Another kind of limit is one more
-    :class:`limits_step.Limit`."""
+    :class:`limits_step.Limit`. Budgets are charged for ``billed`` endpoints only (not
+    ``count_tokens``); only a ``generating`` one reserves an answer (not embeddings)."""
     if runtime.limits is None:
-        if identity.budget is not None or identity.team:
+        if billed and (identity.budget is not None or identity.team):
             _warn_unenforced()
         return None
     config = runtime.config.rate_limit
     limits = limits_step.limits_of(config.per_key, identity, runtime.teams)
-    completion = peek.max_tokens or peek.max_completion_tokens or peek.max_output_tokens
-    answer = (completion or config.default_max_tokens) * peek.completions
+    # The largest bound the client gave: vLLM obeys max_completion_tokens over max_tokens, so
+    # reserving the smaller would let the answer outgrow its reservation.
+    completion = max(
+        peek.max_tokens or 0, peek.max_completion_tokens or 0, peek.max_output_tokens or 0
+    )
+    answer = (completion or config.default_max_tokens) * peek.completions if generating else 0
     if identity.budget is not None or identity.team:
         # A budget reserves what the request can cost at most (at least one nano-unit, so a
         # spent budget refuses even an unpriced model).

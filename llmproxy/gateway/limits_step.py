@@ -164,32 +164,54 @@ class BudgetLimit:
     """When the period ends (None: a total budget never resets)."""
     reserve: int
     """Nano-units this request reserves: its cost at its most (prompt and ``max_tokens``)."""
+    spent: int = 0
+    """Nano-units spent this period by the usage store's last count (the admission's floor)."""
 
     def refusal(self, admission: Admission, now: float) -> GatewayError:
-        """The 429 ``budget_exceeded``: ``Retry-After`` is the period's end, or a second when
-        requests in flight hold what is left (they may settle lower)."""
+        """The 429 ``budget_exceeded``. ``Retry-After`` says when waiting helps: the period's
+        end for a spent budget, a second while requests in flight hold the rest (they may settle
+        lower); none when only a smaller request could pass (a lower ``max_tokens``) or for a
+        total budget."""
         whose = f"this key's team `{self.label}`" if self.kind == "team" else "this API key"
-        value = self.budget.amount
-        amount = f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
-        amount += f" {self.currency}"
-        period = "in total" if self.budget.period == "total" else self.budget.period
-        if admission.retry_after is not None:
+        budget = f"{_money(self.budget.amount)} {self.currency} " + (
+            "in total" if self.budget.period == "total" else self.budget.period
+        )
+        total = round(self.budget.amount * NANOS)
+        most = f"{_money(self.reserve / NANOS)} {self.currency}"
+        wait: float | None = None
+        if self.reserve > total:
             message = (
-                f"the budget of {whose} ({amount} {period}) left cannot cover the request "
+                f"this request may cost up to {most}, more than the whole budget of {whose} "
+                f"({budget}); lower max_tokens"
+            )
+        elif admission.retry_after is not None:
+            message = (
+                f"the budget of {whose} ({budget}) left cannot cover the request (up to {most}) "
                 "while its requests in flight hold the rest"
             )
-            wait: float | None = admission.retry_after
+            wait = admission.retry_after
+        elif self.spent + self.reserve > total and self.spent < total:
+            left = f"{_money((total - self.spent) / NANOS)} {self.currency}"
+            message = (
+                f"the budget of {whose} ({budget}) has {left} left, less than this request may "
+                f"cost (up to {most}); lower max_tokens"
+            )
         else:
-            message = f"the budget of {whose} ({amount} {period}) is spent"
-            wait = None if self.ends is None else self.ends - now
+            message = f"the budget of {whose} ({budget}) is spent"
             if self.ends is not None:
                 message += f"; it renews at {_iso(self.ends)}"
+                wait = self.ends - now
         headers: tuple[tuple[bytes, bytes], ...] = ()
         if wait is not None:
             headers = ((b"retry-after", str(max(1, math.ceil(wait))).encode()),)
         return GatewayError(
             429, message, "budget_exceeded", error_type="insufficient_quota", headers=headers
         )
+
+
+def _money(value: float) -> str:
+    """``100.00``, but ``0.006`` rather than ``0.01``: an amount as precise as it was given."""
+    return f"{value:,.2f}" if round(value, 2) == value else f"{value:,.6g}"
 
 
 def _iso(when: float) -> str:
@@ -217,7 +239,7 @@ async def budget_limits(runtime: Runtime, identity: Identity, reserve_nanos: int
             Limit(
                 f"{BUDGET_PREFIX}{where}:{day_of(start)}",
                 policy,
-                budget=BudgetLimit(kind, label, budget, currency, end, reserve_nanos),
+                budget=BudgetLimit(kind, label, budget, currency, end, reserve_nanos, spent),
             )
         )
     return limits

@@ -427,3 +427,13 @@ def with_usage_requested(body: bytes, peek: RequestPeek) -> bytes:
     options["include_usage"] = msgspec.Raw(b"true")
     members["stream_options"] = msgspec.Raw(_encode(options))
     return _encode(members)
+
+
+def with_output_limit(body: bytes, member: str, tokens: int) -> bytes:
+    """``body`` with its answer bounded to ``tokens`` (``member``: ``max_tokens``, or the
+    Responses API's ``max_output_tokens``), for a request that set no bound: what a budget
+    reserved is then all the backend may generate. A member present as ``null`` is replaced
+    (two members would leave the backend's parser to pick one)."""
+    members = _decode_members(body)
+    members[member] = msgspec.Raw(b"%d" % tokens)
+    return _encode(members)

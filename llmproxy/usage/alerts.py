@@ -4,7 +4,7 @@ Delivered through the same outbox as usage records (at least once, signed, retri
 distinct event in a body of its own, so a receiver that only reads ``records`` is not confused::
 
     POST <usage_hook.url>
-    {"events": [{"event": "budget_alert", "id": "budget:team:research:1796083200:0.8",
+    {"events": [{"event": "budget_alert", "id": "budget:team:research:1796083200:100:0.8",
                  "scope": "team", "name": "research", "threshold": 0.8,
                  "budget": 100.0, "spent": 80.4, "currency": "USD", "period": "monthly", ...}]}
 
@@ -48,7 +48,8 @@ class BudgetAlert(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.json.encode(self)
 
 
-def alert_id(scope: str, period_start: float, threshold: float) -> str:
-    """The one id of the alert for ``scope`` passing ``threshold`` in the period from
-    ``period_start``."""
-    return f"budget:{scope}:{int(period_start)}:{threshold:g}"
+def alert_id(scope: str, period_start: float, budget: float, threshold: float) -> str:
+    """The one id of the alert for ``scope`` passing ``threshold`` of ``budget`` in the period
+    from ``period_start`` (a budget raised mid-period is a new line to cross, with alerts of its
+    own)."""
+    return f"budget:{scope}:{int(period_start)}:{budget:g}:{threshold:g}"

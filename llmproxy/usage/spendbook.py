@@ -98,7 +98,10 @@ class SpendBook:
                 (scope, start), _Entry(scope, label, budget, start, end, spent, now, set())
             )
         entry.used_at = now
-        entry.budget = budget
+        if budget != entry.budget:
+            # A new amount (or period) re-arms the alerts: 80 % of it is a new line to cross.
+            entry.budget = budget
+            entry.raised.clear()
         entry.label = label
         return entry.spent, start, end
 
@@ -151,12 +154,14 @@ class SpendBook:
 
     async def _check(self, entry: _Entry, now: float) -> None:
         amount = round(entry.budget.amount * NANOS)
+        if amount <= 0:
+            return  # a zero budget blocks the scope; that is no news worth an alert
         for threshold in THRESHOLDS:
             if threshold in entry.raised or entry.spent < amount * threshold:
                 continue
             entry.raised.add(threshold)
             alert = BudgetAlert(
-                id=alert_id(entry.scope, entry.start, threshold),
+                id=alert_id(entry.scope, entry.start, entry.budget.amount, threshold),
                 time=now,
                 scope=entry.scope.partition(":")[0],
                 name=entry.scope.partition(":")[2],

@@ -1,8 +1,8 @@
 """Red team of cost, teams and budgets (issue 19): ways a client could spend past a budget, be
 billed wrongly or make the gateway fail, and surprises for an operator.
 
-Tests marked ``xfail(strict=True)`` pin a DEFECT: they assert the correct behaviour and fail
-today; remove the marker once the defect is fixed. The others are probes that held.
+Tests whose docstring says "Regression (red team)" pin a defect the review found, fixed since;
+the others are probes that held.
 """
 
 from __future__ import annotations
@@ -73,16 +73,11 @@ def _spent(records: list[UsageRecord]) -> float:
     return sum(record.cost or 0.0 for record in records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a request without max_tokens reserves rate_limit.default_max_tokens but the "
-    "backend may answer far more, so the budget is overspent without bound",
-)
 async def test_a_request_without_max_tokens_cannot_spend_past_the_budget(tmp_path: Path) -> None:
-    """DEFECT: budget 0.006; two concurrent requests without ``max_tokens`` (default 3 tokens
-    reserved each) are admitted and the backend answers 50 tokens each: 0.10 is spent, 16 times
-    the budget. The gateway should cap the answer at what it reserved (send ``max_tokens`` when
-    a budget applies) or refuse such requests, so the period's records stay within budget."""
+    """Regression: budget 0.006; two concurrent requests without ``max_tokens`` (default 3 tokens
+    reserved each) are admitted and the backend answers 50 tokens each: 0.10 is spent, 16 times the
+    budget. The gateway should cap the answer at what it reserved (send ``max_tokens`` when a budget
+    applies) or refuse such requests, so the period's records stay within budget."""
     body = {"model": "mock-model", "messages": HI}
     async with mock_backend(tokens=50) as mock:
         async with _gateway(_config(mock.url, default_max_tokens=3), tmp_path) as (gw, sink):
@@ -92,15 +87,10 @@ async def test_a_request_without_max_tokens_cannot_spend_past_the_budget(tmp_pat
     assert _spent(records) <= 0.006 + 1e-9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: the reservation reads max_tokens before max_completion_tokens; vLLM (and the "
-    "mock) generate max_completion_tokens when both are sent",
-)
 async def test_max_completion_tokens_above_max_tokens_cannot_overspend(tmp_path: Path) -> None:
-    """DEFECT: ``max_tokens: 1, max_completion_tokens: 50`` reserves one token's cost (0.001)
-    against a 0.006 budget, but the backend honours ``max_completion_tokens`` and bills 0.05.
-    The reservation should take the larger of the two (or the one the backend obeys)."""
+    """Regression: ``max_tokens: 1, max_completion_tokens: 50`` reserves one token's cost (0.001)
+    against a 0.006 budget, but the backend honours ``max_completion_tokens`` and bills 0.05. The
+    reservation should take the larger of the two (or the one the backend obeys)."""
     body = {"model": "mock-model", "messages": HI, "max_tokens": 1, "max_completion_tokens": 50}
     async with mock_backend(tokens=100) as mock:
         async with _gateway(_config(mock.url), tmp_path) as (gw, sink):
@@ -109,19 +99,14 @@ async def test_max_completion_tokens_above_max_tokens_cannot_overspend(tmp_path:
     assert _spent(records) <= 0.006 + 1e-9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a request whose max_tokens costs more than the budget left is told the "
-    "budget 'is spent' with Retry-After until the period ends, though nothing was spent",
-)
 async def test_a_request_larger_than_the_budget_is_not_told_the_budget_is_spent(
     tmp_path: Path,
 ) -> None:
-    """DEFECT: a fresh budget of 100 and ``max_tokens: 200000`` (at most 200 USD): the answer
+    """Regression: a fresh budget of 100 and ``max_tokens: 200000`` (at most 200 USD): the answer
     says "the budget of this API key (100.00 USD daily) is spent; it renews at ..." with a
     Retry-After of hours. Nothing was spent and a smaller ``max_tokens`` would pass at once: the
-    refusal should say the request's most cost exceeds what is left (and not send a client
-    away until the period ends)."""
+    refusal should say the request's most cost exceeds what is left (and not send a client away
+    until the period ends)."""
     body = {"model": "mock-model", "messages": HI, "max_tokens": 200_000}
     async with mock_backend(tokens=3) as mock:
         async with _gateway(_config(mock.url, budget=100.0), tmp_path) as (gw, _):
@@ -147,19 +132,14 @@ async def test_the_largest_counts_are_refused_cleanly(tmp_path: Path) -> None:
     assert after == 200  # the refused reservation left nothing held
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: keys[].budget accepts .inf and amounts whose nano-units overflow a float; "
-    "every request of the key is then a 500 (OverflowError in budget_limits)",
-)
 @pytest.mark.parametrize("budget", [float("inf"), 1e300])
 async def test_an_infinite_or_enormous_budget_never_makes_a_500(
     tmp_path: Path, budget: float
 ) -> None:
-    """DEFECT: ``budget: .inf`` (or 1e300) in a static key passes config validation
-    (``ge=0`` without ``allow_inf_nan=False`` nor an upper bound), and ``round(budget * 10**9)``
-    raises OverflowError on every request: 500 internal_error. The config should refuse it
-    (as keyfields.check_money refuses inf; 1e300 passes there too) or the request be served."""
+    """Regression: ``budget: .inf`` (or 1e300) in a static key passes config validation (``ge=0``
+    without ``allow_inf_nan=False`` nor an upper bound), and ``round(budget * 10**9)`` raises
+    OverflowError on every request: 500 internal_error. The config should refuse it (as
+    keyfields.check_money refuses inf; 1e300 passes there too) or the request be served."""
     async with mock_backend(tokens=3) as mock:
         try:
             config = _config(mock.url, budget=budget)
@@ -170,15 +150,10 @@ async def test_an_infinite_or_enormous_budget_never_makes_a_500(
     assert status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a finite price whose nano-units per token overflow (input_per_million × 1000 "
-    "= inf) passes validation, then every priced request is a 500",
-)
 async def test_an_enormous_price_never_makes_a_500(tmp_path: Path) -> None:
-    """DEFECT: ``input_per_million: 1e306`` is finite (``allow_inf_nan=False`` holds) but
-    Price.of multiplies it by 1000 to inf, and ``round(inf)`` raises in the admission (and in
-    the finish phase without a budget): 500. The config should bound prices."""
+    """Regression: ``input_per_million: 1e306`` is finite (``allow_inf_nan=False`` holds) but
+    Price.of multiplies it by 1000 to inf, and ``round(inf)`` raises in the admission (and in the
+    finish phase without a budget): 500. The config should bound prices."""
     pricing = {"mock-model": {"input_per_million": 1e306, "output_per_million": 1.0}}
     async with mock_backend(tokens=3) as mock:
         try:
@@ -192,11 +167,6 @@ async def test_an_enormous_price_never_makes_a_500(tmp_path: Path) -> None:
     assert status != 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: embeddings and count_tokens reserve default_max_tokens of output they never "
-    "produce, so a budget with a little left refuses requests that cost nothing",
-)
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -207,7 +177,7 @@ async def test_an_enormous_price_never_makes_a_500(tmp_path: Path) -> None:
 async def test_requests_without_output_reserve_no_output(
     tmp_path: Path, path: str, body: dict[str, Any]
 ) -> None:
-    """DEFECT: input is free, output 0.001 a token, budget 0.5 untouched. An embeddings or
+    """Regression: input is free, output 0.001 a token, budget 0.5 untouched. An embeddings or
     count_tokens request can cost nothing, yet it reserves ``default_max_tokens`` (1024) output
     tokens = 1.024 > 0.5 and is refused 429 budget_exceeded ("is spent")."""
     async with mock_backend(tokens=3) as mock:
@@ -288,15 +258,10 @@ async def usage_store(tmp_path: Path) -> AsyncIterator[UsageStore]:
     await store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a budget of 0 (a key or team blocked) raises its 80 % and 100 % alerts with "
-    "nothing spent (0 >= 0 × threshold)",
-)
 async def test_a_zero_budget_raises_no_alert_while_nothing_is_spent(
     usage_store: UsageStore,
 ) -> None:
-    """DEFECT: an operator who blocks a team with ``--budget 0`` gets "budget of team x: 100 %
+    """Regression: an operator who blocks a team with ``--budget 0`` gets "budget of team x: 100 %
     spent (0.00 of 0.00 USD)" alerts and webhook events on its first request."""
     raised: list[BudgetAlert] = []
     book = SpendBook(usage_store, outbox=True, on_alert=raised.append)
@@ -305,13 +270,8 @@ async def test_a_zero_budget_raises_no_alert_while_nothing_is_spent(
     assert raised == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: alert ids and the book's 'raised' set ignore the budget's amount: after a "
-    "budget is raised, crossing 80 % of the new amount raises nothing",
-)
 async def test_raising_a_budget_rearms_its_alerts(usage_store: UsageStore) -> None:
-    """DEFECT: budget 1.0 a day, 0.85 spent: the 80 % alert. The operator raises the budget to
+    """Regression: budget 1.0 a day, 0.85 spent: the 80 % alert. The operator raises the budget to
     10.0; spend reaches 9.0 (90 % of the new budget) and no alert comes — neither from this
     process's memory nor from the store (the same id ``budget:key:a:<day>:0.8``)."""
     now = time.time()
@@ -327,13 +287,8 @@ async def test_raising_a_budget_rearms_its_alerts(usage_store: UsageStore) -> No
     assert [(a.threshold, a.budget) for a in raised] == [(0.8, 1.0), (0.8, 10.0)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: the admin API's and CLI's budget check accepts amounts whose nano-units are "
-    "not a finite float (1e300 × 10**9 = inf): the team's or key's requests are then 500s",
-)
 def test_the_stores_budget_check_refuses_amounts_that_overflow() -> None:
-    """DEFECT: ``keyfields.check_money`` (teams add --budget, keys add --budget, PATCH /teams)
+    """Regression: ``keyfields.check_money`` (teams add --budget, keys add --budget, PATCH /teams)
     takes 1e300, which ``budget_limits`` cannot turn into nano-units."""
     with pytest.raises(ValueError, match="budget"):
         check_money("budget", 1e300)

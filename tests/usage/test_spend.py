@@ -77,7 +77,7 @@ async def test_summary_rows_carry_user_team_and_cost(usage_store: UsageStore) ->
 
 def _alert(threshold: float) -> BudgetAlert:
     return BudgetAlert(
-        id=alert_id("team:t", T0, threshold),
+        id=alert_id("team:t", T0, 10.0, threshold),
         time=T0 + 100,
         scope="team",
         name="t",
@@ -97,7 +97,7 @@ async def test_an_alert_is_raised_once_and_queued_as_an_event(usage_store: Usage
     assert await usage_store.raise_alert(_alert(0.8), outbox=True)
     assert not await usage_store.raise_alert(_alert(0.8), outbox=True)
     pending = await usage_store.pending(10)
-    assert [p.id for p in pending] == ["budget:team:t:1796083200:0.8"]
+    assert [p.id for p in pending] == ["budget:team:t:1796083200:10:0.8"]
     assert is_event(pending[0].body)
     event = json.loads(events_body([pending[0].body]))["events"][0]
     assert event["event"] == "budget_alert"
