@@ -832,7 +832,8 @@ the limit store counts in."""
 
 
 class PriceConfig(Section):
-    """``pricing.<model>``: what one model's tokens cost, per million, in ``pricing_currency``."""
+    """``pricing.<model>``: what one model's tokens cost, per million, in ``pricing_currency``
+    (``<name>`` is a model name as clients send it, or ``"*"`` for every model not listed)."""
 
     input_per_million: float = Field(ge=0, le=MAX_PRICE, allow_inf_nan=False)
     """Price of a million prompt tokens."""

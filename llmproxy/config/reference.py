@@ -48,6 +48,11 @@ below with its default; `llmproxy config check FILE` validates a file without st
 - Lists may be written in either YAML style, `models: ["a", "b"]` or one `- a` per line. Anchors,
   aliases and `<<:` merge keys work as in any YAML file; a key written twice in one mapping is an
   error.
+
+Keys made with `llmproxy keys` and teams made with `llmproxy teams` (their limits and budgets) live
+in the key store, not in this file; prices (`pricing`) and what costs and budgets mean are in
+[cost-and-budgets.md](cost-and-budgets.md), traces (`tracing`) in
+[observability.md](observability.md).
 """
 
 
@@ -83,6 +88,10 @@ def _child_section(path: str, key: str, annotation: Any) -> tuple[str, type[Base
         item = get_args(annotation)[0]
         if _is_model(item):
             return f"{prefix}[]", item
+    if get_origin(annotation) is dict:
+        value = get_args(annotation)[1]
+        if _is_model(value):
+            return f"{prefix}.<name>", value
     return None
 
 
@@ -118,6 +127,8 @@ def _type_text(field: FieldInfo, section: str | None) -> str:
         text = unit[0]
     elif section is not None:
         kind = "list" if section.endswith("[]") else "section"
+        if section.endswith(".<name>"):
+            kind = "mapping of names to sections"
         text = f"{kind}, see `{section}`"
         text += " (or null)" if _is_optional(field.annotation) else ""
     else:
