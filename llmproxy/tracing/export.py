@@ -1,15 +1,15 @@
-"""The process's trace export: a bounded queue, and a thread that builds spans and sends them.
+"""The process's trace export: a bounded queue, and a thread that encodes spans and sends them.
 
 Owned by the process (:class:`~llmproxy.daemon.runtime.RuntimeState`), not by a config
 snapshot: a reload must neither restart the thread nor lose what is queued. The request path
 only appends an ended :class:`~llmproxy.tracing.request.RequestTrace` to a deque
 (:meth:`TraceExport.submit`); the thread wakes every ``batch_delay`` (or when a batch is full),
-turns the notes into spans (:mod:`llmproxy.tracing.spans`) and hands them to the OTLP/HTTP
-exporter, whose timeout bounds each export. A collector that is down or hanging therefore
-costs requests nothing: the queue fills, and what does not fit is dropped and counted.
+writes the notes as one OTLP protobuf body (:mod:`llmproxy.tracing.otlp`) and POSTs it
+(:mod:`llmproxy.tracing.sender`), each export bounded by ``export_timeout``. A collector that
+is down or hanging therefore costs requests nothing: the queue fills, and what does not fit is
+dropped and counted.
 
-OpenTelemetry is imported here lazily, in :meth:`TraceExport.start`: a gateway with tracing
-off never imports it.
+No OpenTelemetry package is needed: the gateway writes OTLP itself.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from llmproxy.config.model import TracingConfig
+from llmproxy.tracing.otlp import OtlpEncoder, resource_attributes
 from llmproxy.tracing.request import RequestTrace
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan
+from llmproxy.tracing.sender import OtlpHttpSender, export_settings
 
 log = logging.getLogger("llmproxy.tracing")
 
@@ -37,13 +36,17 @@ _WARN_EVERY = 60.0
 
 
 class SpanSender(Protocol):
-    """What sends spans: OpenTelemetry's ``SpanExporter`` (its OTLP/HTTP one by default)."""
+    """What sends an export's body (an ``ExportTraceServiceRequest``): OTLP/HTTP by default
+    (:class:`~llmproxy.tracing.sender.OtlpHttpSender`)."""
 
-    def export(self, spans: list[ReadableSpan]) -> object:
-        """Send ``spans``; returns ``SpanExportResult``."""
+    last_error: str
+    """Why the last failed send failed."""
 
-    def shutdown(self) -> None:
-        """Release the connection."""
+    def send(self, body: bytes) -> bool:
+        """Deliver ``body`` within the export timeout; whether the collector accepted it."""
+
+    def close(self) -> None:
+        """Stop retrying and release the connection."""
 
 
 Count = Callable[[str, int], None]
@@ -54,7 +57,7 @@ class TraceExport:
     """Ended request traces, queued and exported off the event loop::
 
     export = TraceExport(config.tracing, metrics.trace_spans)
-    export.start()                # imports the SDK, starts the thread
+    export.start()                # starts the thread
     export.submit(trace)          # from the request path: O(1), never blocks
     export.shutdown(timeout=5.0)  # what is queued is sent within the bound
     """
@@ -77,21 +80,21 @@ class TraceExport:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._warned = 0.0
+        self._encoder = OtlpEncoder(resource_attributes(config.service_name))
+        self._ids = random.Random()
+        """The phases' span ids (drawn on the export thread only)."""
 
     def start(self) -> None:
-        """Import the SDK, build the exporter and start the export thread (once)."""
+        """Build the encoder and the sender and start the export thread (once)."""
         if self._thread is not None:
             return
-        from llmproxy.tracing import spans
-
-        self._resource = spans.resource(self._config.service_name)
         if self._sender is None:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            self._sender = OTLPSpanExporter(
-                endpoint=f"{self._config.endpoint}/v1/traces",
-                headers=dict(self._config.headers),
-                timeout=self._config.export_timeout,
+            headers, compress = export_settings(self._config.headers)
+            self._sender = OtlpHttpSender(
+                self._config.endpoint,
+                headers,
+                self._config.export_timeout,
+                compress=compress,
             )
         self._thread = threading.Thread(target=self._run, name="llmproxy-trace-export", daemon=True)
         self._thread.start()
@@ -133,7 +136,7 @@ class TraceExport:
         thread.join(timeout)
         self._thread = None
         if self._sender is not None:
-            self._sender.shutdown()
+            self._sender.close()
 
     def _run(self) -> None:
         delay = self._config.batch_delay
@@ -145,9 +148,7 @@ class TraceExport:
 
     def _drain(self) -> None:
         """Send everything queued, a batch at a time."""
-        from llmproxy.tracing.spans import batch_spans
-
-        ids = random.Random()
+        ids = self._ids
         while True:
             with self._lock:
                 batch: list[RequestTrace] = []
@@ -160,26 +161,27 @@ class TraceExport:
                 if not batch:
                     self._idle.set()
                     return
-            self._send(batch_spans(batch, self._resource, ids))
+            self._send(self._encoder.encode(batch, ids), size)
 
-    def _send(self, spans: list[ReadableSpan]) -> None:
-        assert self._sender is not None
+    def _send(self, body: bytes, spans: int) -> None:
+        sender = self._sender
+        assert sender is not None
         try:
-            result = self._sender.export(spans)
-            sent = getattr(result, "name", "") == "SUCCESS"
+            sent = sender.send(body)
         except Exception:
             log.exception("trace export failed")
             sent = False
         if sent:
-            self._count("exported", len(spans))
+            self._count("exported", spans)
             return
-        self._count("export_failed", len(spans))
+        self._count("export_failed", spans)
         now = time.monotonic()
         if now - self._warned >= _WARN_EVERY:
             self._warned = now
             log.warning(
-                "trace export to %s failed; %d spans dropped (counted in "
+                "trace export to %s/v1/traces failed (%s); %d spans dropped (counted in "
                 "llmproxy_trace_spans_dropped_total)",
                 self._config.endpoint,
-                len(spans),
+                sender.last_error or "not accepted",
+                spans,
             )

@@ -1,0 +1,102 @@
+"""The protobuf wire format, as much of it as OTLP spans need. Pure functions over bytes.
+
+A message is its fields one after another, each a *tag* (field number and wire type as a
+varint) then the value: a varint (ints, enums, bools), 8 little-endian bytes (``fixed64``,
+``double``), 4 (``fixed32``), or a length-prefixed run of bytes (strings, bytes and nested
+messages). That is all :mod:`llmproxy.tracing.otlp` writes
+(https://protobuf.dev/programming-guides/encoding/).
+
+Why by hand: OpenTelemetry's encoder builds a Python protobuf object per span, attribute and
+value and then serialises them — about 25 µs per span, most of an export's cost. Here a
+message is a ``bytes`` join; a field whose tag and key never change (an attribute's name) is
+encoded once at import, so a span costs a few joins.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
+"""Wire types."""
+
+_FIXED64 = struct.Struct("<Q").pack
+_DOUBLE = struct.Struct("<d").pack
+_FIXED32 = struct.Struct("<I").pack
+_SMALL = [bytes((n,)) for n in range(128)]
+"""Varints below 128 are their own single byte: most lengths, enums and counts."""
+
+
+def varint(value: int) -> bytes:
+    """``value`` (0 ≤ value < 2**64) as a base-128 varint, low groups first."""
+    if value < 128:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 127:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def tag(field: int, wire: int) -> bytes:
+    """A field's key: its number and wire type."""
+    return varint(field << 3 | wire)
+
+
+def length_delimited(field: int, payload: bytes) -> bytes:
+    """A string, bytes or nested message field (``payload`` already encoded)."""
+    return tag(field, LENGTH) + varint(len(payload)) + payload
+
+
+def string(field: int, text: str) -> bytes:
+    """A string field (UTF-8)."""
+    return length_delimited(field, text.encode())
+
+
+def int64(field: int, value: int) -> bytes:
+    """An ``int64`` field; a negative value takes ten bytes (two's complement), as protobuf's."""
+    return tag(field, VARINT) + varint(value & 0xFFFFFFFFFFFFFFFF)
+
+
+def fixed64(field: int, value: int) -> bytes:
+    """A ``fixed64`` field (OTLP's nanosecond times)."""
+    return tag(field, FIXED64) + _FIXED64(value)
+
+
+def fixed32(field: int, value: int) -> bytes:
+    """A ``fixed32`` field (a span's flags)."""
+    return tag(field, FIXED32) + _FIXED32(value)
+
+
+# common.proto: AnyValue's fields, and KeyValue { key = 1; value = 2 }.
+_STRING_VALUE, _BOOL_VALUE, _INT_VALUE, _DOUBLE_VALUE, _ARRAY_VALUE = 1, 2, 3, 4, 5
+_ARRAY_VALUES = 1
+_KEY, _VALUE = 1, 2
+
+AttributeValue = str | bool | int | float | Sequence[str]
+"""What a span attribute holds here: OTLP's scalar values, and arrays of strings."""
+
+
+def any_value(value: AttributeValue) -> bytes:
+    """An ``AnyValue`` message (bool is tested before int: ``True`` is an ``int`` too)."""
+    if isinstance(value, str):
+        return string(_STRING_VALUE, value)
+    if isinstance(value, bool):
+        return tag(_BOOL_VALUE, VARINT) + _SMALL[value]
+    if isinstance(value, int):
+        return int64(_INT_VALUE, value)
+    if isinstance(value, float):
+        return tag(_DOUBLE_VALUE, FIXED64) + _DOUBLE(value)
+    items = b"".join(length_delimited(_ARRAY_VALUES, any_value(item)) for item in value)
+    return length_delimited(_ARRAY_VALUE, items)
+
+
+def key_prefix(key: str) -> bytes:
+    """A ``KeyValue``'s key field, encoded once per attribute name (see :func:`key_value`)."""
+    return string(_KEY, key)
+
+
+def key_value(prefix: bytes, value: AttributeValue) -> bytes:
+    """A ``KeyValue`` message's payload: ``prefix`` from :func:`key_prefix`, then the value."""
+    return prefix + length_delimited(_VALUE, any_value(value))
