@@ -273,12 +273,12 @@ class OtlpEncoder:
             prefix = keys.get(key)
             if prefix is None:
                 prefix = keys[key] = pb.key_prefix(key)
-            out.append(_attribute(prefix, value))
+            out.append(pb.key_value_field(_ATTRIBUTE, prefix, value))
         return b"".join(out)
 
 
 def _attribute(prefix: bytes, value: AttributeValue) -> bytes:
-    return pb.length_delimited(_ATTRIBUTE, pb.key_value(prefix, value))
+    return pb.key_value_field(_ATTRIBUTE, prefix, value)
 
 
 def _encode_event(event: tuple[bytes, bytes], time: int) -> bytes:

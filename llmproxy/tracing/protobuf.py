@@ -44,9 +44,15 @@ def tag(field: int, wire: int) -> bytes:
     return varint(field << 3 | wire)
 
 
+_LENGTH_TAGS = tuple(tag(field, LENGTH) for field in range(16))
+"""The tags of length-delimited fields 0-15 (one byte each: every one OTLP spans use)."""
+
+
 def length_delimited(field: int, payload: bytes) -> bytes:
     """A string, bytes or nested message field (``payload`` already encoded)."""
-    return tag(field, LENGTH) + varint(len(payload)) + payload
+    size = len(payload)
+    key = _LENGTH_TAGS[field] if field < 16 else tag(field, LENGTH)
+    return key + (_SMALL[size] if size < 128 else varint(size)) + payload
 
 
 def string(field: int, text: str) -> bytes:
@@ -73,6 +79,11 @@ def fixed32(field: int, value: int) -> bytes:
 _STRING_VALUE, _BOOL_VALUE, _INT_VALUE, _DOUBLE_VALUE, _ARRAY_VALUE = 1, 2, 3, 4, 5
 _ARRAY_VALUES = 1
 _KEY, _VALUE = 1, 2
+_STRING_TAG = tag(_STRING_VALUE, LENGTH)
+_BOOL_TAG = tag(_BOOL_VALUE, VARINT)
+_INT_TAG = tag(_INT_VALUE, VARINT)
+_DOUBLE_TAG = tag(_DOUBLE_VALUE, FIXED64)
+_VALUE_TAG = tag(_VALUE, LENGTH)
 
 AttributeValue = str | bool | int | float | Sequence[str]
 """What a span attribute holds here: OTLP's scalar values, and arrays of strings."""
@@ -81,13 +92,15 @@ AttributeValue = str | bool | int | float | Sequence[str]
 def any_value(value: AttributeValue) -> bytes:
     """An ``AnyValue`` message (bool is tested before int: ``True`` is an ``int`` too)."""
     if isinstance(value, str):
-        return string(_STRING_VALUE, value)
+        text = value.encode()
+        size = len(text)
+        return _STRING_TAG + (_SMALL[size] if size < 128 else varint(size)) + text
     if isinstance(value, bool):
-        return tag(_BOOL_VALUE, VARINT) + _SMALL[value]
+        return _BOOL_TAG + _SMALL[value]
     if isinstance(value, int):
-        return int64(_INT_VALUE, value)
+        return _INT_TAG + varint(value & 0xFFFFFFFFFFFFFFFF)
     if isinstance(value, float):
-        return tag(_DOUBLE_VALUE, FIXED64) + _DOUBLE(value)
+        return _DOUBLE_TAG + _DOUBLE(value)
     items = b"".join(length_delimited(_ARRAY_VALUES, any_value(item)) for item in value)
     return length_delimited(_ARRAY_VALUE, items)
 
@@ -99,4 +112,13 @@ def key_prefix(key: str) -> bytes:
 
 def key_value(prefix: bytes, value: AttributeValue) -> bytes:
     """A ``KeyValue`` message's payload: ``prefix`` from :func:`key_prefix`, then the value."""
-    return prefix + length_delimited(_VALUE, any_value(value))
+    encoded = any_value(value)
+    size = len(encoded)
+    return prefix + _VALUE_TAG + (_SMALL[size] if size < 128 else varint(size)) + encoded
+
+
+def key_value_field(field: int, prefix: bytes, value: AttributeValue) -> bytes:
+    """A ``KeyValue`` as field ``field`` of its message (``Span.attributes`` is field 9)."""
+    payload = key_value(prefix, value)
+    size = len(payload)
+    return _LENGTH_TAGS[field] + (_SMALL[size] if size < 128 else varint(size)) + payload
