@@ -71,12 +71,16 @@ class TraceExport:
         self._count = count
         self._sender = sender
         self._queue: collections.deque[RequestTrace] = collections.deque()
-        self._queued = 0
-        """Spans in the queue (the bound is on spans, ``max_queue_size``)."""
-        self._lock = threading.Lock()
+        # Spans counted three times, each count written by one thread only, so the request
+        # path takes no lock: queued = submitted - taken (the bound, ``max_queue_size``).
+        self._submitted = 0
+        """Spans ever queued (written by the request path's thread)."""
+        self._taken = 0
+        """Spans ever taken from the queue for export (written by the export thread)."""
+        self._ended = 0
+        """Spans whose export ended, sent or not (export thread, under ``_done``)."""
+        self._done = threading.Condition()
         self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._warned = 0.0
@@ -100,31 +104,31 @@ class TraceExport:
         self._thread.start()
 
     def submit(self, trace: RequestTrace) -> None:
-        """Queue an ended trace; dropped and counted when the queue is full."""
+        """Queue an ended trace; dropped and counted when the queue is full.
+
+        Called from one thread (the event loop's): a deque append and two integer reads, no
+        lock; the export thread is woken early only when a batch is full."""
         spans = trace.span_count()
-        with self._lock:
-            if self._queued + spans > self._config.max_queue_size:
-                full = True
-            else:
-                full = False
-                self._queued += spans
-                self._queue.append(trace)
-                self._idle.clear()
-                wake = self._queued >= BATCH_SPANS
-        if full:
+        queued = self._submitted - self._taken + spans
+        if queued > self._config.max_queue_size:
             self._count("queue_full", spans)
-        elif wake:
+            return
+        self._queue.append(trace)
+        self._submitted += spans
+        if queued >= BATCH_SPANS and not self._wake.is_set():
             self._wake.set()
 
     @property
     def queued(self) -> int:
         """Spans waiting for export."""
-        return self._queued
+        return self._submitted - self._taken
 
     def flush(self, timeout: float) -> bool:
         """Export what is queued now; whether that ended within ``timeout`` seconds."""
+        target = self._submitted
         self._wake.set()
-        return self._idle.wait(timeout)
+        with self._done:
+            return self._done.wait_for(lambda: self._ended >= target, timeout)
 
     def shutdown(self, timeout: float) -> None:
         """Export what is queued (within ``timeout``), then stop the thread and the exporter."""
@@ -148,26 +152,25 @@ class TraceExport:
 
     def _drain(self) -> None:
         """Send everything queued, a batch at a time."""
-        ids = self._ids
-        while True:
-            with self._lock:
-                batch: list[RequestTrace] = []
-                size = 0
-                while self._queue and size < BATCH_SPANS:
-                    trace = self._queue.popleft()
-                    batch.append(trace)
-                    size += trace.span_count()
-                self._queued -= size
-                if not batch:
-                    self._idle.set()
-                    return
-            self._send(self._encoder.encode(batch, ids), size)
+        queue = self._queue
+        while queue:
+            batch: list[RequestTrace] = []
+            size = 0
+            while queue and size < BATCH_SPANS:
+                trace = queue.popleft()
+                batch.append(trace)
+                size += trace.span_count()
+            self._taken += size
+            self._send(batch, size)
+            with self._done:
+                self._ended += size
+                self._done.notify_all()
 
-    def _send(self, body: bytes, spans: int) -> None:
+    def _send(self, batch: list[RequestTrace], spans: int) -> None:
         sender = self._sender
         assert sender is not None
         try:
-            sent = sender.send(body)
+            sent = sender.send(self._encoder.encode(batch, self._ids))
         except Exception:
             log.exception("trace export failed")
             sent = False

@@ -24,6 +24,7 @@ the export thread only.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import struct
@@ -83,32 +84,33 @@ _FIRST_TOKEN = _event("first_token")
 _STREAM_END = _event("stream_end")
 
 # Attribute keys, encoded once (KeyValue.key).
-_K = {
-    name: pb.key_prefix(name)
-    for name in (
-        "http.request.method",
-        "url.path",
-        "llmproxy.request_id",
-        "http.response.status_code",
-        "error.type",
-        "gen_ai.operation.name",
-        "gen_ai.request.max_tokens",
-        "llmproxy.attempts",
-        "llmproxy.queue.wait",
-        "gen_ai.request.model",
-        "gen_ai.response.model",
-        "llmproxy.backend",
-        "llmproxy.key_id",
-        "enduser.id",
-        "llmproxy.stream",
-        "gen_ai.usage.input_tokens",
-        "gen_ai.usage.output_tokens",
-        "llmproxy.usage.source",
-        "gen_ai.response.finish_reasons",
-        "llmproxy.cancelled",
-        "llmproxy.attempt",
-    )
+_attribute = functools.partial(pb.key_value_field, _ATTRIBUTE)
+"""``_attribute(key_prefix, value)``: one ``Span.attributes`` entry."""
+_K_METHOD = pb.key_prefix("http.request.method")
+_K_PATH = pb.key_prefix("url.path")
+_K_REQUEST_ID = pb.key_prefix("llmproxy.request_id")
+_K_STATUS = pb.key_prefix("http.response.status_code")
+_K_ERROR = pb.key_prefix("error.type")
+_K_MAX_TOKENS = pb.key_prefix("gen_ai.request.max_tokens")
+_K_ATTEMPTS = pb.key_prefix("llmproxy.attempts")
+_K_QUEUE_WAIT = pb.key_prefix("llmproxy.queue.wait")
+_K_REQUEST_MODEL = pb.key_prefix("gen_ai.request.model")
+_K_RESPONSE_MODEL = pb.key_prefix("gen_ai.response.model")
+_K_BACKEND = pb.key_prefix("llmproxy.backend")
+_K_KEY_ID = pb.key_prefix("llmproxy.key_id")
+_K_USER = pb.key_prefix("enduser.id")
+_K_INPUT_TOKENS = pb.key_prefix("gen_ai.usage.input_tokens")
+_K_OUTPUT_TOKENS = pb.key_prefix("gen_ai.usage.output_tokens")
+_K_USAGE_SOURCE = pb.key_prefix("llmproxy.usage.source")
+_K_FINISH_REASONS = pb.key_prefix("gen_ai.response.finish_reasons")
+_K_ATTEMPT = pb.key_prefix("llmproxy.attempt")
+_OPERATION = {
+    api: pb.key_value_field(_ATTRIBUTE, pb.key_prefix("gen_ai.operation.name"), operation)
+    for api, operation in OPERATION.items()
 }
+_STREAMED = pb.key_value_field(_ATTRIBUTE, pb.key_prefix("llmproxy.stream"), True)
+_NOT_STREAMED = pb.key_value_field(_ATTRIBUTE, pb.key_prefix("llmproxy.stream"), False)
+_CANCELLED = pb.key_value_field(_ATTRIBUTE, pb.key_prefix("llmproxy.cancelled"), True)
 
 
 def resource_attributes(
@@ -153,8 +155,8 @@ class OtlpEncoder:
         self._resource = pb.length_delimited(1, attributes)  # ResourceSpans.resource
         scope = pb.string(1, SCOPE_NAME) + pb.string(2, __version__)
         self._scope = pb.length_delimited(1, scope)  # ScopeSpans.scope
-        self._keys = dict(_K)
-        """Attribute keys already encoded (the phases' own keys join on first use)."""
+        self._keys: dict[str, bytes] = {}
+        """The phases' attribute keys, encoded on first use."""
         self._names: dict[str, bytes] = {}
         """Phase span names, encoded (``llmproxy.auth``...)."""
 
@@ -195,7 +197,7 @@ class OtlpEncoder:
                         _PACK64(trace.start),
                         _END,
                         _PACK64(trace.end),
-                        self._attributes(_server_attributes(trace)),
+                        _server_attributes(trace),
                         events,
                         _ERROR if trace.status >= 500 else _UNSET,
                         _REMOTE_PARENT if trace.parent_id else _LOCAL_PARENT,
@@ -233,13 +235,11 @@ class OtlpEncoder:
                 )
             )
         for number, attempt in enumerate(trace.attempts, 1):
-            attributes = _attribute(_K["llmproxy.backend"], attempt.backend) + _attribute(
-                _K["llmproxy.attempt"], number
-            )
+            attributes = _attribute(_K_BACKEND, attempt.backend) + _attribute(_K_ATTEMPT, number)
             if attempt.status:
-                attributes += _attribute(_K["http.response.status_code"], attempt.status)
+                attributes += _attribute(_K_STATUS, attempt.status)
             if attempt.error:
-                attributes += _attribute(_K["error.type"], attempt.error)
+                attributes += _attribute(_K_ERROR, attempt.error)
             failed = attempt.error or attempt.status >= 500
             out.append(
                 pb.length_delimited(
@@ -277,10 +277,6 @@ class OtlpEncoder:
         return b"".join(out)
 
 
-def _attribute(prefix: bytes, value: AttributeValue) -> bytes:
-    return pb.key_value_field(_ATTRIBUTE, prefix, value)
-
-
 def _encode_event(event: tuple[bytes, bytes], time: int) -> bytes:
     """A span event with no attributes: ``Event.time_unix_nano`` (1), then ``name`` (2)."""
     field, name = event
@@ -288,50 +284,52 @@ def _encode_event(event: tuple[bytes, bytes], time: int) -> bytes:
     return field + pb.varint(len(payload)) + payload
 
 
-def _server_attributes(trace: RequestTrace) -> dict[str, AttributeValue]:
-    """The server span's attributes, in the order they are written."""
-    attributes: dict[str, AttributeValue] = {
-        "http.request.method": trace.method,
-        "url.path": trace.endpoint,
-        "llmproxy.request_id": trace.request_id,
-    }
-    if trace.status:
-        attributes["http.response.status_code"] = trace.status
+def _server_attributes(trace: RequestTrace) -> bytes:
+    """The server span's attributes (``Span.attributes``), written as they are found."""
+    out = [
+        _attribute(_K_METHOD, trace.method),
+        _attribute(_K_PATH, trace.endpoint),
+        _attribute(_K_REQUEST_ID, trace.request_id),
+    ]
+    status = trace.status
+    if status:
+        out.append(_attribute(_K_STATUS, status))
     if trace.error:
-        attributes["error.type"] = trace.error
-    elif trace.status >= 500:
-        attributes["error.type"] = str(trace.status)
+        out.append(_attribute(_K_ERROR, trace.error))
+    elif status >= 500:
+        out.append(_attribute(_K_ERROR, str(status)))
     api = ENDPOINT_API.get(trace.endpoint)
     if api is not None:
-        attributes["gen_ai.operation.name"] = OPERATION[api]
+        out.append(_OPERATION[api])
     if trace.max_tokens is not None:
-        attributes["gen_ai.request.max_tokens"] = trace.max_tokens
+        out.append(_attribute(_K_MAX_TOKENS, trace.max_tokens))
     if trace.attempts:
-        attributes["llmproxy.attempts"] = len(trace.attempts)
-    waited = sum(p.end - p.start for p in trace.phases if p.name == "queue")
-    if waited:
-        attributes["llmproxy.queue.wait"] = waited / 1e9
+        out.append(_attribute(_K_ATTEMPTS, len(trace.attempts)))
+    if trace.phases:
+        waited = sum(p.end - p.start for p in trace.phases if p.name == "queue")
+        if waited:
+            out.append(_attribute(_K_QUEUE_WAIT, waited / 1e9))
     done = trace.finished
-    if done is None:
-        return attributes
-    if done.model:
-        attributes["gen_ai.request.model"] = done.model
-        if done.served:
-            # The gateway forwards the model as named; the backend answers for that model.
-            attributes["gen_ai.response.model"] = done.model
-    if done.backend:
-        attributes["llmproxy.backend"] = done.backend
-    if done.key_id:
-        attributes["llmproxy.key_id"] = done.key_id  # the key's id, never its secret
-    if done.user_id:
-        attributes["enduser.id"] = done.user_id
-    attributes["llmproxy.stream"] = done.stream
-    if done.served or done.prompt_tokens:
-        attributes["gen_ai.usage.input_tokens"] = done.prompt_tokens
-        attributes["gen_ai.usage.output_tokens"] = done.completion_tokens
-        attributes["llmproxy.usage.source"] = done.usage_source
-    if done.finish_reason:
-        attributes["gen_ai.response.finish_reasons"] = (done.finish_reason,)
-    if done.cancelled:
-        attributes["llmproxy.cancelled"] = True
-    return attributes
+    if done is not None:
+        if done.model:
+            model = _attribute(_K_REQUEST_MODEL, done.model)
+            out.append(model)
+            if done.served:
+                # The gateway forwards the model as named; the backend answers for that model.
+                out.append(_attribute(_K_RESPONSE_MODEL, done.model))
+        if done.backend:
+            out.append(_attribute(_K_BACKEND, done.backend))
+        if done.key_id:
+            out.append(_attribute(_K_KEY_ID, done.key_id))  # the key's id, never its secret
+        if done.user_id:
+            out.append(_attribute(_K_USER, done.user_id))
+        out.append(_STREAMED if done.stream else _NOT_STREAMED)
+        if done.served or done.prompt_tokens:
+            out.append(_attribute(_K_INPUT_TOKENS, done.prompt_tokens))
+            out.append(_attribute(_K_OUTPUT_TOKENS, done.completion_tokens))
+            out.append(_attribute(_K_USAGE_SOURCE, done.usage_source))
+        if done.finish_reason:
+            out.append(_attribute(_K_FINISH_REASONS, (done.finish_reason,)))
+        if done.cancelled:
+            out.append(_CANCELLED)
+    return b"".join(out)

@@ -31,6 +31,8 @@ def varint(value: int) -> bytes:
     """``value`` (0 ≤ value < 2**64) as a base-128 varint, low groups first."""
     if value < 128:
         return _SMALL[value]
+    if value < 16384:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value > 127:
         out.append(value & 0x7F | 0x80)
@@ -118,7 +120,18 @@ def key_value(prefix: bytes, value: AttributeValue) -> bytes:
 
 
 def key_value_field(field: int, prefix: bytes, value: AttributeValue) -> bytes:
-    """A ``KeyValue`` as field ``field`` of its message (``Span.attributes`` is field 9)."""
-    payload = key_value(prefix, value)
+    """A ``KeyValue`` as field ``field`` of its message (``Span.attributes`` is field 9).
+
+    The hot one: a span has a dozen attributes, so strings and ints are written inline."""
+    if isinstance(value, str):
+        text = value.encode()
+        size = len(text)
+        encoded = _STRING_TAG + (_SMALL[size] if size < 128 else varint(size)) + text
+    elif isinstance(value, int) and not isinstance(value, bool):
+        encoded = _INT_TAG + varint(value & 0xFFFFFFFFFFFFFFFF)
+    else:
+        encoded = any_value(value)
+    size = len(encoded)
+    payload = prefix + _VALUE_TAG + (_SMALL[size] if size < 128 else varint(size)) + encoded
     size = len(payload)
     return _LENGTH_TAGS[field] + (_SMALL[size] if size < 128 else varint(size)) + payload
