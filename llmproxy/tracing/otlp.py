@@ -162,9 +162,17 @@ class OtlpEncoder:
 
     def encode(self, traces: Sequence[RequestTrace], ids: random.Random) -> bytes:
         """The ``ExportTraceServiceRequest`` of ``traces``: one resource, one scope."""
-        spans: list[bytes] = []
-        for trace in traces:
-            self._request(trace, ids, spans)
+        return self.request([self.spans(trace, ids) for trace in traces])
+
+    def spans(self, trace: RequestTrace, ids: random.Random) -> bytes:
+        """The spans of one request, encoded (``ScopeSpans.spans`` fields, one after another):
+        what :meth:`request` joins."""
+        out: list[bytes] = []
+        self._request(trace, ids, out)
+        return b"".join(out)
+
+    def request(self, spans: Sequence[bytes]) -> bytes:
+        """The ``ExportTraceServiceRequest`` holding requests' :meth:`spans`."""
         scope_spans = pb.length_delimited(2, self._scope + b"".join(spans))
         return pb.length_delimited(1, self._resource + scope_spans)
 
