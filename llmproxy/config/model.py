@@ -9,7 +9,6 @@ accepted as a whole. Nothing here performs I/O.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 from typing import Annotated, Any, Final, Literal
@@ -986,12 +985,12 @@ class MetricsConfig(Section):
 
 class TracingConfig(Section):
     """``tracing``: an OpenTelemetry trace of each request, exported over OTLP/HTTP (protobuf)
-    to `<endpoint>/v1/traces`. Needs the extra: `pip install 'llmproxy[otel]'`. See
+    to `<endpoint>/v1/traces` (the gateway writes OTLP itself: no extra to install). See
     docs/observability.md for the spans, their attributes and how to follow one request.
     """
 
     enabled: bool = Field(default=False, json_schema_extra=RESTART_ONLY)
-    """Trace requests. Off costs nothing per request (the SDK is not even imported)."""
+    """Trace requests. Off costs nothing per request (an `is None` check per phase)."""
     endpoint: str = Field(default="http://127.0.0.1:4318", json_schema_extra=RESTART_ONLY)
     """The OTLP/HTTP collector's base URL; spans are sent to `<endpoint>/v1/traces` (gRPC is
     not supported: point it at the collector's HTTP receiver, port 4318)."""
@@ -1030,27 +1029,6 @@ class TracingConfig(Section):
     @classmethod
     def _sendable(cls, value: dict[str, str]) -> dict[str, str]:
         return sendable_headers(value)
-
-    @model_validator(mode="after")
-    def _sdk_installed(self) -> TracingConfig:
-        if self.enabled and not otel_installed():
-            raise PathValueError(
-                "tracing needs the OpenTelemetry SDK and OTLP exporter: "
-                "pip install 'llmproxy[otel]'",
-                ("enabled",),
-            )
-        return self
-
-
-def otel_installed() -> bool:
-    """Whether the ``otel`` extra is importable (looked up, not imported)."""
-    try:
-        return all(
-            importlib.util.find_spec(name) is not None
-            for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
-        )
-    except (ModuleNotFoundError, ValueError):  # a parent package is missing, or blocked
-        return False
 
 
 class LoggingConfig(Section):

@@ -1,11 +1,11 @@
-"""OpenTelemetry traces of requests (``tracing:``; needs ``pip install 'llmproxy[otel]'``).
+"""OpenTelemetry traces of requests (``tracing:``), written and sent without the OpenTelemetry SDK.
 
 The request path notes timestamps into a :class:`RequestTrace` (``request.py``), begun and
 ended by the snapshot's :class:`Tracer` (``tracer.py``: sampling, the client's context); the
-process's :class:`TraceExport` (``export.py``) turns ended ones into spans (``spans.py``) and
-sends them over OTLP/HTTP on its own thread. ``context.py`` reads and writes W3C
-``traceparent``. Only ``spans.py`` and the exporter import OpenTelemetry, and only once
-tracing starts.
+process's :class:`TraceExport` (``export.py``) encodes ended ones as OTLP protobuf
+(``otlp.py`` over ``protobuf.py``) and POSTs them (``sender.py``) on its own thread.
+``context.py`` reads and writes W3C ``traceparent``. No module here imports OpenTelemetry:
+the SDK's span objects and encoder cost several times what the gateway's requests do.
 """
 
 from llmproxy.tracing.export import TraceExport

@@ -1,15 +1,15 @@
-"""The process's trace export: a bounded queue, and a thread that builds spans and sends them.
+"""The process's trace export: a bounded queue, and a thread that encodes spans and sends them.
 
 Owned by the process (:class:`~llmproxy.daemon.runtime.RuntimeState`), not by a config
 snapshot: a reload must neither restart the thread nor lose what is queued. The request path
 only appends an ended :class:`~llmproxy.tracing.request.RequestTrace` to a deque
 (:meth:`TraceExport.submit`); the thread wakes every ``batch_delay`` (or when a batch is full),
-turns the notes into spans (:mod:`llmproxy.tracing.spans`) and hands them to the OTLP/HTTP
-exporter, whose timeout bounds each export. A collector that is down or hanging therefore
-costs requests nothing: the queue fills, and what does not fit is dropped and counted.
+writes the notes as one OTLP protobuf body (:mod:`llmproxy.tracing.otlp`) and POSTs it
+(:mod:`llmproxy.tracing.sender`), each export bounded by ``export_timeout``. A collector that
+is down or hanging therefore costs requests nothing: the queue fills, and what does not fit is
+dropped and counted.
 
-OpenTelemetry is imported here lazily, in :meth:`TraceExport.start`: a gateway with tracing
-off never imports it.
+No OpenTelemetry package is needed: the gateway writes OTLP itself.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from llmproxy.config.model import TracingConfig
+from llmproxy.tracing.otlp import OtlpEncoder, resource_attributes
 from llmproxy.tracing.request import RequestTrace
-
-if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import ReadableSpan
+from llmproxy.tracing.sender import OtlpHttpSender, export_settings
 
 log = logging.getLogger("llmproxy.tracing")
 
@@ -37,13 +36,17 @@ _WARN_EVERY = 60.0
 
 
 class SpanSender(Protocol):
-    """What sends spans: OpenTelemetry's ``SpanExporter`` (its OTLP/HTTP one by default)."""
+    """What sends an export's body (an ``ExportTraceServiceRequest``): OTLP/HTTP by default
+    (:class:`~llmproxy.tracing.sender.OtlpHttpSender`)."""
 
-    def export(self, spans: list[ReadableSpan]) -> object:
-        """Send ``spans``; returns ``SpanExportResult``."""
+    last_error: str
+    """Why the last failed send failed."""
 
-    def shutdown(self) -> None:
-        """Release the connection."""
+    def send(self, body: bytes) -> bool:
+        """Deliver ``body`` within the export timeout; whether the collector accepted it."""
+
+    def close(self) -> None:
+        """Stop retrying and release the connection."""
 
 
 Count = Callable[[str, int], None]
@@ -54,7 +57,7 @@ class TraceExport:
     """Ended request traces, queued and exported off the event loop::
 
     export = TraceExport(config.tracing, metrics.trace_spans)
-    export.start()                # imports the SDK, starts the thread
+    export.start()                # starts the thread
     export.submit(trace)          # from the request path: O(1), never blocks
     export.shutdown(timeout=5.0)  # what is queued is sent within the bound
     """
@@ -68,60 +71,64 @@ class TraceExport:
         self._count = count
         self._sender = sender
         self._queue: collections.deque[RequestTrace] = collections.deque()
-        self._queued = 0
-        """Spans in the queue (the bound is on spans, ``max_queue_size``)."""
-        self._lock = threading.Lock()
+        # Spans counted three times, each count written by one thread only, so the request
+        # path takes no lock: queued = submitted - taken (the bound, ``max_queue_size``).
+        self._submitted = 0
+        """Spans ever queued (written by the request path's thread)."""
+        self._taken = 0
+        """Spans ever taken from the queue for export (written by the export thread)."""
+        self._ended = 0
+        """Spans whose export ended, sent or not (export thread, under ``_done``)."""
+        self._done = threading.Condition()
         self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._warned = 0.0
+        self._encoder = OtlpEncoder(resource_attributes(config.service_name))
+        self._ids = random.Random()
+        """The phases' span ids (drawn on the export thread only)."""
 
     def start(self) -> None:
-        """Import the SDK, build the exporter and start the export thread (once)."""
+        """Build the encoder and the sender and start the export thread (once)."""
         if self._thread is not None:
             return
-        from llmproxy.tracing import spans
-
-        self._resource = spans.resource(self._config.service_name)
         if self._sender is None:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            self._sender = OTLPSpanExporter(
-                endpoint=f"{self._config.endpoint}/v1/traces",
-                headers=dict(self._config.headers),
-                timeout=self._config.export_timeout,
+            headers, compress = export_settings(self._config.headers)
+            self._sender = OtlpHttpSender(
+                self._config.endpoint,
+                headers,
+                self._config.export_timeout,
+                compress=compress,
             )
         self._thread = threading.Thread(target=self._run, name="llmproxy-trace-export", daemon=True)
         self._thread.start()
 
     def submit(self, trace: RequestTrace) -> None:
-        """Queue an ended trace; dropped and counted when the queue is full."""
+        """Queue an ended trace; dropped and counted when the queue is full.
+
+        Called from one thread (the event loop's): a deque append and two integer reads, no
+        lock; the export thread is woken early only when a batch is full."""
         spans = trace.span_count()
-        with self._lock:
-            if self._queued + spans > self._config.max_queue_size:
-                full = True
-            else:
-                full = False
-                self._queued += spans
-                self._queue.append(trace)
-                self._idle.clear()
-                wake = self._queued >= BATCH_SPANS
-        if full:
+        queued = self._submitted - self._taken + spans
+        if queued > self._config.max_queue_size:
             self._count("queue_full", spans)
-        elif wake:
+            return
+        self._queue.append(trace)
+        self._submitted += spans
+        if queued >= BATCH_SPANS and not self._wake.is_set():
             self._wake.set()
 
     @property
     def queued(self) -> int:
         """Spans waiting for export."""
-        return self._queued
+        return self._submitted - self._taken
 
     def flush(self, timeout: float) -> bool:
         """Export what is queued now; whether that ended within ``timeout`` seconds."""
+        target = self._submitted
         self._wake.set()
-        return self._idle.wait(timeout)
+        with self._done:
+            return self._done.wait_for(lambda: self._ended >= target, timeout)
 
     def shutdown(self, timeout: float) -> None:
         """Export what is queued (within ``timeout``), then stop the thread and the exporter."""
@@ -133,7 +140,7 @@ class TraceExport:
         thread.join(timeout)
         self._thread = None
         if self._sender is not None:
-            self._sender.shutdown()
+            self._sender.close()
 
     def _run(self) -> None:
         delay = self._config.batch_delay
@@ -145,41 +152,39 @@ class TraceExport:
 
     def _drain(self) -> None:
         """Send everything queued, a batch at a time."""
-        from llmproxy.tracing.spans import batch_spans
+        queue = self._queue
+        while queue:
+            batch: list[RequestTrace] = []
+            size = 0
+            while queue and size < BATCH_SPANS:
+                trace = queue.popleft()
+                batch.append(trace)
+                size += trace.span_count()
+            self._taken += size
+            self._send(batch, size)
+            with self._done:
+                self._ended += size
+                self._done.notify_all()
 
-        ids = random.Random()
-        while True:
-            with self._lock:
-                batch: list[RequestTrace] = []
-                size = 0
-                while self._queue and size < BATCH_SPANS:
-                    trace = self._queue.popleft()
-                    batch.append(trace)
-                    size += trace.span_count()
-                self._queued -= size
-                if not batch:
-                    self._idle.set()
-                    return
-            self._send(batch_spans(batch, self._resource, ids))
-
-    def _send(self, spans: list[ReadableSpan]) -> None:
-        assert self._sender is not None
+    def _send(self, batch: list[RequestTrace], spans: int) -> None:
+        sender = self._sender
+        assert sender is not None
         try:
-            result = self._sender.export(spans)
-            sent = getattr(result, "name", "") == "SUCCESS"
+            sent = sender.send(self._encoder.encode(batch, self._ids))
         except Exception:
             log.exception("trace export failed")
             sent = False
         if sent:
-            self._count("exported", len(spans))
+            self._count("exported", spans)
             return
-        self._count("export_failed", len(spans))
+        self._count("export_failed", spans)
         now = time.monotonic()
         if now - self._warned >= _WARN_EVERY:
             self._warned = now
             log.warning(
-                "trace export to %s failed; %d spans dropped (counted in "
+                "trace export to %s/v1/traces failed (%s); %d spans dropped (counted in "
                 "llmproxy_trace_spans_dropped_total)",
                 self._config.endpoint,
-                len(spans),
+                sender.last_error or "not accepted",
+                spans,
             )

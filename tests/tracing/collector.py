@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-Mode = Literal["accept", "hang", "refuse"]
+Mode = Literal["accept", "hang", "refuse", "refuse_once"]
 
 
 @dataclass
@@ -43,6 +43,8 @@ class Collector:
     mode: Mode = "accept"
     spans: list[ReceivedSpan] = field(default_factory=list)
     exports: int = 0
+    headers: list[dict[str, str]] = field(default_factory=list)
+    """Each export's request headers (lower-case names)."""
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         return [s for s in self.spans if s.trace_id == trace_id]
@@ -98,9 +100,13 @@ async def otlp_collector() -> AsyncIterator[Collector]:
 
     async def traces(request: web.Request) -> web.Response:
         collector.exports += 1
+        collector.headers.append({k.lower(): v for k, v in request.headers.items()})
         if collector.mode == "hang":
             await asyncio.sleep(30)
         if collector.mode == "refuse":
+            return web.Response(status=503)
+        if collector.mode == "refuse_once":
+            collector.mode = "accept"
             return web.Response(status=503)
         collector.spans.extend(_decode(await request.read()))
         return web.Response(

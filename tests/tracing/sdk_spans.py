@@ -1,18 +1,8 @@
-"""A finished request's notes as OpenTelemetry spans (imported by the export thread only).
+"""The reference: a request's notes as OpenTelemetry SDK spans, encoded by the SDK's encoder.
 
-The spans of one request::
-
-    POST /v1/chat/completions       SERVER  the request, arrival to last byte; its parent is
-    │                                       the trusted client's span, if any
-    ├─ llmproxy.auth                INTERNAL  key recognised (cache or provider)
-    ├─ llmproxy.limits              INTERNAL  the key's admission (buckets, slots, tokens)
-    ├─ llmproxy.queue               INTERNAL  waiting for a backend slot (admission queue)
-    └─ llmproxy.upstream            CLIENT    one per attempt; the backend's own spans (vLLM
-                                              with --otlp-traces-endpoint) are its children
-
-Events on the server span: ``first_token`` (time to first token) and ``stream_end``.
-Attribute names follow OpenTelemetry's GenAI and HTTP semantic conventions where one exists
-(``gen_ai.*``, ``http.*``, ``error.type``); the gateway's own are under ``llmproxy.``.
+This was the gateway's export path before it wrote OTLP itself (llmproxy.tracing.otlp); it is
+kept here, unchanged in what it builds, so tests can decode both and compare them field by
+field. The span tree and attributes are documented in llmproxy/tracing/otlp.py.
 """
 
 from __future__ import annotations
@@ -28,16 +18,8 @@ from opentelemetry.util.types import AttributeValue
 
 from llmproxy import __version__
 from llmproxy.apis import ENDPOINT_API
+from llmproxy.tracing.otlp import OPERATION
 from llmproxy.tracing.request import RequestTrace
-
-OPERATION = {
-    "chat": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-    "messages": "chat",
-    "responses": "chat",
-}
-"""``gen_ai.operation.name`` of each model API."""
 
 _SCOPE = InstrumentationScope("llmproxy", __version__)
 _FLAGS = TraceFlags(TraceFlags.SAMPLED)
@@ -175,3 +157,10 @@ def batch_spans(
 ) -> list[ReadableSpan]:
     """The spans of several ended requests, for one export."""
     return [span for trace in traces for span in request_spans(trace, where, ids)]
+
+
+def encode(traces: Sequence[RequestTrace], where: Resource, ids: random.Random) -> bytes:
+    """What the gateway sent before: the SDK's spans through the SDK's OTLP encoder."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    return bytes(encode_spans(batch_spans(traces, where, ids)).SerializeToString())
