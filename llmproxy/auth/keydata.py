@@ -41,6 +41,8 @@ class KeyLimits:
     """Per-key overrides of the limits section (the limits issue enforces them)."""
 
     rpm: int | None = None
+    burst: int | None = None
+    """The size of the key's request bucket (None: its rate's own)."""
     tpm: int | None = None
     max_concurrent: int | None = None
     priority: int | None = None
@@ -167,6 +169,7 @@ def key_info(data: KeyData, fallback_id: str) -> KeyInfo:
         networks=_networks(data.get("allowed_ips")),
         limits=KeyLimits(
             rpm=_optional_int(data, "rpm"),
+            burst=_optional_int(data, "burst"),
             tpm=_optional_int(data, "tpm"),
             max_concurrent=_optional_int(data, "max_concurrent"),
             priority=_optional_int(data, "priority"),

@@ -573,6 +573,7 @@ class StaticKey(Section):
     models: tuple[str, ...] = Field(default=(), description=doc("models"))
     allowed_ips: tuple[str, ...] = Field(default=(), description=doc("allowed_ips"))
     rpm: int | None = Field(default=None, description=doc("rpm"))
+    burst: int | None = Field(default=None, description=doc("burst"))
     tpm: int | None = Field(default=None, description=doc("tpm"))
     max_concurrent: int | None = Field(default=None, description=doc("max_concurrent"))
     priority: int | None = Field(default=None, description=doc("priority"))

@@ -41,7 +41,8 @@ async def _post(
 
 
 async def test_request_bucket_refuses_with_retry_after_and_headers() -> None:
-    """Past the burst a key gets 429 rate_limit_exceeded with Retry-After and x-ratelimit-*."""
+    """Past the burst a key gets 429 rate_limit_exceeded with Retry-After and x-ratelimit-*;
+    the limit header is the configured 60 per minute, the remaining what the burst has left."""
     async with mock_backend() as mock:
         config = _limited(
             mock.url,
@@ -53,7 +54,7 @@ async def test_request_bucket_refuses_with_retry_after_and_headers() -> None:
     statuses = [status for status, _, _ in results]
     assert statuses == [200, 200, 200, 429, 429]
     ok_headers = results[0][1]
-    assert ok_headers["x-ratelimit-limit-requests"] == "3"
+    assert ok_headers["x-ratelimit-limit-requests"] == "60"
     assert ok_headers["x-ratelimit-remaining-requests"] == "2"
     assert "x-ratelimit-reset-requests" in ok_headers
     _, refused_headers, refused_body = results[3]
