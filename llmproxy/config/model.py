@@ -810,9 +810,9 @@ class RateLimitConfig(Section):
     a request reserves its `max_tokens` (or `default_max_tokens`) plus its prompt's estimate.
 
     A key's `rpm` bursts by its own `burst`, else `per_key.burst_size`, else its minute's count
-    (a team's `rpm` by `per_key.burst_size`, else its count); a key's `burst` without an `rpm` resizes the bucket of `per_key`'s
-    rate for that key. A decision script may return `rpm` and `burst` in its metadata to
-    override both for one request."""
+    (a team's `rpm` by `per_key.burst_size`, else its count); a key's `burst` without an `rpm`
+    resizes the bucket of `per_key`'s rate for that key. A decision script may return `rpm`
+    and `burst` in its metadata to override both for one request."""
 
     enabled: bool = False
     """Apply rate limits."""
