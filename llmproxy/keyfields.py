@@ -273,6 +273,14 @@ KEY_FIELDS: Final[tuple[KeyField, ...]] = (
         "count",
         _limit(minimum=0),
     ),
+    KeyField(
+        "burst",
+        "Requests this key may send at once, the bucket of its request rate; unset means the "
+        "rate's own: a minute's count for a per-minute rate (60 in any minute), a second's "
+        "for a per-second one.",
+        "count",
+        _limit(minimum=1),
+    ),
     KeyField("tpm", "Tokens per minute for this key.", "count", _limit(minimum=0)),
     KeyField(
         "max_concurrent",

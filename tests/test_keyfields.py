@@ -74,6 +74,7 @@ def test_clearing_sets_each_fields_none_and_the_store_accepts_it() -> None:
         "models": (),
         "allowed_ips": (),
         "rpm": None,
+        "burst": None,
         "tpm": None,
         "max_concurrent": None,
         "priority": None,

@@ -41,6 +41,8 @@ class KeyLimits:
     """Per-key overrides of the limits section (the limits issue enforces them)."""
 
     rpm: int | None = None
+    burst: int | None = None
+    """The size of the key's request bucket (None: its rate's own)."""
     tpm: int | None = None
     max_concurrent: int | None = None
     priority: int | None = None
@@ -58,6 +60,7 @@ class KeyInfo:
     user_id: str
     expires_at: float | None
     balance: float | None
+    """None when there is none, or when the provider's decision script owns it."""
     models: frozenset[str] | None
     networks: tuple[Network, ...]
     limits: KeyLimits = field(default_factory=KeyLimits)
@@ -149,10 +152,15 @@ def _networks(value: object) -> tuple[Network, ...]:
         raise ValueError(f"allowed_ips: {exc}") from None
 
 
-def key_info(data: KeyData, fallback_id: str) -> KeyInfo:
+def key_info(data: KeyData, fallback_id: str, *, scripted: bool = False) -> KeyInfo:
     """Type ``data``; raises ``ValueError`` naming the field when a value makes no sense.
 
     ``fallback_id`` names keys whose data has no ``id`` (a short hash prefix, never the key).
+    ``scripted``: the provider has a decision script, which owns ``balance`` as the seed meant
+    (like any custom field of the data): it is neither typed nor judged here, so a key with
+    balance 0 — or a balance the script reads its own way — reaches
+    ``if tonumber(data.balance) <= 0 then return {allow = false, message = ...} end`` and the
+    client sees the script's verdict. Without a script a balance <= 0 is ``quota_exceeded``.
     """
     models = _string_list(data.get("models"), "models")
     metadata = data.get("metadata")
@@ -162,11 +170,12 @@ def key_info(data: KeyData, fallback_id: str) -> KeyInfo:
         name=str(data.get("name") or ""),
         user_id=str(data.get("user_id") or ""),
         expires_at=parse_timestamp(data.get("expires_at", data.get("expired_at"))),
-        balance=_optional_float(data, "balance"),
+        balance=None if scripted else _optional_float(data, "balance"),
         models=frozenset(models) if models else None,
         networks=_networks(data.get("allowed_ips")),
         limits=KeyLimits(
             rpm=_optional_int(data, "rpm"),
+            burst=_optional_int(data, "burst"),
             tpm=_optional_int(data, "tpm"),
             max_concurrent=_optional_int(data, "max_concurrent"),
             priority=_optional_int(data, "priority"),

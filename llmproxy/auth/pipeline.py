@@ -12,6 +12,13 @@ never an allow. Lookups are cached per provider (:class:`LookupCache`); the deci
 status, expiry, quota, IP and model allowlists, then Lua — is made on every request, because it
 depends on the request (client address, model, headers) and on the clock.
 
+A provider with a decision script owns the fields the seed leaves to scripts: ``balance`` (and
+any custom field of its data) is judged by the script alone, so a key with balance 0 reaches
+``if tonumber(data.balance) <= 0 then return {allow = false, message = ...} end`` and its client
+sees the script's message; without a script the built-in rule (balance <= 0 is
+``quota_exceeded``) applies. Status, expiry, quota and the allowlists are the key's own and
+are checked before any script, either way.
+
 Every refusal is an :class:`AuthRefused` carrying the OpenAI-style status and code, so the official
 clients raise ``AuthenticationError`` (401), ``PermissionDeniedError`` (403) or ``RateLimitError``
 (429, quota). Nothing here logs or returns the secret key.
@@ -253,7 +260,12 @@ class AuthPipeline:
         try:
             data = await provider.lookup(key)
             fallback_id = "sha256:" + key.sha256[:12]
-            known = None if data is None else _Known(data, key_info(data, fallback_id))
+            scripted = stage.script is not None
+            known = (
+                None
+                if data is None
+                else _Known(data, key_info(data, fallback_id, scripted=scripted))
+            )
         except (ProviderError, ValueError) as exc:
             # A provider that cannot answer, or answers nonsense, is never an allow.
             log.warning("auth provider %s failed for key %s: %s", provider.name, key.prefix, exc)

@@ -150,6 +150,7 @@ def key_fields(key: Key, now: float, tz: tzinfo | None = None) -> list[tuple[str
         ("allowed ips", ", ".join(key.get("allowed_ips") or []) or "any"),
         ("quota used / total", quota_text(key)),
         ("requests / min", _limit(key.get("rpm"))),
+        ("burst", _limit(key.get("burst"))),
         ("tokens / min", _limit(key.get("tpm"))),
         ("max concurrent", _limit(key.get("max_concurrent"))),
         ("priority", _limit(key.get("priority"))),
@@ -216,6 +217,7 @@ def key_fields_body(
     allowed_ips: str | None = None,
     quota: int | None = None,
     rpm: int | None = None,
+    burst: int | None = None,
     tpm: int | None = None,
     max_concurrent: int | None = None,
     priority: int | None = None,
@@ -242,6 +244,7 @@ def key_fields_body(
     for field, value in (
         ("total_quota", quota),
         ("rpm", rpm),
+        ("burst", burst),
         ("tpm", tpm),
         ("max_concurrent", max_concurrent),
         ("priority", priority),
@@ -312,6 +315,7 @@ AllowedIpsOption = Annotated[
 ]
 QuotaOption = Annotated[int | None, typer.Option("--quota", min=1, help=doc("total_quota"))]
 RpmOption = Annotated[int | None, typer.Option("--rpm", min=0, help=doc("rpm"))]
+BurstOption = Annotated[int | None, typer.Option("--burst", min=1, help=doc("burst"))]
 TpmOption = Annotated[int | None, typer.Option("--tpm", min=0, help=doc("tpm"))]
 MaxConcurrentOption = Annotated[
     int | None, typer.Option("--max-concurrent", min=0, help=doc("max_concurrent"))
@@ -357,6 +361,7 @@ def add(
     allowed_ips: AllowedIpsOption = None,
     quota: QuotaOption = None,
     rpm: RpmOption = None,
+    burst: BurstOption = None,
     tpm: TpmOption = None,
     max_concurrent: MaxConcurrentOption = None,
     priority: PriorityOption = None,
@@ -379,6 +384,7 @@ def add(
         allowed_ips=allowed_ips,
         quota=quota,
         rpm=rpm,
+        burst=burst,
         tpm=tpm,
         max_concurrent=max_concurrent,
         priority=priority,
@@ -505,6 +511,7 @@ def update(
     allowed_ips: AllowedIpsOption = None,
     quota: QuotaOption = None,
     rpm: RpmOption = None,
+    burst: BurstOption = None,
     tpm: TpmOption = None,
     max_concurrent: MaxConcurrentOption = None,
     priority: PriorityOption = None,
@@ -554,6 +561,7 @@ def update(
         allowed_ips=allowed_ips,
         quota=quota,
         rpm=rpm,
+        burst=burst,
         tpm=tpm,
         max_concurrent=max_concurrent,
         priority=priority,

@@ -572,6 +572,7 @@ class StaticKey(Section):
     models: tuple[str, ...] = Field(default=(), description=doc("models"))
     allowed_ips: tuple[str, ...] = Field(default=(), description=doc("allowed_ips"))
     rpm: int | None = Field(default=None, description=doc("rpm"))
+    burst: int | None = Field(default=None, description=doc("burst"))
     tpm: int | None = Field(default=None, description=doc("tpm"))
     max_concurrent: int | None = Field(default=None, description=doc("max_concurrent"))
     priority: int | None = Field(default=None, description=doc("priority"))
@@ -670,7 +671,8 @@ class StatusCodesConfig(Section):
     quota_exceeded: StatusCodeConfig = StatusCodeConfig(
         http_code=429, message="this API key has used all of its quota"
     )
-    """A key whose `used_quota` reached `total_quota`, or whose `balance` is spent (status 2)."""
+    """A key whose `used_quota` reached `total_quota`, or whose `balance` is spent (status 2;
+    a provider with a decision script leaves `balance` to the script)."""
     not_found: StatusCodeConfig = StatusCodeConfig(http_code=401, message="invalid API key")
     """A key no provider knows."""
 
@@ -761,11 +763,14 @@ class RateSpec(Section):
     enabled: bool = False
     """Apply this limit."""
     requests_per_second: float | None = Field(default=None, gt=0)
-    """Sustained request rate per second."""
+    """Sustained request rate per second; without `burst_size`, one second's worth may come at
+    once (5 per second: 5 at once, then one every 0.2 s)."""
     requests_per_minute: float | None = Field(default=None, gt=0)
-    """Sustained request rate per minute, instead of per second."""
+    """Requests per minute, instead of per second; without `burst_size`, the whole minute's count
+    may come at once (60 per minute: 60 at once, then one a second)."""
     burst_size: int | None = Field(default=None, ge=1)
-    """Requests allowed at once above the sustained rate (the bucket size)."""
+    """Requests allowed at once (the bucket size); unset: a second's worth for a per-second
+    rate, a minute's count for a per-minute one. The rate still refills it."""
 
     @model_validator(mode="after")
     def _one_rate(self) -> RateSpec:
@@ -784,7 +789,29 @@ class PerKeyRateSpec(RateSpec):
 
 
 class RateLimitConfig(Section):
-    """``rate_limit``: global and per-key limits, in memory or shared through Redis."""
+    """``rate_limit``: global and per-key limits, in memory or shared through Redis.
+
+    A per-minute limit means what it says: `requests_per_minute: 60` (or a key's `rpm: 60`)
+    admits 60 requests in a row, then refills at one a second — a token bucket of the minute's
+    count. A per-second limit keeps the per-second meaning: `requests_per_second: 5` admits 5 at
+    once. `burst_size` (a key's `burst`, `llmproxy keys add --burst`) sets the bucket otherwise:
+    `requests_per_minute: 600` with `burst_size: 20` admits 20 at once, then ten a second.
+
+    Worked example, a key with `rpm: 60` and no burst. Sixty requests sent at once all pass; the
+    first answer carries `x-ratelimit-limit-requests: 60` (the configured limit, never the bucket
+    size), `x-ratelimit-remaining-requests: 59` (what may still be sent at once) and
+    `x-ratelimit-reset-requests: 1s` (until the bucket is full again). The 61st is a 429
+    `rate_limit_exceeded` with `Retry-After: 1`; from then on the key gets one request a second,
+    and after a minute without requests it has its 60 again. As with the fixed per-minute
+    windows of other gateways, a 60-second span that starts with a full bucket can see the
+    burst plus what refills in it (up to 119 here); a smaller `burst` bounds that tighter. For
+    `tokens_per_minute` (a key's `tpm`) `x-ratelimit-limit-tokens` is the tokens per minute, and
+    a request reserves its `max_tokens` (or `default_max_tokens`) plus its prompt's estimate.
+
+    A key's `rpm` bursts by its own `burst`, else `per_key.burst_size`, else its minute's count
+    (a team's `rpm` by `per_key.burst_size`, else its count); a key's `burst` without an `rpm`
+    resizes the bucket of `per_key`'s rate for that key. A decision script may return `rpm`
+    and `burst` in its metadata to override both for one request."""
 
     enabled: bool = False
     """Apply rate limits."""

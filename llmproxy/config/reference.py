@@ -116,8 +116,11 @@ def _prose(doc: str) -> str:
 
 
 def _section_prose(model: type[BaseModel]) -> str:
-    """The class docstring without its ````server.tls``: ```` prefix, which the heading shows."""
-    text = _prose(model.__doc__ or "")
+    """The class docstring without its ````server.tls``: ```` prefix, which the heading shows;
+    paragraphs (split by a blank line) stay paragraphs, so a section can carry a worked
+    example."""
+    paragraphs = [_prose(part) for part in re.split(r"\n\s*\n", model.__doc__ or "")]
+    text = "\n\n".join(part for part in paragraphs if part)
     return re.sub(r"^`[^`]+`: (\w)", lambda match: match.group(1).upper(), text)
 
 

@@ -33,7 +33,15 @@ from llmproxy.budgets import Budget, ScopeKind, day_of, scope
 from llmproxy.config.model import PerKeyRateSpec
 from llmproxy.errors import GatewayError
 from llmproxy.gateway.snapshot import Snapshot as Runtime
-from llmproxy.limits import Admission, KeyPolicy, LimitStore, LimitsUnavailable, Rate, rate_of
+from llmproxy.limits import (
+    Admission,
+    KeyPolicy,
+    LimitStore,
+    LimitsUnavailable,
+    Rate,
+    rate_of,
+    requests_per_minute,
+)
 from llmproxy.pricing import NANOS
 from llmproxy.teams import Team, TeamDirectory
 
@@ -53,7 +61,7 @@ _TEAM_REFUSALS = {
 }
 
 
-_OVERRIDES = frozenset({"rpm", "tpm", "max_concurrent"})
+_OVERRIDES = frozenset({"rpm", "burst", "tpm", "max_concurrent"})
 
 
 @functools.lru_cache(maxsize=16)
@@ -78,6 +86,7 @@ def key_policy(
     base = _configured(spec)
     if (
         limits.rpm is not None
+        or limits.burst is not None
         or limits.tpm is not None
         or limits.max_concurrent is not None
         or (overrides and not _OVERRIDES.isdisjoint(overrides))
@@ -97,6 +106,11 @@ def key_policy(
 def _overridden(
     base: KeyPolicy, spec: PerKeyRateSpec, limits: KeyLimits, overrides: Mapping[str, object]
 ) -> KeyPolicy:
+    """A key's own limits over the config's. Its request bucket: its ``rpm`` (or its script's)
+    as a per-minute limit, bursting by its ``burst`` (or its script's), else
+    ``per_key.burst_size``, else the minute's count; a ``burst`` alone resizes the configured
+    rate's bucket."""
+
     def pick(name: str, own: int | None, default: int | None) -> int | None:
         value = overrides.get(name, own)
         if value is None or value == "":
@@ -108,9 +122,14 @@ def _overridden(
             return default
 
     requests = base.requests
+    burst = pick("burst", limits.burst, None)
     rpm = pick("rpm", limits.rpm, None)
+    if burst is not None and burst <= 0:
+        burst = None
     if rpm is not None and rpm > 0:
-        requests = _per_minute(spec, rpm)
+        requests = requests_per_minute(rpm, burst or spec.burst_size)
+    elif requests is not None and burst is not None:
+        requests = dataclasses.replace(requests, burst=burst)
     return KeyPolicy(
         requests=requests,
         max_concurrent=pick("max_concurrent", limits.max_concurrent, base.max_concurrent) or None,
@@ -120,18 +139,14 @@ def _overridden(
     )
 
 
-def _per_minute(spec: PerKeyRateSpec, rpm: int) -> Rate:
-    """A bucket of ``rpm`` requests per minute: ``per_key.burst_size``, else a second's worth."""
-    return Rate(per_second=rpm / 60.0, burst=spec.burst_size or max(1, math.ceil(rpm / 60)))
-
-
 @functools.lru_cache(maxsize=256)
 def team_policy(spec: PerKeyRateSpec, team: Team) -> KeyPolicy:
-    """A team's limits as one policy of the limit store: its rpm bucket bursts like a key's own
-    rpm (``per_key.burst_size``); its quota counts from the ``used_quota`` the store wrote back.
-    Cached: a team is frozen and only a reload of the directory makes a new one."""
+    """A team's limits as one policy of the limit store: its rpm is a per-minute limit that
+    bursts like a key's own (``per_key.burst_size``, else the minute's count); its quota counts
+    from the ``used_quota`` the store wrote back. Cached: a team is frozen and only a reload of
+    the directory makes a new one."""
     return KeyPolicy(
-        requests=None if team.rpm is None else _per_minute(spec, team.rpm),
+        requests=None if team.rpm is None else requests_per_minute(team.rpm, spec.burst_size),
         max_concurrent=team.max_concurrent,
         tokens_per_minute=team.tpm,
         total_quota=team.total_quota,

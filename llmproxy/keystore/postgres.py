@@ -154,6 +154,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ON llmproxy_teams FOR EACH ROW EXECUTE FUNCTION llmproxy_teams_changed()
         """,
     ),
+    # 3: a key's own burst (the size of its request bucket; NULL: the rate's own).
+    ("ALTER TABLE llmproxy_keys ADD COLUMN burst BIGINT",),
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)

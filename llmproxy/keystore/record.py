@@ -64,6 +64,7 @@ class KeyRecord:
     team: str = ""
     budget: float | None = None
     budget_period: Period = "monthly"
+    burst: int | None = None
 
     @property
     def revoked(self) -> bool:

@@ -64,6 +64,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )
         """,
     ),
+    # 3: a key's own burst (the size of its request bucket; NULL: the rate's own).
+    ("ALTER TABLE keys ADD COLUMN burst INTEGER",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

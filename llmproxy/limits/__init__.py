@@ -19,7 +19,14 @@ from llmproxy.limits.admission import (
 from llmproxy.limits.build import build_store
 from llmproxy.limits.failover import FailoverLimitStore, FailurePolicy
 from llmproxy.limits.memory import MemoryLimitStore
-from llmproxy.limits.policy import default_burst, local_rate, local_share, rate_of
+from llmproxy.limits.policy import (
+    default_burst,
+    local_rate,
+    local_share,
+    rate_of,
+    requests_per_minute,
+    requests_per_second,
+)
 from llmproxy.limits.redis import RedisLimitStore
 
 __all__ = [
@@ -39,4 +46,6 @@ __all__ = [
     "local_rate",
     "local_share",
     "rate_of",
+    "requests_per_minute",
+    "requests_per_second",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from llmproxy.limits.admission import Admission, KeyPolicy, Reason
+from llmproxy.limits.admission import Admission, KeyPolicy, Rate, Reason
 
 _REASONS: dict[str, Reason] = {
     "requests": "requests",
@@ -134,8 +134,11 @@ def _integer(text: str) -> int | None:
     return None if text == "" else int(text)
 
 
-def decode_admission(reply: Sequence[str], lease: str) -> Admission:
+def decode_admission(reply: Sequence[str], lease: str, rate: Rate | None = None) -> Admission:
     """The :class:`Admission` for a script's reply; ``lease`` is the one proposed ('' for none).
+
+    The scripts reply with the request bucket's size; the admission's ``requests_limit`` is
+    ``rate``'s configured limit (:attr:`Rate.shown_limit`) when ``rate`` is given.
 
     Raises :class:`AbandonedAdmission` for a voided lease and ``ValueError`` for a reply that
     is not one of the scripts' (a script or server mismatch).
@@ -153,7 +156,7 @@ def decode_admission(reply: Sequence[str], lease: str) -> Admission:
         reason=None if allowed else _REASONS[reason],
         retry_after=None if allowed else _number(reply[2]),
         lease=(lease or None) if allowed else None,
-        requests_limit=_integer(reply[3]),
+        requests_limit=_integer(reply[3]) if rate is None else rate.shown_limit,
         requests_remaining=_integer(reply[4]),
         requests_reset=_number(reply[5]),
         tokens_limit=_integer(reply[6]),

@@ -35,11 +35,21 @@ a quota that is spent for good has no ``retry_after``."""
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """A bucket's refill rate (per second) and size: 120 rpm with bursts of 10 is
-    ``Rate(per_second=2.0, burst=10)``."""
+    """A bucket's refill rate (per second) and size, and the limit as configured: 120 rpm with
+    bursts of 10 is ``Rate(per_second=2.0, burst=10, limit=120)``.
+
+    ``limit`` is what ``x-ratelimit-limit-requests`` shows — the count per window the operator
+    wrote (120 for 120 per minute), not the bucket size; ``None`` shows ``burst``.
+    """
 
     per_second: float
     burst: int
+    limit: int | None = None
+
+    @property
+    def shown_limit(self) -> int:
+        """The ``x-ratelimit-limit-requests`` value: the configured count, else the burst."""
+        return self.burst if self.limit is None else self.limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +88,11 @@ class Admission:
     has refilled, for ``concurrency`` :data:`CONCURRENCY_RETRY_AFTER`, and ``None`` when waiting
     cannot help (a reservation larger than the whole per-minute budget, a spent quota).
 
-    ``requests_limit`` is the bucket size (``burst``), ``requests_reset`` the seconds until the
-    bucket is full again; the ``tokens_*`` fields describe the tokens-per-minute bucket the same
-    way (limit = ``tokens_per_minute``). Fields are ``None`` for dimensions the policy does not
-    limit.
+    ``requests_limit`` is the configured limit (:attr:`Rate.shown_limit`: 60 for 60 per minute,
+    whatever the burst), ``requests_remaining`` the whole tokens in the bucket now (what may be
+    sent at once), ``requests_reset`` the seconds until the bucket is full again; the
+    ``tokens_*`` fields describe the tokens-per-minute bucket the same way (limit =
+    ``tokens_per_minute``). Fields are ``None`` for dimensions the policy does not limit.
     """
 
     allowed: bool

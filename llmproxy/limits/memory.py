@@ -198,7 +198,7 @@ def take_global(bucket: Bucket | None, rate: Rate, now: float) -> tuple[Admissio
             allowed=allowed,
             reason=None if allowed else "requests",
             retry_after=None if allowed else wait,
-            requests_limit=rate.burst,
+            requests_limit=rate.shown_limit,
             requests_remaining=remaining(level),
             requests_reset=seconds_to_full(level, rate.per_second, rate.burst),
         ),
@@ -221,7 +221,7 @@ def _answer(
         reason=reason,
         retry_after=None if allowed or wait == math.inf else wait,
         lease=lease,
-        requests_limit=None if rate is None else rate.burst,
+        requests_limit=None if rate is None else rate.shown_limit,
         requests_remaining=None if rate is None else remaining(req_level),
         requests_reset=(
             None if rate is None else seconds_to_full(req_level, rate.per_second, rate.burst)

@@ -108,7 +108,7 @@ class RedisLimitStore:
             [_wire.global_key(self.prefix)],
             [repr(float(rate.per_second)), str(rate.burst)],
         )
-        return self._decode(reply, "")
+        return self._decode(reply, "", rate)
 
     async def admit(self, key_id: str, policy: KeyPolicy, reserve_tokens: int) -> Admission:
         """Every dimension checked, then taken, in one script; a refusal takes nothing."""
@@ -131,7 +131,7 @@ class RedisLimitStore:
             if lease:
                 self._defer(_Deferred(key_id, lease, 0, void=True))
             raise
-        admission = self._decode(reply, lease)
+        admission = self._decode(reply, lease, policy.requests)
         if admission.allowed and lease:
             self._held[lease] = key_id
             if self._renewer is None and not self._closed:
@@ -247,9 +247,9 @@ class RedisLimitStore:
         except OSError as exc:
             raise LimitsUnavailable(f"redis limits: {exc}") from None
 
-    def _decode(self, reply: Any, lease: str) -> Admission:
+    def _decode(self, reply: Any, lease: str, rate: Rate | None) -> Admission:
         try:
-            return _wire.decode_admission(reply, lease)
+            return _wire.decode_admission(reply, lease, rate)
         except _wire.AbandonedAdmission:
             raise LimitsUnavailable("redis limits: the admission was abandoned") from None
         except (ValueError, TypeError) as exc:

@@ -85,6 +85,18 @@ def test_effective_state_folds_in_expiry_quota_and_balance() -> None:
     assert effective_state(key_info({"status": "disabled", "balance": 5}, "k"), now) == "disabled"
 
 
+def test_a_decision_script_owns_the_balance_not_the_keys_own_fields() -> None:
+    """With a script the balance (any value) is left to it; expiry, quota and status are not."""
+    now = 1_000.0
+    for balance in (0, -3, "none"):
+        owned = key_info({"balance": balance}, "k", scripted=True)
+        assert (owned.balance, effective_state(owned, now)) == (None, "active")
+    quota = {"total_quota": 100, "used_quota": 100, "balance": 0}
+    assert effective_state(key_info(quota, "k", scripted=True), now) == "quota_exceeded"
+    expired = key_info({"expires_at": 999, "balance": 0}, "k", scripted=True)
+    assert effective_state(expired, now) == "expired"
+
+
 def test_ip_and_model_allowlists() -> None:
     """An allowlist admits only its members; no allowlist admits everyone."""
     info = key_info({"allowed_ips": ["10.1.0.0/16", "::1"], "models": ["llama"]}, "k")

@@ -129,6 +129,7 @@ def test_update_body_clears_to_each_fields_empty_value() -> None:
         "allowed_ips": [],
         "total_quota": None,
         "rpm": None,
+        "burst": None,
         "tpm": None,
         "max_concurrent": None,
         "priority": None,

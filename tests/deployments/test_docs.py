@@ -378,13 +378,16 @@ def sandbox() -> typing.Iterator[LuaSandbox]:
 
 def test_auth_recipes_decide_as_documented(tmp_path: Path, sandbox: LuaSandbox) -> None:
     sources, configs = recipe_scripts(tmp_path)
-    assert set(sources) == {"balance", "tiers", "models", "office", "billing"}
+    assert set(sources) == {"redis_auth", "balance", "tiers", "models", "office", "billing"}
     script = {name: sandbox.compile(source, f"provider {name}") for name, source in sources.items()}
 
     def decide(name: str, data: Mapping[str, object], **req: str) -> Any:
         full = {"stream": False, "headers": {}, **request(**req)}
         return script[name].decide(api_key="sk-test…", data=data, request=full, metadata={}, now=0)
 
+    seed = decide("redis_auth", {"balance": "0"})  # the seed's script: its message, 403
+    assert (seed.allow, seed.message, seed.status) == (False, "insufficient balance", None)
+    assert decide("redis_auth", {"balance": "12.50"}).allow
     spent = decide("balance", {"balance": "0"})
     assert (spent.allow, spent.status) == (False, 429)
     assert decide("balance", {"balance": "0.5"}).metadata == {"low_balance": "yes"}

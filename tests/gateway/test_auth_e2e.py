@@ -285,6 +285,63 @@ async def test_redis_provider_with_cache_and_outage() -> None:
         await client.aclose()
 
 
+SEED_SCRIPT = """
+if tonumber(data.balance) <= 0 then
+  return {allow = false, message = "insufficient balance"}
+end
+return {allow = true}
+"""
+"""The seed's decision script (its design doc, translated): balance is the script's to judge."""
+
+
+async def test_a_decision_script_owns_the_balance_it_judges() -> None:
+    """With the seed's Redis provider and script, a key with balance 0 reaches the script: the
+    client sees its message with the seed's 403 (a script's own status when it names one), a
+    positive balance passes; without a script the built-in rule still refuses balance 0."""
+    prefix = f"llmproxy-test:{uuid.uuid4().hex[:8]}:"
+    client = aioredis.Redis(host="127.0.0.1", port=6379)
+    keys = {"sk-broke": "0", "sk-rich": "12.50", "sk-text": "none"}
+    try:
+        for secret, balance in keys.items():
+            await client.hset(prefix + secret, mapping={"status": "active", "balance": balance})
+        async with mock_backend() as mock:
+            provider = {
+                "name": "redis_auth",
+                "type": "redis",
+                "redis": {"addr": "127.0.0.1:6379", "key_pattern": prefix + "{api_key}"},
+            }
+
+            def config(script: str) -> Any:
+                entry = {**provider, "lua_script": script}
+                return make_config([{"url": mock.url}], auth={"enabled": True, "pipeline": [entry]})
+
+            async with gateway(config(SEED_SCRIPT)) as gw:
+                async with _client(gw.url, "sk-broke") as broke:
+                    with pytest.raises(openai.PermissionDeniedError) as refused:
+                        await broke.chat.completions.create(**BODY)  # type: ignore[call-overload]
+                assert refused.value.status_code == 403
+                assert refused.value.message == "Error code: 403 - insufficient balance"
+                async with _client(gw.url, "sk-rich") as rich:
+                    answer = await rich.chat.completions.create(**BODY)  # type: ignore[call-overload]
+                assert answer.choices[0].message.content
+                # A balance the script reads its own way is its to judge too (tonumber: nil).
+                status, body = await _status(gw.url, "sk-text")
+                assert (status, body["error"]["code"]) == (500, "auth_script_error")
+            worded = SEED_SCRIPT.replace(
+                'message = "insufficient balance"', 'message = "top up", status = 402'
+            )
+            async with gateway(config(worded)) as gw:
+                status, body = await _status(gw.url, "sk-broke")
+                assert (status, body["error"]["message"]) == (402, "top up")
+            async with gateway(config("")) as gw:
+                status, body = await _status(gw.url, "sk-broke")
+                assert (status, body["error"]["code"]) == (429, "insufficient_quota")
+                assert (await _status(gw.url, "sk-rich"))[0] == 200
+    finally:
+        await client.delete(*(prefix + secret for secret in keys))
+        await client.aclose()
+
+
 async def test_all_mode_needs_every_provider() -> None:
     """In mode all, a key must be known to and allowed by every provider."""
     async with mock_backend() as mock:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import Counter
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+import redis.asyncio as aioredis
 
 from tests.harness import RunningGateway, gateway, make_config, mock_backend
 
@@ -41,7 +43,8 @@ async def _post(
 
 
 async def test_request_bucket_refuses_with_retry_after_and_headers() -> None:
-    """Past the burst a key gets 429 rate_limit_exceeded with Retry-After and x-ratelimit-*."""
+    """Past the burst a key gets 429 rate_limit_exceeded with Retry-After and x-ratelimit-*;
+    the limit header is the configured 60 per minute, the remaining what the burst has left."""
     async with mock_backend() as mock:
         config = _limited(
             mock.url,
@@ -53,13 +56,68 @@ async def test_request_bucket_refuses_with_retry_after_and_headers() -> None:
     statuses = [status for status, _, _ in results]
     assert statuses == [200, 200, 200, 429, 429]
     ok_headers = results[0][1]
-    assert ok_headers["x-ratelimit-limit-requests"] == "3"
+    assert ok_headers["x-ratelimit-limit-requests"] == "60"
     assert ok_headers["x-ratelimit-remaining-requests"] == "2"
     assert "x-ratelimit-reset-requests" in ok_headers
     _, refused_headers, refused_body = results[3]
     assert int(refused_headers["Retry-After"]) >= 1
     assert json.loads(refused_body)["error"]["code"] == "rate_limit_exceeded"
     assert mock.stats.requests == 3
+
+
+async def test_a_per_minute_key_gets_its_minute_at_once_as_documented() -> None:
+    """The worked example of docs/configuration.md: a key with rpm 60 gets 60 requests in a
+    row (limit header 60, remaining 59, reset 1s), the 61st is a 429 with Retry-After 1; a key
+    with rpm 2 reports limit 2 — through the official client, in memory and in Redis."""
+    prefix = f"llmproxy-test:{uuid.uuid4().hex[:8]}:"
+    stores: list[dict[str, Any]] = [
+        {},
+        {"storage": "redis", "redis": {"addr": "127.0.0.1:6379"}, "key_prefix": prefix},
+    ]
+    try:
+        for store in stores:
+            async with mock_backend() as mock:
+                keys = [{"key": "sk-sixty", "rpm": 60}, {"key": "sk-two", "rpm": 2}]
+                config = _limited(mock.url, keys, **store)
+                async with gateway(config) as gw:
+                    sixty = openai.AsyncOpenAI(
+                        base_url=gw.url + "/v1", api_key="sk-sixty", max_retries=0
+                    )
+                    async with sixty:
+                        chat = sixty.chat.completions.with_raw_response.create
+                        first = await chat(model="mock-model", messages=[], max_tokens=1)
+                        answers = await asyncio.gather(
+                            *(chat(model="mock-model", messages=[], max_tokens=1)
+                              for _ in range(59))
+                        )  # fmt: skip
+                        with pytest.raises(openai.RateLimitError) as refused:
+                            await chat(model="mock-model", messages=[], max_tokens=1)
+                    two = openai.AsyncOpenAI(
+                        base_url=gw.url + "/v1", api_key="sk-two", max_retries=0
+                    )
+                    async with two:
+                        small = await two.chat.completions.with_raw_response.create(
+                            model="mock-model", messages=[], max_tokens=1
+                        )
+            headers = first.headers
+            assert (
+                headers["x-ratelimit-limit-requests"],
+                headers["x-ratelimit-remaining-requests"],
+                headers["x-ratelimit-reset-requests"],
+            ) == ("60", "59", "1s"), store
+            assert all(a.status_code == 200 for a in answers)
+            assert {a.headers["x-ratelimit-limit-requests"] for a in answers} == {"60"}
+            assert refused.value.code == "rate_limit_exceeded"
+            assert refused.value.response.headers["retry-after"] == "1"
+            assert small.headers["x-ratelimit-limit-requests"] == "2"
+            assert small.headers["x-ratelimit-remaining-requests"] == "1"
+            assert mock.stats.requests == 61
+    finally:
+        client = aioredis.Redis(host="127.0.0.1", port=6379)
+        async with client:
+            names = [name async for name in client.scan_iter(prefix + "*")]
+            if names:
+                await client.delete(*names)
 
 
 async def test_openai_client_sees_rate_limit_error() -> None:

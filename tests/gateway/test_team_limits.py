@@ -22,19 +22,47 @@ def _identity(team: str = "", **limits: int) -> Identity:
 
 
 def test_limits_of_lists_the_key_then_its_limited_team() -> None:
-    """Key first (when limited), then its team (when it has limits); unknown teams add none."""
+    """Key first (when limited), then its team (when it has limits); unknown teams add none.
+    A team's rpm is a per-minute limit bursting by ``per_key.burst_size`` (else the minute's
+    count), its header limit the rpm."""
     spec = PerKeyRateSpec(burst_size=3)
     teams = TeamIndex([Team("ml", rpm=120, total_quota=50, used_quota=7), Team("free")])
     limits = limits_step.limits_of(spec, _identity("ml", max_concurrent=2), teams)
     assert [limit.limit_id for limit in limits] == ["key_a", "team:ml"]
     assert limits[1] == Limit(
         "team:ml",
-        KeyPolicy(requests=Rate(2.0, 3), total_quota=50, used_quota=7),
+        KeyPolicy(requests=Rate(2.0, 3, 120), total_quota=50, used_quota=7),
         "ml",
     )
     assert [x.limit_id for x in limits_step.limits_of(spec, _identity("ml"), teams)] == ["team:ml"]
     assert limits_step.limits_of(spec, _identity("free"), teams) == []
     assert limits_step.limits_of(spec, _identity("ghost"), teams) == []
+    unshaped = limits_step.team_policy(PerKeyRateSpec(), Team("ml", rpm=120))
+    assert unshaped.requests == Rate(2.0, 120, 120)
+
+
+def test_a_keys_rpm_and_burst_and_its_scripts_make_its_request_bucket() -> None:
+    """A key's own rpm is that many in any minute at once unless its burst says otherwise; its
+    burst alone resizes the configured rate's bucket; a decision script's rpm / burst override
+    both; ``per_key.burst_size``, when set, is the burst of a key's rpm without its own."""
+    spec = PerKeyRateSpec(enabled=True, requests_per_second=10)
+
+    def requests(overrides: dict[str, object] | None = None, **limits: int) -> Rate | None:
+        return limits_step.key_policy(spec, KeyLimits(**limits), overrides or {}).requests
+
+    assert requests() == Rate(10.0, 10, 10)
+    assert requests(rpm=60) == Rate(1.0, 60, 60)
+    assert requests(rpm=2) == Rate(2 / 60, 2, 2)
+    assert requests(rpm=60, burst=5) == Rate(1.0, 5, 60)
+    assert requests(burst=3) == Rate(10.0, 3, 10)
+    assert requests({"rpm": "30"}, rpm=60) == Rate(0.5, 30, 30)
+    assert requests({"rpm": 30, "burst": 4}, rpm=60, burst=50) == Rate(0.5, 4, 30)
+    shaped = PerKeyRateSpec(enabled=True, requests_per_second=10, burst_size=20)
+    assert limits_step.key_policy(shaped, KeyLimits(), {}).requests == Rate(10.0, 20, 10)
+    assert limits_step.key_policy(shaped, KeyLimits(rpm=60), {}).requests == Rate(1.0, 20, 60)
+    assert limits_step.key_policy(shaped, KeyLimits(rpm=60, burst=2), {}).requests == Rate(
+        1.0, 2, 60
+    )
 
 
 def test_the_headers_show_the_least_remaining_per_dimension() -> None:

@@ -153,7 +153,7 @@ async def test_postgres_announces_changes_and_migrates_once(pg_url: str) -> None
         version = await connection.fetchval(
             f"SELECT version FROM {schema}.llmproxy_schema WHERE component = 'keys'"
         )
-        assert version == SCHEMA_VERSION == 2
+        assert version == SCHEMA_VERSION == 3
     finally:
         await connection.close()
     # A failure names the database without its password.

@@ -314,7 +314,7 @@ def test_empty_file_is_migrated(tmp_path: Path) -> None:
         "id", "sha256", "prefix", "name", "user_id", "status", "created_at", "updated_at",
         "expires_at", "revoked_at", "models", "allowed_ips", "total_quota", "used_quota", "rpm",
         "tpm", "max_concurrent", "priority", "metadata", "team", "budget",
-        "budget_period",
+        "budget_period", "burst",
     ]  # fmt: skip
     with KeyStore(path) as reopened:
         assert [record.name for record in reopened.list()] == ["first"]
@@ -411,5 +411,6 @@ def test_as_data_is_the_pipeline_mapping(store: KeyStore) -> None:
         "team": "",
         "budget": None,
         "budget_period": "monthly",
+        "burst": None,
     }
     assert secret not in data.values()

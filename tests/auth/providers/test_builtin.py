@@ -167,8 +167,8 @@ async def test_data_has_the_pipeline_fields_and_no_secret(
     assert data is not None
     assert set(data) == {
         "id", "name", "prefix", "sha256", "user_id", "status", "expires_at", "models",
-        "allowed_ips", "total_quota", "used_quota", "rpm", "tpm", "max_concurrent", "priority",
-        "metadata", "team", "budget", "budget_period",
+        "allowed_ips", "total_quota", "used_quota", "rpm", "burst", "tpm", "max_concurrent",
+        "priority", "metadata", "team", "budget", "budget_period",
     }  # fmt: skip
     assert data["models"] == ["llama"]
     assert data["allowed_ips"] == ["10.0.0.0/8"]
