@@ -12,7 +12,7 @@ from rich.console import Console
 
 from llmproxy import __version__
 from llmproxy.cli import backends, keys, ops, replay, teams, usage
-from llmproxy.cli.output import EXIT_CODES_EPILOG
+from llmproxy.cli.output import EXIT_CODES_EPILOG, ExitCode
 
 app = typer.Typer(
     name="llmproxy",
@@ -134,7 +134,8 @@ def serve(
 def config_check(
     file: Annotated[Path, typer.Argument(help="The config file to validate.")],
 ) -> None:
-    """Validate a config file; exit non-zero with file:line messages when it is wrong."""
+    """Validate a config file; exit 2 (a config error, as serve does) with file:line messages
+    when it is wrong."""
     from llmproxy.config.check import check_config
     from llmproxy.daemon.runtime import runtime_problem
 
@@ -144,7 +145,7 @@ def config_check(
     for line in messages:
         (console if ok else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
     if not ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.USAGE)
 
 
 @app.command("mock-backend")
