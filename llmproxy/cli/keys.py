@@ -25,6 +25,7 @@ from rich.text import Text
 
 from llmproxy.apikey import has_valid_checksum, key_sha256, looks_like_secret
 from llmproxy.budgets import PERIODS, check_period
+from llmproxy.cli.completion import key_refs
 from llmproxy.cli.connection import (
     AdminUrlOption,
     ConfigOption,
@@ -383,6 +384,7 @@ RefArgument = Annotated[
     typer.Argument(
         help="Key id, display prefix, unique name, or the key's secret (sent only as its hash).",
         callback=check_ref,
+        autocompletion=key_refs,
         show_default=False,
     ),
 ]

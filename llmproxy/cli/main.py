@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.main
 from rich.console import Console
 
 from llmproxy import __version__
@@ -197,5 +198,14 @@ def version() -> None:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Builds the command tree first (typer registers its shell-completion classes then) and puts
+    :mod:`llmproxy.cli.completion`'s in their place, so a key or backend completion that finds
+    no daemon offers nothing rather than file names.
+    """
+    from llmproxy.cli import completion
+
+    command = typer.main.get_command(app)
+    completion.install()
+    command()
