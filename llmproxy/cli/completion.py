@@ -39,6 +39,7 @@ def nothing(incomplete: str) -> list[str]:
     """A completion callback's answer for "no candidates, and no file names"."""
     return [incomplete + NO_CANDIDATES]
 
+
 NO_FILES_LINE = "::llmproxy-no-files::"
 """What the bash class prints for :data:`NO_CANDIDATES`; the bash script reads it."""
 
