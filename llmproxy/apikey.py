@@ -59,6 +59,15 @@ def has_valid_checksum(key: str) -> bool:
     return hmac.compare_digest(_checksum(body), checksum)
 
 
+def looks_like_secret(ref: str) -> bool:
+    """True when ``ref`` (a CLI or admin API key reference) is, or was meant to be, a secret.
+
+    Longer than a display prefix and starting like one of llmproxy's keys: such a text must be
+    matched by its hash and never echoed, even when mistyped (:func:`has_valid_checksum` tells).
+    """
+    return ref.startswith(PREFIX) and len(ref) > DISPLAY_PREFIX_LENGTH + 2
+
+
 def key_sha256(key: str) -> str:
     """The hex SHA-256 digest under which stores keep a key."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()

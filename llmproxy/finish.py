@@ -19,6 +19,19 @@ UsageSource = Literal["backend", "counted", "estimated"]
 """Where a request's token counts come from (see :class:`llmproxy.usage.Usage`)."""
 
 
+MS_DIGITS = 2
+"""Decimals of the milliseconds records and logs carry: 0.01 ms, below any timing that matters."""
+
+
+def milliseconds(seconds: float) -> float:
+    """``seconds`` as milliseconds rounded to :data:`MS_DIGITS`.
+
+    A duration is a difference of clock readings, so 0.102 s comes out as 101.99999999997544
+    ms; the usage record, its webhook and the JSON access log carry 102.0 instead.
+    """
+    return round(seconds * 1000, MS_DIGITS)
+
+
 class Finished(msgspec.Struct, frozen=True):
     """One ended request (a msgspec struct: one is built per request, cheaply)."""
 

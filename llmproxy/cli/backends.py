@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from llmproxy.cli.completion import backend_names
 from llmproxy.cli.connection import (
     AdminUrlOption,
     ConfigOption,
@@ -233,9 +234,17 @@ def _drain(name: str, action: str, target: Target, json_output: bool) -> Backend
     return backend
 
 
+NameArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Backend name, as `backends status` shows it.", autocompletion=backend_names
+    ),
+]
+
+
 @app.command("drain", epilog=EXIT_CODES_EPILOG)
 def drain(
-    name: Annotated[str, typer.Argument(help="Backend name, as `backends status` shows it.")],
+    name: NameArgument,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     socket: SocketOption = None,
@@ -256,7 +265,7 @@ def drain(
 
 @app.command("undrain", epilog=EXIT_CODES_EPILOG)
 def undrain(
-    name: Annotated[str, typer.Argument(help="Backend name, as `backends status` shows it.")],
+    name: NameArgument,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     socket: SocketOption = None,

@@ -24,6 +24,8 @@ import typer
 from llmproxy.cli.output import ExitCode, exit_code_for, print_error, print_json, print_note
 
 if TYPE_CHECKING:
+    import httpx
+
     from llmproxy.cli.admin_client import AdminClient
     from llmproxy.config.model import AdminConfig
 
@@ -155,17 +157,24 @@ def check_admin_url(url: str) -> str:
     return url
 
 
-def open_client(target: Target, env: Mapping[str, str], cwd: Path) -> AdminClient:
-    """An :class:`AdminClient` for ``target``; raises :class:`TargetError` when it cannot say."""
-    from llmproxy.cli.admin_client import AdminClient
+def open_client(
+    target: Target, env: Mapping[str, str], cwd: Path, timeout: httpx.Timeout | None = None
+) -> AdminClient:
+    """An :class:`AdminClient` for ``target``; raises :class:`TargetError` when it cannot say.
 
+    ``timeout`` replaces the client's default (shell completion asks with a short one).
+    """
+    from llmproxy.cli.admin_client import DEFAULT_TIMEOUT, AdminClient
+
+    wait = timeout or DEFAULT_TIMEOUT
     if target.socket is not None and target.admin_url is not None:
         raise TargetError("give --socket or --admin-url, not both")
     if target.admin_url is not None:
-        return AdminClient(url=check_admin_url(target.admin_url), token=target.token)
+        url = check_admin_url(target.admin_url)
+        return AdminClient(url=url, token=target.token, timeout=wait)
     if target.socket is not None:
-        return AdminClient(socket=target.socket)
-    return AdminClient(socket=discover_socket(target.config, env, cwd))
+        return AdminClient(socket=target.socket, timeout=wait)
+    return AdminClient(socket=discover_socket(target.config, env, cwd), timeout=wait)
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from typer._completion_shared import get_completion_script
 from typer.core import TyperGroup
 
 from llmproxy import __version__
+from llmproxy.cli.completion import BASH_SCRIPT
 from llmproxy.cli.main import app
 from llmproxy.cli.output import EXIT_CODES_EPILOG
 
@@ -248,12 +249,16 @@ def completion_var(prog: str = PROG) -> str:
 
 
 def render_completions() -> dict[str, str]:
-    """The completion scripts, exactly what ``llmproxy --show-completion <shell>`` prints."""
+    """The completion scripts: what ``llmproxy --show-completion <shell>`` prints, but for bash
+    :data:`llmproxy.cli.completion.BASH_SCRIPT`, which can turn off the file-name fallback when
+    a key or backend name is wanted and no daemon answers."""
     return {
-        f"completions/{filename}": get_completion_script(
-            prog_name=PROG, complete_var=completion_var(), shell=shell
+        f"completions/{filename}": (
+            BASH_SCRIPT
+            if shell == "bash"
+            else get_completion_script(prog_name=PROG, complete_var=completion_var(), shell=shell)
+            + "\n"
         )
-        + "\n"
         for shell, filename in COMPLETION_FILES.items()
     }
 

@@ -2,7 +2,9 @@
 
 The daemon owns the builtin key store; going through its admin API (rather than opening the SQLite
 file) means a change is seen by the auth cache at once and works wherever the daemon runs. A key is
-named by ``REF``: its id, its display prefix or its (unique) name.
+named by ``REF``: its id, its display prefix, its (unique) name, or its secret — what an operator
+holds when a key leaks. A secret is hashed here and only its SHA-256 is sent (``POST
+/keys/lookup``), so it never reaches the daemon, a URL, a log line or an error message.
 
 The row and field formatting and the request bodies are pure functions, tested without a daemon.
 """
@@ -14,14 +16,16 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import tzinfo
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from llmproxy.apikey import has_valid_checksum, key_sha256, looks_like_secret
 from llmproxy.budgets import PERIODS, check_period
+from llmproxy.cli.completion import key_refs
 from llmproxy.cli.connection import (
     AdminUrlOption,
     ConfigOption,
@@ -45,6 +49,9 @@ from llmproxy.cli.output import (
 )
 from llmproxy.cli.parsing import parse_expiry, parse_list, parse_metadata
 from llmproxy.keyfields import CLEARABLE, doc
+
+if TYPE_CHECKING:
+    from llmproxy.cli.admin_client import AdminClient
 
 app = typer.Typer(
     help="Manage API keys in the daemon's builtin key store.",
@@ -186,8 +193,37 @@ def key_panel(key: Key, now: float) -> Text:
 
 
 def key_path(ref: str) -> str:
-    """The API path of one key; ``ref`` may hold any character a name can."""
+    """The API path of one key; ``ref`` may hold any character a name can (not a secret)."""
     return f"/keys/{quote(ref, safe='')}"
+
+
+def check_ref(ref: str) -> str:
+    """``ref`` as given, after refusing a mistyped secret (a usage error that does not echo it).
+
+    A secret that fails its checksum could never match, and saying so up front spares a
+    round trip whose 404 would not say why.
+    """
+    if looks_like_secret(ref) and not has_valid_checksum(ref):
+        raise typer.BadParameter(
+            "this looks like a key's secret but is not a whole one (wrong length or checksum): "
+            "paste it again, or give the key's id, prefix or name",
+            param_hint="REF",
+        )
+    return ref
+
+
+def find_key(client: AdminClient, ref: str) -> Key | None:
+    """The key a secret names, asked by its hash; ``None`` when ``ref`` is no secret."""
+    if not looks_like_secret(ref):
+        return None
+    answer = client.post("/keys/lookup", {"sha256": key_sha256(ref)})
+    return answer.get("key") or {}
+
+
+def key_ref(client: AdminClient, ref: str) -> str:
+    """A reference the ``/keys/{ref}`` paths take: a secret becomes its key's id."""
+    key = find_key(client, ref)
+    return ref if key is None else str(key.get("id", ""))
 
 
 CLEAR_CHOICES: tuple[str, ...] = tuple(CLEARABLE)
@@ -347,7 +383,15 @@ MetadataOption = Annotated[
         show_default=False,
     ),
 ]
-RefArgument = Annotated[str, typer.Argument(help="Key id, display prefix or unique name.")]
+RefArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Key id, display prefix, unique name, or the key's secret (sent only as its hash).",
+        callback=check_ref,
+        autocompletion=key_refs,
+        show_default=False,
+    ),
+]
 
 
 # Commands --------------------------------------------------------------------------------------
@@ -455,7 +499,8 @@ def show(
     """Show every field of one key (never its secret)."""
     target = Target(config, socket, admin_url, token)
     with daemon_session(target, json_output=json_output) as client:
-        answer = client.get(key_path(ref))
+        key = find_key(client, ref)
+        answer = {"key": key} if key is not None else client.get(key_path(ref))
     if json_output:
         print_json(answer)
         return
@@ -475,6 +520,7 @@ def revoke(
     """Revoke a key for good: the next request with it is refused. Asks first unless --yes."""
     target = Target(config, socket, admin_url, token)
     with daemon_session(target, json_output=json_output) as client:
+        ref = key_ref(client, ref)
         if not (yes or json_output):
             key = client.get(key_path(ref)).get("key") or {}
             question = (
@@ -590,6 +636,7 @@ def update(
         raise typer.BadParameter("nothing to change: give at least one option to set")
     target = Target(config, socket, admin_url, token)
     with daemon_session(target, json_output=json_output) as client:
+        ref = key_ref(client, ref)
         if extra is not None and "metadata" not in cleared:
             # --metadata adds to what the key has, which only the daemon knows.
             key = client.get(key_path(ref)).get("key") or {}

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.main
 from rich.console import Console
 
 from llmproxy import __version__
 from llmproxy.cli import backends, keys, ops, replay, teams, usage
-from llmproxy.cli.output import EXIT_CODES_EPILOG
+from llmproxy.cli.output import EXIT_CODES_EPILOG, ExitCode
 
 app = typer.Typer(
     name="llmproxy",
@@ -134,7 +135,8 @@ def serve(
 def config_check(
     file: Annotated[Path, typer.Argument(help="The config file to validate.")],
 ) -> None:
-    """Validate a config file; exit non-zero with file:line messages when it is wrong."""
+    """Validate a config file; exit 2 (a config error, as serve does) with file:line messages
+    when it is wrong."""
     from llmproxy.config.check import check_config
     from llmproxy.daemon.runtime import runtime_problem
 
@@ -144,7 +146,7 @@ def config_check(
     for line in messages:
         (console if ok else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
     if not ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.USAGE)
 
 
 @app.command("mock-backend")
@@ -196,5 +198,14 @@ def version() -> None:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Builds the command tree first (typer registers its shell-completion classes then) and puts
+    :mod:`llmproxy.cli.completion`'s in their place, so a key or backend completion that finds
+    no daemon offers nothing rather than file names.
+    """
+    from llmproxy.cli import completion
+
+    command = typer.main.get_command(app)
+    completion.install()
+    command()

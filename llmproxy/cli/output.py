@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -96,15 +97,48 @@ def print_note(message: str) -> None:
     err_console.print(message, soft_wrap=True, highlight=False, markup=False)
 
 
+def rounded(document: object, digits: int, *, ms: bool = False) -> object:
+    """``document`` with every float under a ``*_ms`` key rounded to ``digits`` decimals.
+
+    Durations are differences of clock readings, so ``102.0`` arrives as
+    ``101.99999999997544``; a script comparing or a human reading it wants ``102.0``. Only
+    milliseconds are rounded: a cost or a ratio keeps its digits. ``ms`` is true below such a
+    key (``"latency_ms": {"p50": ...}``). The daemon rounds its own records the same way
+    (:func:`llmproxy.finish.milliseconds`); this also tidies records stored before it did.
+    """
+    if isinstance(document, float):
+        return round(document, digits) if ms else document
+    if isinstance(document, Mapping):
+        return {
+            key: rounded(value, digits, ms=ms or (isinstance(key, str) and key.endswith("_ms")))
+            for key, value in document.items()
+        }
+    if isinstance(document, list | tuple):
+        return [rounded(value, digits, ms=ms) for value in document]
+    return document
+
+
+def _tidy(document: object) -> object:
+    from llmproxy.finish import MS_DIGITS  # not at import: every command, completion too, loads us
+
+    return rounded(document, MS_DIGITS)
+
+
+def json_text(document: object) -> str:
+    """``document`` as the indented JSON text every command prints or writes (figures rounded)."""
+    return json.dumps(_tidy(document), indent=2, ensure_ascii=False) + "\n"
+
+
 def print_json(document: object) -> None:
     """One JSON document on stdout, unstyled, for scripts."""
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(document))
     sys.stdout.flush()
 
 
 def print_json_line(document: object) -> None:
     """One compact JSON document on its own line (NDJSON), flushed so pipes see it at once."""
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
+    line = json.dumps(_tidy(document), ensure_ascii=False, separators=(",", ":"))
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 

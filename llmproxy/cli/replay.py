@@ -8,7 +8,6 @@ request is sent: a mistake is a usage error (2), never a half-made run.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.console import Console
 from llmproxy.cli.output import (
     ExitCode,
     err_console,
+    json_text,
     print_error,
     print_note,
     stdout_console,
@@ -164,29 +164,29 @@ def _scan(paths: list[Path], strict: bool) -> source.Scan:
     return scan
 
 
-def _write_json(path: Path, document: object) -> None:
-    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    if str(path) == "-":
+def _emit(document: object, *, json_output: bool, output: Path | None) -> None:
+    """The JSON document to ``--output PATH`` and, with ``--json``, to stdout."""
+    text = json_text(document)
+    if output is not None:
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            print_error(f"--output: cannot write {output}: {exc.strerror or exc}")
+            raise typer.Exit(ExitCode.USAGE) from None
+    if json_output:
         sys.stdout.write(text)
         sys.stdout.flush()
-        return
-    try:
-        path.write_text(text)
-    except OSError as exc:
-        print_error(f"--json: cannot write {path}: {exc.strerror or exc}")
-        raise typer.Exit(ExitCode.USAGE) from None
 
 
-def _compare(files: tuple[Path, Path], json_path: Path | None) -> None:
+def _compare(files: tuple[Path, Path], json_output: bool, output: Path | None) -> None:
     try:
         a, b = (load_document(path) for path in files)
     except CompareError as exc:
         _usage(str(exc))
     names = (str(files[0]), str(files[1]))
-    if json_path is not None:
-        _write_json(json_path, comparison_document(a, b, names))
-        if str(json_path) == "-":
-            return
+    _emit(comparison_document(a, b, names), json_output=json_output, output=output)
+    if json_output:
+        return
     labels = (run_label(f"A {names[0]}", a), run_label(f"B {names[1]}", b))
     stdout_console().print(
         render_comparison(labels, compare(a, b), setting_differences(a, b)),
@@ -361,12 +361,23 @@ def replay(
             help="Seed of the lengths, texts and poisson arrivals.", rich_help_panel=_SYNTHETIC
         ),
     ] = 0,
-    json_path: Annotated[
-        Path | None,
+    json_output: Annotated[
+        bool,
         typer.Option(
             "--json",
-            help="Also write the report as one JSON document (settings and environment "
-            "included) to PATH; - for stdout instead of the table.",
+            help="Print the report as one JSON document (settings and environment included) "
+            "on stdout, instead of the table.",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Also write the report's JSON document to PATH (the table is still printed "
+            "unless --json).",
             show_default=False,
             rich_help_panel=_OUTPUT,
         ),
@@ -387,7 +398,8 @@ def replay(
         tuple[Path, Path] | None,
         typer.Option(
             "--compare",
-            help="Show two --json reports side by side with their differences, and exit.",
+            help="Show two JSON reports (--json, --output) side by side with their "
+            "differences, and exit.",
             show_default=False,
             rich_help_panel=_OUTPUT,
         ),
@@ -398,7 +410,7 @@ def replay(
     if compare_files is not None:
         if paths or synthetic:
             _usage("--compare takes two reports and runs nothing: drop FILE / --synthetic")
-        _compare(compare_files, json_path)
+        _compare(compare_files, json_output, output)
         return
     base, seconds = _check_options(
         files=paths,
@@ -429,8 +441,8 @@ def replay(
             _usage(str(exc))
     if connections is not None and connections < 1:
         _usage(f"--connections must be at least 1, got {connections}")
-    if json_path is not None and str(json_path) != "-" and not json_path.parent.is_dir():
-        _usage(f"--json: {json_path.parent} is not a directory")  # found now, not after the run
+    if output is not None and not output.parent.is_dir():
+        _usage(f"--output: {output.parent} is not a directory")  # found now, not after the run
     scan = _scan(paths, strict) if paths else None
     job = ReplayJob(
         target=base,
@@ -458,11 +470,9 @@ def replay(
         print_note("interrupted before any request was sent")
         raise typer.Exit(INTERRUPTED) from None
     document = outcome.document
-    to_stdout = json_path is not None and str(json_path) == "-"
-    if not to_stdout:
+    if not json_output:
         stdout_console().print(render_report(document), soft_wrap=False, highlight=False)
-    if json_path is not None:
-        _write_json(json_path, document)
+    _emit(document, json_output=json_output, output=output)
     if outcome.result.interrupted:
         print_note("interrupted: the report covers the requests that had finished")
         raise typer.Exit(INTERRUPTED)

@@ -254,17 +254,36 @@ def _keys_of(model: type[BaseModel]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
-def _choices(annotation: Any) -> str | None:
+def _choice_values(annotation: Any) -> tuple[Any, ...] | None:
+    """The values an enum or ``Literal`` annotation admits; None for any other type."""
     if isinstance(annotation, type) and issubclass(annotation, Enum):
-        values: tuple[Any, ...] = tuple(member.value for member in annotation)
-    elif get_origin(annotation) is Literal:
-        values = get_args(annotation)
-    else:
+        return tuple(member.value for member in annotation)
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return None
+
+
+def _choices(annotation: Any) -> str | None:
+    values = _choice_values(annotation)
+    if values is None:
         return None
     return ", ".join(
         value if isinstance(value, str) and _SIMPLE_KEY.fullmatch(value) else repr(value)
         for value in values
     )
+
+
+def _did_you_mean(value: object, annotation: Any) -> str:
+    """`` (did you mean 'least_connections'?)`` for a misspelt enum value, else ``""``.
+
+    Only text is matched, and only against text choices: a close number is not a typo.
+    """
+    values = _choice_values(annotation)
+    if not isinstance(value, str) or values is None:
+        return ""
+    texts = [choice for choice in values if isinstance(choice, str)]
+    close = difflib.get_close_matches(value, texts, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _EXPECTED = {
@@ -308,7 +327,7 @@ def _message(detail: ErrorDetails, where: _Located) -> str:
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind in ("literal_error", "enum"):
         choices = _choices(where.annotation) or str(ctx.get("expected", "")).replace("'", "")
-        return f"expected one of {choices}, got {got}"
+        return f"expected one of {choices}, got {got}" + _did_you_mean(value, where.annotation)
     if kind in _EXPECTED:
         hint = ""
         if kind == "string_type" and isinstance(value, int | float):

@@ -12,11 +12,13 @@ A key's secret is in exactly one answer, the ``POST /keys`` that created it; its
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from llmproxy.apikey import digests_equal, looks_like_secret
 from llmproxy.auth.keydata import parse_timestamp
 from llmproxy.auth.providers.base import ProviderError
 from llmproxy.daemon.admin_http import (
@@ -80,12 +82,41 @@ def store_fields(
     return fields
 
 
+NO_KEY_FOR_SECRET = "no active key has this secret (it is unknown, or revoked already)"
+"""The one answer for the hash of a secret no live key has: it says nothing of the secret."""
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+async def find_by_secret_hash(store: KeyStoreAccess, sha256: object) -> KeyRecord:
+    """The live key whose secret hashes to ``sha256`` (``POST /keys/lookup``).
+
+    The client hashes the secret itself (SHA-256, as the store keeps it), so the secret never
+    crosses the admin channel and no URL, log line or error can hold it. A revoked key's
+    secret gets the same 404 as an unknown one.
+    """
+    if not isinstance(sha256, str) or _SHA256_HEX.fullmatch(sha256) is None:
+        raise invalid("sha256: required, the lowercase hex SHA-256 of the key's secret")
+    for record in await store.list(include_revoked=False):
+        if digests_equal(record.sha256, sha256):
+            return record
+    raise AdminError(404, NO_KEY_FOR_SECRET, "key_not_found")
+
+
 async def resolve_key(store: KeyStoreAccess, ref: str) -> KeyRecord:
     """The key ``ref`` names: an id, else a display prefix, else a name.
 
     Several keys behind one prefix or name are ambiguous unless exactly one of them is still
-    live (a name reused after a revoke means the new key).
+    live (a name reused after a revoke means the new key). A secret is refused without being
+    echoed: it belongs hashed in the body of ``POST /keys/lookup``, never in a URL.
     """
+    if looks_like_secret(ref):
+        raise AdminError(
+            400,
+            "a key's secret does not belong in a URL: send its SHA-256 to POST /keys/lookup "
+            "(llmproxy keys show|update|revoke SECRET does)",
+            "secret_in_url",
+        )
     record = await store.get(ref)
     if record is not None:
         return record
@@ -118,6 +149,7 @@ class KeysApi:
         """Add the ``/keys`` routes."""
         router.add_get("/keys", self.list_keys)
         router.add_post("/keys", self.add_key)
+        router.add_post("/keys/lookup", self.lookup_key)
         router.add_get("/keys/{ref}", self.show_key)
         router.add_patch("/keys/{ref}", self.update_key)
         router.add_post("/keys/{ref}/revoke", self.revoke_key)
@@ -148,6 +180,14 @@ class KeysApi:
     async def show_key(self, request: web.Request) -> web.Response:
         store = self._store()
         record = await call(resolve_key(store, request.match_info["ref"]))
+        return json_response({"key": key_json(record)})
+
+    async def lookup_key(self, request: web.Request) -> web.Response:
+        body = await json_object(request)
+        unknown = sorted(set(body) - {"sha256"})
+        if unknown:
+            raise invalid(f"unknown field(s) {', '.join(unknown)}; fields: sha256")
+        record = await call(find_by_secret_hash(self._store(), body.get("sha256")))
         return json_response({"key": key_json(record)})
 
     async def update_key(self, request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from typing import IO, Any, Literal
 
 import msgspec
 
-from llmproxy.finish import Finished
+from llmproxy.finish import Finished, milliseconds
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -79,8 +79,8 @@ class AccessLog:
                 "status": done.status,
                 "prompt_tokens": done.prompt_tokens,
                 "completion_tokens": done.completion_tokens,
-                "ttft_ms": done.ttft * 1000 if done.ttft is not None else None,
-                "duration_ms": done.duration * 1000,
+                "ttft_ms": milliseconds(done.ttft) if done.ttft is not None else None,
+                "duration_ms": milliseconds(done.duration),
                 "bytes": done.bytes_sent,
                 "cancelled": done.cancelled,
             }

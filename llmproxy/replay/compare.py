@@ -117,7 +117,7 @@ class CompareError(Exception):
 
 
 def load_document(path: Path) -> dict[str, Any]:
-    """Read a report written by ``llmproxy replay --json``."""
+    """Read a report written by ``llmproxy replay --json`` or ``--output PATH``."""
     try:
         document = json.loads(path.read_text())
     except OSError as exc:
@@ -125,7 +125,7 @@ def load_document(path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CompareError(f"{path}: not JSON ({exc})") from None
     if not isinstance(document, dict) or "llmproxy_replay" not in document:
-        raise CompareError(f"{path}: not a report of llmproxy replay --json")
+        raise CompareError(f"{path}: not a report of llmproxy replay --json or --output")
     if document["llmproxy_replay"] != REPORT_FORMAT:
         raise CompareError(
             f"{path}: report format {document['llmproxy_replay']!r} unsupported "
@@ -169,7 +169,7 @@ def _show(value: Any) -> str:
 def comparison_document(
     a: Mapping[str, Any], b: Mapping[str, Any], names: tuple[str, str]
 ) -> dict[str, Any]:
-    """The comparison as JSON-ready data (``--compare A B --json PATH``)."""
+    """The comparison as JSON-ready data (``--compare A B --json`` or ``--output PATH``)."""
     return {
         "a": names[0],
         "b": names[1],

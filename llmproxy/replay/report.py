@@ -3,7 +3,8 @@
 The document is the record of a run — settings, environment, figures, the client's own health —
 so two runs can be compared later (:mod:`llmproxy.replay.compare`) without re-running anything.
 The terminal tables (:mod:`llmproxy.cli.replay_render`) are rendered *from this document*, not
-from the live objects, so what ``--json`` writes and what the table shows cannot disagree.
+from the live objects, so what ``--json`` prints (or ``--output`` writes) and what the table
+shows cannot disagree.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from llmproxy.apis import ENDPOINT_API
-from llmproxy.finish import Finished, Sink
+from llmproxy.finish import Finished, Sink, milliseconds
 from llmproxy.usage.record import UsageRecord, flat_metadata, new_record_id
 from llmproxy.usage.sink import UsageSink
 
@@ -30,8 +30,8 @@ def usage_sink(sink: UsageSink) -> Sink:
             api=ENDPOINT_API.get(done.endpoint, ""),
             stream=done.stream,
             status=done.status,
-            latency_ms=done.duration * 1000,
-            ttft_ms=done.ttft * 1000 if done.ttft is not None else None,
+            latency_ms=milliseconds(done.duration),
+            ttft_ms=milliseconds(done.ttft) if done.ttft is not None else None,
             cancelled=done.cancelled,
             key_id=done.key_id,
             key_name=done.key_name,

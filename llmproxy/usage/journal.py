@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from llmproxy.finish import milliseconds
 from llmproxy.pricing import NANOS, NO_PRICES, PriceTable
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.rows import JournalCheckpoint, JournalOpen, JournalRow, Recovered
@@ -474,7 +475,7 @@ def interrupted(row: JournalRow, prices: PriceTable = NO_PRICES) -> UsageRecord:
         api=skeleton.api,
         stream=skeleton.stream,
         status="interrupted",
-        latency_ms=max(0.0, row.updated_at - row.opened_at) * 1000,
+        latency_ms=milliseconds(max(0.0, row.updated_at - row.opened_at)),
         finish_reason="interrupted",
         cancelled=True,
         team=skeleton.team,

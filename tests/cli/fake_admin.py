@@ -121,6 +121,9 @@ def _handler(fake: FakeAdmin) -> type[BaseHTTPRequestHandler]:
         def do_PATCH(self) -> None:
             self._serve()
 
+        def do_DELETE(self) -> None:
+            self._serve()
+
         def log_message(self, format: str, *args: Any) -> None:
             pass  # a Unix peer has no address for the default log line
 

@@ -31,7 +31,7 @@ def test_check_reports_every_problem_with_file_and_line(tmp_path: Path) -> None:
         "  interval: 10x\n"
     )
     result = CliRunner().invoke(app, ["config", "check", str(config)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.splitlines()
     assert any(line.startswith(f"{config}:2: backends[0].url: scheme must be") for line in lines)
     assert any(
@@ -46,7 +46,7 @@ def test_check_reports_every_problem_with_file_and_line(tmp_path: Path) -> None:
 def test_check_missing_file(tmp_path: Path) -> None:
     """A file that does not exist is a clear error, not a traceback."""
     result = CliRunner().invoke(app, ["config", "check", str(tmp_path / "nope.yaml")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "nope.yaml" in result.output
     assert "Traceback" not in result.output
 
@@ -67,6 +67,35 @@ def test_check_compiles_lua_scripts(tmp_path: Path) -> None:
         "        return {allow = \n"
     )
     result = CliRunner().invoke(app, ["config", "check", str(config)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "provider inline:" in result.output
     assert "Traceback" not in result.output
+
+
+def test_check_suggests_a_spelling_for_a_bad_enum_value(tmp_path: Path) -> None:
+    """A misspelt strategy gets a did-you-mean, as an unknown key does, and exit code 2."""
+    config = tmp_path / "typo.yaml"
+    config.write_text(
+        "backends: [{url: 'http://127.0.0.1:9001'}]\n"
+        "routing:\n"
+        "  load_balance_strategy: least_conections\n"
+    )
+    result = CliRunner().invoke(app, ["config", "check", str(config)])
+    assert result.exit_code == 2
+    assert (
+        f"{config}:3: routing.load_balance_strategy: expected one of round_robin, "
+        "least_connections" in result.output
+    )
+    assert "got 'least_conections' (did you mean 'least_connections'?)" in result.output
+
+
+def test_check_suggests_nothing_for_a_value_far_from_every_choice(tmp_path: Path) -> None:
+    """A value like no choice gets the list of choices and no made-up suggestion."""
+    config = tmp_path / "far.yaml"
+    config.write_text(
+        "backends: [{url: 'http://127.0.0.1:9001'}]\nrouting:\n  load_balance_strategy: zzz\n"
+    )
+    result = CliRunner().invoke(app, ["config", "check", str(config)])
+    assert result.exit_code == 2
+    assert "got 'zzz'" in result.output
+    assert "did you mean" not in result.output

@@ -264,10 +264,14 @@ def test_console_script_is_the_completed_program() -> None:
 @pytest.mark.parametrize("shell", sorted(docgen.COMPLETION_FILES))
 def test_completion_script_is_the_programs_own(shell: str, generated: dict[str, str]) -> None:
     """Each file is what the program itself emits for `_LLMPROXY_COMPLETE=source_<shell>`."""
-    result = CliRunner().invoke(
-        app, [], env={docgen.completion_var(): f"source_{shell}"}, prog_name=docgen.PROG
+    result = subprocess.run(
+        [str(ENTRY_POINT)],
+        env={**os.environ, docgen.completion_var(): f"source_{shell}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     script = generated[f"completions/{docgen.COMPLETION_FILES[shell]}"]
     assert result.stdout.strip() + "\n" == script
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -18,8 +19,10 @@ from llmproxy.cli.output import (
     format_ratio,
     format_relative,
     format_time,
+    json_text,
     labelled,
 )
+from llmproxy.finish import milliseconds
 
 
 def test_exit_codes_are_the_documented_numbers() -> None:
@@ -103,3 +106,18 @@ def test_labelled_lines_align_without_trailing_blanks() -> None:
     with console.capture() as captured:
         console.print(labelled([("pid", "12", ""), ("last reload", "ok", "red")]))
     assert captured.get().splitlines() == ["pid          12", "last reload  ok"]
+
+
+def test_json_rounds_milliseconds_and_nothing_else() -> None:
+    """Float noise in any ``*_ms`` figure (nested too) is rounded to 0.01; costs keep digits."""
+    document = {
+        "latency_ms": 101.99999999997544,
+        "results": {"ttft_ms": {"p50": 12.345678, "count": 3}, "error_rate": 0.123456},
+        "records": [{"ttft_ms": None, "cost": 1.5e-07, "time": 1712345678.123456}],
+    }
+    assert json.loads(json_text(document)) == {
+        "latency_ms": 102.0,
+        "results": {"ttft_ms": {"p50": 12.35, "count": 3}, "error_rate": 0.123456},
+        "records": [{"ttft_ms": None, "cost": 1.5e-07, "time": 1712345678.123456}],
+    }
+    assert milliseconds(0.102) == 102.0

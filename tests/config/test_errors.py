@@ -106,7 +106,7 @@ def test_wrong_type() -> None:
 
 
 def test_bad_enum_value_lists_the_choices() -> None:
-    """A value outside a fixed set lists the allowed words."""
+    """A value outside a fixed set lists the allowed words and suggests the closest."""
     text = """\
     backends: [{url: http://a}]
     routing:
@@ -114,7 +114,8 @@ def test_bad_enum_value_lists_the_choices() -> None:
     """
     assert problems(text) == [
         "config.yaml:3: routing.load_balance_strategy: expected one of round_robin, "
-        "least_connections, latency_based, load_aware, prefix_affinity, got 'round_robbin'"
+        "least_connections, latency_based, load_aware, prefix_affinity, got 'round_robbin' "
+        "(did you mean 'round_robin'?)"
     ]
 
 

@@ -64,7 +64,7 @@ TARGET = "http://127.0.0.1:9"
             "uniform spread",
         ),
         (["missing.jsonl", "-t", TARGET], "missing.jsonl: No such file"),
-        (["rec.jsonl", "-t", TARGET, "--json", "/nonexistent/r.json"], "not a directory"),
+        (["rec.jsonl", "-t", TARGET, "--output", "/nonexistent/r.json"], "not a directory"),
     ],
 )
 def test_usage_errors_exit_2_before_sending(args: list[str], message: str) -> None:
@@ -124,7 +124,7 @@ def test_compare_as_json(tmp_path: Path) -> None:
     a = tmp_path / "a.json"
     a.write_text(json.dumps(_report(100.0, 10.0)))
     out = tmp_path / "cmp.json"
-    result = invoke("--compare", str(a), str(a), "--json", str(out))
+    result = invoke("--compare", str(a), str(a), "--output", str(out))
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())["metrics"]
     assert {m["verdict"] for m in metrics if m["a"] is not None} == {"same"}
@@ -135,7 +135,7 @@ def test_compare_refuses_what_is_not_a_report(tmp_path: Path) -> None:
     a.write_text("{}")
     result = invoke("--compare", str(a), str(a))
     assert result.exit_code == 2
-    assert "not a report of llmproxy replay --json" in result.stderr
+    assert "not a report of llmproxy replay --json or --output" in result.stderr
     result = invoke("--compare", str(a), str(a), "--synthetic")
     assert result.exit_code == 2
     assert "runs nothing" in result.stderr

@@ -66,7 +66,7 @@ async def test_replay_a_recording_directly_against_the_mock(
     """Every recorded request arrives once, at the recorded endpoint, for the recorded model."""
     path, requests = _mixed_recording(tmp_path / "rec.jsonl")
     report = tmp_path / "report.json"
-    result = await cli(str(path), "--target", mock.url, "--speed", "10", "--json", str(report))
+    result = await cli(str(path), "--target", mock.url, "--speed", "10", "--output", str(report))
     assert result.exit_code == 0, result.output
     assert f"{path}: line 4: " in result.stderr
     assert "skipped" in result.stderr
@@ -102,7 +102,7 @@ async def test_requests_are_sent_in_arrival_order_across_files(
 
     w0 = write(tmp_path / "rec.w0.jsonl", [line(0.3, 1000.3, 4), line(0.0, 1000.0, 1)])
     w1 = write(tmp_path / "rec.w1.jsonl", [line(7.2, 1000.2, 3), line(7.1, 1000.1, 2)])
-    result = await cli(str(w0), str(w1), "-t", mock.url, "--speed", "3", "--json", "-")
+    result = await cli(str(w0), str(w1), "-t", mock.url, "--speed", "3", "--json")
     assert result.exit_code == 0, result.output
     assert [body["max_tokens"] for body in mock.bodies] == [1, 2, 3, 4]
     source = json.loads(result.stdout)["source"]
@@ -122,7 +122,7 @@ async def test_speed_two_halves_the_wall_time(mock: RecordingMock, tmp_path: Pat
     path = write(tmp_path / "rec.jsonl", [with_shape(100 + i / 10) for i in range(21)])
     report = tmp_path / "report.json"
     started = time.perf_counter()
-    result = await cli(str(path), "-t", mock.url, "--speed", "2", "--json", str(report))
+    result = await cli(str(path), "-t", mock.url, "--speed", "2", "--output", str(report))
     elapsed = time.perf_counter() - started
     assert result.exit_code == 0, result.output
     results = _report(report)["results"]
@@ -146,7 +146,7 @@ async def test_open_loop_rate_holds(mock: RecordingMock, tmp_path: Path) -> None
         "4",
         "-t",
         mock.url,
-        "--json",
+        "--output",
         str(report),
     )
     assert result.exit_code == 0, result.output
@@ -176,7 +176,7 @@ async def test_open_loop_does_not_wait_for_slow_answers(tmp_path: Path) -> None:
             "fixed",
             "-t",
             slow.url,
-            "--json",
+            "--output",
             str(report),
         )
     assert result.exit_code == 0, result.output
@@ -202,7 +202,6 @@ async def test_synthetic_closed_loop_counts_tokens_from_usage(mock: RecordingMoc
         "-t",
         mock.url,
         "--json",
-        "-",
     )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -278,7 +277,7 @@ async def test_errors_are_classified(tmp_path: Path) -> None:
             "x-mock-fault: reset_mid",
             "-H",
             "x-mock-fault-after: 2",
-            "--json",
+            "--output",
             str(report),
         )
         assert result.exit_code == 0, result.output
@@ -309,7 +308,7 @@ async def test_errors_are_classified(tmp_path: Path) -> None:
             "x-mock-ttft: 5",
             "--timeout",
             "0.3",
-            "--json",
+            "--output",
             str(report),
             "--max-error-rate",
             "1",
@@ -324,7 +323,7 @@ async def test_the_key_is_sent_as_a_bearer_token(tmp_path: Path) -> None:
         refused = await cli(str(path), "-t", mock.url)
         assert refused.exit_code == 2
         assert "answered 401: the target refused the key" in refused.stderr
-        by_option = await cli(str(path), "-t", mock.url, "--key", "sk-test", "--json", "-")
+        by_option = await cli(str(path), "-t", mock.url, "--key", "sk-test", "--json")
         assert by_option.exit_code == 0, by_option.output
         assert json.loads(by_option.stdout)["settings"]["key"] == "set"  # never the key itself
         assert "sk-test" not in by_option.stdout
@@ -358,7 +357,6 @@ async def test_closed_loop_stops_sending_at_the_duration(mock: RecordingMock) ->
         "-H",
         "x-mock-ttft: 0.05",
         "--json",
-        "-",
     )
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)["results"]
@@ -390,7 +388,7 @@ async def test_messages_and_responses_are_replayed_with_their_stream_timings(
     ]
     path = write(tmp_path / "rec.jsonl", requests)
     report = tmp_path / "report.json"
-    result = await cli(str(path), "--target", mock.url, "--speed", "10", "--json", str(report))
+    result = await cli(str(path), "--target", mock.url, "--speed", "10", "--output", str(report))
     assert result.exit_code == 0, result.output
     results = _report(report)["results"]
     assert (results["sent"], results["ok"], results["failed"]) == (5, 5, 0)
@@ -398,3 +396,26 @@ async def test_messages_and_responses_are_replayed_with_their_stream_timings(
     assert Counter(results["by_endpoint"]) == {"/v1/messages": 3, "/v1/responses": 2}
     assert results["ttft_ms"]["count"] == 5  # four streams and the non-streamed body's first byte
     assert "time to first token" in result.stdout
+
+
+async def test_json_is_a_flag_and_output_takes_the_path(
+    mock: RecordingMock, tmp_path: Path
+) -> None:
+    """The issue's reproduction: ``--json`` before another option is a flag, never a path;
+    ``--output PATH`` writes the same document; milliseconds carry at most two decimals."""
+    report = tmp_path / "run.json"
+    args = ("--synthetic", "-n", "3", "--concurrency", "1", "--model", "qwen", "-t", mock.url)
+    both = await cli(*args, "--json", "--output", str(report), "--quiet")
+    assert both.exit_code == 0, both.output
+    printed = json.loads(both.stdout)  # nothing but the document on stdout
+    assert printed == _report(report)
+    assert printed["results"]["sent"] == 3
+    for name in ("ttft_ms", "latency_ms", "itl_ms"):
+        for figure in printed["results"][name].values():
+            assert figure is None or round(figure, 2) == figure
+    table = await cli(*args, "--output", str(report))
+    assert table.exit_code == 0, table.output
+    assert "total latency" in table.stdout  # the table, and the file beside it
+    assert _report(report)["results"]["sent"] == 3
+    stray = await cli(*args, "--json", "--config", "gw.yaml")
+    assert stray.exit_code == 2  # an unknown option, not a path for --json

@@ -134,7 +134,7 @@ def test_config_refuses_values_that_cannot_be_headers(tmp_path: Path) -> None:
     }
     for text, fragment in cases.items():
         result = _check(tmp_path, text)
-        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.returncode == 2, result.stdout + result.stderr
         assert fragment in result.stdout + result.stderr
         assert "Traceback" not in result.stdout + result.stderr
 
