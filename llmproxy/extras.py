@@ -67,7 +67,14 @@ class MissingExtra(ValueError):
 
 def installed(extra: str) -> bool:
     """Whether every module of ``extra`` can be imported (found, not imported: cheap)."""
-    return all(importlib.util.find_spec(module) is not None for module in EXTRAS[extra].modules)
+    return all(_found(module) for module in EXTRAS[extra].modules)
+
+
+def _found(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a finder that knows the module is absent may say so by raising
+        return False
 
 
 def require(extra: str, needed_by: str) -> None:

@@ -34,9 +34,14 @@ from typer._completion_shared import get_completion_script
 from typer.core import TyperGroup
 
 from llmproxy import __version__
+from llmproxy.cli import shipped
 from llmproxy.cli.main import app
 from llmproxy.cli.output import EXIT_CODES_EPILOG
-from llmproxy.cli.shipped import COMPLETION_FILES, PROG  # the files the wheel ships
+
+#: The console script, and the completion file per shell: the files the wheel ships
+#: (:mod:`llmproxy.cli.shipped` defines them).
+PROG = shipped.PROG
+COMPLETION_FILES = shipped.COMPLETION_FILES
 
 #: The exit codes of ``llmproxy`` commands (``ExitCode`` in :mod:`llmproxy.cli.output`; a test
 #: keeps the two in step), documented on every page.
