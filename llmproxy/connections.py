@@ -24,15 +24,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
-import aiomysql
-import asyncpg
-import redis.exceptions
-from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from llmproxy.config.model import RedisConnection
 from llmproxy.dsn import (
@@ -43,6 +38,12 @@ from llmproxy.dsn import (
     scrub_dsn,
     split_host_port,
 )
+from llmproxy.extras import MissingExtra, require
+
+if TYPE_CHECKING:  # the drivers are extras, imported when a pool of theirs is made
+    import aiomysql
+    import asyncpg
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ class ConnectionPools:
         return client
 
     def _new_redis(self, host: str, port: int, conn: RedisConnection) -> Redis:
+        _driver("redis", f"redis {conn.addr!r}")
+        import redis.exceptions
+        from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         connection_class = SSLConnection if conn.tls else Connection
         pool = BlockingConnectionPool(
             max_connections=self._redis_max_connections,
@@ -123,6 +130,9 @@ class ConnectionPools:
             url = postgres_dsn(dsn)
         except ValueError as exc:
             raise PoolError(str(exc)) from None
+        _driver("postgres", f"postgres {scrub_dsn(url)}")
+        import asyncpg
+
         async with self._creating:
             self._check_open()
             pool = self._postgres.get(url)
@@ -157,6 +167,9 @@ class ConnectionPools:
             target = parse_mysql_dsn(dsn)
         except ValueError as exc:
             raise PoolError(str(exc)) from None
+        _driver("mysql", f"mysql {scrub_dsn(dsn)}")
+        import aiomysql
+
         async with self._creating:
             self._check_open()
             pool = self._mysql.get(target)
@@ -242,6 +255,14 @@ def _mysql_closer(pool: aiomysql.Pool) -> Callable[[], Awaitable[None]]:
         await pool.wait_closed()
 
     return close
+
+
+def _driver(extra: str, server: str) -> None:
+    """A :class:`PoolError` naming the extra to install when ``extra``'s driver is missing."""
+    try:
+        require(extra, server)
+    except MissingExtra as exc:
+        raise PoolError(str(exc)) from None
 
 
 def _noop() -> None:

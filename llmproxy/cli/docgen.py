@@ -34,16 +34,15 @@ from typer._completion_shared import get_completion_script
 from typer.core import TyperGroup
 
 from llmproxy import __version__
+from llmproxy.cli import shipped
 from llmproxy.cli.completion import BASH_SCRIPT
 from llmproxy.cli.main import app
 from llmproxy.cli.output import EXIT_CODES_EPILOG
 
-#: The console script in pyproject.toml: the completion scripts call the program back by it.
-PROG = "llmproxy"
-
-#: Generated file name per shell, as each shell's loader looks for it (zsh: ``_<command>``
-#: in ``$fpath``; bash-completion and fish: ``<command>[.bash|.fish]``).
-COMPLETION_FILES = {"bash": f"{PROG}.bash", "zsh": f"_{PROG}", "fish": f"{PROG}.fish"}
+#: The console script, and the completion file per shell: the files the wheel ships
+#: (:mod:`llmproxy.cli.shipped` defines them).
+PROG = shipped.PROG
+COMPLETION_FILES = shipped.COMPLETION_FILES
 
 #: The exit codes of ``llmproxy`` commands (``ExitCode`` in :mod:`llmproxy.cli.output`; a test
 #: keeps the two in step), documented on every page.

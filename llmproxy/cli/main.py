@@ -12,7 +12,7 @@ import typer.main
 from rich.console import Console
 
 from llmproxy import __version__
-from llmproxy.cli import backends, keys, ops, replay, teams, usage
+from llmproxy.cli import backends, keys, ops, replay, shipped, teams, usage
 from llmproxy.cli.output import EXIT_CODES_EPILOG, ExitCode
 
 app = typer.Typer(
@@ -32,6 +32,9 @@ app.add_typer(backends.app, name="backends")
 app.add_typer(usage.app, name="usage")
 # Load testing: replay recorded or synthetic traffic against any OpenAI-compatible endpoint.
 app.command("replay", help=replay.HELP, epilog=replay.EPILOG)(replay.replay)
+# What the package ships beside the code: completion scripts and the example config.
+app.command("completions")(shipped.completions)
+config_app.command("example")(shipped.config_example)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -133,16 +136,23 @@ def serve(
 
 @config_app.command("check")
 def config_check(
-    file: Annotated[Path, typer.Argument(help="The config file to validate.")],
+    file: Annotated[Path, typer.Argument(help="The config file to validate; - reads stdin.")],
 ) -> None:
     """Validate a config file; exit 2 (a config error, as serve does) with file:line messages
     when it is wrong."""
+    import sys
+
     from llmproxy.config.check import check_config
     from llmproxy.daemon.runtime import runtime_problem
 
-    base_dir = file.absolute().parent
+    stdin = str(file) == "-"
+    base_dir = Path.cwd() if stdin else file.absolute().parent
     # Beyond the model: what only a built runtime finds (Lua syntax, unreadable script files).
-    messages, ok = check_config(file, deeper=lambda config: runtime_problem(config, base_dir))
+    messages, ok = check_config(
+        "<stdin>" if stdin else file,
+        deeper=lambda config: runtime_problem(config, base_dir),
+        text=sys.stdin.read() if stdin else None,
+    )
     for line in messages:
         (console if ok else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
     if not ok:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from llmproxy.config.errors import ConfigError
-from llmproxy.config.loader import load_config
+from llmproxy.config.loader import load_config, parse_config
 from llmproxy.config.model import Config, RateSpec
 from llmproxy.config.reference import format_duration
 
@@ -21,16 +21,21 @@ def check_config(
     path: str | os.PathLike[str],
     environ: Mapping[str, str] | None = None,
     deeper: Callable[[Config], str | None] | None = None,
+    text: str | None = None,
 ) -> tuple[list[str], bool]:
     """Load ``path``; return ``(lines to print, ok)``.
 
     On success the lines are ``"FILE: OK"`` followed by :func:`summarize`; on failure they are the
     ``file:line: key.path: message`` issues, one per line. ``deeper`` runs on a valid config for
     what only the layers above the model can find (the daemon compiles Lua scripts there) and
-    returns a problem or None.
+    returns a problem or None. ``text``, when given, is the config itself (``config check -``
+    reads stdin) and ``path`` only names it.
     """
     try:
-        config = load_config(path, environ)
+        if text is None:
+            config = load_config(path, environ)
+        else:
+            config = parse_config(text, os.fspath(path), environ)
     except ConfigError as error:
         return [str(issue) for issue in error.issues], False
     problem = deeper(config) if deeper is not None else None

@@ -14,10 +14,9 @@ import math
 import random
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
-import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from llmproxy.auth.build import AuthSetupError, build_pipeline
@@ -28,6 +27,7 @@ from llmproxy.auth.providers.builtin import BuiltinProvider
 from llmproxy.auth.quota import quota_sink
 from llmproxy.config.model import BackendConfig, Config, HealthCheckConfig
 from llmproxy.connections import ConnectionPools
+from llmproxy.extras import require_for
 from llmproxy.finish import Sink
 from llmproxy.gateway.access_log import AccessLog
 from llmproxy.gateway.body_read import BodyBudget
@@ -55,6 +55,9 @@ from llmproxy.usage.finish import usage_sink
 from llmproxy.usage.rows import Recovered
 from llmproxy.usage.sink import UsageSink
 from llmproxy.usage.spendbook import SpendBook
+
+if TYPE_CHECKING:  # redis is an extra; the client comes from the pools
+    from redis.asyncio import Redis
 
 log = logging.getLogger("llmproxy.daemon")
 
@@ -95,6 +98,7 @@ class Runtime:
         limits are then decided on it, for the whole daemon; ``notices`` its counters of changes
         every worker acts on before its next request.
         """
+        require_for(config)  # a driver the config needs and this install lacks, named at once
         self.config = config
         self.base_dir = base_dir or Path.cwd()
         self.rng = rng or random.Random()
@@ -173,7 +177,7 @@ class Runtime:
         empty directory without one."""
         limits = config.rate_limit
         self.limits: LimitStore | None = None  # built in open(): a Redis store needs the loop
-        self.response_redis: redis.asyncio.Redis | None = None
+        self.response_redis: Redis | None = None
         self.daemon_limits = daemon_limits
         self.notices = notices
         self.global_rate: Rate | None = rate_of(limits.global_) if limits.enabled else None

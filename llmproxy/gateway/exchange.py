@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING
 
 from llmproxy.apis import GENERATING, Api
 from llmproxy.auth.pipeline import Identity
@@ -27,6 +26,9 @@ from llmproxy.translate import messages_stop_reason
 from llmproxy.usage import StreamMeter, Usage
 from llmproxy.usage.journal import JournalHandle
 from llmproxy.usage.record import UsageRecord, flat_metadata
+
+if TYPE_CHECKING:  # redis is an extra
+    from redis.asyncio import Redis
 
 
 @dataclass(slots=True)

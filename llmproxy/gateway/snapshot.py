@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Coroutine
-from typing import Any, Protocol
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmproxy.auth.pipeline import AuthPipeline
 from llmproxy.config.model import Config
@@ -34,6 +32,9 @@ from llmproxy.teams import TeamDirectory
 from llmproxy.tracing import Tracer
 from llmproxy.usage.sink import UsageSink
 from llmproxy.usage.spendbook import SpendBook
+
+if TYPE_CHECKING:  # redis is an extra
+    from redis.asyncio import Redis
 
 
 class Snapshot(Protocol):

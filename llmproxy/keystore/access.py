@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from llmproxy.dsn import is_postgres_url
+from llmproxy.extras import require
 from llmproxy.keystore.errors import KeyStoreError
-from llmproxy.keystore.postgres import PostgresKeyStore
 from llmproxy.keystore.record import KeyChanges, KeyRecord
 from llmproxy.keystore.store import KeyStore
 from llmproxy.teams import Team
@@ -154,5 +154,8 @@ def open_key_store(location: str, base_dir: Path) -> KeyStoreAccess:
     """The store ``auth.builtin_db`` names (not opened yet): PostgreSQL for a ``postgresql://``
     URL, else the SQLite file at that path (relative to the config's directory)."""
     if is_postgres_url(location):
+        require("postgres", "auth.builtin_db")  # asyncpg is an extra: say which, not ImportError
+        from llmproxy.keystore.postgres import PostgresKeyStore
+
         return PostgresKeyStore(location)
     return SqliteKeys(base_dir / location)

@@ -25,16 +25,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import uuid
-from typing import Any, NamedTuple
-
-import redis.asyncio
-import redis.exceptions
-from redis.commands.core import AsyncScript
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llmproxy.limits import _lua, _wire
 from llmproxy.limits.admission import Admission, KeyPolicy, LimitsUnavailable, Rate
+
+if TYPE_CHECKING:  # redis is an extra; the client is passed in
+    import redis.asyncio
+    from redis.commands.core import AsyncScript
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ QUOTA_TTL = 90 * 86400.0
 ``used_quota`` (kept up to date by usage billing) is the baseline again."""
 
 _MAX_DEFERRED = 10_000
+
+
+@functools.cache
+def _redis_error() -> type[Exception]:
+    """redis-py's base error, looked up only while an exception is being matched (redis is an
+    extra, installed whenever a client exists)."""
+    from redis.exceptions import RedisError
+
+    return RedisError
 
 
 class _Deferred(NamedTuple):
@@ -242,7 +252,7 @@ class RedisLimitStore:
             return reply
         except TimeoutError:
             raise LimitsUnavailable(f"redis limits: no answer within {self.timeout:g}s") from None
-        except redis.exceptions.RedisError as exc:
+        except _redis_error() as exc:
             raise LimitsUnavailable(f"redis limits: {type(exc).__name__}: {exc}") from None
         except OSError as exc:
             raise LimitsUnavailable(f"redis limits: {exc}") from None

@@ -19,14 +19,16 @@ not know an id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections import OrderedDict
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+if TYPE_CHECKING:  # redis is an extra; a client is passed in only when it is installed
+    from redis.asyncio import Redis
 
 log = logging.getLogger("llmproxy.routing")
 
@@ -57,6 +59,15 @@ def response_id_in(data: bytes) -> str | None:
     ``response.created`` holds the response with its id)."""
     found = _ID.search(data)
     return found.group(1).decode("ascii") if found is not None else None
+
+
+@functools.cache
+def _redis_faults() -> tuple[type[Exception], ...]:
+    """What a Redis call raises when Redis cannot answer. A call, evaluated only when an
+    exception is being matched (redis is an extra, installed whenever a client exists)."""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
 
 
 class ResponseHomes:
@@ -93,7 +104,7 @@ class ResponseHomes:
     async def _store(redis: Redis, response_id: str, home: Home) -> None:
         try:
             await redis.set(PREFIX + response_id, msgspec.json.encode(home), ex=TTL, nx=True)
-        except (RedisError, OSError) as exc:
+        except _redis_faults() as exc:
             log.warning("cannot share response %s's backend through Redis: %s", response_id, exc)
 
     async def lookup(self, response_id: str, redis: Redis | None) -> Home | None:
@@ -103,7 +114,7 @@ class ResponseHomes:
             return found
         try:
             value = await redis.get(PREFIX + response_id)
-        except (RedisError, OSError) as exc:
+        except _redis_faults() as exc:
             log.warning("cannot read response %s's backend from Redis: %s", response_id, exc)
             return None
         if value is None:
@@ -127,5 +138,5 @@ class ResponseHomes:
     async def _delete(redis: Redis, response_id: str) -> None:
         try:
             await redis.delete(PREFIX + response_id)
-        except (RedisError, OSError) as exc:
+        except _redis_faults() as exc:
             log.warning("cannot forget response %s in Redis: %s", response_id, exc)

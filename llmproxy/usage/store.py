@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Final, Literal, Protocol, TypeVar
 
 from llmproxy.dsn import is_postgres_url
+from llmproxy.extras import require
 from llmproxy.usage.alerts import BudgetAlert
 from llmproxy.usage.outbox import UsageOutbox
-from llmproxy.usage.postgres import PostgresUsageStore
 from llmproxy.usage.record import UsageRecord
 from llmproxy.usage.rows import (
     DeadLetter,
@@ -306,5 +306,8 @@ def open_usage_store(
     """The store ``usage.database`` names (not opened yet): PostgreSQL for a ``postgresql://``
     URL, else the SQLite file at that path (relative to the config's directory)."""
     if is_postgres_url(location):
+        require("postgres", "usage.database")  # asyncpg is an extra: say which, not ImportError
+        from llmproxy.usage.postgres import PostgresUsageStore
+
         return PostgresUsageStore(location, keep_records=keep_records)
     return SqliteUsageStore(base_dir / location, synchronous=synchronous, keep_records=keep_records)

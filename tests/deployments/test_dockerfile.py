@@ -78,16 +78,24 @@ def test_two_stages_on_the_slim_python_the_project_requires() -> None:
 def test_wheel_built_in_the_first_stage_and_installed_offline_in_the_second() -> None:
     parsed = dockerfile()
     build_runs = " ".join(i.args for i in parsed.stage("build").all("RUN"))
-    assert "pip wheel --wheel-dir /wheels ." in build_runs
+    assert 'pip wheel --wheel-dir /wheels ".[all]"' in build_runs  # every driver extra
     (install,) = [i.args for i in parsed.final.all("RUN") if "pip install" in i.args]
     assert "--mount=type=bind,from=build,source=/wheels,target=/wheels" in install
-    assert "pip install --no-index --find-links /wheels llmproxy" in install
+    assert 'pip install --no-index --find-links /wheels "llmproxy[all]"' in install
     assert install.rstrip().endswith("llmproxy version")  # the build fails if it cannot start
 
 
 def test_copy_sources_exist_and_are_in_the_build_context() -> None:
     sources = copy_sources()
-    assert set(sources) == {"pyproject.toml", "README.md", "llmproxy"}
+    # The package, and what its wheel ships (llmproxy/_data links to them).
+    assert set(sources) == {
+        "pyproject.toml",
+        "README.md",
+        "llmproxy",
+        "completions",
+        "man",
+        "config.yaml.example",
+    }
     for source in sources:
         assert (REPO / source).exists(), source
         assert in_context(source), f"{source} is excluded by .dockerignore"
@@ -96,6 +104,8 @@ def test_copy_sources_exist_and_are_in_the_build_context() -> None:
     assert project["readme"] in sources
     assert in_context("llmproxy/gateway/app.py")
     assert in_context("llmproxy/py.typed")
+    for link in (REPO / "llmproxy" / "_data").iterdir():
+        assert in_context(str(link.resolve().relative_to(REPO))), f"{link} points out of context"
 
 
 def test_dockerignore_keeps_local_state_out_of_the_context() -> None:

@@ -62,19 +62,22 @@ IMAGE_PREFIX = "/opt/llmproxy"
 
 
 def build_context(tmp_path: Path) -> Path:
-    """The files the Dockerfile COPYs, as .dockerignore lets them into the context."""
+    """The files the Dockerfile COPYs, as .dockerignore lets them into the context (symlinks
+    stay links, as COPY keeps them: llmproxy/_data links to completions/, man/, ...)."""
     context = tmp_path / "context"
     for source in copy_sources():
         origin = REPO / source
         paths = (
-            [origin] if origin.is_file() else sorted(p for p in origin.rglob("*") if p.is_file())
+            [origin]
+            if origin.is_file()
+            else sorted(p for p in origin.rglob("*") if p.is_file() or p.is_symlink())
         )
         for path in paths:
             relative = path.relative_to(REPO).as_posix()
             if in_context(relative):
                 target = context / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+                shutil.copy2(path, target, follow_symlinks=False)
     return context
 
 
@@ -103,8 +106,10 @@ def pip(*args: str, timeout: float = 300) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def build_wheel(context: Path, out: Path, *, deps: bool) -> Path:
-    pip("wheel", *([] if deps else ["--no-deps"]), "--wheel-dir", str(out), str(context))
+def build_wheel(context: Path, out: Path, *, deps: bool, extras: str = "") -> Path:
+    """The wheel of ``context`` (and with ``deps`` those of its dependencies and ``extras``)."""
+    source = f"{context}{extras}"
+    pip("wheel", *([] if deps else ["--no-deps"]), "--wheel-dir", str(out), source)
     (wheel,) = out.glob("llmproxy-*.whl")
     return wheel
 
@@ -351,11 +356,12 @@ def test_image_commands_bring_up_the_compose_stack(tmp_path: Path) -> None:
 @pytest.mark.timeout(900)
 def test_image_install_resolves_dependencies_from_the_index_slow(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
-    build_wheel(build_context(tmp_path), wheels, deps=True)  # RUN pip wheel --wheel-dir /wheels .
+    # RUN pip wheel --wheel-dir /wheels ".[all]"
+    build_wheel(build_context(tmp_path), wheels, deps=True, extras="[all]")
     venv = fresh_venv(tmp_path / "venv", with_pip=True)  # RUN python -m venv /opt/llmproxy
     install = [str(venv / "bin" / "pip"), "install", "--no-index", "--find-links", str(wheels)]
     result = subprocess.run(
-        [*install, "llmproxy"], capture_output=True, text=True, env=clean_env(), timeout=600
+        [*install, "llmproxy[all]"], capture_output=True, text=True, env=clean_env(), timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     env = image_env(venv)

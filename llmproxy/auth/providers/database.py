@@ -24,15 +24,13 @@ plain name, a query without its parameter) is refused with :class:`ValueError` a
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
-
-import aiomysql
-import asyncpg
 
 from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers._redact import scrub, without_secret
@@ -103,10 +101,8 @@ class DatabaseProvider:
                 row = await self._store.fetch_row(self._query, key.secret)
         except (TimeoutError, _StatementTimeout):
             raise self._error(f"timeout after {self._conn.timeout:g}s", key) from None
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error, _NoResultSet) as exc:
+        except (_DriverError, sqlite3.Error, _NoResultSet) as exc:
             raise self._error(str(exc), key) from None
-        except aiomysql.Error as exc:
-            raise self._error(_mysql_message(exc), key) from None
         except OSError as exc:
             raise self._error(f"cannot connect: {exc}", key) from None
         if row is None:
@@ -126,6 +122,11 @@ class DatabaseProvider:
 
     def _error(self, cause: str, key: PresentedKey) -> ProviderError:
         return ProviderError(f"database {self.name!r}: {scrub(cause, key.secret, self._password)}")
+
+
+class _DriverError(Exception):
+    """A driver's error, in words: each store translates its own driver's exceptions, so the
+    provider never names a driver module that may not be installed (they are extras)."""
 
 
 class _StatementTimeout(Exception):
@@ -157,13 +158,20 @@ class _PostgresStore:
         self._conn = conn
         self._pools = pools
         self._pool: Any = None
+        self._errors: tuple[type[Exception], ...] = ()
 
     async def open(self) -> None:
         self._pool = await self._pools.postgres(self._dsn, self._conn.pool_size, self._conn.timeout)
+        import asyncpg  # installed: the pool above exists
+
+        self._errors = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
     async def fetch_row(self, query: KeyQuery, key: str) -> Row | None:
-        async with self._pool.acquire() as connection:
-            record = await connection.fetchrow(query.sql, *query.arguments(key))
+        try:
+            async with self._pool.acquire() as connection:
+                record = await connection.fetchrow(query.sql, *query.arguments(key))
+        except self._errors as exc:
+            raise _DriverError(str(exc)) from None
         if record is None:
             return None
         return list(record.keys()), list(record.values())
@@ -172,15 +180,21 @@ class _PostgresStore:
         self._pool = None
 
 
-class _QuietCursor(aiomysql.Cursor):  # type: ignore[misc]
+@functools.cache
+def _quiet_cursor() -> type[Any]:
     """A cursor that does not turn server warnings into Python warnings.
 
     A SELECT's warnings (a truncated comparison, say) are not actionable per request, and
-    aiomysql would spend a ``SHOW WARNINGS`` round trip on each before warning.
+    aiomysql would spend a ``SHOW WARNINGS`` round trip on each before warning. Made on first
+    use: aiomysql is an extra.
     """
+    import aiomysql
 
-    async def _show_warnings(self, conn: Any) -> None:
-        return None
+    class QuietCursor(aiomysql.Cursor):  # type: ignore[misc]
+        async def _show_warnings(self, conn: Any) -> None:
+            return None
+
+    return QuietCursor
 
 
 class _MySQLStore:
@@ -189,19 +203,33 @@ class _MySQLStore:
         self._conn = conn
         self._pools = pools
         self._pool: Any = None
+        self._cursor: type[Any] = object
+        self._error: type[Exception] = _DriverError
+        self._clean: tuple[type[BaseException], ...] = (_NoResultSet,)
 
     async def open(self) -> None:
         self._pool = await self._pools.mysql(
             self._conn.dsn, self._conn.pool_size, self._conn.timeout
         )
+        import aiomysql  # installed: the pool above exists
+
+        self._cursor = _quiet_cursor()
+        self._error = aiomysql.Error
+        self._clean = (aiomysql.ProgrammingError, aiomysql.DataError, _NoResultSet)
 
     async def fetch_row(self, query: KeyQuery, key: str) -> Row | None:
         try:
+            return await self._fetch_row(query, key)
+        except self._error as exc:
+            raise _DriverError(_mysql_message(exc)) from None
+
+    async def _fetch_row(self, query: KeyQuery, key: str) -> Row | None:
+        try:
             connection = await self._pool.acquire()
         except RuntimeError as exc:  # aiomysql's "Cannot acquire connection after closing pool"
-            raise aiomysql.InterfaceError(str(exc)) from None
+            raise _DriverError(str(exc)) from None
         try:
-            async with connection.cursor(_QuietCursor) as cursor:
+            async with connection.cursor(self._cursor) as cursor:
                 await cursor.execute(query.sql, query.arguments(key))
                 if cursor.description is None:
                     raise _NoResultSet
@@ -210,7 +238,7 @@ class _MySQLStore:
         except BaseException as exc:
             # A statement cut short (timeout, cancellation, lost connection) leaves the protocol
             # mid-reply: the connection must not go back to the pool. A SQL error leaves it clean.
-            if not isinstance(exc, aiomysql.ProgrammingError | aiomysql.DataError | _NoResultSet):
+            if not isinstance(exc, self._clean):
                 connection.close()
             raise
         finally:

@@ -20,17 +20,18 @@ expected, a string that is not a JSON object — is a :class:`ProviderError`.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import redis.exceptions
-from redis.commands.core import AsyncScript
 
 from llmproxy.apikey import PresentedKey
 from llmproxy.auth.providers._redact import scrub, without_secret
 from llmproxy.auth.providers.base import KeyData, ProviderError
 from llmproxy.config.model import RedisConnection
 from llmproxy.connections import ConnectionPools, PoolError
+
+if TYPE_CHECKING:  # redis is an extra; the client comes from the pools
+    from redis.commands.core import AsyncScript
 
 _PLACEHOLDERS = ("{api_key}", "{api_key_sha256}")
 
@@ -63,6 +64,7 @@ class RedisProvider:
         self._pools = pools
         self._placeholder = found[0]
         self._script: AsyncScript | None = None
+        self._redis_error: type[Exception] = ProviderError
 
     async def open(self) -> None:
         """Get the shared client; no connection is made until the first lookup."""
@@ -70,6 +72,9 @@ class RedisProvider:
             client = await self._pools.redis(self._conn)
         except PoolError as exc:
             raise ProviderError(f"redis {self.name!r}: {exc}") from None
+        from redis.exceptions import RedisError  # installed: the client above exists
+
+        self._redis_error = RedisError
         self._script = client.register_script(_READ_KEY_LUA)
 
     def redis_key(self, key: PresentedKey) -> str:
@@ -88,7 +93,7 @@ class RedisProvider:
                 reply = await self._script(keys=[self.redis_key(key)])
         except TimeoutError:
             raise self._error(f"timeout after {self._conn.timeout:g}s") from None
-        except redis.exceptions.RedisError as exc:
+        except self._redis_error as exc:
             # Error text may quote the command's arguments, and the Redis key can hold the secret.
             raise self._error(scrub(str(exc), key.secret) or type(exc).__name__) from None
         except UnicodeDecodeError:
