@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import re
+from collections.abc import Sequence
 from time import time_ns
 
 from llmproxy.apis import (
@@ -359,16 +360,19 @@ class GatewayApp:
             _pin_response(runtime, exchange, home)  # before admission: a 404 takes nothing
         if identity is not None:
             began = time_ns() if trace is not None else 0
-            billed = request.endpoint in GENERATING  # what a budget is charged for
+            # Budgets are charged for what consumes tokens (not count_tokens); an answer is
+            # reserved only where one is generated (not embeddings).
+            billed = request.endpoint in GENERATING
             generating = billed and request.endpoint != EMBEDDINGS
-            if generating and _bounded_by_budget(runtime, identity, peek):
+            budgets = limits_step.budgets_of(identity, runtime.teams) if billed else []
+            if generating and budgets and runtime.limits is not None and not peek.answer_limit:
                 # No bound on the answer: the budget reserves the default, and that is all the
                 # backend may generate (else the whole answer, unbounded, would be billed).
                 member = "max_output_tokens" if api == "responses" else "max_tokens"
                 tokens = runtime.config.rate_limit.default_max_tokens
                 exchange.body = with_output_limit(exchange.body, member, tokens)
             settlement = await _admit(
-                runtime, identity, peek, exchange.prompt_estimate, billed, generating
+                runtime, identity, peek, exchange.prompt_estimate, budgets, generating=generating
             )
             if trace is not None:
                 trace.phase("limits", began)
@@ -576,47 +580,32 @@ def _check_shape(request: CanonicalRequest, model_required: bool) -> bytes | Non
     return content_type
 
 
-def _bounded_by_budget(runtime: Runtime, identity: Identity, peek: RequestPeek) -> bool:
-    """A budget applies (the key's or its team's) and the request sets no bound on its answer."""
-    if peek.max_tokens or peek.max_completion_tokens or peek.max_output_tokens:
-        return False
-    if runtime.limits is None:
-        return False  # nothing enforces budgets
-    if identity.budget is not None:
-        return True
-    team = runtime.teams.get(identity.team) if identity.team else None
-    return team is not None and team.budget is not None
-
-
 async def _admit(
     runtime: Runtime,
     identity: Identity,
     peek: RequestPeek,
     prompt_estimate: int,
-    billed: bool = True,
+    budgets: Sequence[limits_step.BudgetOwner] = (),
+    *,
     generating: bool = True,
 ) -> limits_step.Settlement | None:
-    """The limits of the key and of its team, and their budgets: a 429 now, or what to settle
-    when the request ends (None: no limits). Another kind of limit is one more
-    :class:`limits_step.Limit`. Budgets are charged for ``billed`` endpoints only (not
-    ``count_tokens``); only a ``generating`` one reserves an answer (not embeddings)."""
+    """The limits of the key and of its team, and the ``budgets`` charged: a 429 now, or what
+    to settle when the request ends (None: no limits). Another kind of limit is one more
+    :class:`limits_step.Limit`. Only a ``generating`` request reserves an answer."""
     if runtime.limits is None:
-        if billed and (identity.budget is not None or identity.team):
+        if budgets or identity.team:
             _warn_unenforced()
         return None
     config = runtime.config.rate_limit
     limits = limits_step.limits_of(config.per_key, identity, runtime.teams)
-    # The largest bound the client gave: vLLM obeys max_completion_tokens over max_tokens, so
-    # reserving the smaller would let the answer outgrow its reservation.
-    completion = max(
-        peek.max_tokens or 0, peek.max_completion_tokens or 0, peek.max_output_tokens or 0
+    answer = (
+        (peek.answer_limit or config.default_max_tokens) * peek.completions if generating else 0
     )
-    answer = (completion or config.default_max_tokens) * peek.completions if generating else 0
-    if identity.budget is not None or identity.team:
+    if budgets:
         # A budget reserves what the request can cost at most (at least one nano-unit, so a
         # spent budget refuses even an unpriced model).
         most = runtime.prices.cost_nanos(peek.model or "", prompt_estimate, 0, answer)
-        limits += await limits_step.budget_limits(runtime, identity, max(1, most))
+        limits += await limits_step.budget_limits(runtime, budgets, max(1, most))
     if not limits:
         return None
     return await limits_step.admit(runtime, limits, answer + prompt_estimate)

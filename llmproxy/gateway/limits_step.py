@@ -233,17 +233,29 @@ def _iso(when: float) -> str:
     return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def budget_limits(runtime: Runtime, identity: Identity, reserve_nanos: int) -> list[Limit]:
-    """The budgets a request is charged to — its key's own, its team's — as limits of the
-    limit store in nano-units: the budget is the quota, the spend the usage store counted this
-    period its floor (:class:`~llmproxy.usage.spendbook.SpendBook`), ``reserve_nanos`` the
-    reservation. A period is part of the limit's id, so a new period starts from nothing."""
-    team = runtime.teams.get(identity.team) if identity.team else None
-    owners: list[tuple[ScopeKind, str, str, Budget]] = []
+BudgetOwner = tuple[ScopeKind, str, str, Budget]
+"""Whose budget (``key`` or ``team``), their id or name, a name for people, and the budget."""
+
+
+def budgets_of(identity: Identity, teams: TeamDirectory) -> list[BudgetOwner]:
+    """The budgets ``identity``'s requests are charged to: its key's own, then its team's."""
+    owners: list[BudgetOwner] = []
     if identity.budget is not None:
         owners.append(("key", identity.key_id, identity.name, identity.budget))
-    if team is not None and team.budget is not None:
-        owners.append(("team", team.name, team.name, team.budget))
+    if identity.team:
+        team = teams.get(identity.team)
+        if team is not None and team.budget is not None:
+            owners.append(("team", team.name, team.name, team.budget))
+    return owners
+
+
+async def budget_limits(
+    runtime: Runtime, owners: Sequence[BudgetOwner], reserve_nanos: int
+) -> list[Limit]:
+    """The budgets of ``owners`` (:func:`budgets_of`) as limits of the limit store in
+    nano-units: the budget is the quota, the spend the usage store counted this period its
+    floor (:class:`~llmproxy.usage.spendbook.SpendBook`), ``reserve_nanos`` the reservation. A
+    period is part of the limit's id, so a new period starts from nothing."""
     limits: list[Limit] = []
     currency = runtime.config.pricing_currency
     for kind, name, label, budget in owners:

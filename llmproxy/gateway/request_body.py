@@ -197,6 +197,15 @@ class RequestPeek(msgspec.Struct, frozen=True):
         """How many completions the request asks for (``n``, at least 1)."""
         return self.n if self.n else 1
 
+    @property
+    def answer_limit(self) -> int:
+        """The largest bound the client gave its answer (0: none): vLLM obeys
+        ``max_completion_tokens`` over ``max_tokens``, so reserving the smaller would let the
+        answer outgrow its reservation."""
+        return max(
+            self.max_tokens or 0, self.max_completion_tokens or 0, self.max_output_tokens or 0
+        )
+
 
 EMPTY_PEEK = RequestPeek()
 

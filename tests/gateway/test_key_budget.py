@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -94,3 +95,22 @@ async def test_requests_in_flight_hold_the_rest_of_a_budget(tmp_path: Path) -> N
     assert refused.code == "budget_exceeded"
     assert "in flight" in refused.message
     assert refused.response.headers["retry-after"] == "1"
+
+
+async def test_count_tokens_is_never_charged_even_when_the_budget_is_spent(
+    tmp_path: Path,
+) -> None:
+    """count_tokens costs nothing: a spent budget still lets it through (chat is refused)."""
+    body = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
+    async with mock_backend(tokens=3) as mock:
+        async with _gateway(_config(mock.url, 0.003, "total"), tmp_path) as (gw, _):
+            await _chat(gw)
+            assert (await _refused(gw)).code == "budget_exceeded"
+            async with httpx.AsyncClient() as client:
+                counted = await client.post(
+                    gw.url + "/v1/messages/count_tokens",
+                    json=body,
+                    headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+                )
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["input_tokens"] > 0
