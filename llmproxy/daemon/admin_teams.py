@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llmproxy.budgets import day_of, period_bounds, scope
+from llmproxy.budgets import period_bounds, scope
 from llmproxy.daemon.admin_http import AdminError, invalid, json_object, json_response, query_flag
 from llmproxy.daemon.admin_keys import call, key_store, publish, store_fields
 from llmproxy.daemon.runtime import RuntimeState
@@ -25,6 +25,7 @@ from llmproxy.keystore import KeyRecord
 from llmproxy.pricing import NANOS
 from llmproxy.teamfields import TEAM_ADD_FIELDS, TEAM_FIELD_MAP, TEAM_SETTABLE
 from llmproxy.teams import Team
+from llmproxy.usage.spendbook import period_spend
 
 
 def team_json(team: Team) -> dict[str, object]:
@@ -100,7 +101,7 @@ class TeamsApi:
         start, end = period_bounds(team.budget.period, time.time())
         where = scope("team", team.name)
         try:
-            nanos = (await sink.store.spent([where], day_of(start))).get(where, 0)
+            nanos = await period_spend(sink.store, where, start)
         except Exception:  # the store starting or down: the team is shown without it
             return None
         return {

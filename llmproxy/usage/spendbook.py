@@ -62,6 +62,12 @@ AlertSink = Callable[[BudgetAlert], None]
 """Told of each alert this process raised (metrics, logs)."""
 
 
+async def period_spend(store: UsageStore, scope: str, start: float) -> int:
+    """Nano-units ``scope`` spent in the period from ``start``, by the store's spend table (a
+    period starts at a UTC day's start, and the table counts whole days)."""
+    return (await store.spent([scope], day_of(start))).get(scope, 0)
+
+
 class SpendBook:
     """Spend per budget scope and period, as the usage store last said; see the module."""
 
@@ -109,7 +115,7 @@ class SpendBook:
         if self._store is None:
             return 0
         try:
-            return (await self._store.spent([scope], day_of(start))).get(scope, 0)
+            return await period_spend(self._store, scope, start)
         except Exception as exc:
             log.warning("budgets: cannot read what %s spent: %s", scope, exc)
             return 0
