@@ -25,7 +25,7 @@ import asyncio
 import builtins
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Final
 
 import asyncpg
@@ -361,14 +361,8 @@ class PostgresKeyStore:
                 await _check_team(connection, checked)
                 values = {field: _argument(field, value) for field, value in checked.items()}
                 values["updated_at"] = time.time()
-                assignments = ", ".join(
-                    f"{column} = ${n}" for n, column in enumerate(values, start=1)
-                )
                 row = await connection.fetchrow(
-                    f"UPDATE llmproxy_keys SET {assignments} WHERE id = ${len(values) + 1} "
-                    f"RETURNING {', '.join(COLUMNS)}",
-                    *values.values(),
-                    key_id,
+                    _update("llmproxy_keys", values, "id", COLUMNS), *values.values(), key_id
                 )
         except _ERRORS as exc:
             raise self._failure(exc) from None
@@ -432,14 +426,8 @@ class PostgresKeyStore:
                     return team_from_row(row)
                 values = team_columns(checked, team_from_row(row))
                 values["updated_at"] = time.time()
-                assignments = ", ".join(
-                    f"{column} = ${n}" for n, column in enumerate(values, start=1)
-                )
                 row = await connection.fetchrow(
-                    f"UPDATE llmproxy_teams SET {assignments} WHERE name = ${len(values) + 1} "
-                    f"RETURNING {', '.join(TEAM_COLUMNS)}",
-                    *values.values(),
-                    name,
+                    _update("llmproxy_teams", values, "name", TEAM_COLUMNS), *values.values(), name
                 )
         except _ERRORS as exc:
             raise self._failure(exc) from None
@@ -559,3 +547,13 @@ class PostgresKeyStore:
                 return builtins.list(await connection.fetch(query, *arguments))
         except _ERRORS as exc:
             raise self._failure(exc) from None
+
+
+def _update(table: str, values: Mapping[str, object], key: str, columns: Sequence[str]) -> str:
+    """``UPDATE`` of ``values``' columns (``$1``…) of the row whose ``key`` is the next
+    argument, returning ``columns``: a key's and a team's changes alike."""
+    assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(values, start=1))
+    return (
+        f"UPDATE {table} SET {assignments} WHERE {key} = ${len(values) + 1} "
+        f"RETURNING {', '.join(columns)}"
+    )
